@@ -1,0 +1,161 @@
+//! The problem a spec is applied to: batch, sequence lengths, head overrides and dtype.
+//!
+//! These are call parameters, never spec parameters (DESIGN §2): the same `Spec` runs on any
+//! sequence length. A `Problem` is checked against its `Spec` by [`Problem::resolve`], which
+//! yields the concrete sizes every backend, the oracle and the cost model work from.
+
+use crate::spec::{HeadDim, Heads, Spec};
+
+/// The element type of the tensors a kernel reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum DType {
+    #[default]
+    F32,
+    F16,
+    Bf16,
+}
+
+impl DType {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::F16 | DType::Bf16 => 2,
+        }
+    }
+    /// The lower-case name used on the command line and in JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::Bf16 => "bf16",
+        }
+    }
+}
+
+/// How the sequences of one call are laid out.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Sequences {
+    /// `batch` sequences of `len` tokens each: tensors [B, T, …].
+    Batched { batch: usize, len: usize },
+    /// Variable-length segments packed into B = 1; `cu_seqlens` has N+1 ascending offsets
+    /// starting at 0, the last being the total length.
+    Varlen { cu_seqlens: Vec<usize> },
+}
+
+/// One call's parameters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Problem {
+    pub sequences: Sequences,
+    /// Overrides the spec's heads.
+    pub heads: Option<Heads>,
+    /// Overrides the spec's head dims.
+    pub head_dim: Option<HeadDim>,
+    pub dtype: DType,
+}
+
+/// A problem with every size made concrete.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Shape {
+    /// Leading tensor dimension (1 for varlen).
+    pub batch: usize,
+    /// Tokens per batch row (total tokens for varlen).
+    pub seq_len: usize,
+    /// Segment boundaries within one row: `[0, T]` per row for batched problems,
+    /// `cu_seqlens` for varlen.
+    pub segments: Vec<(usize, usize)>,
+    pub heads: Heads,
+    pub head_dim: HeadDim,
+    pub dtype: DType,
+}
+
+/// Why a problem does not fit a spec.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProblemError {
+    #[error("sequence length must be at least 1")]
+    EmptySequence,
+    #[error("batch must be at least 1")]
+    EmptyBatch,
+    #[error("cu_seqlens must start at 0, ascend, and hold at least two entries (got {0:?})")]
+    BadCuSeqlens(Vec<usize>),
+    #[error("heads must be positive and query heads ({q}) a multiple of kv heads ({kv})")]
+    BadHeads { q: u32, kv: u32 },
+    #[error("head dims must be positive (got {qk}/{v})")]
+    BadHeadDim { qk: u32, v: u32 },
+}
+
+impl Problem {
+    /// A batched problem with the spec's own heads and dims, in f32.
+    pub fn batched(batch: usize, len: usize) -> Self {
+        Problem {
+            sequences: Sequences::Batched { batch, len },
+            heads: None,
+            head_dim: None,
+            dtype: DType::F32,
+        }
+    }
+
+    /// A varlen problem (B = 1) with the spec's own heads and dims, in f32.
+    pub fn varlen(cu_seqlens: Vec<usize>) -> Self {
+        Problem {
+            sequences: Sequences::Varlen { cu_seqlens },
+            heads: None,
+            head_dim: None,
+            dtype: DType::F32,
+        }
+    }
+
+    /// Checks the problem and makes every size concrete.
+    pub fn resolve(&self, spec: &Spec) -> Result<Shape, ProblemError> {
+        let heads = self.heads.unwrap_or(spec.heads);
+        if heads.q == 0 || heads.kv == 0 || heads.q % heads.kv != 0 {
+            return Err(ProblemError::BadHeads {
+                q: heads.q,
+                kv: heads.kv,
+            });
+        }
+        let head_dim = self.head_dim.unwrap_or(spec.head_dim);
+        if head_dim.qk == 0 || head_dim.v == 0 {
+            return Err(ProblemError::BadHeadDim {
+                qk: head_dim.qk,
+                v: head_dim.v,
+            });
+        }
+        let (batch, seq_len, segments) = match &self.sequences {
+            Sequences::Batched { batch, len } => {
+                if *batch == 0 {
+                    return Err(ProblemError::EmptyBatch);
+                }
+                if *len == 0 {
+                    return Err(ProblemError::EmptySequence);
+                }
+                (*batch, *len, vec![(0, *len)])
+            }
+            Sequences::Varlen { cu_seqlens } => {
+                let ok = cu_seqlens.len() >= 2
+                    && cu_seqlens[0] == 0
+                    && cu_seqlens.windows(2).all(|w| w[0] < w[1]);
+                if !ok {
+                    return Err(ProblemError::BadCuSeqlens(cu_seqlens.clone()));
+                }
+                let segments = cu_seqlens.windows(2).map(|w| (w[0], w[1])).collect();
+                (1, cu_seqlens[cu_seqlens.len() - 1], segments)
+            }
+        };
+        Ok(Shape {
+            batch,
+            seq_len,
+            segments,
+            heads,
+            head_dim,
+            dtype: self.dtype,
+        })
+    }
+}
+
+impl Shape {
+    /// Total query tokens over the whole call.
+    pub fn tokens(&self) -> usize {
+        self.batch * self.seq_len
+    }
+}

@@ -1,0 +1,4 @@
+//! nsac-kernels: the library of ready specs and the reference implementation (the f64 oracle)
+//! that defines what every generated kernel computes (DESIGN §3).
+
+pub mod io;

@@ -1,0 +1,1 @@
+//! nsac-runtime: tensors in and out, devices, kernel launching, tuning.
