@@ -2,3 +2,4 @@
 //! that defines what every generated kernel computes (DESIGN §3).
 
 pub mod io;
+pub mod reference;
