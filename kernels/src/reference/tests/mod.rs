@@ -3,5 +3,6 @@
 
 mod edges;
 mod hand;
+mod large;
 mod props;
 mod support;
