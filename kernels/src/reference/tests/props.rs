@@ -113,15 +113,15 @@ proptest! {
         let v = |b: usize, k: usize, kvh: usize| -> Vec<f64> {
             (0..dv).map(|e| f64::from(at(&inputs["v"], &[b, k, kvh, e]))).collect()
         };
-        for b in 0..shape.batch {
-            let n = pooled[b].v.shape[0];
+        for (b, pooled) in pooled.iter().enumerate() {
+            let n = pooled.v.shape[0];
             for t in 0..len {
                 for qh in 0..hq {
                     let kvh = qh / g;
                     // compress: the Ṽ of the tokens t sees.
                     let seen: Vec<Vec<f64>> = (0..n)
                         .filter(|&j| !spec.causal || j * c.stride as usize + c.block as usize - 1 <= t)
-                        .map(|j| (0..dv).map(|e| at(&pooled[b].v, &[j, kvh, e])).collect())
+                        .map(|j| (0..dv).map(|e| at(&pooled.v, &[j, kvh, e])).collect())
                         .collect();
                     assert_convex(&row(&out.branches["cmp"], b, t, qh), &seen, "cmp")?;
                     // select: the values of the chosen blocks' keys.
@@ -151,8 +151,8 @@ proptest! {
         let scores = block_scores(&spec, &shape, &inputs, "slc").unwrap();
         let (len, h) = (shape.seq_len, shape.heads.kv as usize);
         let nb = block_count(len, &s);
-        for b in 0..shape.batch {
-            prop_assert_eq!(&scores[b].shape, &vec![len, h, nb]);
+        for (b, scores) in scores.iter().enumerate() {
+            prop_assert_eq!(&scores.shape, &vec![len, h, nb]);
             for t in 0..len {
                 for kvh in 0..h {
                     let picked = chosen(&out, b, t, kvh);
@@ -163,7 +163,7 @@ proptest! {
                     prop_assert!(picked.iter().all(|i| candidates.contains(i)));
                     // Rank key: forced first, then higher score, then lower index.
                     let key = |i: usize| {
-                        let score = if is_forced(&s, i, t) { f64::INFINITY } else { at(&scores[b], &[t, kvh, i]) };
+                        let score = if is_forced(&s, i, t) { f64::INFINITY } else { at(scores, &[t, kvh, i]) };
                         (score, i)
                     };
                     for &i in candidates.iter().filter(|i| !picked.contains(i)) {
@@ -193,10 +193,10 @@ proptest! {
         let Case { mut spec, shape, inputs } = case;
         let len = shape.seq_len;
         if let nsac_dsl::spec::BranchKind::Select(s) = &mut spec.branches[1].kind {
-            s.top = block_count(len, s) as u32 + s.top;
+            s.top += block_count(len, s) as u32;
         }
         if let nsac_dsl::spec::BranchKind::Window(w) = &mut spec.branches[2].kind {
-            w.size = len as u32 + w.size;
+            w.size += len as u32;
         }
         let out = forward(&spec, &shape, &inputs).unwrap();
         let causal = spec.causal;
