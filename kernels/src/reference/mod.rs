@@ -48,6 +48,7 @@
 mod call;
 mod combine;
 pub mod compress;
+mod given;
 mod inspect;
 pub mod pool;
 pub mod score;
@@ -110,6 +111,8 @@ pub enum ReferenceError {
     },
     #[error("branch `{branch}` has {field} = 0")]
     ZeroSize { branch: String, field: &'static str },
+    #[error("the blocks given for `{branch}` are invalid: {reason}")]
+    BadBlocks { branch: String, reason: String },
     #[error("tensor `{0}` would be too large to index")]
     TooLarge(String),
 }
@@ -117,6 +120,33 @@ pub enum ReferenceError {
 /// Runs `spec` on `shape` with `inputs` in f64.
 pub fn forward(spec: &Spec, shape: &Shape, inputs: &Inputs) -> Result<Output, ReferenceError> {
     let call = Call::new(spec, shape, inputs)?;
+    run(&call, shape, inputs, &[])
+}
+
+/// Like [`forward`], but every select branch named in `blocks` attends the given blocks
+/// (`idx_<b>` tensors in the output contract's form) instead of choosing its own; the output's
+/// `selected` then holds the given blocks. Use it to check a backend's selected attention when
+/// its f32 scores broke a near-tie differently (see [`score::is_valid_choice`]).
+pub fn forward_with_blocks(
+    spec: &Spec,
+    shape: &Shape,
+    inputs: &Inputs,
+    blocks: &BTreeMap<String, Tensor<i32>>,
+) -> Result<Output, ReferenceError> {
+    let call = Call::new(spec, shape, inputs)?;
+    let given = given::resolve(&call, shape, blocks)?;
+    run(&call, shape, inputs, &given)
+}
+
+/// Computes a checked call; `given[b]` holds the caller's blocks for select branch b (an
+/// empty slice: none given).
+fn run(
+    call: &Call<'_>,
+    shape: &Shape,
+    inputs: &Inputs,
+    given: &[Option<&Tensor<i32>>],
+) -> Result<Output, ReferenceError> {
+    let spec = call.spec;
     let dims = call.dims;
     let (b, t) = (shape.batch, shape.seq_len);
     let out_shape = vec![b, t, dims.hq, dims.dv];
@@ -135,14 +165,23 @@ pub fn forward(spec: &Spec, shape: &Shape, inputs: &Inputs) -> Result<Output, Re
     }
     for seq in sequences(shape) {
         let data = SeqData::load(spec, inputs, seq)?;
-        let pooled = pool_all(&call, &data);
+        let pooled = pool_all(call, &data);
         let rows: Vec<QueryOutput> = (0..seq.len())
             .into_par_iter()
-            .map(|pos| query(&call, &data, &pooled, pos))
+            .map(|pos| {
+                let token = seq.batch * t + seq.start + pos;
+                query(call, &data, &pooled, pos, |branch| {
+                    given
+                        .get(branch)
+                        .copied()
+                        .flatten()
+                        .map(|g| given::read(g, token))
+                })
+            })
             .collect();
         for (pos, row) in rows.into_iter().enumerate() {
             let token = seq.batch * t + seq.start + pos;
-            let o = combine::combine(&call, &row.branches, seq, t, pos);
+            let o = combine::combine(call, &row.branches, seq, t, pos);
             write_heads(&mut out.o, token, &o);
             for (branch, o_b) in spec.branches.iter().zip(&row.branches) {
                 if let Some(tensor) = out.branches.get_mut(&branch.name) {
@@ -184,12 +223,14 @@ fn pool_all(call: &Call<'_>, data: &SeqData) -> Vec<Option<PooledTokens>> {
         .collect()
 }
 
-/// Every branch's output for query position `t` of one sequence.
+/// Every branch's output for query position `t` of one sequence; `given(b)` returns the
+/// caller's blocks [H][..] for select branch b, if any.
 fn query(
     call: &Call<'_>,
     data: &SeqData,
     pooled: &[Option<PooledTokens>],
     t: usize,
+    given: impl Fn(usize) -> Option<Vec<Vec<usize>>>,
 ) -> QueryOutput {
     let dims = &call.dims;
     let len = data.q.len();
@@ -218,12 +259,14 @@ fn query(
                 scorer,
                 scorer_params,
             } => {
-                let p = probs[*scorer].as_deref().unwrap_or_default();
-                let scores = score::scores(p, scorer_params, params, dims, len);
-                let blocks: Vec<Vec<usize>> = scores
-                    .iter()
-                    .map(|s| score::choose(s, params, dims.causal, t, len))
-                    .collect();
+                let blocks = given(i).unwrap_or_else(|| {
+                    let p = probs[*scorer].as_deref().unwrap_or_default();
+                    let scores = score::scores(p, scorer_params, params, dims, len);
+                    scores
+                        .iter()
+                        .map(|s| score::choose(s, params, dims.causal, t, len))
+                        .collect()
+                });
                 let o = select::output(params, dims, (&data.q, k, v), &blocks, t);
                 (o, Some(blocks))
             }

@@ -2,6 +2,7 @@
 //! random inputs (odd lengths, several seeds).
 
 mod edges;
+mod given;
 mod hand;
 mod large;
 mod props;

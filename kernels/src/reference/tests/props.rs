@@ -8,7 +8,7 @@ use proptest::prelude::*;
 
 use super::support::*;
 use crate::io::Inputs;
-use crate::reference::score::{block_count, is_candidate, is_forced};
+use crate::reference::score::{block_count, is_candidate, is_forced, is_valid_choice};
 use crate::reference::{Output, block_scores, forward, pooled};
 
 const TOL: f64 = 1e-12;
@@ -161,6 +161,8 @@ proptest! {
                     prop_assert_eq!(picked.len(), candidates.len().min(s.top as usize));
                     prop_assert!(picked.windows(2).all(|p| p[0] < p[1]), "not ascending: {:?}", picked);
                     prop_assert!(picked.iter().all(|i| candidates.contains(i)));
+                    let row: Vec<f64> = (0..nb).map(|i| at(scores, &[t, kvh, i])).collect();
+                    prop_assert!(is_valid_choice(&row, &picked, &s, spec.causal, t, len, 0.0));
                     // Rank key: forced first, then higher score, then lower index.
                     let key = |i: usize| {
                         let score = if is_forced(&s, i, t) { f64::INFINITY } else { at(scores, &[t, kvh, i]) };
