@@ -5,7 +5,7 @@
 //! its choice is still right when it is a valid top-n of the oracle's scores
 //! ([`super::score::is_valid_choice`]). To then check its selected attention and output, the
 //! oracle recomputes everything with the backend's blocks. The given `idx_<b>` must follow the
-//! output contract: [B,T,H,top], per row the block indices strictly ascending, then −1 only.
+//! output contract: \[B,T,H,top\], per row the block indices strictly ascending, then −1 only.
 
 use std::collections::BTreeMap;
 
@@ -80,7 +80,7 @@ pub(crate) fn resolve<'a>(
     Ok(given)
 }
 
-/// The given blocks of one token (absolute row `token` of [B·T]) per kv head: [H][..].
+/// The given blocks of one token (absolute row `token` of \[B·T\]) per kv head: \[H\]\[..\].
 pub(crate) fn read(tensor: &Tensor<i32>, token: usize) -> Vec<Vec<usize>> {
     let (h, top) = (tensor.shape[2], tensor.shape[3]);
     (0..h)

@@ -3,8 +3,8 @@
 //!
 //! # Semantics, exactly
 //!
-//! Inputs are the f32 tensors of [`crate::io`] (row-major: `q` [B,T,HQ,Dqk], `k` [B,T,H,Dqk],
-//! `v` [B,T,H,Dv], gates `g_<b>` [B,T,HQ], …), widened exactly to f64. Every rule below works
+//! Inputs are the f32 tensors of [`crate::io`] (row-major: `q` \[B,T,HQ,Dqk\], `k` \[B,T,H,Dqk\],
+//! `v` \[B,T,H,Dv\], gates `g_<b>` \[B,T,HQ\], …), widened exactly to f64. Every rule below works
 //! inside one *sequence* ([`Sequence`]): a batch row `[0, T)` for batched problems, or one
 //! `cu_seqlens` segment for varlen problems (B = 1). Positions t, keys and block indices are
 //! relative to the sequence start, T_seg is its length, and nothing crosses a sequence
@@ -13,9 +13,9 @@
 //!
 //! - **compress c** (block l, stride d; [`pool`], [`compress`]): token j covers keys
 //!   [j·d, j·d+l) and exists iff j·d+l ≤ T_seg. `mean` pools by the mean; `weighted` by
-//!   Σ_i w[h,i]·K[j·d+i,h] with ONE weight tensor `w_<c>` [H,l] for both K and V; `linear` by
-//!   K̃_j[h,e] = Σ_{i,f} K[j·d+i,h,f]·wk[h,i·Dqk+f,e] (`wk_<c>` [H,l·Dqk,Dqk]) and Ṽ likewise
-//!   with `wv_<c>` [H,l·Dv,Dv]. Causal: query t sees j iff j·d+l−1 ≤ t; non-causal: every
+//!   Σ_i w\[h,i\]·K\[j·d+i,h\] with ONE weight tensor `w_<c>` \[H,l\] for both K and V; `linear` by
+//!   K̃_j\[h,e\] = Σ_{i,f} K\[j·d+i,h,f\]·wk\[h,i·Dqk+f,e\] (`wk_<c>` \[H,l·Dqk,Dqk\]) and Ṽ likewise
+//!   with `wv_<c>` \[H,l·Dv,Dv\]. Causal: query t sees j iff j·d+l−1 ≤ t; non-causal: every
 //!   token. o_c = softmax(s·q·K̃ᵀ)·Ṽ over the visible tokens; none visible → 0 (and all its
 //!   probabilities are 0).
 //! - **select s** (block l′, top n, scored_by c, keep_first a, keep_last b; [`score`],
@@ -25,20 +25,31 @@
 //!   with c's probabilities (computed from c's own K̃ when c has `kv = own`). Forced
 //!   (+∞): blocks 0..a−1 and ⌊t/l′⌋−b+1 ..= ⌊t/l′⌋, when they are candidates. The chosen
 //!   blocks are the first min(n, #candidates) candidates ordered by (score desc, index asc) —
-//!   exact ties go to the lower index. `idx_<s>` [B,T,H,n] lists them in ascending order,
+//!   exact ties go to the lower index. `idx_<s>` \[B,T,H,n\] lists them in ascending order,
 //!   padded with −1. o_s = softmax attention over the keys of the chosen blocks with k ≤ t
 //!   (causal) / all their keys (non-causal), read from s's K/V (its own with `kv = own`).
 //! - **window w** ([`window`]): causal keys max(0, t−w+1) ..= t; non-causal the symmetric
 //!   window |k − t| ≤ w−1. (A window of 0 attends nothing.)
-//! - **combine** ([`combine`]): `gate(b1, …)`: o = Σ g_b·o_b with `g_<b>` used as given;
+//! - **combine**: `gate(b1, …)`: o = Σ g_b·o_b with `g_<b>` used as given;
 //!   `sum(…)`: all gates 1.
 //! - Softmax subtracts the row maximum; an empty row gives output 0, never NaN.
 //!
-//! # Output
+//! # Output and API
 //!
-//! [`forward`] returns `o`, every branch's ungated `o_<b>` and every select branch's `idx_<b>`.
-//! For backend authors, [`pooled`], [`compressed_probabilities`] and [`block_scores`] expose
-//! the intermediates per sequence (in the order of [`sequences`]).
+//! - [`forward`] returns `o`, every branch's ungated `o_<b>` and every select branch's
+//!   `idx_<b>` ([`Output`]).
+//! - [`pooled`], [`compressed_probabilities`] and [`block_scores`] expose the intermediates
+//!   per sequence (in the order of [`sequences`]) so a backend can be checked stage by stage.
+//! - Near-ties: a backend scoring blocks in f32 may order two blocks whose f64 scores differ by
+//!   less than its rounding the other way. [`score::is_valid_choice`] accepts such a choice
+//!   (within a tolerance), and [`forward_with_blocks`] recomputes every output with the
+//!   backend's blocks, so its selected attention can still be checked exactly.
+//! - The rules themselves are public as small functions ([`compress::visible`],
+//!   [`score::is_candidate`], [`score::is_forced`], [`score::choose`], [`select::keys`],
+//!   [`window::keys`], [`pool::token_count`], [`score::block_count`]).
+//!
+//! Speed: query positions run in parallel (rayon); T = 4096, HQ = 16, H = 1, D = 64 with
+//! paper-like branches takes about 8 CPU-seconds in release (see the ignored `large` test).
 //!
 //! # Checks
 //!
@@ -80,11 +91,11 @@ pub use tokens::{Sequence, sequences};
 /// Everything the oracle computes for one call.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Output {
-    /// The combined output `o` [B,T,HQ,Dv].
+    /// The combined output `o` \[B,T,HQ,Dv\].
     pub o: Tensor<f64>,
-    /// Each branch's own (ungated) output `o_<b>` [B,T,HQ,Dv], by branch name.
+    /// Each branch's own (ungated) output `o_<b>` \[B,T,HQ,Dv\], by branch name.
     pub branches: BTreeMap<String, Tensor<f64>>,
-    /// Each select branch's chosen blocks `idx_<b>` [B,T,H,top]: block indices in ascending
+    /// Each select branch's chosen blocks `idx_<b>` \[B,T,H,top\]: block indices in ascending
     /// order, padded with −1 where fewer than `top` blocks are candidates.
     pub selected: BTreeMap<String, Tensor<i32>>,
 }
@@ -200,9 +211,9 @@ fn run(
 
 /// What one query position produces.
 struct QueryOutput {
-    /// Per branch: [HQ][Dv].
+    /// Per branch: \[HQ\]\[Dv\].
     branches: Vec<Vec<Vec<f64>>>,
-    /// Per branch: for select branches, the chosen blocks per kv head [H][..].
+    /// Per branch: for select branches, the chosen blocks per kv head \[H\]\[..\].
     chosen: Vec<Option<Vec<Vec<usize>>>>,
 }
 
@@ -224,7 +235,7 @@ fn pool_all(call: &Call<'_>, data: &SeqData) -> Vec<Option<PooledTokens>> {
 }
 
 /// Every branch's output for query position `t` of one sequence; `given(b)` returns the
-/// caller's blocks [H][..] for select branch b, if any.
+/// caller's blocks \[H\]\[..\] for select branch b, if any.
 fn query(
     call: &Call<'_>,
     data: &SeqData,
@@ -278,7 +289,7 @@ fn query(
     QueryOutput { branches, chosen }
 }
 
-/// Writes one token's [HQ][Dv] rows into a [B,T,HQ,Dv] tensor.
+/// Writes one token's \[HQ\]\[Dv\] rows into a \[B,T,HQ,Dv\] tensor.
 fn write_heads(tensor: &mut Tensor<f64>, token: usize, rows: &[Vec<f64>]) {
     let width: usize = tensor.shape[2] * tensor.shape[3];
     let dst = &mut tensor.data[token * width..(token + 1) * width];
@@ -287,7 +298,7 @@ fn write_heads(tensor: &mut Tensor<f64>, token: usize, rows: &[Vec<f64>]) {
     }
 }
 
-/// Writes one token's chosen blocks [H][..] into a −1-filled [B,T,H,top] tensor.
+/// Writes one token's chosen blocks \[H\]\[..\] into a −1-filled \[B,T,H,top\] tensor.
 fn write_chosen(
     tensor: &mut Tensor<i32>,
     token: usize,

@@ -39,8 +39,8 @@ fn overlap(a0: usize, a1: usize, b0: usize, b1: usize) -> usize {
     a1.min(b1).saturating_sub(a0.max(b0))
 }
 
-/// p_s(t, h, i) for every kv head h and block i: [H][NB], from the probabilities `probs`
-/// [HQ][N] of the scoring compress branch `c` at the same query. No forcing is applied.
+/// p_s(t, h, i) for every kv head h and block i: \[H\]\[NB\], from the probabilities `probs`
+/// \[HQ\]\[N\] of the scoring compress branch `c` at the same query. No forcing is applied.
 pub(crate) fn scores(
     probs: &[Vec<f64>],
     c: &Compress,
@@ -70,7 +70,7 @@ pub(crate) fn scores(
     out
 }
 
-/// The blocks query `t` attends for one kv head with raw scores `scores` [NB]: at most `top`
+/// The blocks query `t` attends for one kv head with raw scores `scores` \[NB\]: at most `top`
 /// block indices, ascending.
 pub fn choose(scores: &[f64], s: &Select, causal: bool, t: usize, len: usize) -> Vec<usize> {
     let mut ranked: Vec<(f64, usize)> = scores
@@ -93,7 +93,7 @@ pub fn choose(scores: &[f64], s: &Select, causal: bool, t: usize, len: usize) ->
 }
 
 /// Whether `chosen` is an acceptable choice of select branch `s` for query `t` of a sequence
-/// of `len` tokens, given the oracle's raw scores `scores` [NB] for one kv head (from
+/// of `len` tokens, given the oracle's raw scores `scores` \[NB\] for one kv head (from
 /// [`block_scores`](super::block_scores)).
 ///
 /// Acceptable: min(n, #candidates) distinct candidates in ascending order, such that no

@@ -34,7 +34,7 @@ pub fn softmax(logits: &[f64]) -> Vec<f64> {
     exps.into_iter().map(|e| e / sum).collect()
 }
 
-/// Σ_i probs[i]·values[i], a vector of length `dim` (zeros when there are no values).
+/// Σ_i probs\[i\]·values\[i\], a vector of length `dim` (zeros when there are no values).
 pub(crate) fn mix<'a>(
     probs: impl IntoIterator<Item = f64>,
     values: impl IntoIterator<Item = &'a [f64]>,
@@ -62,7 +62,7 @@ pub(crate) fn attend<'a>(
 }
 
 /// Softmax attention of every query head of token `t` over its kv head's keys: `keys(kvh)`
-/// lists the key positions that kv head `kvh`'s group attends. Returns [HQ][Dv].
+/// lists the key positions that kv head `kvh`'s group attends. Returns \[HQ\]\[Dv\].
 pub(crate) fn attend_heads(
     dims: &Dims,
     q: &Tokens,
