@@ -1,6 +1,7 @@
 //! Properties on random specs and inputs (odd lengths, several seeds): branch outputs are
 //! convex combinations of what they attend, the chosen blocks are exactly the top-n of the
-//! block scores, and selecting everything / a window ≥ T is plain dense attention.
+//! block scores, selecting everything / a window ≥ T is plain dense attention, and varlen
+//! segments are independent sequences.
 
 use nsac_dsl::problem::Shape;
 use nsac_dsl::spec::{CombineMode, Pool, Spec};
@@ -205,5 +206,27 @@ proptest! {
         let dense = dense_attention(&inputs, ("k", "v"), spec.scale_for(shape.head_dim.qk), |_, t, _, k| !causal || k <= t);
         assert_tensors_close(&out.branches["slc"], &dense, TOL);
         assert_tensors_close(&out.branches["win"], &dense, TOL);
+    }
+
+    #[test]
+    fn varlen_segments_are_independent_sequences(
+        case in any_case(),
+        lengths in proptest::collection::vec(1usize..15, 1..4),
+        seed in any::<u64>(),
+    ) {
+        let spec = case.spec;
+        let mut cu = vec![0];
+        for l in &lengths {
+            cu.push(cu[cu.len() - 1] + l);
+        }
+        let shape = varlen(&spec, &cu);
+        let inputs = random(&spec, &shape, seed);
+        let out = forward(&spec, &shape, &inputs).unwrap();
+        for w in cu.windows(2) {
+            let part = slice_rows(&inputs, 0, w[0], w[1]);
+            let alone = forward(&spec, &batched(&spec, 1, w[1] - w[0]), &part).unwrap();
+            prop_assert_eq!(slice_out(&out.o, 0, w[0], w[1]), alone.o);
+            prop_assert_eq!(slice_out(&out.selected["slc"], 0, w[0], w[1]), alone.selected["slc"].clone());
+        }
     }
 }
