@@ -44,6 +44,8 @@
 //!   less than its rounding the other way. [`score::is_valid_choice`] accepts such a choice
 //!   (within a tolerance), and [`forward_with_blocks`] recomputes every output with the
 //!   backend's blocks, so its selected attention can still be checked exactly.
+//! - [`relative_error`] is DESIGN §4's measure, max |out − ref| / max |ref|, for comparing a
+//!   backend's f32 tensors with the oracle's.
 //! - The rules themselves are public as small functions ([`compress::visible`],
 //!   [`score::is_candidate`], [`score::is_forced`], [`score::choose`], [`select::keys`],
 //!   [`window::keys`], [`pool::token_count`], [`score::block_count`]).
@@ -58,6 +60,7 @@
 
 mod call;
 mod combine;
+mod compare;
 pub mod compress;
 mod given;
 mod inspect;
@@ -83,6 +86,7 @@ use call::{Call, Plan};
 use pool::PooledTokens;
 use tokens::SeqData;
 
+pub use compare::relative_error;
 pub use inspect::{block_scores, compressed_probabilities, pooled};
 pub use pool::Pooled;
 pub use softmax::softmax;

@@ -563,3 +563,24 @@ fn bad_calls_are_typed_errors() {
         Err(ReferenceError::UnknownBranch { .. })
     ));
 }
+
+#[test]
+fn relative_error_is_max_difference_over_max_reference() {
+    use crate::reference::relative_error;
+    let want = Tensor {
+        shape: vec![2, 2],
+        data: vec![1.0, -4.0, 2.0, 0.5],
+    };
+    let got = Tensor {
+        shape: vec![2, 2],
+        data: vec![1.0f32, -3.5, 2.25, 0.5],
+    };
+    assert_eq!(relative_error(&got, &want), Some(0.5 / 4.0));
+    let zeros = Tensor::full(vec![2, 2], 0.0f64);
+    assert_eq!(relative_error(&got, &zeros), Some(3.5));
+    let mut nan = got.clone();
+    nan.data[3] = f32::NAN;
+    assert!(relative_error(&nan, &want).unwrap().is_nan());
+    let other = Tensor::full(vec![4], 0.0f32);
+    assert_eq!(relative_error(&other, &want), None);
+}
