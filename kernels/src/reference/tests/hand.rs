@@ -221,3 +221,47 @@ fn overlap_scores_with_a_group_of_two() {
         TOL,
     );
 }
+
+/// The T = 5 inputs without causality: every token, block and window key on both sides.
+#[test]
+fn t5_non_causal() {
+    let (mut spec, mut inputs) = t5_case(1, 0);
+    spec.causal = false;
+    spec.combine.mode = CombineMode::Sum;
+    inputs.retain(|name, _| !name.starts_with("g_"));
+    let out = forward(&spec, &batched(&spec, 1, 5), &inputs).unwrap();
+    let at0 = |name: &str, t: usize| at(&out.branches[name], &[0, t, 0, 0]);
+    // Both compressed tokens are seen from t = 0 (q = 1: logits 2, −1).
+    assert_close(at0("cmp", 0), avg(&[2.0, -1.0], &[3.0, 7.0]), TOL);
+    // t = 2 (q = −1): token 1 wins (logits −2, 1), and all of block 1 is attended, including
+    // key 3 after the query.
+    assert_eq!(at(&out.selected["slc"], &[0, 2, 0, 0]), 1);
+    assert_close(at0("slc", 2), avg(&[2.0, 0.0], &[6.0, 8.0]), TOL);
+    // t = 0 (q = 1): block 0, keys 0 and 1.
+    assert_eq!(at(&out.selected["slc"], &[0, 0, 0, 0]), 0);
+    assert_close(at0("slc", 0), avg(&[1.0, 3.0], &[2.0, 4.0]), TOL);
+    // Window 2 is symmetric: |k − t| ≤ 1.
+    assert_close(at0("win", 0), avg(&[1.0, 3.0], &[2.0, 4.0]), TOL);
+    assert_close(at0("win", 2), avg(&[-3.0, 2.0, 0.0], &[4.0, 6.0, 8.0]), TOL);
+    assert_close(at0("win", 4), avg(&[0.0, -5.0], &[8.0, 10.0]), TOL);
+}
+
+/// Weighted pooling of the T = 5 inputs with w = [0.5, −1] (one weight tensor for K and V).
+#[test]
+fn t5_weighted_pool() {
+    let (mut spec, mut inputs) = t5_case(1, 0);
+    spec.branches[0] = compress("cmp", 2, 2, Pool::Weighted);
+    inputs.insert("w_cmp".into(), tensor(&[1, 2], &[0.5, -1.0]));
+    let shape = batched(&spec, 1, 5);
+    let p = &pooled(&spec, &shape, &inputs, "cmp").unwrap()[0];
+    // K̃ = [0.5·1 − 3, 0.5·(−2) − 0], Ṽ = [0.5·2 − 4, 0.5·6 − 8].
+    assert_eq!(p.k.data, vec![-2.5, -1.0]);
+    assert_eq!(p.v.data, vec![-3.0, -5.0]);
+    let out = forward(&spec, &shape, &inputs).unwrap();
+    // t = 3 (q = 2): logits −5, −2.
+    assert_close(
+        at(&out.branches["cmp"], &[0, 3, 0, 0]),
+        avg(&[-5.0, -2.0], &[-3.0, -5.0]),
+        TOL,
+    );
+}
