@@ -241,3 +241,6 @@ fn check(spec: &Spec, shape: &Shape) -> Result<(), CostError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
