@@ -223,7 +223,7 @@ fn check(spec: &Spec, shape: &Shape) -> Result<(), CostError> {
         }
     }
     let bad = |m: &str| Err(CostError::BadShape(m.into()));
-    if shape.heads.q == 0 || shape.heads.kv == 0 || shape.heads.q % shape.heads.kv != 0 {
+    if shape.heads.q == 0 || shape.heads.kv == 0 || !shape.heads.q.is_multiple_of(shape.heads.kv) {
         return bad("query heads must be a positive multiple of kv heads");
     }
     if shape.head_dim.qk == 0 || shape.head_dim.v == 0 {
