@@ -246,3 +246,31 @@ fn bad_scorer_and_zero_block_are_errors() {
     // Never panics, even on a spec validation would reject.
     let _ = decode_tokens_loaded(&s, 1000);
 }
+
+#[test]
+fn absurd_sizes_are_an_overflow_error_not_a_panic() {
+    let mut s = paper();
+    if let BranchKind::Compress(c) = &mut s.branches[0].kind {
+        c.pool = Pool::Linear;
+    }
+    let mut p = Problem::batched(1, 100);
+    p.head_dim = Some(HeadDim {
+        qk: u32::MAX,
+        v: u32::MAX,
+    });
+    let shape = p.resolve(&s).unwrap();
+    assert!(matches!(estimate(&s, &shape), Err(CostError::Overflow)));
+}
+
+/// Prints the paper configuration's table (run with `--nocapture` to look at it).
+#[test]
+fn paper_table_at_64k() {
+    let s = paper();
+    let mut p = Problem::batched(1, 65536);
+    p.dtype = DType::Bf16;
+    let r = estimate(&s, &p.resolve(&s).unwrap()).unwrap();
+    println!("{r}");
+    assert_eq!(r.keys_last, 4095 + 1024 + 512);
+    // Attention dominates: pooling and scoring are a few percent at most.
+    assert!(r.flops.pooling + r.flops.scoring < 0.05 * r.flops.attention);
+}

@@ -71,7 +71,7 @@ pub fn select_keys(s: &Select, t: u64, len: u64, causal: bool) -> u64 {
     } else {
         0
     };
-    taken * lb - short
+    taken.saturating_mul(lb) - short
 }
 
 /// Keys (or compressed tokens) a branch attends for query `t`.

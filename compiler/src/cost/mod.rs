@@ -67,22 +67,23 @@ pub fn decode_tokens_loaded(spec: &Spec, context_len: usize) -> f64 {
 /// Counts the work, traffic and intensity of `spec` on `shape`.
 pub fn estimate(spec: &Spec, shape: &Shape) -> Result<CostReport, CostError> {
     check(spec, shape)?;
-    let hq = u128::from(shape.heads.q);
-    let h = u128::from(shape.heads.kv);
+    // FLOPs are f64 (they may exceed any integer for absurd shapes, and are reported as f64);
+    // bytes are exact integers, multiplied with overflow checks.
+    let (hq, h) = (u128::from(shape.heads.q), u128::from(shape.heads.kv));
     let (dqk, dv) = (u128::from(shape.head_dim.qk), u128::from(shape.head_dim.v));
     let batch = shape.batch as u128;
-    let positions: u128 = batch
-        * shape
-            .segments
-            .iter()
-            .map(|(s, e)| (e - s) as u128)
-            .sum::<u128>();
+    let elem = shape.dtype.size() as u128;
+    let row_positions: u128 = shape.segments.iter().map(|(s, e)| (e - s) as u128).sum();
+    let positions = prod(&[batch, row_positions])?;
     let longest = shape
         .segments
         .iter()
         .map(|(s, e)| (e - s) as u64)
         .max()
         .unwrap_or(0);
+    let f = |x: u128| x as f64;
+    let (fq, fh, fb) = (f(hq), f(h), f(batch));
+    let (fqk, fv) = (f(dqk), f(dv));
 
     let mut branches = Vec::with_capacity(spec.branches.len());
     let mut intermediates: u128 = 0;
@@ -106,41 +107,54 @@ pub fn estimate(spec: &Spec, shape: &Shape) -> Result<CostReport, CostError> {
         } else {
             keys::branch_keys(&br.kind, longest - 1, longest, spec.causal)
         };
-        let attention = 2 * (dqk + dv) * key_sum * hq * batch;
-        let scoring = 2 * score_units * hq * batch;
+        let attention = 2.0 * (fqk + fv) * f(key_sum) * fq * fb;
+        let scoring = 2.0 * f(score_units) * fq * fb;
         let pooling = match &br.kind {
             BranchKind::Compress(c) => {
-                let l = u128::from(c.block);
+                let l = f64::from(c.block);
                 let per_token = match c.pool {
-                    Pool::Mean => l * (dqk + dv),
-                    Pool::Weighted => 2 * l * (dqk + dv),
-                    Pool::Linear => 2 * l * (dqk * dqk + dv * dv),
+                    Pool::Mean => l * (fqk + fv),
+                    Pool::Weighted => 2.0 * l * (fqk + fv),
+                    Pool::Linear => 2.0 * l * (fqk * fqk + fv * fv),
                 };
-                intermediates += 2 * pooled_tokens * batch * h * (dqk + dv) * dtype_bytes(shape);
-                per_token * pooled_tokens * h * batch
+                let kv = prod(&[2, pooled_tokens, batch, h, dqk + dv, elem])?;
+                intermediates = add(intermediates, kv)?;
+                per_token * f(pooled_tokens) * fh * fb
             }
-            _ => 0,
+            _ => 0.0,
         };
         if let BranchKind::Select(sel) = &br.kind {
-            intermediates += 2 * positions * h * u128::from(sel.top) * 4;
+            let idx = prod(&[2, positions, h, u128::from(sel.top), 4])?;
+            intermediates = add(intermediates, idx)?;
         }
         branches.push(BranchCost {
             name: br.name.clone(),
             kind: br.keyword(),
             keys_last,
-            keys_mean: ratio(key_sum * batch, positions),
-            flops: Flops::new(attention as f64, pooling as f64, scoring as f64),
+            keys_mean: ratio(key_sum, row_positions),
+            flops: Flops::new(attention, pooling, scoring),
         });
     }
 
-    let input_elems: u128 = expected_inputs(spec, shape)
-        .iter()
-        .map(|i| i.shape.iter().map(|&d| d as u128).product::<u128>())
-        .sum();
-    let inputs = input_elems * dtype_bytes(shape) + cu_seqlens_bytes(shape);
-    let output = positions * hq * dv * dtype_bytes(shape);
+    let mut input_elems: u128 = 0;
+    for input in expected_inputs(spec, shape) {
+        let dims: Vec<u128> = input.shape.iter().map(|&d| d as u128).collect();
+        input_elems = add(input_elems, prod(&dims)?)?;
+    }
+    let inputs = add(prod(&[input_elems, elem])?, cu_seqlens_bytes(shape))?;
+    let output = prod(&[positions, hq, dv, elem])?;
     let bytes = Bytes::new(to_u64(inputs)?, to_u64(output)?, to_u64(intermediates)?);
     Ok(CostReport::new(spec, shape, branches, bytes))
+}
+
+fn prod(xs: &[u128]) -> Result<u128, CostError> {
+    xs.iter()
+        .try_fold(1u128, |a, &x| a.checked_mul(x))
+        .ok_or(CostError::Overflow)
+}
+
+fn add(a: u128, b: u128) -> Result<u128, CostError> {
+    a.checked_add(b).ok_or(CostError::Overflow)
 }
 
 /// Bytes of `cu_seqlens` (int32, N+1 entries) when the shape has several segments. A
@@ -151,10 +165,6 @@ fn cu_seqlens_bytes(shape: &Shape) -> u128 {
     } else {
         0
     }
-}
-
-fn dtype_bytes(shape: &Shape) -> u128 {
-    shape.dtype.size() as u128
 }
 
 fn ratio(num: u128, den: u128) -> f64 {
