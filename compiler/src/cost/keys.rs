@@ -25,14 +25,17 @@ pub fn compress_keys(c: &Compress, t: u64, len: u64, causal: bool) -> u64 {
     }
 }
 
-/// Keys in a window of `size` ending at the query (inclusive): min(w, t + 1).
+/// Keys in a window of `size` ending at the query (inclusive): min(w, t + 1). DESIGN §3 defines
+/// the window relative to the query (keys max(0, t−w+1) ..= t), so it is the same for
+/// non-causal specs.
 pub fn window_keys(w: &Window, t: u64) -> u64 {
     u64::from(w.size).min(t + 1)
 }
 
 /// Keys in the blocks a select branch takes for query `t`.
 ///
-/// The candidates are blocks i with i·l′ ≤ t (causal) or all ⌈len/l′⌉ blocks; every candidate
+/// The candidates are blocks i with i·l′ ≤ t (causal) or all ⌈len/l′⌉ blocks (non-causal; the
+/// `keep_last` blocks still end at the query's own block ⌊t/l′⌋); every candidate
 /// but the highest-indexed one holds l′ keys, that one holds the rest (clipped at t when
 /// causal). `min(top, #candidates)` blocks are taken: the forced ones (lowest index first),
 /// then unforced ones, which depend on the data and are counted as full blocks — so the count

@@ -1,10 +1,14 @@
 //! The closed forms of [`super::keys`] against brute-force counting over keys and blocks, for
-//! random specs and short odd lengths.
+//! random specs and short odd lengths, and the report's sums against brute-force sums.
 
-use nsac_dsl::spec::{Compress, Pool, Select, Window};
+use nsac_dsl::problem::Problem;
+use nsac_dsl::spec::{
+    Branch, BranchKind, Combine, CombineMode, Compress, HeadDim, Heads, KvSource, Pool, Select,
+    Spec, Window,
+};
 use proptest::prelude::*;
 
-use super::keys;
+use super::{estimate, keys};
 
 /// Compressed tokens visible to t, by listing them.
 fn brute_compress(c: &Compress, t: u64, len: u64, causal: bool) -> u64 {
@@ -91,5 +95,81 @@ proptest! {
             })
             .count() as u64;
         prop_assert_eq!(keys::overlapped_blocks(&c, lb, j), brute);
+    }
+}
+
+fn brute_keys(kind: &BranchKind, t: u64, len: u64, causal: bool) -> u64 {
+    match kind {
+        BranchKind::Compress(c) => brute_compress(c, t, len, causal),
+        BranchKind::Select(s) => brute_select(s, t, len, causal),
+        BranchKind::Window(w) => brute_window(w, t, len),
+    }
+}
+
+fn random_spec(l: u32, d: u32, lb: u32, top: u32, w: u32, causal: bool) -> Spec {
+    let branch = |name: &str, kind| Branch {
+        name: name.into(),
+        kv: KvSource::Shared,
+        kind,
+    };
+    let branches = vec![
+        branch(
+            "c",
+            BranchKind::Compress(Compress {
+                block: l,
+                stride: d,
+                pool: Pool::Weighted,
+            }),
+        ),
+        branch(
+            "s",
+            BranchKind::Select(Select {
+                block: lb,
+                top,
+                scored_by: "c".into(),
+                keep_first: 1,
+                keep_last: 1,
+            }),
+        ),
+        branch("w", BranchKind::Window(Window { size: w })),
+    ];
+    Spec {
+        name: "r".into(),
+        heads: Heads { q: 6, kv: 2 },
+        head_dim: HeadDim { qk: 5, v: 3 },
+        causal,
+        scale: None,
+        combine: Combine {
+            mode: CombineMode::Sum,
+            branches: vec!["c".into(), "s".into(), "w".into()],
+        },
+        branches,
+    }
+}
+
+proptest! {
+    #[test]
+    fn report_totals_match_brute_force_over_positions(
+        l in 1u32..10, d in 1u32..10, lb in 1u32..10, top in 0u32..6, w in 0u32..20,
+        causal: bool, lens in proptest::collection::vec(1usize..40, 1..4),
+    ) {
+        let spec = random_spec(l, d, lb, top, w, causal);
+        let mut cu = vec![0];
+        for len in &lens {
+            cu.push(cu.last().copied().unwrap_or(0) + len);
+        }
+        let shape = Problem::varlen(cu).resolve(&spec).unwrap();
+        let report = estimate(&spec, &shape).unwrap();
+        let total: usize = lens.iter().sum();
+        let longest = lens.iter().copied().max().unwrap_or(0) as u64;
+        for (br, cost) in spec.branches.iter().zip(&report.branches) {
+            let sum: u64 = lens
+                .iter()
+                .map(|&len| (0..len as u64).map(|t| brute_keys(&br.kind, t, len as u64, causal)).sum::<u64>())
+                .sum();
+            prop_assert!((cost.keys_mean - sum as f64 / total as f64).abs() < 1e-9);
+            prop_assert_eq!(cost.keys_last, brute_keys(&br.kind, longest - 1, longest, causal));
+            prop_assert_eq!(cost.flops.attention, 2.0 * 8.0 * sum as f64 * 6.0);
+        }
     }
 }
