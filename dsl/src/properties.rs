@@ -85,3 +85,16 @@ fn paper_spec_formats_with_comments_kept() {
     assert_eq!(format_source(&out).unwrap(), out);
     assert_eq!(parse_text(&out).unwrap(), parse_text(PAPER).unwrap());
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// The strategy only makes specs the validator accepts (the backends rely on it).
+    #[test]
+    fn strategy_specs_are_valid(spec in valid_spec()) {
+        let text = format_spec(&spec);
+        prop_assert!(parse_text(&text).is_ok(), "{}", text);
+        prop_assert!(!spec.branches.is_empty());
+        prop_assert_eq!(spec.combine.branches.len(), spec.branches.len());
+    }
+}
