@@ -98,3 +98,24 @@ proptest! {
         prop_assert_eq!(spec.combine.branches.len(), spec.branches.len());
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Token soup: random sequences of the language's own tokens reach deeper into the grammar
+    /// and the validator than random characters do.
+    #[test]
+    fn no_panic_on_token_soup(tokens in prop::collection::vec(
+        "attention|compress|select|window|heads|head_dim|block|stride|top|scored_by|keep_first|keep_last|size|pool|kv|combine|gate|sum|mean|own|true|[a-z]{1,3}|-?[0-9]{1,12}|0\\.5|=|/|,|\\{|\\}|\\(|\\)|\n| |#|:|- |\\[|\\]",
+        0..60,
+    )) {
+        let s = tokens.concat();
+        for r in [parse_text(&s), parse_yaml(&s)] {
+            if let Err(e) = r {
+                prop_assert!(!e.diagnostics.is_empty());
+                let _ = crate::diagnostics::render(&e, "soup", &s, false);
+            }
+        }
+        let _ = format_source(&s);
+    }
+}
