@@ -204,3 +204,29 @@ fn canonical_text_and_hash_are_stable() {
     other.causal = false;
     assert_ne!(canonical_hash(&other), canonical_hash(&s));
 }
+
+#[test]
+fn load_reports_io_and_extension_problems() {
+    let dir = std::env::temp_dir().join(format!("nsac-dsl-load-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let missing = nsac_dsl::load(&dir.join("absent.nsa")).unwrap_err();
+    assert!(
+        matches!(missing, nsac_dsl::LoadError::Io { .. }),
+        "{missing}"
+    );
+    let txt = dir.join("spec.txt");
+    std::fs::write(&txt, PAPER).unwrap();
+    assert!(matches!(
+        nsac_dsl::load(&txt).unwrap_err(),
+        nsac_dsl::LoadError::UnknownExtension { .. }
+    ));
+    let bad = dir.join("bad.nsa");
+    std::fs::write(&bad, PAPER.replace("block = 32", "block = 0")).unwrap();
+    let err = nsac_dsl::load(&bad).unwrap_err();
+    let rendered = err.render(false);
+    assert!(rendered.contains("bad.nsa:10:28"), "{rendered}");
+    let good = dir.join("good.yml");
+    std::fs::write(&good, include_str!("../../kernels/nsa-paper.yaml")).unwrap();
+    assert_eq!(nsac_dsl::load(&good).unwrap(), parse_text(PAPER).unwrap());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
