@@ -1,1 +1,3 @@
 //! nsac-runtime: tensors in and out, devices, kernel launching, tuning.
+
+pub mod tune;
