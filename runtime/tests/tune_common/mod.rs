@@ -68,7 +68,7 @@ impl VariantSpace for ToySpace {
     }
 
     fn check(&self, v: &ToyVariant) -> Result<(), PruneReason> {
-        if self.block % v.k_tile != 0 {
+        if !self.block.is_multiple_of(v.k_tile) {
             return Err(PruneReason::NotDivisible {
                 knob: "k_tile".into(),
                 value: v.k_tile.into(),
