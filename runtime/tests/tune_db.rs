@@ -289,3 +289,60 @@ fn two_writer_processes_keep_both_their_entries() {
     expected.sort();
     assert_eq!(specs, expected);
 }
+
+#[test]
+fn tune_cached_tunes_on_a_miss_and_reuses_on_a_hit() {
+    use nsac_runtime::tune::{Tuned, tune_cached};
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let db = db_in(dir.path());
+    let space = ToySpace {
+        block: 64,
+        scratch_bytes: 2048,
+    };
+    let grid = nsac_runtime::tune::space::enumerate(&space).unwrap();
+    let bench = FakeBench::new(Landscape::random(&grid.shape, 0.1, 0.0, 8));
+    let options = TuneOptions::default();
+    let here = key("s", 100, fake_cpu("C"));
+
+    let (first, warnings) =
+        tune_cached(&db, &here, &space, &bench, &options, false, &mut |_| {}).unwrap();
+    assert!(warnings.is_empty());
+    let Tuned::Fresh(result) = &first else {
+        panic!("an empty DB cannot hit")
+    };
+    let compiled = bench.compiles.load(Ordering::SeqCst);
+    assert!(compiled > 0);
+
+    let (second, _) =
+        tune_cached(&db, &here, &space, &bench, &options, false, &mut |_| {}).unwrap();
+    assert_eq!(
+        second,
+        Tuned::Stored {
+            variant: result.best.clone(),
+            best_us: result.best_time.as_secs_f64() * 1e6
+        }
+    );
+    assert_eq!(
+        bench.compiles.load(Ordering::SeqCst),
+        compiled,
+        "a hit compiles nothing"
+    );
+
+    // Another machine, or an explicit retune, tunes again.
+    let elsewhere = key("s", 100, fake_cpu("D"));
+    let (third, _) = tune_cached(
+        &db,
+        &elsewhere,
+        &space,
+        &bench,
+        &options,
+        false,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert!(matches!(third, Tuned::Fresh(_)));
+    let (fourth, _) = tune_cached(&db, &here, &space, &bench, &options, true, &mut |_| {}).unwrap();
+    assert!(matches!(fourth, Tuned::Fresh(_)));
+    assert_eq!(db.load().unwrap().value.entries.len(), 2);
+}

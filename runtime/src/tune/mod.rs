@@ -3,8 +3,9 @@
 //! A backend declares its knobs as a [`VariantSpace`] and how to compile, time and check a
 //! Variant as a [`Benchmark`]; [`tune`] prunes, searches, measures and returns a
 //! [`TuneResult`]; [`TuningDb`] keeps results per spec, shape bucket, dtype, device and nsac
-//! version in one YAML file.
+//! version in one YAML file; [`tune_cached`] ties the two together (tune only on a miss).
 
+pub mod cached;
 pub mod db;
 pub mod file_lock;
 pub mod fingerprint;
@@ -13,6 +14,7 @@ pub mod search;
 pub mod space;
 pub mod tuner;
 
+pub use cached::{CachedTuneError, Tuned, tune_cached};
 pub use db::{DbContents, DbError, DbWarning, Entry, ImportReport, Lookup, TuningDb, Warned};
 pub use fingerprint::{CpuFingerprint, DeviceFingerprint, GpuFingerprint};
 pub use key::{ShapeBucket, TuneKey};
