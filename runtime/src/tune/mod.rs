@@ -10,6 +10,7 @@ pub mod db;
 pub mod file_lock;
 pub mod fingerprint;
 pub mod key;
+pub mod limits;
 pub mod search;
 pub mod space;
 pub mod tuner;
@@ -18,6 +19,7 @@ pub use cached::{CachedTuneError, Tuned, tune_cached};
 pub use db::{DbContents, DbError, DbWarning, Entry, ImportReport, Lookup, TuningDb, Warned};
 pub use fingerprint::{CpuFingerprint, DeviceFingerprint, GpuFingerprint};
 pub use key::{ShapeBucket, TuneKey};
+pub use limits::{BlockNeeds, GpuLimits};
 pub use search::{SearchConfig, Strategy};
 pub use space::{Dimension, Point, PruneReason, VariantSpace};
 pub use tuner::{

@@ -310,23 +310,25 @@ where
             .iter()
             .filter(|p| !self.results.contains_key(*p))
             .collect();
-        if !fresh.is_empty() {
+        // Compile a few per thread at a time: memory stays bounded and progress keeps moving.
+        let chunk = rayon::current_num_threads().max(1) * 4;
+        for fresh in fresh.chunks(chunk) {
             (self.progress)(Progress::Compiling { count: fresh.len() });
             let variants: Vec<S::Variant> =
                 fresh.iter().map(|p| self.space.variant_at(p)).collect();
             let bench = self.bench;
             let kernels: Vec<Result<B::Kernel, BenchError>> =
                 variants.par_iter().map(|v| bench.compile(v)).collect();
-            for ((point, variant), kernel) in fresh.into_iter().zip(&variants).zip(kernels) {
+            for ((point, variant), kernel) in fresh.iter().zip(&variants).zip(kernels) {
                 let measured = self.measure_one(variant, kernel);
-                self.order.push(point.clone());
+                self.order.push((*point).clone());
                 (self.progress)(Progress::Candidate {
                     done: self.order.len(),
                     planned: self.planned.max(self.order.len()),
                     variant: format!("{variant:?}"),
                     outcome: measured.outcome.clone(),
                 });
-                self.results.insert(point.clone(), measured);
+                self.results.insert((*point).clone(), measured);
             }
         }
         points
