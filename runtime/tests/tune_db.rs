@@ -7,7 +7,8 @@ use nsac_runtime::tune::db::SCHEMA_VERSION;
 use nsac_runtime::tune::key::NSAC_VERSION;
 use nsac_runtime::tune::search::SearchConfig;
 use nsac_runtime::tune::{
-    DbError, DbWarning, Entry, Lookup, Outcome, Strategy, TuneKey, TuneOptions, TuningDb, tune,
+    DbError, DbWarning, DeviceFingerprint, Entry, Lookup, Outcome, Strategy, TuneKey, TuneOptions,
+    TuningDb, tune,
 };
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -345,4 +346,23 @@ fn tune_cached_tunes_on_a_miss_and_reuses_on_a_hit() {
     let (fourth, _) = tune_cached(&db, &here, &space, &bench, &options, true, &mut |_| {}).unwrap();
     assert!(matches!(fourth, Tuned::Fresh(_)));
     assert_eq!(db.load().unwrap().value.entries.len(), 2);
+}
+
+#[test]
+fn keys_of_library_specs_follow_the_canonical_hash() {
+    use nsac_dsl::problem::Problem;
+    let library = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kernels");
+    let read = |name: &str| std::fs::read_to_string(library.join(name)).unwrap();
+    let text = nsac_dsl::parse_text(&read("nsa-paper.nsa")).unwrap();
+    let yaml = nsac_dsl::parse_yaml(&read("nsa-paper.yaml")).unwrap();
+    let window = nsac_dsl::parse_text(&read("sliding-window.nsa")).unwrap();
+    let shape = |spec| Problem::batched(2, 777).resolve(spec).unwrap();
+    let device = DeviceFingerprint::this_cpu();
+    let k_text = TuneKey::for_spec(&text, &shape(&text), device.clone());
+    let k_yaml = TuneKey::for_spec(&yaml, &shape(&yaml), device.clone());
+    let k_window = TuneKey::for_spec(&window, &shape(&window), device);
+    assert_eq!(k_text, k_yaml, "both forms of one spec share a key");
+    assert_ne!(k_text.spec, k_window.spec);
+    assert_eq!(k_text.spec.len(), 16);
+    assert_eq!((k_text.shape.batch, k_text.shape.seq_len), (2, 1024));
 }

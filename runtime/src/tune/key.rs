@@ -6,6 +6,7 @@
 //! not those retunes.
 
 use super::fingerprint::DeviceFingerprint;
+use nsac_dsl::Spec;
 use nsac_dsl::problem::Shape;
 use serde::{Deserialize, Serialize};
 
@@ -87,8 +88,18 @@ impl TuneKey {
         }
     }
 
+    /// The key for `spec` (by [`nsac_dsl::canonical_hash`], as 16 hex digits) on `shape`.
+    pub fn for_spec(spec: &Spec, shape: &Shape, device: DeviceFingerprint) -> Self {
+        Self::new(spec_hash_hex(spec), shape, device)
+    }
+
     /// Whether both keys ask the same question (spec, shape bucket, dtype), on any machine.
     pub fn same_question(&self, other: &TuneKey) -> bool {
         self.spec == other.spec && self.shape == other.shape && self.dtype == other.dtype
     }
+}
+
+/// The spec's stable canonical hash as 16 lower-case hex digits (the DB's `spec` field).
+pub fn spec_hash_hex(spec: &Spec) -> String {
+    format!("{:016x}", nsac_dsl::canonical_hash(spec))
 }
