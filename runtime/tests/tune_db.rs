@@ -366,3 +366,38 @@ fn keys_of_library_specs_follow_the_canonical_hash() {
     assert_eq!(k_text.spec.len(), 16);
     assert_eq!((k_text.shape.batch, k_text.shape.seq_len), (2, 1024));
 }
+
+#[test]
+fn a_hand_written_file_in_the_documented_format_loads() {
+    // The example from the `tune::db` module docs, verbatim.
+    let docs = include_str!("../src/tune/db.rs");
+    let yaml: String = docs
+        .lines()
+        .skip_while(|l| !l.starts_with("//! ```yaml"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("//! ```"))
+        .map(|l| {
+            format!(
+                "{}\n",
+                l.trim_start_matches("//!").strip_prefix(' ').unwrap_or("")
+            )
+        })
+        .collect();
+    assert!(yaml.starts_with("schema: 1\n"), "{yaml}");
+    let dir = tempfile::tempdir().unwrap();
+    let db = db_in(dir.path());
+    std::fs::write(db.path(), &yaml).unwrap();
+    let loaded = db.load().unwrap();
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let entry = &loaded.value.entries[0];
+    assert_eq!(entry.key.shape.seq_len, 8192);
+    assert_eq!(entry.candidates.len(), 2);
+    assert!(matches!(
+        &entry.candidates[0].outcome,
+        Outcome::Pruned { reason } if reason.contains("registers, the device")
+    ));
+    assert_eq!(
+        entry.candidates[1].outcome.median().map(|t| t.as_micros()),
+        Some(14002)
+    );
+}

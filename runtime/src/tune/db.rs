@@ -5,7 +5,30 @@
 //! [`super::file_lock`]), so two processes tuning at once both keep their entries. A file that
 //! does not parse, or has another schema version, is set aside as `tuning.yaml.corrupt-<n>` and
 //! reported as a [`DbWarning`]; the DB then starts empty. Variants are stored as plain YAML
-//! values so one file holds the entries of every backend.
+//! values so one file holds the entries of every backend. A file looks like this (one entry,
+//! candidates shortened):
+//!
+//! ```yaml
+//! schema: 1
+//! entries:
+//! - key:
+//!     spec: 3f9c0a1b22d4e5f6          # nsac_dsl::canonical_hash, hex
+//!     shape: {layout: batched, batch: 1, seq_len: 8192, heads_q: 64, heads_kv: 4, dim_qk: 192, dim_v: 128}
+//!     dtype: f32
+//!     device:
+//!       cpu: {model: AMD EPYC, arch: x86_64, features: [sse4.1, avx, avx2, fma], cores: 2}
+//!     nsac: "0.1.0"
+//!   best: {rows: 4, key_vectors: 2, threads: 2}
+//!   best_us: 8123.4
+//!   default: {rows: 1, key_vectors: 1, threads: 2}
+//!   default_us: 15890.2
+//!   strategy: coordinate_descent
+//!   candidates:
+//!   - variant: {rows: 3, key_vectors: 4, threads: 2}
+//!     outcome: {pruned: {reason: "needs 20 F32X4 registers, the device has 16"}}
+//!   - variant: {rows: 2, key_vectors: 2, threads: 1}
+//!     outcome: {measured: {median_us: 14002.5, runs: 5}}
+//! ```
 
 use super::file_lock::{lock_exclusive, write_atomic};
 use super::key::TuneKey;
