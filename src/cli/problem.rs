@@ -2,10 +2,9 @@
 //! `--dtype`) into a `Problem` and resolves it against a spec.
 
 use nsac_dsl::problem::{DType, Problem, Sequences, Shape};
-use nsac_dsl::spec::{HeadDim, Heads, Spec};
+use nsac_dsl::spec::{HeadDim, Heads};
 
 use super::args::{DTypeArg, ProblemArgs};
-use super::error::CliError;
 
 impl From<DTypeArg> for DType {
     fn from(d: DTypeArg) -> Self {
@@ -30,11 +29,6 @@ pub fn problem_from_args(args: &ProblemArgs, file_cu_seqlens: Option<Vec<usize>>
         head_dim: args.head_dim.map(|(qk, v)| HeadDim { qk, v }),
         dtype: args.dtype.into(),
     }
-}
-
-/// Resolves the flags against `spec` into concrete sizes.
-pub fn resolve(spec: &Spec, args: &ProblemArgs) -> Result<Shape, CliError> {
-    Ok(problem_from_args(args, None).resolve(spec)?)
 }
 
 /// A one-line human description of a shape.

@@ -2,6 +2,11 @@
 //! random inputs (odd lengths, several seeds).
 
 mod edges;
+mod errors;
+mod given;
 mod hand;
+mod kinds;
+mod large;
+mod layout;
 mod props;
 mod support;
