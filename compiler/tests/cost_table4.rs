@@ -177,6 +177,7 @@ fn non_causal_sees_everything() {
                     keep_last: 0,
                 }),
             ),
+            branch("win", BranchKind::Window(Window { size: 3 })),
         ],
         false,
     );
@@ -186,6 +187,9 @@ fn non_causal_sees_everything() {
     assert_eq!(r.branches[0].keys_mean, 4.0);
     // 4 blocks ≤ top 8: every one of the 10 keys.
     assert_eq!(r.branches[1].keys_mean, 10.0);
+    // Symmetric window |k − t| ≤ 2: t=0:3, 1:4, 2..=7:5, 8:4, 9:3 → 44 keys over 10 queries.
+    assert!((r.branches[2].keys_mean - 4.4).abs() < 1e-12);
+    assert_eq!(r.branches[2].keys_last, 3);
     // Linear pooling: 4 tokens · H=4 · 2·l·(Dqk²+Dv²).
     assert_eq!(
         r.flops.pooling,

@@ -85,6 +85,16 @@ fn safetensors_round_trips_every_dtype() {
         assert_eq!(read_inputs(&path).unwrap(), set);
         // Nothing but the file itself is left behind.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        // Readable like any file `File::create` makes, not private like a temporary file.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let plain = dir.path().join("plain");
+            std::fs::File::create(&plain).unwrap();
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&path), mode(&plain));
+            std::fs::remove_file(&plain).unwrap();
+        }
     }
 }
 

@@ -25,11 +25,20 @@ pub fn compress_keys(c: &Compress, t: u64, len: u64, causal: bool) -> u64 {
     }
 }
 
-/// Keys in a window of `size` ending at the query (inclusive): min(w, t + 1). DESIGN §3 defines
-/// the window relative to the query (keys max(0, t−w+1) ..= t), so it is the same for
-/// non-causal specs.
-pub fn window_keys(w: &Window, t: u64) -> u64 {
-    u64::from(w.size).min(t + 1)
+/// Keys a window of size w attends: causal max(0, t−w+1) ..= t, so min(w, t + 1);
+/// non-causal the symmetric window |k − t| ≤ w − 1 inside the sequence (as the oracle).
+pub fn window_keys(w: &Window, t: u64, len: u64, causal: bool) -> u64 {
+    let size = u64::from(w.size);
+    if size == 0 {
+        return 0;
+    }
+    let first = t.saturating_sub(size - 1);
+    let last = if causal {
+        t
+    } else {
+        t.saturating_add(size - 1).min(len.saturating_sub(1))
+    };
+    (last + 1).saturating_sub(first)
 }
 
 /// Keys in the blocks a select branch takes for query `t`.
@@ -82,7 +91,7 @@ pub fn branch_keys(kind: &BranchKind, t: u64, len: u64, causal: bool) -> u64 {
     match kind {
         BranchKind::Compress(c) => compress_keys(c, t, len, causal),
         BranchKind::Select(s) => select_keys(s, t, len, causal),
-        BranchKind::Window(w) => window_keys(w, t),
+        BranchKind::Window(w) => window_keys(w, t, len, causal),
     }
 }
 

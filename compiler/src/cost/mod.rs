@@ -4,7 +4,8 @@
 //! What is counted, exactly:
 //! - **keys per query**, per branch: compressed tokens visible to the query (compress), keys of
 //!   the chosen blocks clipped at the query (select; unforced choices depend on the data and are
-//!   counted as full blocks, see [`keys::select_keys`]), min(w, t+1) (window). Reported at the
+//!   counted as full blocks, see [`keys::select_keys`]), min(w, t+1) (causal window; the
+//!   symmetric |k − t| < w inside the sequence when non-causal, as the oracle defines it). Reported at the
 //!   last position of the longest segment and averaged over every position of every segment.
 //! - **attention FLOPs** = 2·(Dqk+Dv)·keys per query head (one multiply-add per key for q·k and
 //!   one per key for p·v), summed over queries, query heads and branches. Softmax

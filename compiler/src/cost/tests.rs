@@ -6,47 +6,38 @@ use nsac_dsl::spec::{
     Branch, BranchKind, Combine, CombineMode, Compress, HeadDim, Heads, KvSource, Pool, Select,
     Spec, Window,
 };
+use nsac_kernels::reference::{compress, pool, score, select, window};
 use proptest::prelude::*;
 
 use super::{estimate, keys};
 
+// The brute force is the oracle's own rules (kernels::reference), applied key by key and
+// block by block, so the cost model counts exactly what the contract computes.
+
 /// Compressed tokens visible to t, by listing them.
 fn brute_compress(c: &Compress, t: u64, len: u64, causal: bool) -> u64 {
-    let (l, d) = (u64::from(c.block), u64::from(c.stride));
-    (0..len)
-        .take_while(|j| j * d + l <= len)
-        .filter(|j| !causal || j * d + l - 1 <= t)
+    let len = len as usize;
+    (0..pool::token_count(len, c))
+        .filter(|&j| compress::visible(c, causal, j, t as usize))
         .count() as u64
 }
 
-/// Keys of the chosen blocks, by listing candidates and sorting them: forced first, then (as
-/// the model's documented upper bound) bigger blocks, then lower index.
+/// Keys of the blocks the oracle chooses when every block scores its own size: forced blocks
+/// first, then bigger blocks, then lower index — the model's documented upper bound.
 fn brute_select(s: &Select, t: u64, len: u64, causal: bool) -> u64 {
-    let lb = u64::from(s.block);
-    let own = t / lb;
-    let mut cands: Vec<(bool, u64, u64)> = (0..len.div_ceil(lb))
-        .filter(|i| !causal || i * lb <= t)
+    let (t, len, lb) = (t as usize, len as usize, s.block as usize);
+    let scores: Vec<f64> = (0..score::block_count(len, s))
         .map(|i| {
-            let size = (i * lb..(i + 1) * lb)
-                .filter(|&k| k < len && (!causal || k <= t))
-                .count() as u64;
-            let forced =
-                i < u64::from(s.keep_first) || (i <= own && i + u64::from(s.keep_last) > own);
-            (forced, size, i)
+            let keys = (i * lb..((i + 1) * lb).min(len)).filter(|&k| !causal || k <= t);
+            keys.count() as f64
         })
         .collect();
-    cands.sort_by_key(|&(forced, size, i)| (!forced, u64::MAX - size, i));
-    cands
-        .iter()
-        .take(s.top as usize)
-        .map(|&(_, size, _)| size)
-        .sum()
+    let chosen = score::choose(&scores, s, causal, t, len);
+    select::keys(s, causal, &chosen, t, len).len() as u64
 }
 
-fn brute_window(w: &Window, t: u64, len: u64) -> u64 {
-    (0..len)
-        .filter(|&k| k <= t && k + u64::from(w.size) > t)
-        .count() as u64
+fn brute_window(w: &Window, t: u64, len: u64, causal: bool) -> u64 {
+    window::keys(w, causal, t as usize, len as usize).len() as u64
 }
 
 proptest! {
@@ -76,10 +67,10 @@ proptest! {
     }
 
     #[test]
-    fn window_matches_brute_force(w in 0u32..20, len in 1u64..70) {
+    fn window_matches_brute_force(w in 0u32..20, len in 1u64..70, causal: bool) {
         let win = Window { size: w };
         for t in 0..len {
-            prop_assert_eq!(keys::window_keys(&win, t), brute_window(&win, t, len));
+            prop_assert_eq!(keys::window_keys(&win, t, len, causal), brute_window(&win, t, len, causal));
         }
     }
 
@@ -102,7 +93,7 @@ fn brute_keys(kind: &BranchKind, t: u64, len: u64, causal: bool) -> u64 {
     match kind {
         BranchKind::Compress(c) => brute_compress(c, t, len, causal),
         BranchKind::Select(s) => brute_select(s, t, len, causal),
-        BranchKind::Window(w) => brute_window(w, t, len),
+        BranchKind::Window(w) => brute_window(w, t, len, causal),
     }
 }
 

@@ -13,9 +13,22 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> Result<(), TensorIoError> {
         _ => Path::new("."),
     };
     let io = |e| TensorIoError::io(path, e);
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+    let mut tmp = builder().tempfile_in(dir).map_err(io)?;
     tmp.write_all(bytes).map_err(io)?;
     tmp.as_file().sync_all().map_err(io)?;
     tmp.persist(path).map_err(|e| io(e.error))?;
     Ok(())
+}
+
+/// Temporary files are private by default; ask for what a plain `File::create` gets
+/// (0o666 less the umask) so the renamed output is as readable as any other file.
+fn builder() -> tempfile::Builder<'static, 'static> {
+    let mut b = tempfile::Builder::new();
+    b.prefix(".nsac-tmp");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        b.permissions(std::fs::Permissions::from_mode(0o666));
+    }
+    b
 }
