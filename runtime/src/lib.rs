@@ -1,3 +1,4 @@
 //! nsac-runtime: tensors in and out, devices, kernel launching, tuning.
 
 pub mod tensor_io;
+pub mod tune;

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::args::CheckArgs;
 use super::error::CliError;
+use super::output::{emit_json, emit_line};
 
 /// One file's result, as printed by `--json`.
 #[derive(Debug, Serialize)]
@@ -44,7 +45,7 @@ pub fn run(args: &CheckArgs) -> Result<(), CliError> {
             Ok(spec) => {
                 let summary = summarize(&spec);
                 if !args.json {
-                    println!("{file}: ok — {summary}");
+                    emit_line(&format!("{file}: ok — {summary}")).map_err(CliError::Stdout)?;
                 }
                 results.push(CheckResult {
                     file,
@@ -58,17 +59,25 @@ pub fn run(args: &CheckArgs) -> Result<(), CliError> {
                 if !args.json {
                     eprint!("{}", error.render(color));
                 }
-                results.push(CheckResult { file, ok: false, name: None, summary: None, problems: problems(&error) });
+                results.push(CheckResult {
+                    file,
+                    ok: false,
+                    name: None,
+                    summary: None,
+                    problems: problems(&error),
+                });
             }
         }
     }
     if args.json {
-        let text = serde_json::to_string_pretty(&results).map_err(|e| CliError::Other(e.to_string()))?;
-        println!("{text}");
+        emit_json(&results).map_err(CliError::Stdout)?;
     }
     let failed = results.iter().filter(|r| !r.ok).count();
     if failed > 0 {
-        return Err(CliError::Reported(format!("{failed} of {} spec(s) invalid", results.len())));
+        return Err(CliError::Reported(format!(
+            "{failed} of {} spec(s) invalid",
+            results.len()
+        )));
     }
     Ok(())
 }
@@ -80,10 +89,20 @@ fn problems(error: &nsac_dsl::LoadError) -> Vec<Problem> {
             .iter()
             .map(|d| {
                 let (line, column) = nsac_dsl::diagnostics::line_col(&file.text, d.span.start);
-                Problem { code: d.code().to_string(), message: d.kind.to_string(), line: Some(line), column: Some(column) }
+                Problem {
+                    code: d.code().to_string(),
+                    message: d.kind.to_string(),
+                    line: Some(line),
+                    column: Some(column),
+                }
             })
             .collect(),
-        other => vec![Problem { code: "io".into(), message: other.to_string(), line: None, column: None }],
+        other => vec![Problem {
+            code: "io".into(),
+            message: other.to_string(),
+            line: None,
+            column: None,
+        }],
     }
 }
 
@@ -93,7 +112,11 @@ pub fn summarize(spec: &Spec) -> String {
         .branches
         .iter()
         .map(|b| {
-            let own = if b.kv == KvSource::Own { ", own kv" } else { "" };
+            let own = if b.kv == KvSource::Own {
+                ", own kv"
+            } else {
+                ""
+            };
             match &b.kind {
                 BranchKind::Compress(c) => format!(
                     "compress {}(block {}, stride {}, {}{own})",

@@ -22,12 +22,18 @@ pub enum CliError {
     Input(#[from] InputError),
     #[error("the reference run failed: {0}")]
     Reference(#[from] ReferenceError),
+    #[error("cannot count the cost: {0}")]
+    Cost(#[from] nsac_compiler::cost::CostError),
+    #[error(transparent)]
+    TensorIo(#[from] nsac_runtime::tensor_io::TensorIoError),
     #[error("cannot write {}: {source}", path.display())]
     Write {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot write to standard output: {0}")]
+    Stdout(#[source] std::io::Error),
     #[error("{0}")]
     Other(String),
     /// Problems already reported to the user (e.g. by `check` on several files).

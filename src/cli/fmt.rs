@@ -7,6 +7,7 @@ use nsac_dsl::{LoadError, SourceFile, SourceKind};
 
 use super::args::FmtArgs;
 use super::error::CliError;
+use super::output::emit;
 
 pub fn run(args: &FmtArgs) -> Result<(), CliError> {
     let file = SourceFile::read(&args.spec)?;
@@ -22,7 +23,10 @@ pub fn run(args: &FmtArgs) -> Result<(), CliError> {
     };
     if args.check {
         if formatted != file.text {
-            return Err(CliError::Reported(format!("{} is not formatted (run `nsac fmt --write {}`)", file.name, file.name)));
+            return Err(CliError::Reported(format!(
+                "{} is not formatted (run `nsac fmt --write {}`)",
+                file.name, file.name
+            )));
         }
         return Ok(());
     }
@@ -35,19 +39,27 @@ pub fn run(args: &FmtArgs) -> Result<(), CliError> {
         }
         return Ok(());
     }
-    print!("{formatted}");
+    emit(&formatted).map_err(CliError::Stdout)?;
     Ok(())
 }
 
 /// Writes `text` to `path` through a temporary file in the same directory and a rename, so an
 /// interrupted write never leaves half a spec behind.
 pub fn write_atomically(path: &std::path::Path, text: &str) -> Result<(), CliError> {
-    let err = |source| CliError::Write { path: path.to_path_buf(), source };
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let err = |source| CliError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(err)?;
     tmp.write_all(text.as_bytes()).map_err(err)?;
     if let Ok(meta) = std::fs::metadata(path) {
-        tmp.as_file().set_permissions(meta.permissions()).map_err(err)?;
+        tmp.as_file()
+            .set_permissions(meta.permissions())
+            .map_err(err)?;
     }
     tmp.persist(path).map_err(|e| err(e.error))?;
     Ok(())

@@ -2,8 +2,10 @@
 
 pub mod args;
 mod check;
+mod cost;
 pub mod error;
 mod fmt;
+mod output;
 mod problem;
 mod run;
 
@@ -15,7 +17,7 @@ pub fn dispatch(cli: &Cli) -> Result<(), CliError> {
     match &cli.command {
         Command::Check(a) => check::run(a),
         Command::Fmt(a) => fmt::run(a),
-        Command::Cost(_) => Err(CliError::Other("cost: not wired yet".into())),
+        Command::Cost(a) => cost::run(a),
         Command::Run(a) => run::run(a),
     }
 }

@@ -5,11 +5,13 @@ use std::time::Instant;
 
 use nsac_kernels::io::{Tensor, check_inputs, random_inputs};
 use nsac_kernels::reference;
+use nsac_runtime::tensor_io;
 use serde::Serialize;
 
 use super::args::{DeviceArg, RunArgs};
 use super::error::CliError;
-use super::problem::{describe, problem_from_args};
+use super::output::{emit, emit_json};
+use super::problem::{describe, problem_from_args, problem_from_inputs};
 
 /// What `run` prints (`--json` prints exactly this).
 #[derive(Debug, Serialize)]
@@ -32,9 +34,19 @@ pub struct RunSummary {
 
 pub fn run(args: &RunArgs) -> Result<(), CliError> {
     let spec = nsac_dsl::load(&args.spec)?;
-    let problem = problem_from_args(&args.problem, None);
-    let shape = problem.resolve(&spec)?;
-    let inputs = random_inputs(&spec, &shape, args.seed);
+    let (shape, inputs) = match &args.inputs {
+        Some(path) => {
+            let file = tensor_io::read_kernel_inputs(path)?;
+            let problem = problem_from_inputs(&args.problem, &file.inputs, file.cu_seqlens)?;
+            let shape = problem.resolve(&spec)?;
+            (shape, file.inputs)
+        }
+        None => {
+            let shape = problem_from_args(&args.problem)?.resolve(&spec)?;
+            let inputs = random_inputs(&spec, &shape, args.seed);
+            (shape, inputs)
+        }
+    };
     check_inputs(&spec, &shape, &inputs)?;
 
     let (device, start) = (args.device, Instant::now());
@@ -42,11 +54,36 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         DeviceArg::Reference => reference::forward(&spec, &shape, &inputs)?,
     };
     let time_ms = start.elapsed().as_secs_f64() * 1e3;
-    let summary = summarize(&spec.name, "reference", describe(&shape), &output.o, time_ms, None);
+    let written = match &args.output {
+        Some(path) => {
+            let mut set = tensor_io::reference_outputs(&output);
+            if !args.all_outputs {
+                set.retain(|name, _| name == "o");
+            }
+            tensor_io::write_outputs(path, &set)?;
+            Some(path.display().to_string())
+        }
+        None => None,
+    };
+    let summary = summarize(
+        &spec.name,
+        "reference",
+        describe(&shape),
+        &output.o,
+        time_ms,
+        written,
+    );
     print_summary(&summary, args.json)
 }
 
-fn summarize(spec: &str, device: &str, shape: String, o: &Tensor<f64>, time_ms: f64, written: Option<String>) -> RunSummary {
+fn summarize(
+    spec: &str,
+    device: &str,
+    shape: String,
+    o: &Tensor<f64>,
+    time_ms: f64,
+    written: Option<String>,
+) -> RunSummary {
     let max_abs = o.data.iter().fold(0.0f64, |m, x| m.max(x.abs()));
     RunSummary {
         spec: spec.to_string(),
@@ -63,19 +100,14 @@ fn summarize(spec: &str, device: &str, shape: String, o: &Tensor<f64>, time_ms: 
 
 fn print_summary(s: &RunSummary, json: bool) -> Result<(), CliError> {
     if json {
-        let text = serde_json::to_string_pretty(s).map_err(|e| CliError::Other(e.to_string()))?;
-        println!("{text}");
-        return Ok(());
+        return emit_json(s).map_err(CliError::Stdout);
     }
-    println!("spec     {}", s.spec);
-    println!("problem  {}", s.shape);
-    println!("device   {}", s.device);
-    println!("output   o {:?}", s.output_shape);
-    println!("time     {:.3} ms", s.time_ms);
-    println!("max|o|   {:.6}", s.max_abs);
-    println!("checksum Σo = {:.6}, Σ|o| = {:.6}", s.sum, s.abs_sum);
+    let mut text = format!(
+        "spec     {}\nproblem  {}\ndevice   {}\noutput   o {:?}\ntime     {:.3} ms\nmax|o|   {:.6}\nchecksum Σo = {:.6}, Σ|o| = {:.6}\n",
+        s.spec, s.shape, s.device, s.output_shape, s.time_ms, s.max_abs, s.sum, s.abs_sum
+    );
     if let Some(w) = &s.written {
-        println!("written  {w}");
+        text.push_str(&format!("written  {w}\n"));
     }
-    Ok(())
+    emit(&text).map_err(CliError::Stdout)
 }

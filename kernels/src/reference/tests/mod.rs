@@ -8,5 +8,6 @@ mod hand;
 mod kinds;
 mod large;
 mod layout;
+mod library;
 mod props;
 mod support;
