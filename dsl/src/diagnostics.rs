@@ -30,11 +30,14 @@ pub fn render(error: &SpecError, source_name: &str, source_text: &str, color: bo
                     .with_index_type(IndexType::Byte),
             )
             .with_code(d.code())
-            .with_message(d.kind.to_string())
-            .with_label(Label::new((source_name, span)).with_message(primary_message(d)));
-        for l in &d.labels {
-            report = report
-                .with_label(Label::new((source_name, clamp(&l.span))).with_message(&l.message));
+            .with_message(d.kind.to_string());
+        // Labels in source order: ariadne starts a new snippet whenever a label lies above the
+        // previous one, which would repeat the header and split one picture in two.
+        let mut labels = vec![(span, primary_message(d))];
+        labels.extend(d.labels.iter().map(|l| (clamp(&l.span), l.message.clone())));
+        labels.sort_by_key(|(span, _)| span.start);
+        for (span, message) in labels {
+            report = report.with_label(Label::new((source_name, span)).with_message(message));
         }
         if let Some(h) = &d.help {
             report = report.with_help(h);
