@@ -1,0 +1,1 @@
+//! Properties on random inputs.
