@@ -1,1 +1,2 @@
 //! nsac-runtime: tensors in and out, devices, kernel launching, tuning.
+pub mod cuda;

@@ -23,22 +23,36 @@ fn assemble(ptxas: &std::path::Path, name: &str, ptx: &str, arch: Arch) -> Resul
         .arg(&src)
         .output()
         .map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
-    if out.status.success() { Ok(text) } else { Err(text) }
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(text)
+    }
 }
 
 #[test]
 fn generated_ptx_assembles_for_sm80_and_sm90() {
     let Some(ptxas) = gpu_common::find_ptxas() else {
-        assert!(!gpu_common::must_run(), "CI=true but ptxas was not found (set NSAC_PTXAS or pip install nvidia-cuda-nvcc-cu12)");
-        eprintln!("SKIPPED: ptxas not found (set NSAC_PTXAS, put ptxas on PATH, or pip install nvidia-cuda-nvcc-cu12)");
+        assert!(
+            !gpu_common::must_run(),
+            "CI=true but ptxas was not found (set NSAC_PTXAS or pip install nvidia-cuda-nvcc-cu12)"
+        );
+        eprintln!(
+            "SKIPPED: ptxas not found (set NSAC_PTXAS, put ptxas on PATH, or pip install nvidia-cuda-nvcc-cu12)"
+        );
         return;
     };
     let mut cases = Vec::new();
     for spec in gpu_common::library_specs() {
         for dtype in [DType::Bf16, DType::F16, DType::F32] {
             let shape = gpu_common::shape(&spec, 1, 777, spec.heads, spec.head_dim, dtype);
-            cases.push((format!("{}_{}", spec.name, dtype.name()), spec.clone(), shape));
+            cases.push((
+                format!("{}_{}", spec.name, dtype.name()),
+                spec.clone(),
+                shape,
+            ));
         }
     }
     for seed in 0..6 {
@@ -52,14 +66,24 @@ fn generated_ptx_assembles_for_sm80_and_sm90() {
             let (ptx, _) = emit_ptx(spec, shape, &GpuVariant::default(), arch).expect("emits");
             match assemble(&ptxas, name, &ptx, arch) {
                 Ok(log) => {
-                    for line in log.lines().filter(|l| l.contains("registers") || l.contains("spill")) {
+                    for line in log
+                        .lines()
+                        .filter(|l| l.contains("registers") || l.contains("spill"))
+                    {
                         println!("{name} {}: {}", arch.target(), line.trim());
                     }
-                    assert!(!log.contains("bytes spill stores") || log.contains("0 bytes spill stores"), "{name}: spills\n{log}");
+                    assert!(
+                        !log.contains("bytes spill stores") || log.contains("0 bytes spill stores"),
+                        "{name}: spills\n{log}"
+                    );
                 }
                 Err(log) => failures.push(format!("{name} {}:\n{log}", arch.target())),
             }
         }
     }
-    assert!(failures.is_empty(), "ptxas failed:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "ptxas failed:\n{}",
+        failures.join("\n")
+    );
 }

@@ -306,7 +306,10 @@ impl KernelBuilder {
     /// Loads a pointer parameter and converts it to a global address.
     pub fn load_ptr_param(&mut self, sym_name: &str) -> Reg {
         let r = self.reg(RegClass::B64);
-        self.ins("ld.param.u64", [r.into(), Operand::Sym(format!("[{sym_name}]"))]);
+        self.ins(
+            "ld.param.u64",
+            [r.into(), Operand::Sym(format!("[{sym_name}]"))],
+        );
         let g = self.reg(RegClass::B64);
         self.ins("cvta.to.global.u64", [g.into(), r.into()]);
         g
@@ -382,7 +385,10 @@ pub fn module(target: &str, kernels: &[String]) -> String {
     let _ = writeln!(s, ".target {target}");
     let _ = writeln!(s, ".address_size 64");
     let _ = writeln!(s);
-    let _ = writeln!(s, "// Dynamic shared memory, used by the kernels that need scratch per block.");
+    let _ = writeln!(
+        s,
+        "// Dynamic shared memory, used by the kernels that need scratch per block."
+    );
     let _ = writeln!(s, ".extern .shared .align 16 .b8 smem[];");
     for k in kernels {
         let _ = writeln!(s);

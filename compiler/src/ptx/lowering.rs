@@ -77,10 +77,7 @@ pub enum Stage {
         size: u32,
     },
     /// o = Σ g_b · o_b (gates all 1 for `sum`).
-    Combine {
-        branches: Vec<String>,
-        gated: bool,
-    },
+    Combine { branches: Vec<String>, gated: bool },
 }
 
 /// The lowered program.
@@ -125,9 +122,8 @@ pub fn lower(spec: &Spec, shape: &Shape) -> Result<Program, PtxError> {
         )));
     }
     // Every flattened index (token · heads · dim) must fit the kernels' 32-bit arithmetic.
-    let widest = u64::from(ntok)
-        * u64::from(hq)
-        * u64::from(shape.head_dim.qk.max(shape.head_dim.v));
+    let widest =
+        u64::from(ntok) * u64::from(hq) * u64::from(shape.head_dim.qk.max(shape.head_dim.v));
     if widest >= 1 << 31 {
         return Err(PtxError::TooLarge("tokens × heads × head dim"));
     }
@@ -209,12 +205,6 @@ pub fn lower(spec: &Spec, shape: &Shape) -> Result<Program, PtxError> {
                 });
             }
             BranchKind::Window(w) => {
-                if w.size == 0 {
-                    return Err(PtxError::Unsupported(format!(
-                        "window `{}` needs a positive size",
-                        br.name
-                    )));
-                }
                 stages.push(Stage::AttendWindow {
                     branch: br.name.clone(),
                     kv,

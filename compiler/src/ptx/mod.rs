@@ -131,6 +131,11 @@ pub struct Manifest {
     pub arch: String,
     pub dtype: String,
     pub tokens: usize,
+    /// Batch rows B and tokens per row T of the buffers' leading dims.
+    pub batch: usize,
+    pub seq_len: usize,
+    /// Segments (start, end) within each row; `seg` repeats them for every row.
+    pub segments: Vec<[usize; 2]>,
     pub buffers: Vec<BufferInfo>,
     pub kernels: Vec<KernelInfo>,
 }
@@ -166,8 +171,18 @@ fn buffers(spec: &Spec, shape: &Shape) -> Vec<BufferInfo> {
     for br in &spec.branches {
         let nm = &br.name;
         if br.kv == KvSource::Own {
-            out.push(buf(format!("k_{nm}"), BufferRole::Input, &dt, vec![bb, t, h, dqk]));
-            out.push(buf(format!("v_{nm}"), BufferRole::Input, &dt, vec![bb, t, h, dv]));
+            out.push(buf(
+                format!("k_{nm}"),
+                BufferRole::Input,
+                &dt,
+                vec![bb, t, h, dqk],
+            ));
+            out.push(buf(
+                format!("v_{nm}"),
+                BufferRole::Input,
+                &dt,
+                vec![bb, t, h, dv],
+            ));
         }
         if let BranchKind::Compress(c) = &br.kind {
             let l = c.block as usize;
@@ -177,15 +192,30 @@ fn buffers(spec: &Spec, shape: &Shape) -> Vec<BufferInfo> {
                     out.push(buf(format!("w_{nm}"), BufferRole::Input, &dt, vec![h, l]))
                 }
                 Pool::Linear => {
-                    out.push(buf(format!("wk_{nm}"), BufferRole::Input, &dt, vec![h, l * dqk, dqk]));
-                    out.push(buf(format!("wv_{nm}"), BufferRole::Input, &dt, vec![h, l * dv, dv]));
+                    out.push(buf(
+                        format!("wk_{nm}"),
+                        BufferRole::Input,
+                        &dt,
+                        vec![h, l * dqk, dqk],
+                    ));
+                    out.push(buf(
+                        format!("wv_{nm}"),
+                        BufferRole::Input,
+                        &dt,
+                        vec![h, l * dv, dv],
+                    ));
                 }
             }
         }
     }
     if spec.combine.mode == CombineMode::Gate {
         for nm in &spec.combine.branches {
-            out.push(buf(format!("g_{nm}"), BufferRole::Input, &dt, vec![bb, t, hq]));
+            out.push(buf(
+                format!("g_{nm}"),
+                BufferRole::Input,
+                &dt,
+                vec![bb, t, hq],
+            ));
         }
     }
     out.push(buf("seg".into(), BufferRole::Segments, "i32", vec![n, 2]));
@@ -197,19 +227,49 @@ fn buffers(spec: &Spec, shape: &Shape) -> Vec<BufferInfo> {
     for br in &spec.branches {
         let nm = &br.name;
         if br.as_compress().is_some() {
-            out.push(buf(format!("kc_{nm}"), BufferRole::Scratch, "f32", vec![n, h, dqk]));
-            out.push(buf(format!("vc_{nm}"), BufferRole::Scratch, "f32", vec![n, h, dv]));
+            out.push(buf(
+                format!("kc_{nm}"),
+                BufferRole::Scratch,
+                "f32",
+                vec![n, h, dqk],
+            ));
+            out.push(buf(
+                format!("vc_{nm}"),
+                BufferRole::Scratch,
+                "f32",
+                vec![n, h, dv],
+            ));
             if scored.contains(&nm.as_str()) {
-                out.push(buf(format!("lse_{nm}"), BufferRole::Scratch, "f32", vec![n, hq]));
+                out.push(buf(
+                    format!("lse_{nm}"),
+                    BufferRole::Scratch,
+                    "f32",
+                    vec![n, hq],
+                ));
             }
         }
     }
-    out.push(buf("o".into(), BufferRole::Output, "f32", vec![bb, t, hq, dv]));
+    out.push(buf(
+        "o".into(),
+        BufferRole::Output,
+        "f32",
+        vec![bb, t, hq, dv],
+    ));
     for br in &spec.branches {
         let nm = &br.name;
-        out.push(buf(format!("o_{nm}"), BufferRole::Output, "f32", vec![bb, t, hq, dv]));
+        out.push(buf(
+            format!("o_{nm}"),
+            BufferRole::Output,
+            "f32",
+            vec![bb, t, hq, dv],
+        ));
         if let Some(s) = br.as_select() {
-            out.push(buf(format!("idx_{nm}"), BufferRole::Output, "i32", vec![bb, t, h, s.top as usize]));
+            out.push(buf(
+                format!("idx_{nm}"),
+                BufferRole::Output,
+                "i32",
+                vec![bb, t, h, s.top as usize],
+            ));
         }
     }
     out
@@ -231,7 +291,13 @@ fn generate(program: &Program, variant: &GpuVariant) -> Vec<KernelOut> {
         .stages
         .iter()
         .map(|stage| match stage {
-            Stage::Pool { branch, kv, block, stride, pool } => pool::pool(
+            Stage::Pool {
+                branch,
+                kv,
+                block,
+                stride,
+                pool,
+            } => pool::pool(
                 &nm(&format!("pool_{branch}")),
                 branch,
                 kv,
@@ -241,10 +307,19 @@ fn generate(program: &Program, variant: &GpuVariant) -> Vec<KernelOut> {
                 d,
                 w,
             ),
-            Stage::AttendCompressed { branch, block, stride, write_lse } => attend::attend(
+            Stage::AttendCompressed {
+                branch,
+                block,
+                stride,
+                write_lse,
+            } => attend::attend(
                 &nm(&format!("attend_{branch}")),
                 branch,
-                attend::Keys::Compressed { block: *block, stride: *stride, write_lse: *write_lse },
+                attend::Keys::Compressed {
+                    block: *block,
+                    stride: *stride,
+                    write_lse: *write_lse,
+                },
                 d,
                 w,
             ),
@@ -273,10 +348,19 @@ fn generate(program: &Program, variant: &GpuVariant) -> Vec<KernelOut> {
                 },
                 d,
             ),
-            Stage::AttendSelected { branch, kv, block, top } => attend::attend(
+            Stage::AttendSelected {
+                branch,
+                kv,
+                block,
+                top,
+            } => attend::attend(
                 &nm(&format!("attend_{branch}")),
                 branch,
-                attend::Keys::Selected { kv, block: *block, top: *top },
+                attend::Keys::Selected {
+                    kv,
+                    block: *block,
+                    top: *top,
+                },
                 d,
                 w,
             ),
@@ -336,6 +420,9 @@ pub fn emit_ptx(
         arch: arch.target().to_string(),
         dtype: shape.dtype.name().to_string(),
         tokens: shape.tokens(),
+        batch: shape.batch,
+        seq_len: shape.seq_len,
+        segments: shape.segments.iter().map(|&(a, b)| [a, b]).collect(),
         buffers: buffers(spec, shape),
         kernels,
     };

@@ -13,6 +13,7 @@ use nsac_dsl::spec::{
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+#[allow(unused)]
 fn branch(name: &str, kind: BranchKind) -> Branch {
     Branch {
         name: name.into(),
@@ -39,43 +40,28 @@ fn slc(block: u32, top: u32, keep_first: u32, keep_last: u32) -> BranchKind {
     })
 }
 
-/// The library specs (DESIGN §2 and the fla configuration of §5).
+/// The library specs (`kernels/*.nsa`), parsed.
 pub fn library_specs() -> Vec<Spec> {
-    let gate = |names: &[&str]| Combine {
-        mode: CombineMode::Gate,
-        branches: names.iter().map(|s| s.to_string()).collect(),
-    };
-    vec![
-        Spec {
-            name: "nsa_paper".into(),
-            heads: Heads { q: 64, kv: 4 },
-            head_dim: HeadDim { qk: 192, v: 128 },
-            causal: true,
-            scale: None,
-            branches: vec![
-                branch("cmp", cmp(32, 16, Pool::Mean)),
-                branch("slc", slc(64, 16, 1, 2)),
-                branch("win", BranchKind::Window(Window { size: 512 })),
-            ],
-            combine: gate(&["cmp", "slc", "win"]),
-        },
-        Spec {
-            name: "nsa_fla".into(),
-            heads: Heads { q: 64, kv: 4 },
-            head_dim: HeadDim { qk: 128, v: 128 },
-            causal: true,
-            scale: None,
-            branches: vec![
-                branch("cmp", cmp(64, 64, Pool::Mean)),
-                branch("slc", slc(64, 16, 0, 1)),
-            ],
-            combine: gate(&["cmp", "slc"]),
-        },
+    [
+        include_str!("../../../kernels/nsa-paper.nsa"),
+        include_str!("../../../kernels/nsa-fla.nsa"),
+        include_str!("../../../kernels/compress-only.nsa"),
+        include_str!("../../../kernels/sliding-window.nsa"),
     ]
+    .iter()
+    .map(|src| nsac_dsl::parse_text(src).expect("library spec parses"))
+    .collect()
 }
 
 /// A small batched shape for `spec` with heads/dims overridden.
-pub fn shape(spec: &Spec, batch: usize, len: usize, heads: Heads, dims: HeadDim, dtype: DType) -> Shape {
+pub fn shape(
+    spec: &Spec,
+    batch: usize,
+    len: usize,
+    heads: Heads,
+    dims: HeadDim,
+    dtype: DType,
+) -> Shape {
     let mut p = Problem::batched(batch, len);
     p.heads = Some(heads);
     p.head_dim = Some(dims);
@@ -105,7 +91,12 @@ pub fn random_case(seed: u64) -> (Spec, Shape) {
         branch("cmp", cmp(cblock, cstride, pool)),
         branch(
             "slc",
-            slc(sblock, top, rng.random_range(0..=1), rng.random_range(0..=2)),
+            slc(
+                sblock,
+                top,
+                rng.random_range(0..=1),
+                rng.random_range(0..=2),
+            ),
         ),
     ];
     if rng.random_bool(0.6) {
@@ -125,15 +116,23 @@ pub fn random_case(seed: u64) -> (Spec, Shape) {
         name: format!("random_{seed}"),
         heads,
         head_dim: HeadDim { qk: dqk, v: dv },
-        causal: true,
+        causal: rng.random_bool(0.8),
         scale: None,
         branches,
         combine: Combine {
-            mode: if rng.random_bool(0.7) { CombineMode::Gate } else { CombineMode::Sum },
+            mode: if rng.random_bool(0.7) {
+                CombineMode::Gate
+            } else {
+                CombineMode::Sum
+            },
             branches: names,
         },
     };
-    let dtype = if rng.random_bool(0.5) { DType::Bf16 } else { DType::F16 };
+    let dtype = if rng.random_bool(0.5) {
+        DType::Bf16
+    } else {
+        DType::F16
+    };
     let batch = rng.random_range(1..=2usize);
     let len = rng.random_range(1..=300usize) | 1;
     let mut p = if rng.random_bool(0.25) {
@@ -153,7 +152,11 @@ pub fn find_ptxas() -> Option<PathBuf> {
     if let Ok(p) = std::env::var("NSAC_PTXAS") {
         return Some(PathBuf::from(p));
     }
-    if Command::new("ptxas").arg("--version").output().is_ok_and(|o| o.status.success()) {
+    if Command::new("ptxas")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
         return Some(PathBuf::from("ptxas"));
     }
     let out = Command::new("python3")

@@ -88,7 +88,13 @@ pub fn attend(name: &str, branch: &str, keys: Keys<'_>, dims: &Dims, warps: u32)
         params.push(format!("idx_{branch}"));
     }
     params.push(format!("o_{branch}"));
-    let write_lse = matches!(keys, Keys::Compressed { write_lse: true, .. });
+    let write_lse = matches!(
+        keys,
+        Keys::Compressed {
+            write_lse: true,
+            ..
+        }
+    );
     if write_lse {
         params.push(format!("lse_{branch}"));
     }
@@ -122,24 +128,10 @@ pub fn attend(name: &str, branch: &str, keys: Keys<'_>, dims: &Dims, warps: u32)
         wr.row.into(),
         imm(i64::from(dims.dqk)),
     );
-    let qraw = load_vec(
-        &mut b,
-        qb,
-        qoff,
-        wr.lane,
-        dims.dqk,
-        Elem::Input(dims.dtype),
-    );
+    let qraw = load_vec(&mut b, qb, qoff, wr.lane, dims.dqk, Elem::Input(dims.dtype));
     let q: Vec<Reg> = qraw
         .iter()
-        .map(|r| {
-            b.op2(
-                RegClass::F32,
-                "mul.f32",
-                (*r).into(),
-                fimm(dims.scale_log2),
-            )
-        })
+        .map(|r| b.op2(RegClass::F32, "mul.f32", (*r).into(), fimm(dims.scale_log2)))
         .collect();
     let st = Softmax {
         m: b.reg(RegClass::F32),
@@ -194,19 +186,8 @@ pub fn attend(name: &str, branch: &str, keys: Keys<'_>, dims: &Dims, warps: u32)
         Keys::Selected { block, top, .. } => {
             b.comment("chosen blocks in ascending order, -1 padded");
             let ib = ptrs[4];
-            let th = b.op3(
-                RegClass::B32,
-                "mad.lo.u32",
-                tok.into(),
-                imm(hh),
-                h.into(),
-            );
-            let ioff = b.op2(
-                RegClass::B32,
-                "mul.lo.u32",
-                th.into(),
-                imm(i64::from(*top)),
-            );
+            let th = b.op3(RegClass::B32, "mad.lo.u32", tok.into(), imm(hh), h.into());
+            let ioff = b.op2(RegClass::B32, "mul.lo.u32", th.into(), imm(i64::from(*top)));
             let end = if dims.causal {
                 b.op2(RegClass::B32, "add.u32", tok.into(), imm(1))
             } else {
@@ -277,7 +258,9 @@ pub fn attend(name: &str, branch: &str, keys: Keys<'_>, dims: &Dims, warps: u32)
             grid: nrows.div_ceil(warps),
             block: threads,
             shared_bytes: 0,
-            formula: format!("grid = ceil(B*T*HQ / {warps}), block = {threads}: one warp per (token, query head)"),
+            formula: format!(
+                "grid = ceil(B*T*HQ / {warps}), block = {threads}: one warp per (token, query head)"
+            ),
         },
     }
 }

@@ -19,7 +19,13 @@ pub fn combine(name: &str, branches: &[String], gated: bool, dims: &Dims) -> Ker
     let tid = b.op1(RegClass::B32, "mov.u32", sym("%tid.x"));
     let cta = b.op1(RegClass::B32, "mov.u32", sym("%ctaid.x"));
     let ntid = b.op1(RegClass::B32, "mov.u32", sym("%ntid.x"));
-    let n = b.op3(RegClass::B32, "mad.lo.u32", cta.into(), ntid.into(), tid.into());
+    let n = b.op3(
+        RegClass::B32,
+        "mad.lo.u32",
+        cta.into(),
+        ntid.into(),
+        tid.into(),
+    );
     let exit = b.label();
     let p = b.setp("ge.u32", n.into(), imm(i64::from(total)));
     b.bra_if(p, false, exit);
@@ -48,7 +54,8 @@ pub fn combine(name: &str, branches: &[String], gated: bool, dims: &Dims) -> Ker
             grid: total.div_ceil(256),
             block: 256,
             shared_bytes: 0,
-            formula: "grid = ceil(B*T*HQ*Dv / 256), block = 256: one thread per output element".into(),
+            formula: "grid = ceil(B*T*HQ*Dv / 256), block = 256: one thread per output element"
+                .into(),
         },
     }
 }

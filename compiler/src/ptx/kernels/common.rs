@@ -119,7 +119,12 @@ pub fn chunk_guard(b: &mut KernelBuilder, lane: Reg, m: u32, dim: u32) -> Option
     if (m + 1) * 32 <= dim {
         return None;
     }
-    let d = b.op2(RegClass::B32, "add.u32", lane.into(), imm(i64::from(m * 32)));
+    let d = b.op2(
+        RegClass::B32,
+        "add.u32",
+        lane.into(),
+        imm(i64::from(m * 32)),
+    );
     Some(b.setp("lt.u32", d.into(), imm(i64::from(dim))))
 }
 

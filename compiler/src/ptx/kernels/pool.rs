@@ -62,7 +62,10 @@ fn pool_side(
                     }
                 };
                 for (a, xv) in acc.iter().zip(&x) {
-                    b.ins("fma.rn.f32", [(*a).into(), w.into(), (*xv).into(), (*a).into()]);
+                    b.ins(
+                        "fma.rn.f32",
+                        [(*a).into(), w.into(), (*xv).into(), (*a).into()],
+                    );
                 }
             });
         }
@@ -77,18 +80,32 @@ fn pool_side(
                 let c = b.op2(RegClass::B32, "rem.u32", f.into(), imm(i64::from(dim)));
                 let kt = b.op2(RegClass::B32, "add.u32", kt0.into(), i.into());
                 let th = b.op3(RegClass::B32, "mad.lo.u32", kt.into(), imm(hh), h.into());
-                let xi = b.op3(RegClass::B32, "mad.lo.u32", th.into(), imm(i64::from(dim)), c.into());
+                let xi = b.op3(
+                    RegClass::B32,
+                    "mad.lo.u32",
+                    th.into(),
+                    imm(i64::from(dim)),
+                    c.into(),
+                );
                 let x = load(b, side.src, xi, elem);
                 let wr = b.op3(RegClass::B32, "mad.lo.u32", h.into(), imm(flat), f.into());
                 let woff = b.op2(RegClass::B32, "mul.lo.u32", wr.into(), imm(i64::from(dim)));
                 let w = load_vec(b, wb, woff, lane, dim, elem);
                 for (a, wv) in acc.iter().zip(&w) {
-                    b.ins("fma.rn.f32", [(*a).into(), x.into(), (*wv).into(), (*a).into()]);
+                    b.ins(
+                        "fma.rn.f32",
+                        [(*a).into(), x.into(), (*wv).into(), (*a).into()],
+                    );
                 }
             });
         }
     }
-    let off = b.op2(RegClass::B32, "mul.lo.u32", slot_row.into(), imm(i64::from(dim)));
+    let off = b.op2(
+        RegClass::B32,
+        "mul.lo.u32",
+        slot_row.into(),
+        imm(i64::from(dim)),
+    );
     store_vec(b, side.dst, off, lane, dim, &acc);
 }
 
@@ -133,15 +150,30 @@ pub fn pool(
     b.comment("slot s + j holds compressed token j when j*d + l <= segment length");
     let j = b.op2(RegClass::B32, "sub.u32", slot.into(), s.into());
     let len = b.op2(RegClass::B32, "sub.u32", e.into(), s.into());
-    let k0 = b.op2(RegClass::B32, "mul.lo.u32", j.into(), imm(i64::from(stride)));
+    let k0 = b.op2(
+        RegClass::B32,
+        "mul.lo.u32",
+        j.into(),
+        imm(i64::from(stride)),
+    );
     let k1 = b.op2(RegClass::B32, "add.u32", k0.into(), imm(i64::from(block)));
     let outside = b.setp("gt.u32", k1.into(), len.into());
     b.bra_if(outside, false, wr.exit);
     let kt0 = b.op2(RegClass::B32, "add.u32", s.into(), k0.into());
     let slot_row = b.op3(RegClass::B32, "mad.lo.u32", slot.into(), imm(hh), h.into());
-    let kside = Side { src: kb, dst: kcb, weights: wk, dim: dims.dqk };
+    let kside = Side {
+        src: kb,
+        dst: kcb,
+        weights: wk,
+        dim: dims.dqk,
+    };
     pool_side(&mut b, &kside, pool, kt0, h, slot_row, wr.lane, block, dims);
-    let vside = Side { src: vb, dst: vcb, weights: wv, dim: dims.dv };
+    let vside = Side {
+        src: vb,
+        dst: vcb,
+        weights: wv,
+        dim: dims.dv,
+    };
     pool_side(&mut b, &vside, pool, kt0, h, slot_row, wr.lane, block, dims);
     b.place(wr.exit);
     b.ins("ret", []);
@@ -153,7 +185,9 @@ pub fn pool(
             grid: nrows.div_ceil(warps),
             block: threads,
             shared_bytes: 0,
-            formula: format!("grid = ceil(B*T*H / {warps}), block = {threads}: one warp per (slot, kv head)"),
+            formula: format!(
+                "grid = ceil(B*T*H / {warps}), block = {threads}: one warp per (slot, kv head)"
+            ),
         },
     }
 }

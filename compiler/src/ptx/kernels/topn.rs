@@ -89,14 +89,7 @@ pub fn topn(name: &str, p: &TopNParams<'_>, dims: &Dims) -> KernelOut {
         let qraw = load_vec(b, qb, qoff, lane, dims.dqk, Elem::Input(dims.dtype));
         let q: Vec<Reg> = qraw
             .iter()
-            .map(|r| {
-                b.op2(
-                    RegClass::F32,
-                    "mul.f32",
-                    (*r).into(),
-                    fimm(dims.scale_log2),
-                )
-            })
+            .map(|r| b.op2(RegClass::F32, "mul.f32", (*r).into(), fimm(dims.scale_log2)))
             .collect();
         let lse = load(b, lseb, th, Elem::F32);
         for_range(b, imm(0), nvis.into(), 1, |b, j| {
@@ -177,12 +170,7 @@ pub fn topn(name: &str, p: &TopNParams<'_>, dims: &Dims) -> KernelOut {
     b.place(skipf);
     b.ins("bar.sync", [imm(0)]);
     b.comment("take the best block n times: score desc, index asc");
-    let nsel = b.op2(
-        RegClass::B32,
-        "min.u32",
-        nbc.into(),
-        imm(i64::from(p.top)),
-    );
+    let nsel = b.op2(RegClass::B32, "min.u32", nbc.into(), imm(i64::from(p.top)));
     for_range(&mut b, imm(0), nsel.into(), 1, |b, _r| {
         let bv = b.reg(RegClass::F32);
         let bi = b.reg(RegClass::B32);
@@ -243,12 +231,7 @@ pub fn topn(name: &str, p: &TopNParams<'_>, dims: &Dims) -> KernelOut {
         b.ins("selp.u32", [inc.into(), imm(1), imm(0), taken.into()]);
         b.ins("add.u32", [cnt.into(), cnt.into(), inc.into()]);
     });
-    let end = b.op2(
-        RegClass::B32,
-        "add.u32",
-        out0.into(),
-        imm(i64::from(p.top)),
-    );
+    let end = b.op2(RegClass::B32, "add.u32", out0.into(), imm(i64::from(p.top)));
     for_range(&mut b, cnt.into(), end.into(), 1, |b, i| {
         let oa = b.addr(idxb, i, 4);
         b.ins("st.global.s32", [mem(oa, 0), imm(-1)]);
