@@ -11,7 +11,7 @@ pub mod kernels;
 pub mod lowering;
 
 use nsac_dsl::problem::{DType, Shape};
-use nsac_dsl::spec::{BranchKind, CombineMode, KvSource, Pool, Spec};
+use nsac_dsl::spec::{BranchKind, CombineMode, Compress, KvSource, Pool, Spec};
 use serde::{Deserialize, Serialize};
 
 use kernels::{KernelOut, attend, combine, pool, topn};
@@ -301,9 +301,11 @@ fn generate(program: &Program, variant: &GpuVariant) -> Vec<KernelOut> {
                 &nm(&format!("pool_{branch}")),
                 branch,
                 kv,
-                *block,
-                *stride,
-                *pool,
+                Compress {
+                    block: *block,
+                    stride: *stride,
+                    pool: *pool,
+                },
                 d,
                 w,
             ),

@@ -6,8 +6,7 @@ use crate::ptx::builder::{KernelBuilder, ParamTy, Reg, RegClass, fimm, imm, mem}
 use crate::ptx::lowering::{Dims, KvNames};
 
 use super::common::{
-    Elem, chunks, for_range, load, load_vec, segment, store_vec, visible_compressed, warp_dot,
-    warp_row,
+    Elem, chunks, for_range, load_vec, segment, store_vec, visible_compressed, warp_dot, warp_row,
 };
 use super::{KernelOut, Launch};
 
@@ -249,7 +248,6 @@ pub fn attend(name: &str, branch: &str, keys: Keys<'_>, dims: &Dims, warps: u32)
     }
     b.place(wr.exit);
     b.ins("ret", []);
-    let _ = load; // the scalar loader is used by other generators
     let threads = warps * 32;
     KernelOut {
         ptx: b.finish(),

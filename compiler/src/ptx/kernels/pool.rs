@@ -2,7 +2,7 @@
 //! into one compressed token (mean, weighted by `w_<b>`, or a linear map by `wk_<b>`/`wv_<b>`).
 //! Compressed token j of a segment starting at s is stored in slot s + j (j < segment length).
 
-use nsac_dsl::spec::Pool;
+use nsac_dsl::spec::{Compress, Pool};
 
 use crate::ptx::builder::{KernelBuilder, ParamTy, Reg, RegClass, fimm, imm};
 use crate::ptx::lowering::{Dims, KvNames};
@@ -114,12 +114,15 @@ pub fn pool(
     name: &str,
     branch: &str,
     kv: &KvNames,
-    block: u32,
-    stride: u32,
-    pool: Pool,
+    c: Compress,
     dims: &Dims,
     warps: u32,
 ) -> KernelOut {
+    let Compress {
+        block,
+        stride,
+        pool,
+    } = c;
     let mut b = KernelBuilder::new(name);
     let mut params: Vec<String> = vec!["seg".into(), kv.k.clone(), kv.v.clone()];
     match pool {
