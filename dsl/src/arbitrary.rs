@@ -1,9 +1,12 @@
 //! A proptest [`Strategy`] for random VALID specs with small sizes (feature `arbitrary`).
 //!
-//! Every generated spec obeys every validation rule (stride | block, stride | select block,
-//! keep_first + keep_last ≤ top, q a multiple of kv, every branch combined exactly once), so
-//! backends can sweep it against the oracle. Sizes: blocks 1..=8, top 1..=4, window 1..=12,
-//! heads up to 4 × group 1..=3, head dims 1..=8.
+//! Every generated spec obeys every validation rule (stride ≤ block, stride | block, stride |
+//! select block, keep_first + keep_last ≤ top, q a multiple of kv, every branch combined exactly
+//! once), so backends can sweep it against the oracle. Shapes: an optional compress branch `cmp`
+//! with up to two select branches `slc0`, `slc1` scored by it, and up to two windows `win0`,
+//! `win1` (at least one branch in all), combined in a random order. Sizes: compress stride 1..=4
+//! and block ≤ 8, select block ≤ 8, top 1..=4, window 1..=12, kv heads 1..=4 × group 1..=3,
+//! head dims 1..=8, scale mostly default.
 
 use proptest::prelude::*;
 
@@ -31,12 +34,61 @@ fn compress() -> impl Strategy<Value = Compress> {
         })
 }
 
-/// A select block that the stride divides, plus top and keep counts that fit.
-fn select_params(stride: u32) -> impl Strategy<Value = (u32, u32, u32, u32)> {
+/// A select branch scored by `cmp` whose block the stride divides, with keep counts that fit.
+fn select(stride: u32) -> impl Strategy<Value = Select> {
     (1u32..=(8 / stride).max(1), 1u32..=4)
         .prop_flat_map(move |(m, top)| (Just(stride * m), Just(top), 0..=top))
         .prop_flat_map(|(block, top, first)| {
             (Just(block), Just(top), Just(first), 0..=(top - first))
+        })
+        .prop_map(|(block, top, keep_first, keep_last)| Select {
+            block,
+            top,
+            scored_by: "cmp".to_string(),
+            keep_first,
+            keep_last,
+        })
+}
+
+fn branches() -> impl Strategy<Value = Vec<Branch>> {
+    let compressed = prop::option::of((compress(), kv_source())).prop_flat_map(|c| {
+        let selects = match c {
+            Some((cmp, _)) => {
+                prop::collection::vec((select(cmp.stride), kv_source()), 0..=2).boxed()
+            }
+            None => Just(Vec::new()).boxed(),
+        };
+        (Just(c), selects)
+    });
+    let windows = prop::collection::vec((1u32..=12, kv_source()), 0..=2);
+    (compressed, windows)
+        .prop_filter("at least one branch", |((c, _), w)| {
+            c.is_some() || !w.is_empty()
+        })
+        .prop_map(|((c, selects), windows)| {
+            let mut out = Vec::new();
+            if let Some((cmp, kv)) = c {
+                out.push(Branch {
+                    name: "cmp".to_string(),
+                    kv,
+                    kind: BranchKind::Compress(cmp),
+                });
+            }
+            for (i, (s, kv)) in selects.into_iter().enumerate() {
+                out.push(Branch {
+                    name: format!("slc{i}"),
+                    kv,
+                    kind: BranchKind::Select(s),
+                });
+            }
+            for (i, (size, kv)) in windows.into_iter().enumerate() {
+                out.push(Branch {
+                    name: format!("win{i}"),
+                    kv,
+                    kind: BranchKind::Window(Window { size }),
+                });
+            }
+            out
         })
 }
 
@@ -44,112 +96,27 @@ fn select_params(stride: u32) -> impl Strategy<Value = (u32, u32, u32, u32)> {
 pub fn valid_spec() -> impl Strategy<Value = Spec> {
     let heads = (1u32..=4, 1u32..=3).prop_map(|(kv, g)| Heads { q: kv * g, kv });
     let head_dim = (1u32..=8, 1u32..=8).prop_map(|(qk, v)| HeadDim { qk, v });
-    let scale = prop_oneof![3 => Just(None), 1 => (1u32..=200).prop_map(|n| Some(Scale::new(f64::from(n) / 64.0)))];
-    // Layout: an optional compress (with an optional select scored by it) and an optional
-    // window; at least one branch.
-    let layout = (any::<bool>(), any::<bool>(), any::<bool>())
-        .prop_filter("at least one branch", |(c, _, w)| *c || *w);
-    (
-        heads,
-        head_dim,
-        any::<bool>(),
-        scale,
-        layout,
-        compress(),
-        kv_source(),
-        kv_source(),
-        kv_source(),
-        1u32..=12,
-        any::<bool>(),
-        any::<u64>(),
+    let scale = prop_oneof![
+        3 => Just(None),
+        1 => (1u32..=200).prop_map(|n| Some(Scale::new(f64::from(n) / 64.0))),
+    ];
+    let mode = prop_oneof![Just(CombineMode::Gate), Just(CombineMode::Sum)];
+    let with_order = branches().prop_flat_map(|bs| {
+        let names: Vec<String> = bs.iter().map(|b| b.name.clone()).collect();
+        (Just(bs), Just(names).prop_shuffle())
+    });
+    (heads, head_dim, any::<bool>(), scale, mode, with_order).prop_map(
+        |(heads, head_dim, causal, scale, mode, (branches, order))| Spec {
+            name: "random_spec".to_string(),
+            heads,
+            head_dim,
+            causal,
+            scale,
+            branches,
+            combine: Combine {
+                mode,
+                branches: order,
+            },
+        },
     )
-        .prop_flat_map(
-            |(
-                heads,
-                head_dim,
-                causal,
-                scale,
-                (has_c, has_s, has_w),
-                c,
-                kc,
-                ks,
-                kw,
-                size,
-                gate,
-                order,
-            )| {
-                let sel = select_params(c.stride);
-                (
-                    Just((
-                        heads,
-                        head_dim,
-                        causal,
-                        scale,
-                        has_c,
-                        has_s && has_c,
-                        has_w,
-                        c,
-                    )),
-                    Just((kc, ks, kw, size, gate, order)),
-                    sel,
-                )
-            },
-        )
-        .prop_map(
-            |(
-                (heads, head_dim, causal, scale, has_c, has_s, has_w, c),
-                (kc, ks, kw, size, gate, order),
-                (sb, top, first, last),
-            )| {
-                let mut branches = Vec::new();
-                if has_c {
-                    branches.push(Branch {
-                        name: "cmp".to_string(),
-                        kv: kc,
-                        kind: BranchKind::Compress(c),
-                    });
-                }
-                if has_s {
-                    branches.push(Branch {
-                        name: "slc".to_string(),
-                        kv: ks,
-                        kind: BranchKind::Select(Select {
-                            block: sb,
-                            top,
-                            scored_by: "cmp".to_string(),
-                            keep_first: first,
-                            keep_last: last,
-                        }),
-                    });
-                }
-                if has_w {
-                    branches.push(Branch {
-                        name: "win".to_string(),
-                        kv: kw,
-                        kind: BranchKind::Window(Window { size }),
-                    });
-                }
-                let mut names: Vec<String> = branches.iter().map(|b| b.name.clone()).collect();
-                if !names.is_empty() {
-                    let n = names.len();
-                    names.rotate_left((order % n as u64) as usize);
-                }
-                Spec {
-                    name: "random_spec".to_string(),
-                    heads,
-                    head_dim,
-                    causal,
-                    scale,
-                    branches,
-                    combine: Combine {
-                        mode: if gate {
-                            CombineMode::Gate
-                        } else {
-                            CombineMode::Sum
-                        },
-                        branches: names,
-                    },
-                }
-            },
-        )
 }

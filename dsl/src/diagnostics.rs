@@ -10,9 +10,16 @@ use crate::error::SpecError;
 pub fn render(error: &SpecError, source_name: &str, source_text: &str, color: bool) -> String {
     let mut out = Vec::new();
     let len = source_text.len();
+    let boundary = |mut i: usize| {
+        i = i.min(len);
+        while !source_text.is_char_boundary(i) {
+            i -= 1;
+        }
+        i
+    };
     let clamp = |r: &std::ops::Range<usize>| {
-        let start = r.start.min(len);
-        start..r.end.clamp(start, len)
+        let start = boundary(r.start);
+        start..boundary(r.end.max(start))
     };
     for d in &error.diagnostics {
         let span = clamp(&d.span);

@@ -2,7 +2,6 @@
 //! [`SpecError`]. Each diagnostic has a primary byte span (the caret), optional secondary
 //! labels and a help line; `diagnostics::render` turns them into annotated snippets.
 
-use std::fmt;
 use std::ops::Range;
 
 /// A secondary annotation: another place in the source that explains the problem.
@@ -155,8 +154,10 @@ impl DiagnosticKind {
     }
 }
 
-/// Every problem found in one spec source (never empty).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Every problem found in one spec source (never empty). `Display` gives a one-line summary;
+/// `diagnostics::render` gives the full annotated report.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", summary(diagnostics))]
 pub struct SpecError {
     pub diagnostics: Vec<Diagnostic>,
 }
@@ -170,14 +171,10 @@ impl SpecError {
     }
 }
 
-impl fmt::Display for SpecError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.diagnostics.as_slice() {
-            [] => write!(f, "invalid spec"),
-            [one] => write!(f, "{}", one.kind),
-            [first, rest @ ..] => write!(f, "{} (and {} more problems)", first.kind, rest.len()),
-        }
+fn summary(diagnostics: &[Diagnostic]) -> String {
+    match diagnostics {
+        [] => "invalid spec".to_string(),
+        [one] => one.kind.to_string(),
+        [first, rest @ ..] => format!("{} (and {} more problems)", first.kind, rest.len()),
     }
 }
-
-impl std::error::Error for SpecError {}

@@ -69,6 +69,8 @@ fn rule_name(rule: Rule) -> &'static str {
         Rule::EOI => "end of input",
         Rule::attention | Rule::kw_attention | Rule::file => "`attention NAME { … }`",
         Rule::close => "`}`",
+        Rule::open => "`{`",
+        Rule::eq => "`=`",
         Rule::items | Rule::item | Rule::branch | Rule::setting | Rule::fields => "`key = value`",
         Rule::value | Rule::scalar => "a value",
         Rule::call => "`name(…)`",

@@ -85,3 +85,37 @@ fn paper_spec_formats_with_comments_kept() {
     assert_eq!(format_source(&out).unwrap(), out);
     assert_eq!(parse_text(&out).unwrap(), parse_text(PAPER).unwrap());
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// The strategy only makes specs the validator accepts (the backends rely on it).
+    #[test]
+    fn strategy_specs_are_valid(spec in valid_spec()) {
+        let text = format_spec(&spec);
+        prop_assert!(parse_text(&text).is_ok(), "{}", text);
+        prop_assert!(!spec.branches.is_empty());
+        prop_assert_eq!(spec.combine.branches.len(), spec.branches.len());
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Token soup: random sequences of the language's own tokens reach deeper into the grammar
+    /// and the validator than random characters do.
+    #[test]
+    fn no_panic_on_token_soup(tokens in prop::collection::vec(
+        "attention|compress|select|window|heads|head_dim|block|stride|top|scored_by|keep_first|keep_last|size|pool|kv|combine|gate|sum|mean|own|true|[a-z]{1,3}|-?[0-9]{1,12}|0\\.5|=|/|,|\\{|\\}|\\(|\\)|\n| |#|:|- |\\[|\\]",
+        0..60,
+    )) {
+        let s = tokens.concat();
+        for r in [parse_text(&s), parse_yaml(&s)] {
+            if let Err(e) = r {
+                prop_assert!(!e.diagnostics.is_empty());
+                let _ = crate::diagnostics::render(&e, "soup", &s, false);
+            }
+        }
+        let _ = format_source(&s);
+    }
+}

@@ -49,6 +49,11 @@ pub fn is_name(name: &str) -> bool {
         && !matches!(name, "true" | "false")
 }
 
+/// A name, or a word YAML reads as a boolean or null but that is a name in the text form.
+pub(crate) fn is_name_or_yaml_word(text: &str) -> bool {
+    is_name(text) || matches!(text, "true" | "false")
+}
+
 struct Validator {
     diags: Vec<Diagnostic>,
 }
@@ -145,7 +150,7 @@ impl Validator {
                 },
                 at,
             )
-            .help(format!("add `{field} = {example}`")),
+            .help(format!("add `{field}` (for example {example})")),
         );
     }
 
@@ -349,7 +354,17 @@ impl Validator {
                 self.missing("combine", "the spec", doc.header.clone(), "gate(…)");
                 None
             }
-            Some(s) => self.combine(&s.value, &branches),
+            Some(s) => {
+                let declared: Vec<&str> = doc
+                    .items
+                    .iter()
+                    .filter_map(|i| match i {
+                        Item::Branch(b) => Some(b.name.name.as_str()),
+                        Item::Setting(_) => None,
+                    })
+                    .collect();
+                self.combine(&s.value, &branches, &declared)
+            }
         };
         if branches.is_empty() {
             self.push(
@@ -642,7 +657,14 @@ impl Validator {
         }
     }
 
-    fn combine(&mut self, v: &Value, branches: &[Parsed<'_>]) -> Option<Combine> {
+    /// `declared` holds every branch name written, even of branches already rejected, so that
+    /// a branch with a bad keyword is not reported a second time as unknown to `combine`.
+    fn combine(
+        &mut self,
+        v: &Value,
+        branches: &[Parsed<'_>],
+        declared: &[&str],
+    ) -> Option<Combine> {
         let ValueKind::Call { func, args } = &v.kind else {
             self.push(
                 Diagnostic::new(
@@ -674,7 +696,7 @@ impl Validator {
         let mut ok = mode.is_some();
         let mut used: HashMap<&str, Span> = HashMap::new();
         for a in args {
-            let declared = branches.iter().any(|b| b.decl.name.name == a.name);
+            let is_declared = declared.contains(&a.name.as_str());
             if let Some(first) = used.get(a.name.as_str()) {
                 self.push(
                     Diagnostic::new(
@@ -686,7 +708,7 @@ impl Validator {
                     .label(first.clone(), "first named here"),
                 );
                 ok = false;
-            } else if !declared {
+            } else if !is_declared {
                 let names: Vec<&str> = branches.iter().map(|b| b.decl.name.name.as_str()).collect();
                 let mut d = Diagnostic::new(
                     DiagnosticKind::CombineUnknown {

@@ -122,13 +122,30 @@ fn yaml_error(e: &serde_saphyr::Error, source: &str) -> SpecError {
         .location()
         .map(|l| location_span(&l, source))
         .unwrap_or(0..0);
-    let full = e.to_string();
-    // serde-saphyr appends the position to its message; the rendered report shows it already.
-    let message = match full.find(" at line ") {
-        Some(i) => full[..i].to_string(),
-        None => full,
+    let message = yaml_message(&e.to_string());
+    let kind = match message.strip_prefix("duplicate mapping key: ") {
+        Some(rest) => DiagnosticKind::DuplicateKey {
+            key: rest.split(',').next().unwrap_or(rest).trim().to_string(),
+            context: "a YAML mapping".to_string(),
+        },
+        None => DiagnosticKind::Yaml { message },
     };
-    SpecError::single(Diagnostic::new(DiagnosticKind::Yaml { message }, span))
+    SpecError::single(Diagnostic::new(kind, span))
+}
+
+/// serde-saphyr's message without its own position prefix and snippet (our report shows both).
+fn yaml_message(full: &str) -> String {
+    let first = full.lines().next().unwrap_or_default();
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    let first = match first.strip_prefix("line ").and_then(|r| r.split_once(": ")) {
+        Some((pos, rest)) if pos.contains(" column ") => rest,
+        _ => first,
+    };
+    let first = match first.find(" at line ") {
+        Some(i) => &first[..i],
+        None => first,
+    };
+    first.trim().to_string()
 }
 
 /// The byte range a serde-saphyr location covers (a point where no length is known).
@@ -176,6 +193,20 @@ impl Reader<'_> {
         location_span(&n.referenced, self.source)
     }
 
+    /// A scalar used as a name: a string, or a bare word YAML read as a boolean or null
+    /// (`y`, `no`, `null`…), taken as written.
+    fn name_text(&self, n: &Spanned<Node>) -> Option<String> {
+        match &n.value {
+            Node::Str(s) => Some(s.clone()),
+            Node::Bool(_) | Node::Null => {
+                let span = self.span(n);
+                let text = self.source.get(span)?;
+                crate::validate::is_name_or_yaml_word(text).then(|| text.to_string())
+            }
+            _ => None,
+        }
+    }
+
     fn shape_error(&mut self, message: String, span: Span) {
         self.diags
             .push(Diagnostic::new(DiagnosticKind::Yaml { message }, span));
@@ -184,8 +215,8 @@ impl Reader<'_> {
     /// A map key as a name; reports and returns `None` for non-string keys.
     fn key(&mut self, k: &Spanned<Node>) -> Option<Ident> {
         match &k.value {
-            Node::Str(s) => Some(Ident {
-                name: s.clone(),
+            _ if self.name_text(k).is_some() => Some(Ident {
+                name: self.name_text(k).unwrap_or_default(),
                 span: self.span(k),
             }),
             _ => {
@@ -220,8 +251,8 @@ impl Reader<'_> {
             match key.name.as_str() {
                 "attention" => {
                     let span = self.span(v);
-                    match &v.value {
-                        Node::Str(s) => {
+                    match self.name_text(v) {
+                        Some(s) => {
                             doc.header = key.span.start..span.end;
                             let start = self.content_start(span.start);
                             doc.name = Ident {
@@ -290,15 +321,15 @@ impl Reader<'_> {
         let (k, v) = entries.next()?;
         let keyword = self.key(k)?;
         let name_span = self.span(v);
-        let name = match &v.value {
-            Node::Str(s) => {
+        let name = match self.name_text(v) {
+            Some(s) => {
                 let start = self.content_start(name_span.start);
                 Ident {
-                    name: s.clone(),
                     span: start..start + s.len().min(name_span.end.saturating_sub(start)),
+                    name: s,
                 }
             }
-            _ => {
+            None => {
                 self.shape_error(
                     format!("`{}` must be followed by the branch's name", keyword.name),
                     name_span,
@@ -326,8 +357,14 @@ impl Reader<'_> {
     fn value(&mut self, key: &str, n: &Spanned<Node>) -> Value {
         let span = self.span(n);
         let kind = match &n.value {
-            Node::Null => ValueKind::Other("nothing (null)".to_string()),
-            Node::Bool(b) => ValueKind::Bool(*b),
+            Node::Null | Node::Bool(_) => match self.source.get(span.clone()) {
+                Some(t @ ("true" | "false")) => ValueKind::Bool(t == "true"),
+                Some(t) if crate::validate::is_name(t) => ValueKind::Word(t.to_string()),
+                _ => match &n.value {
+                    Node::Bool(b) => ValueKind::Bool(*b),
+                    _ => ValueKind::Other("nothing (null)".to_string()),
+                },
+            },
             Node::Int(s) => ValueKind::Int(s.clone()),
             Node::Float(f) => ValueKind::Float(*f),
             Node::Str(s) => {
@@ -392,15 +429,15 @@ impl Reader<'_> {
             let mut args = Vec::new();
             for it in items {
                 let s = self.span(it);
-                match &it.value {
-                    Node::Str(name) => {
+                match self.name_text(it) {
+                    Some(name) => {
                         let start = self.content_start(s.start);
                         args.push(Ident {
-                            name: name.clone(),
                             span: start..start + name.len().min(s.end.saturating_sub(start)),
+                            name,
                         });
                     }
-                    _ => return other("a mapping with a non-name in its list"),
+                    None => return other("a mapping with a non-name in its list"),
                 }
             }
             let ks = self.span(k);

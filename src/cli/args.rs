@@ -47,15 +47,27 @@ pub enum Command {
 /// A spec file argument and the problem it is applied to.
 #[derive(Debug, Args)]
 pub struct ProblemArgs {
-    /// Sequence length T (tokens per batch row).
-    #[arg(long, short = 's', value_name = "N", required_unless_present = "cu_seqlens")]
+    /// Sequence length T (tokens per batch row). Required unless `--cu-seqlens` is given or
+    /// (for `run`) the inputs file fixes it.
+    #[arg(long, short = 's', value_name = "N")]
     pub seq: Option<usize>,
     /// Batch size B.
-    #[arg(long, short = 'b', value_name = "B", default_value_t = 1, conflicts_with = "cu_seqlens")]
+    #[arg(
+        long,
+        short = 'b',
+        value_name = "B",
+        default_value_t = 1,
+        conflicts_with = "cu_seqlens"
+    )]
     pub batch: usize,
     /// Variable-length segments packed into one row: ascending offsets starting at 0, e.g.
     /// `0,100,357` (two segments of 100 and 257 tokens).
-    #[arg(long, value_name = "OFFSETS", value_delimiter = ',', conflicts_with = "seq")]
+    #[arg(
+        long,
+        value_name = "OFFSETS",
+        value_delimiter = ',',
+        conflicts_with = "seq"
+    )]
     pub cu_seqlens: Option<Vec<usize>>,
     /// Override the spec's heads: `QUERY/KV` (e.g. `64/4`) or one number for both.
     #[arg(long, value_name = "Q/KV", value_parser = parse_pair)]
@@ -149,7 +161,10 @@ pub struct RunArgs {
 /// Parses `A/B` or `A` (meaning `A/A`) into two positive integers.
 fn parse_pair(text: &str) -> Result<(u32, u32), String> {
     let number = |s: &str| -> Result<u32, String> {
-        let n: u32 = s.trim().parse().map_err(|_| format!("`{}` is not a positive integer", s.trim()))?;
+        let n: u32 = s
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{}` is not a positive integer", s.trim()))?;
         if n == 0 {
             return Err("must be at least 1".into());
         }

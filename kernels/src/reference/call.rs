@@ -36,9 +36,9 @@ pub(crate) struct Dims {
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum PoolWeights<'a> {
     Mean,
-    /// `w_<b>` [H, l], applied to both K and V.
+    /// `w_<b>` \[H, l\], applied to both K and V.
     Weighted(&'a Tensor<f32>),
-    /// `wk_<b>` [H, l·Dqk, Dqk] and `wv_<b>` [H, l·Dv, Dv].
+    /// `wk_<b>` \[H, l·Dqk, Dqk\] and `wv_<b>` \[H, l·Dv, Dv\].
     Linear {
         wk: &'a Tensor<f32>,
         wv: &'a Tensor<f32>,

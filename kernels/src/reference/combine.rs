@@ -1,11 +1,11 @@
 //! Combining branch outputs (DESIGN §3, combine): o(t, qh) = Σ_b g_b(t, qh)·o_b(t, qh), with
-//! the gates `g_<b>` [B,T,HQ] used exactly as given for `gate(...)`, and all gates 1 for
+//! the gates `g_<b>` \[B,T,HQ\] used exactly as given for `gate(...)`, and all gates 1 for
 //! `sum(...)`.
 
 use super::call::Call;
 use super::tokens::Sequence;
 
-/// The combined output of query `t` of `seq`: [HQ][Dv]. `outs[b]` is branch b's [HQ][Dv].
+/// The combined output of query `t` of `seq`: \[HQ\]\[Dv\]. `outs[b]` is branch b's \[HQ\]\[Dv\].
 pub(crate) fn combine(
     call: &Call<'_>,
     outs: &[Vec<Vec<f64>>],

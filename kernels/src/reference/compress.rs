@@ -17,7 +17,7 @@ pub fn visible(c: &Compress, causal: bool, j: usize, t: usize) -> bool {
     !causal || j * d + l - 1 <= t
 }
 
-/// p_c(t, qh, j) for every query head qh and token j: [HQ][N], 0 for tokens `t` does not see.
+/// p_c(t, qh, j) for every query head qh and token j: \[HQ\]\[N\], 0 for tokens `t` does not see.
 pub(crate) fn probabilities(
     c: &Compress,
     dims: &Dims,
@@ -43,7 +43,7 @@ pub(crate) fn probabilities(
         .collect()
 }
 
-/// o_c(t, qh) = Σ_j p_c(t, qh, j)·Ṽ_j for every query head: [HQ][Dv].
+/// o_c(t, qh) = Σ_j p_c(t, qh, j)·Ṽ_j for every query head: \[HQ\]\[Dv\].
 pub(crate) fn output(probs: &[Vec<f64>], dims: &Dims, pooled: &PooledTokens) -> Vec<Vec<f64>> {
     probs
         .iter()

@@ -12,8 +12,8 @@ use super::pool::{self, Pooled, PooledTokens};
 use super::tokens::{SeqData, sequences};
 use super::{ReferenceError, compress, score};
 
-/// The compressed keys and values of compress branch `branch`: per sequence, K̃ [N,H,Dqk] and
-/// Ṽ [N,H,Dv] with N = [`pool::token_count`].
+/// The compressed keys and values of compress branch `branch`: per sequence, K̃ \[N,H,Dqk\] and
+/// Ṽ \[N,H,Dv\] with N = [`pool::token_count`].
 pub fn pooled(
     spec: &Spec,
     shape: &Shape,
@@ -25,7 +25,7 @@ pub fn pooled(
     })
 }
 
-/// The probabilities p_c of compress branch `branch`: per sequence [T_seg, HQ, N], 0 where a
+/// The probabilities p_c of compress branch `branch`: per sequence \[T_seg, HQ, N\], 0 where a
 /// query does not see a token; each row sums to 1, or is all 0 when the query sees no token.
 pub fn compressed_probabilities(
     spec: &Spec,
@@ -50,7 +50,7 @@ pub fn compressed_probabilities(
 }
 
 /// The raw block scores p_s of select branch `branch` (before forcing and top-n): per
-/// sequence [T_seg, H, NB] with NB = [`score::block_count`].
+/// sequence \[T_seg, H, NB\] with NB = [`score::block_count`].
 pub fn block_scores(
     spec: &Spec,
     shape: &Shape,

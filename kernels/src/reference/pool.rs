@@ -1,9 +1,9 @@
 //! Pooling a compress branch's keys and values into compressed tokens (DESIGN §3, compress).
 //!
 //! Token j covers keys [j·d, j·d + l) of its sequence and exists iff j·d + l ≤ T_seg.
-//! - `mean`:     K̃_j[h] = (1/l) Σ_i K[j·d+i, h]
-//! - `weighted`: K̃_j[h] = Σ_i w[h,i]·K[j·d+i, h] with ONE weight tensor `w_<c>` [H, l] for K and V
-//! - `linear`:   K̃_j[h,e] = Σ_{i,f} K[j·d+i, h, f]·wk[h, i·Dqk+f, e]; Ṽ likewise with `wv_<c>`.
+//! - `mean`:     K̃_j\[h\] = (1/l) Σ_i K\[j·d+i, h\]
+//! - `weighted`: K̃_j\[h\] = Σ_i w\[h,i\]·K\[j·d+i, h\] with ONE weight tensor `w_<c>` \[H, l\] for K and V
+//! - `linear`:   K̃_j\[h,e\] = Σ_{i,f} K\[j·d+i, h, f\]·wk\[h, i·Dqk+f, e\]; Ṽ likewise with `wv_<c>`.
 
 use nsac_dsl::spec::Compress;
 
@@ -15,9 +15,9 @@ use super::tokens::Tokens;
 /// The compressed keys and values of one compress branch on one sequence.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Pooled {
-    /// K̃ [N, H, Dqk].
+    /// K̃ \[N, H, Dqk\].
     pub k: Tensor<f64>,
-    /// Ṽ [N, H, Dv].
+    /// Ṽ \[N, H, Dv\].
     pub v: Tensor<f64>,
 }
 
@@ -47,9 +47,9 @@ impl PooledTokens {
 #[derive(Debug, Clone, Copy)]
 enum Map<'a> {
     Mean,
-    /// [H, l]
+    /// \[H, l\]
     Weighted(&'a Tensor<f32>),
-    /// [H, l·dim, dim]
+    /// \[H, l·dim, dim\]
     Linear(&'a Tensor<f32>),
 }
 

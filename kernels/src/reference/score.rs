@@ -39,8 +39,8 @@ fn overlap(a0: usize, a1: usize, b0: usize, b1: usize) -> usize {
     a1.min(b1).saturating_sub(a0.max(b0))
 }
 
-/// p_s(t, h, i) for every kv head h and block i: [H][NB], from the probabilities `probs`
-/// [HQ][N] of the scoring compress branch `c` at the same query. No forcing is applied.
+/// p_s(t, h, i) for every kv head h and block i: \[H\]\[NB\], from the probabilities `probs`
+/// \[HQ\]\[N\] of the scoring compress branch `c` at the same query. No forcing is applied.
 pub(crate) fn scores(
     probs: &[Vec<f64>],
     c: &Compress,
@@ -70,7 +70,7 @@ pub(crate) fn scores(
     out
 }
 
-/// The blocks query `t` attends for one kv head with raw scores `scores` [NB]: at most `top`
+/// The blocks query `t` attends for one kv head with raw scores `scores` \[NB\]: at most `top`
 /// block indices, ascending.
 pub fn choose(scores: &[f64], s: &Select, causal: bool, t: usize, len: usize) -> Vec<usize> {
     let mut ranked: Vec<(f64, usize)> = scores
@@ -90,4 +90,49 @@ pub fn choose(scores: &[f64], s: &Select, causal: bool, t: usize, len: usize) ->
         .collect();
     chosen.sort_unstable();
     chosen
+}
+
+/// Whether `chosen` is an acceptable choice of select branch `s` for query `t` of a sequence
+/// of `len` tokens, given the oracle's raw scores `scores` \[NB\] for one kv head (from
+/// [`block_scores`](super::block_scores)).
+///
+/// Acceptable: min(n, #candidates) distinct candidates in ascending order, such that no
+/// skipped candidate ranks above a chosen one by the rule of [`choose`] — except that finite
+/// scores within `tol` of each other may be ranked either way (a backend scoring in f32 may
+/// break such near-ties differently). With `tol = 0` only the oracle's own choice passes.
+pub fn is_valid_choice(
+    scores: &[f64],
+    chosen: &[usize],
+    s: &Select,
+    causal: bool,
+    t: usize,
+    len: usize,
+    tol: f64,
+) -> bool {
+    let candidates: Vec<usize> = (0..scores.len())
+        .filter(|&i| is_candidate(s, causal, i, t, len))
+        .collect();
+    let shape_ok = chosen.len() == candidates.len().min(s.top as usize)
+        && chosen.windows(2).all(|w| w[0] < w[1])
+        && chosen.iter().all(|i| candidates.contains(i));
+    if !shape_ok {
+        return false;
+    }
+    let key = |i: usize| {
+        if is_forced(s, i, t) {
+            f64::INFINITY
+        } else {
+            scores[i]
+        }
+    };
+    // Skipped candidate i may not outrank chosen j.
+    let may_skip = |i: usize, j: usize| {
+        let (ki, kj) = (key(i), key(j));
+        let near_tie = tol > 0.0 && ki.is_finite() && kj.is_finite() && ki - kj <= tol;
+        ki < kj || (ki == kj && i > j) || near_tie
+    };
+    candidates
+        .iter()
+        .filter(|i| !chosen.contains(i))
+        .all(|&i| chosen.iter().all(|&j| may_skip(i, j)))
 }

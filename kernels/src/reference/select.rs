@@ -20,7 +20,7 @@ pub fn keys(s: &Select, causal: bool, chosen: &[usize], t: usize, len: usize) ->
         .collect()
 }
 
-/// o_s(t, qh) for every query head: [HQ][Dv]; `chosen` [H] lists each kv head's blocks.
+/// o_s(t, qh) for every query head: \[HQ\]\[Dv\]; `chosen` \[H\] lists each kv head's blocks.
 pub(crate) fn output(
     s: &Select,
     dims: &Dims,

@@ -1,7 +1,7 @@
 //! The sequences of a call (batch rows or varlen segments) and their tensors widened to f64.
 //!
 //! Every rule of DESIGN §3 works inside one sequence with positions relative to its start, so
-//! the oracle cuts each input tensor into per-sequence [T_seg, heads, dim] blocks of f64
+//! the oracle cuts each input tensor into per-sequence \[T_seg, heads, dim\] blocks of f64
 //! (`f32 → f64` is exact) once, and the branch modules only ever see positions `0..T_seg`.
 
 use std::collections::BTreeMap;
@@ -49,7 +49,7 @@ pub fn sequences(shape: &Shape) -> Vec<Sequence> {
         .collect()
 }
 
-/// Per-token, per-head vectors of one sequence in f64, laid out [T_seg, heads, dim].
+/// Per-token, per-head vectors of one sequence in f64, laid out \[T_seg, heads, dim\].
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Tokens {
     data: Vec<f64>,
@@ -82,7 +82,7 @@ impl Tokens {
         }
     }
 
-    /// Cuts `seq` out of a checked [B, T, heads, dim] tensor, widening every value exactly.
+    /// Cuts `seq` out of a checked \[B, T, heads, dim\] tensor, widening every value exactly.
     pub(crate) fn cut(tensor: &Tensor<f32>, seq: Sequence) -> Tokens {
         let (seq_len, heads, dim) = (tensor.shape[1], tensor.shape[2], tensor.shape[3]);
         let row = heads * dim;
@@ -110,7 +110,7 @@ impl Tokens {
         self.len
     }
 
-    /// The same values as a [len, heads, dim] tensor.
+    /// The same values as a \[len, heads, dim\] tensor.
     pub(crate) fn into_tensor(self) -> Tensor<f64> {
         Tensor {
             shape: vec![self.len, self.heads, self.dim],

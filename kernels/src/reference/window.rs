@@ -26,7 +26,7 @@ pub fn keys(w: &Window, causal: bool, t: usize, len: usize) -> Range<usize> {
     first..last + 1
 }
 
-/// o_w(t, qh) for every query head: [HQ][Dv].
+/// o_w(t, qh) for every query head: \[HQ\]\[Dv\].
 pub(crate) fn output(
     w: &Window,
     dims: &Dims,

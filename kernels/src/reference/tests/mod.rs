@@ -2,6 +2,12 @@
 //! random inputs (odd lengths, several seeds).
 
 mod edges;
+mod errors;
+mod given;
 mod hand;
+mod kinds;
+mod large;
+mod layout;
+mod library;
 mod props;
 mod support;
