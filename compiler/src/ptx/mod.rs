@@ -450,3 +450,76 @@ pub fn segment_table(shape: &Shape) -> Vec<i32> {
 pub fn supports(dtype: DType) -> bool {
     matches!(dtype, DType::F32 | DType::F16 | DType::Bf16)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nsac_dsl::problem::Problem;
+    use nsac_dsl::spec::{Combine, HeadDim, Heads, Window};
+
+    fn window_spec() -> Spec {
+        Spec {
+            name: "w".into(),
+            heads: Heads { q: 4, kv: 2 },
+            head_dim: HeadDim { qk: 40, v: 24 },
+            causal: true,
+            scale: None,
+            branches: vec![nsac_dsl::spec::Branch {
+                name: "win".into(),
+                kv: KvSource::Shared,
+                kind: BranchKind::Window(Window { size: 7 }),
+            }],
+            combine: Combine {
+                mode: CombineMode::Sum,
+                branches: vec!["win".into()],
+            },
+        }
+    }
+
+    #[test]
+    fn rejects_bad_variants_and_oversized_problems() {
+        let spec = window_spec();
+        let shape = Problem::batched(1, 9).resolve(&spec).expect("valid");
+        let bad = GpuVariant { warps_per_block: 0 };
+        assert!(matches!(
+            emit_ptx(&spec, &shape, &bad, Arch::Sm80),
+            Err(PtxError::BadVariant(_))
+        ));
+        let huge = Problem::batched(1, 1 << 26).resolve(&spec).expect("valid");
+        assert!(matches!(
+            emit_ptx(&spec, &huge, &GpuVariant::default(), Arch::Sm80),
+            Err(PtxError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn segment_table_repeats_segments_per_row() {
+        let spec = window_spec();
+        let shape = Problem::batched(2, 3).resolve(&spec).expect("valid");
+        assert_eq!(
+            segment_table(&shape),
+            vec![0, 3, 0, 3, 0, 3, 3, 6, 3, 6, 3, 6]
+        );
+        let shape = Problem::varlen(vec![0, 1, 3])
+            .resolve(&spec)
+            .expect("valid");
+        assert_eq!(segment_table(&shape), vec![0, 1, 1, 3, 1, 3]);
+    }
+
+    #[test]
+    fn manifest_launches_cover_every_row() {
+        let spec = window_spec();
+        let shape = Problem::batched(2, 13).resolve(&spec).expect("valid");
+        let variant = GpuVariant { warps_per_block: 3 };
+        let (ptx, m) = emit_ptx(&spec, &shape, &variant, Arch::Sm90).expect("emits");
+        assert!(ptx.contains(".target sm_90"));
+        let attend = &m.kernels[0];
+        // one warp per (token, query head): 26 tokens × 4 heads = 104 warps, 3 per block
+        assert_eq!(attend.block[0], 96);
+        assert_eq!(attend.grid[0], 35);
+        assert_eq!(
+            m.buffer("o").map(|b| b.shape.clone()),
+            Some(vec![2, 13, 4, 24])
+        );
+    }
+}
