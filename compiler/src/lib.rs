@@ -2,3 +2,4 @@
 //! into CPU (Cranelift) or GPU (PTX) code; also the analytic cost model.
 
 pub mod cost;
+pub mod ptx;

@@ -1,4 +1,5 @@
 //! nsac-runtime: tensors in and out, devices, kernel launching, tuning.
 
+pub mod cuda;
 pub mod tensor_io;
 pub mod tune;
