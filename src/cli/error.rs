@@ -32,6 +32,10 @@ pub enum CliError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Cuda(#[from] nsac_runtime::cuda::CudaError),
+    #[error(transparent)]
+    Ptx(#[from] nsac_compiler::ptx::PtxError),
     #[error("cannot write to standard output: {0}")]
     Stdout(#[source] std::io::Error),
     #[error("{0}")]

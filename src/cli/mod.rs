@@ -2,7 +2,9 @@
 
 pub mod args;
 mod check;
+mod compile;
 mod cost;
+mod device;
 pub mod error;
 mod fmt;
 mod output;
@@ -19,5 +21,6 @@ pub fn dispatch(cli: &Cli) -> Result<(), CliError> {
         Command::Fmt(a) => fmt::run(a),
         Command::Cost(a) => cost::run(a),
         Command::Run(a) => run::run(a),
+        Command::Compile(a) => compile::run(a),
     }
 }

@@ -1,14 +1,12 @@
 //! `nsac run`: run a spec on a problem with random or file inputs, print a summary and
 //! optionally write the outputs.
 
-use std::time::Instant;
-
-use nsac_kernels::io::{Tensor, check_inputs, random_inputs};
-use nsac_kernels::reference;
+use nsac_kernels::io::{check_inputs, random_inputs};
 use nsac_runtime::tensor_io;
 use serde::Serialize;
 
-use super::args::{DeviceArg, RunArgs};
+use super::args::RunArgs;
+use super::device::{run_on, values};
 use super::error::CliError;
 use super::output::{emit, emit_json};
 use super::problem::{describe, problem_from_args, problem_from_inputs};
@@ -21,6 +19,9 @@ pub struct RunSummary {
     pub shape: String,
     /// Output shape [B, T, HQ, Dv].
     pub output_shape: Vec<usize>,
+    /// Time to compile the kernel (JIT or module load), for devices that compile.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compile_ms: Option<f64>,
     /// Wall time of the computation alone (no input generation or I/O), in milliseconds.
     pub time_ms: f64,
     pub max_abs: f64,
@@ -49,14 +50,10 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
     };
     check_inputs(&spec, &shape, &inputs)?;
 
-    let (device, start) = (args.device, Instant::now());
-    let output = match device {
-        DeviceArg::Reference => reference::forward(&spec, &shape, &inputs)?,
-    };
-    let time_ms = start.elapsed().as_secs_f64() * 1e3;
+    let run = run_on(args.device, &spec, &shape, &inputs)?;
     let written = match &args.output {
         Some(path) => {
-            let mut set = tensor_io::reference_outputs(&output);
+            let mut set = run.outputs.clone();
             if !args.all_outputs {
                 set.retain(|name, _| name == "o");
             }
@@ -65,37 +62,24 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         }
         None => None,
     };
-    let summary = summarize(
-        &spec.name,
-        "reference",
-        describe(&shape),
-        &output.o,
-        time_ms,
+    let o = run
+        .outputs
+        .get("o")
+        .ok_or_else(|| CliError::Other("the device returned no output `o`".into()))?;
+    let values = values(o);
+    let summary = RunSummary {
+        spec: spec.name.clone(),
+        device: run.device,
+        shape: describe(&shape),
+        output_shape: o.shape().to_vec(),
+        compile_ms: run.compile_ms,
+        time_ms: run.run_ms,
+        max_abs: values.iter().fold(0.0f64, |m, x| m.max(x.abs())),
+        sum: values.iter().sum(),
+        abs_sum: values.iter().map(|x| x.abs()).sum(),
         written,
-    );
+    };
     print_summary(&summary, args.json)
-}
-
-fn summarize(
-    spec: &str,
-    device: &str,
-    shape: String,
-    o: &Tensor<f64>,
-    time_ms: f64,
-    written: Option<String>,
-) -> RunSummary {
-    let max_abs = o.data.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-    RunSummary {
-        spec: spec.to_string(),
-        device: device.to_string(),
-        shape,
-        output_shape: o.shape.clone(),
-        time_ms,
-        max_abs,
-        sum: o.data.iter().sum(),
-        abs_sum: o.data.iter().map(|x| x.abs()).sum(),
-        written,
-    }
 }
 
 fn print_summary(s: &RunSummary, json: bool) -> Result<(), CliError> {
@@ -106,6 +90,9 @@ fn print_summary(s: &RunSummary, json: bool) -> Result<(), CliError> {
         "spec     {}\nproblem  {}\ndevice   {}\noutput   o {:?}\ntime     {:.3} ms\nmax|o|   {:.6}\nchecksum Σo = {:.6}, Σ|o| = {:.6}\n",
         s.spec, s.shape, s.device, s.output_shape, s.time_ms, s.max_abs, s.sum, s.abs_sum
     );
+    if let Some(c) = s.compile_ms {
+        text.push_str(&format!("compile  {c:.3} ms\n"));
+    }
     if let Some(w) = &s.written {
         text.push_str(&format!("written  {w}\n"));
     }

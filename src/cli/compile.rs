@@ -1,0 +1,49 @@
+//! `nsac compile`: show or save the code nsac generates for a spec on a problem — PTX with its
+//! launch manifest for GPUs.
+
+use std::path::{Path, PathBuf};
+
+use nsac_compiler::ptx::{self, Arch, GpuVariant};
+
+use super::args::{CompileArgs, Emit, Target};
+use super::error::CliError;
+use super::fmt::write_atomically;
+use super::output::emit;
+use super::problem::problem_from_args;
+
+pub fn run(args: &CompileArgs) -> Result<(), CliError> {
+    let spec = nsac_dsl::load(&args.spec)?;
+    let shape = problem_from_args(&args.problem)?.resolve(&spec)?;
+    match args.target {
+        Target::Ptx => {
+            if let Some(e) = args.emit.filter(|e| *e != Emit::Ptx) {
+                return Err(CliError::Other(format!(
+                    "--target ptx emits PTX; `--emit {}` is for --target cpu",
+                    e.name()
+                )));
+            }
+            let arch = Arch::parse(&args.arch).ok_or_else(|| {
+                CliError::Other(format!(
+                    "unknown --arch `{}` (expected sm_80 or sm_90)",
+                    args.arch
+                ))
+            })?;
+            let (text, manifest) = ptx::emit_ptx(&spec, &shape, &GpuVariant::default(), arch)?;
+            match &args.output {
+                Some(path) => {
+                    let manifest_path = manifest_path(path);
+                    write_atomically(path, &text)?;
+                    write_atomically(&manifest_path, &manifest.to_json())?;
+                    eprintln!("wrote {} and {}", path.display(), manifest_path.display());
+                }
+                None => emit(&text).map_err(CliError::Stdout)?,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `out.ptx` → `out.manifest.json`.
+fn manifest_path(ptx: &Path) -> PathBuf {
+    ptx.with_extension("manifest.json")
+}

@@ -1,0 +1,110 @@
+//! Running a spec on one of the devices (`--device reference|cuda|auto`) and collecting its
+//! outputs under the oracle's names, whatever the device computed them in.
+
+use std::time::Instant;
+
+use nsac_dsl::Spec;
+use nsac_dsl::problem::Shape;
+use nsac_kernels::io::Inputs;
+use nsac_kernels::reference;
+use nsac_runtime::cuda::{CudaDevice, CudaKernel};
+use nsac_runtime::tensor_io::{HostTensor, TensorSet, reference_outputs};
+
+use super::args::DeviceArg;
+use super::error::CliError;
+
+/// What a device run produced.
+pub struct DeviceRun {
+    /// The device's name as shown to the user.
+    pub device: String,
+    /// `o`, every `o_<branch>` and every `idx_<branch>`.
+    pub outputs: TensorSet,
+    /// Compilation (JIT or module load) time, if the device compiles.
+    pub compile_ms: Option<f64>,
+    /// Time of the computation alone.
+    pub run_ms: f64,
+}
+
+/// Runs `spec` on `device` (auto: the GPU when a CUDA driver and device are present, else the
+/// CPU).
+pub fn run_on(
+    device: DeviceArg,
+    spec: &Spec,
+    shape: &Shape,
+    inputs: &Inputs,
+) -> Result<DeviceRun, CliError> {
+    match device {
+        DeviceArg::Reference => {
+            let start = Instant::now();
+            let output = reference::forward(spec, shape, inputs)?;
+            let run_ms = ms(start);
+            Ok(DeviceRun {
+                device: "reference (f64)".into(),
+                outputs: reference_outputs(&output),
+                compile_ms: None,
+                run_ms,
+            })
+        }
+        DeviceArg::Cuda => {
+            let gpu = CudaDevice::open()?.ok_or_else(|| {
+                CliError::Other(
+                    "no CUDA device found (no NVIDIA driver, or no GPU visible); try --device cpu"
+                        .into(),
+                )
+            })?;
+            run_cuda(&gpu, spec, shape, inputs)
+        }
+        DeviceArg::Auto => match CudaDevice::open() {
+            Ok(Some(gpu)) => run_cuda(&gpu, spec, shape, inputs),
+            _ => run_on(DeviceArg::Reference, spec, shape, inputs),
+        },
+    }
+}
+
+fn run_cuda(
+    gpu: &std::sync::Arc<CudaDevice>,
+    spec: &Spec,
+    shape: &Shape,
+    inputs: &Inputs,
+) -> Result<DeviceRun, CliError> {
+    let start = Instant::now();
+    let kernel = CudaKernel::compile(gpu, spec, shape, &Default::default())?;
+    let compile_ms = ms(start);
+    let start = Instant::now();
+    let out = kernel.run(inputs)?;
+    let run_ms = ms(start);
+    let mut outputs = TensorSet::new();
+    outputs.insert("o".into(), HostTensor::from(out.o));
+    for (b, t) in out.branches {
+        outputs.insert(format!("o_{b}"), HostTensor::from(t));
+    }
+    for (b, t) in out.selected {
+        outputs.insert(format!("idx_{b}"), HostTensor::from(t));
+    }
+    let (major, minor) = gpu.capability();
+    Ok(DeviceRun {
+        device: format!(
+            "cuda: {} (sm_{major}{minor}, {})",
+            gpu.name(),
+            shape.dtype.name()
+        ),
+        outputs,
+        compile_ms: Some(compile_ms),
+        run_ms,
+    })
+}
+
+fn ms(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64() * 1e3
+}
+
+/// The values of a floating-point output as f64 (empty for integer tensors).
+pub fn values(t: &HostTensor) -> Vec<f64> {
+    match t {
+        HostTensor::F64(t) => t.data.clone(),
+        other => other
+            .to_f32()
+            .map(|t| t.data.iter().map(|&x| f64::from(x)).collect())
+            .unwrap_or_default(),
+    }
+}
