@@ -312,3 +312,61 @@ fn a_space_with_everything_pruned_is_an_error_not_a_panic() {
     let err = tune(&space, &bench, &TuneOptions::default(), &mut |_| {}).unwrap_err();
     assert!(matches!(err, TuneError::AllPruned { pruned: 288 }), "{err}");
 }
+
+/// Each compile waits (up to 200 ms, 10 s in all) for another one to be in flight, and records
+/// the most compiles in flight at once.
+struct OverlapBench {
+    inner: FakeBench,
+    in_flight: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+    give_up: std::time::Instant,
+}
+
+impl nsac_runtime::tune::Benchmark<ToyVariant> for OverlapBench {
+    type Kernel = <FakeBench as nsac_runtime::tune::Benchmark<ToyVariant>>::Kernel;
+    fn compile(&self, v: &ToyVariant) -> Result<Self::Kernel, nsac_runtime::tune::BenchError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        use std::time::{Duration, Instant};
+        let now = self.in_flight.fetch_add(1, SeqCst) + 1;
+        self.most.fetch_max(now, SeqCst);
+        let deadline = (Instant::now() + Duration::from_millis(200)).min(self.give_up);
+        while self.most.load(SeqCst) < 2 && Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        self.in_flight.fetch_sub(1, SeqCst);
+        self.inner.compile(v)
+    }
+    fn time_once(
+        &self,
+        k: &mut Self::Kernel,
+    ) -> Result<std::time::Duration, nsac_runtime::tune::BenchError> {
+        self.inner.time_once(k)
+    }
+    fn check(&self, v: &ToyVariant) -> Result<(), nsac_runtime::tune::BenchError> {
+        self.inner.check(v)
+    }
+}
+
+#[test]
+fn candidates_compile_in_parallel() {
+    if rayon::current_num_threads() < 2 {
+        return; // a one-thread pool cannot overlap anything
+    }
+    let space = toy_space();
+    let grid = enumerate(&space).unwrap();
+    let bench = OverlapBench {
+        inner: FakeBench::new(Landscape::random(&grid.shape, 0.0, 0.0, 2)),
+        in_flight: Default::default(),
+        most: Default::default(),
+        give_up: std::time::Instant::now() + std::time::Duration::from_secs(10),
+    };
+    let options = TuneOptions {
+        search: SearchConfig {
+            exhaustive_limit: 1000,
+            ..SearchConfig::default()
+        },
+        ..TuneOptions::default()
+    };
+    tune(&space, &bench, &options, &mut |_| {}).unwrap();
+    assert!(bench.most.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+}
