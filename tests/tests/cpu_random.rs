@@ -28,7 +28,14 @@ fn any_spec() -> impl Strategy<Value = Spec> {
     let win = (0u32..=30, kv());
     let shape_of = (0u8..8, any::<bool>(), any::<bool>());
     (heads, dims, cmp, sel, win, shape_of).prop_map(
-        |((g, kvh), (dqk, dv), (l, d, p, ck), (sl, top, kf, kl, sk), (w, wk), (mask, causal, gate))| {
+        |(
+            (g, kvh),
+            (dqk, dv),
+            (l, d, p, ck),
+            (sl, top, kf, kl, sk),
+            (w, wk),
+            (mask, causal, gate),
+        )| {
             let mut branches: Vec<Branch> = Vec::new();
             let with_cmp = mask & 1 != 0 || mask & 2 != 0;
             if with_cmp {
@@ -53,7 +60,11 @@ fn any_spec() -> impl Strategy<Value = Spec> {
                 (dqk, dv),
                 causal,
                 branches,
-                if gate { CombineMode::Gate } else { CombineMode::Sum },
+                if gate {
+                    CombineMode::Gate
+                } else {
+                    CombineMode::Sum
+                },
             )
         },
     )

@@ -226,7 +226,7 @@ impl<'a> Emit<'a> {
     }
 
     /// Converts an i64 to f32.
-    pub fn to_f32(&mut self, v: Value) -> Value {
+    pub fn int_to_f32(&mut self, v: Value) -> Value {
         self.b.ins().fcvt_from_sint(F32, v)
     }
 }

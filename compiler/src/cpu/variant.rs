@@ -84,7 +84,7 @@ impl CpuVariant {
         check(
             "key_tile",
             self.key_tile,
-            self.key_tile >= 4 && self.key_tile % 4 == 0 && self.key_tile <= 4096,
+            self.key_tile >= 4 && self.key_tile.is_multiple_of(4) && self.key_tile <= 4096,
             "multiples of 4 in 4..=4096",
         )?;
         check(

@@ -57,7 +57,7 @@ fn positive(branch: &str, param: &'static str, v: u32) -> Result<usize, PlanErro
 
 pub(super) fn lower(spec: &Spec, shape: &Shape) -> Result<Plan, PlanError> {
     let heads = shape.heads;
-    if heads.q == 0 || heads.kv == 0 || heads.q % heads.kv != 0 {
+    if heads.q == 0 || heads.kv == 0 || !heads.q.is_multiple_of(heads.kv) {
         return Err(PlanError::BadHeads {
             q: heads.q,
             kv: heads.kv,

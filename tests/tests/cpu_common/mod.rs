@@ -193,12 +193,20 @@ pub fn check(spec: &Spec, shape: &Shape, seed: u64, variants: &[CpuVariant], thr
     for variant in variants {
         let kernel = CpuKernel::compile(spec, shape, variant).expect("compiles");
         let got = kernel.run(&inputs, threads).expect("runs");
-        let ctx = format!("spec {} shape {:?} seed {seed} variant {variant:?}", spec.name, shape);
+        let ctx = format!(
+            "spec {} shape {:?} seed {seed} variant {variant:?}",
+            spec.name, shape
+        );
         for (name, w) in &want.selected {
             let g = &got.selected[name];
             assert_eq!(g.shape, w.shape, "idx_{name} shape; {ctx}");
             if g.data != w.data {
-                let first = g.data.iter().zip(&w.data).position(|(a, b)| a != b).unwrap_or(0);
+                let first = g
+                    .data
+                    .iter()
+                    .zip(&w.data)
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(0);
                 panic!(
                     "idx_{name} differs first at flat {first}: got {:?} want {:?}; {ctx}",
                     &g.data[first - first % w.shape[3]..][..w.shape[3]],

@@ -210,7 +210,7 @@ pub fn topn(e: &mut Emit, c: &Consts, p: &[Value], sb: &SelectBlocksStage) -> Va
             let a = e.max(start, blo);
             let b = e.min(end, bhi);
             let ov = e.b.ins().isub(b, a);
-            let ovf = e.to_f32(ov);
+            let ovf = e.int_to_f32(ov);
             let sa = e.addr(scores, i, 4);
             let cur = e.load1(sa, 0);
             let n = e.fma(w, ovf, cur);
@@ -461,6 +461,5 @@ pub fn fma_peak(e: &mut Emit, p: &[Value]) -> Value {
         let x = e.b.use_var(*v);
         sum = e.b.ins().fadd(sum, x);
     }
-    let s = e.hsum(sum);
-    s
+    e.hsum(sum)
 }

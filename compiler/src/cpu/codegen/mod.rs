@@ -125,7 +125,7 @@ pub fn generate<M: Module>(
     plan: &Plan,
     variant: &CpuVariant,
     fma: bool,
-) -> Result<Vec<Generated>, ModuleError> {
+) -> Result<Vec<Generated>, Box<ModuleError>> {
     let c = Consts::new(plan, variant);
     let cc = module.isa().default_call_conv();
     let prefix = format!("nsac_{}", sanitize(&plan.name));
@@ -134,6 +134,7 @@ pub fn generate<M: Module>(
         module
             .declare_function(&name, Linkage::Local, sig)
             .map(|id| (name, id))
+            .map_err(Box::new)
     };
     let tile_sigs = [
         (Role::Qk, "qk", 5usize),
@@ -213,11 +214,13 @@ pub fn generate<M: Module>(
 }
 
 /// Declares and builds the FMA-ceiling probe `fma_peak(iters) -> f32`.
-pub fn generate_peak<M: Module>(module: &mut M, fma: bool) -> Result<Generated, ModuleError> {
+pub fn generate_peak<M: Module>(module: &mut M, fma: bool) -> Result<Generated, Box<ModuleError>> {
     let cc = module.isa().default_call_conv();
     let sig = signature(cc, 1, Some(F32));
     let name = "nsac_fma_peak".to_string();
-    let id = module.declare_function(&name, Linkage::Local, &sig)?;
+    let id = module
+        .declare_function(&name, Linkage::Local, &sig)
+        .map_err(Box::new)?;
     let func = build(module, id, &sig, &[], fma, |e, p, _| {
         vec![branch::fma_peak(e, p)]
     });
