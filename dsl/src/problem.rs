@@ -108,7 +108,7 @@ impl Problem {
     /// Checks the problem and makes every size concrete.
     pub fn resolve(&self, spec: &Spec) -> Result<Shape, ProblemError> {
         let heads = self.heads.unwrap_or(spec.heads);
-        if heads.q == 0 || heads.kv == 0 || heads.q % heads.kv != 0 {
+        if heads.q == 0 || heads.kv == 0 || !heads.q.is_multiple_of(heads.kv) {
             return Err(ProblemError::BadHeads {
                 q: heads.q,
                 kv: heads.kv,

@@ -2,10 +2,10 @@
 //! and random inputs for tests and demos.
 //!
 //! Every backend and the oracle agree on these names (documented in the README):
-//! `q` [B,T,HQ,Dqk], `k` [B,T,H,Dqk], `v` [B,T,H,Dv]; per gated branch `g_<b>` [B,T,HQ];
-//! per `kv = own` branch `k_<b>`, `v_<b>`; per weighted compress branch `w_<b>` [H,l]; per linear
-//! compress branch `wk_<b>` [H,l·Dqk,Dqk] and `wv_<b>` [H,l·Dv,Dv]. Outputs: `o` [B,T,HQ,Dv],
-//! per branch `o_<b>` [B,T,HQ,Dv], per select branch `idx_<b>` [B,T,H,top] (int32, −1 padded).
+//! `q` `[B,T,HQ,Dqk]`, `k` `[B,T,H,Dqk]`, `v` `[B,T,H,Dv]`; per gated branch `g_<b>` `[B,T,HQ]`;
+//! per `kv = own` branch `k_<b>`, `v_<b>`; per weighted compress branch `w_<b>` `[H,l]`; per linear
+//! compress branch `wk_<b>` `[H,l·Dqk,Dqk]` and `wv_<b>` `[H,l·Dv,Dv]`. Outputs: `o` `[B,T,HQ,Dv]`,
+//! per branch `o_<b>` `[B,T,HQ,Dv]`, per select branch `idx_<b>` `[B,T,H,top]` (int32, −1 padded).
 
 use std::collections::BTreeMap;
 

@@ -2,3 +2,6 @@
 
 pub mod bench;
 pub mod cpu;
+pub mod cuda;
+pub mod tensor_io;
+pub mod tune;

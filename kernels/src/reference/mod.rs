@@ -1,5 +1,79 @@
 //! The reference implementation: plain, obviously-correct f64 loops that *define* what every
 //! generated kernel computes (DESIGN §3). Every backend and Variant is tested against it.
+//!
+//! # Semantics, exactly
+//!
+//! Inputs are the f32 tensors of [`crate::io`] (row-major: `q` \[B,T,HQ,Dqk\], `k` \[B,T,H,Dqk\],
+//! `v` \[B,T,H,Dv\], gates `g_<b>` \[B,T,HQ\], …), widened exactly to f64. Every rule below works
+//! inside one *sequence* ([`Sequence`]): a batch row `[0, T)` for batched problems, or one
+//! `cu_seqlens` segment for varlen problems (B = 1). Positions t, keys and block indices are
+//! relative to the sequence start, T_seg is its length, and nothing crosses a sequence
+//! boundary. Query head qh reads kv head ⌊qh/G⌋, G = HQ/H; the scale is
+//! `spec.scale_for(Dqk)` (1/√Dqk unless the spec gives one).
+//!
+//! - **compress c** (block l, stride d; [`pool`], [`compress`]): token j covers keys
+//!   [j·d, j·d+l) and exists iff j·d+l ≤ T_seg. `mean` pools by the mean; `weighted` by
+//!   Σ_i w\[h,i\]·K\[j·d+i,h\] with ONE weight tensor `w_<c>` \[H,l\] for both K and V; `linear` by
+//!   K̃_j\[h,e\] = Σ_{i,f} K\[j·d+i,h,f\]·wk\[h,i·Dqk+f,e\] (`wk_<c>` \[H,l·Dqk,Dqk\]) and Ṽ likewise
+//!   with `wv_<c>` \[H,l·Dv,Dv\]. Causal: query t sees j iff j·d+l−1 ≤ t; non-causal: every
+//!   token. o_c = softmax(s·q·K̃ᵀ)·Ṽ over the visible tokens; none visible → 0 (and all its
+//!   probabilities are 0).
+//! - **select s** (block l′, top n, scored_by c, keep_first a, keep_last b; [`score`],
+//!   [`select`]): block i covers keys [i·l′, (i+1)·l′) ∩ [0, T_seg). Candidates: i·l′ ≤ t
+//!   (causal) or i·l′ < T_seg (non-causal). Score per kv head h:
+//!   p_s(t,h,i) = Σ_{qh∈group(h)} Σ_j p_c(t,qh,j)·|[j·d, j·d+l) ∩ [i·l′,(i+1)·l′)| / d,
+//!   with c's probabilities (computed from c's own K̃ when c has `kv = own`). Forced
+//!   (+∞): blocks 0..a−1 and ⌊t/l′⌋−b+1 ..= ⌊t/l′⌋, when they are candidates. The chosen
+//!   blocks are the first min(n, #candidates) candidates ordered by (score desc, index asc) —
+//!   exact ties go to the lower index. `idx_<s>` \[B,T,H,n\] lists them in ascending order,
+//!   padded with −1. o_s = softmax attention over the keys of the chosen blocks with k ≤ t
+//!   (causal) / all their keys (non-causal), read from s's K/V (its own with `kv = own`).
+//! - **window w** ([`window`]): causal keys max(0, t−w+1) ..= t; non-causal the symmetric
+//!   window |k − t| ≤ w−1. (A window of 0 attends nothing.)
+//! - **combine**: `gate(b1, …)`: o = Σ g_b·o_b with `g_<b>` used as given;
+//!   `sum(…)`: all gates 1.
+//! - Softmax subtracts the row maximum; an empty row gives output 0, never NaN.
+//!
+//! # Output and API
+//!
+//! - [`forward`] returns `o`, every branch's ungated `o_<b>` and every select branch's
+//!   `idx_<b>` ([`Output`]).
+//! - [`pooled`], [`compressed_probabilities`] and [`block_scores`] expose the intermediates
+//!   per sequence (in the order of [`sequences`]) so a backend can be checked stage by stage.
+//! - Near-ties: a backend scoring blocks in f32 may order two blocks whose f64 scores differ by
+//!   less than its rounding the other way. [`score::is_valid_choice`] accepts such a choice
+//!   (within a tolerance), and [`forward_with_blocks`] recomputes every output with the
+//!   backend's blocks, so its selected attention can still be checked exactly.
+//! - [`relative_error`] is DESIGN §4's measure, max |out − ref| / max |ref|, for comparing a
+//!   backend's f32 tensors with the oracle's.
+//! - The rules themselves are public as small functions ([`compress::visible`],
+//!   [`score::is_candidate`], [`score::is_forced`], [`score::choose`], [`select::keys`],
+//!   [`window::keys`], [`pool::token_count`], [`score::block_count`]).
+//!
+//! Speed: query positions run in parallel (rayon); T = 4096, HQ = 16, H = 1, D = 64 with
+//! paper-like branches takes about 8 CPU-seconds in release (see the ignored `large` test).
+//!
+//! # Checks
+//!
+//! The oracle first checks the shape, the spec's references and sizes, and the inputs
+//! (`crate::io::check_inputs`), and returns a [`ReferenceError`] instead of panicking.
+
+mod call;
+mod combine;
+mod compare;
+pub mod compress;
+mod given;
+mod inspect;
+pub mod pool;
+mod run;
+pub mod score;
+pub mod select;
+mod softmax;
+mod tokens;
+pub mod window;
+
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 
@@ -8,14 +82,22 @@ use nsac_dsl::spec::Spec;
 
 use crate::io::{InputError, Inputs, Tensor};
 
+use call::Call;
+
+pub use compare::relative_error;
+pub use inspect::{block_scores, compressed_probabilities, pooled};
+pub use pool::Pooled;
+pub use softmax::softmax;
+pub use tokens::{Sequence, sequences};
+
 /// Everything the oracle computes for one call.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Output {
-    /// The combined output `o` [B,T,HQ,Dv].
+    /// The combined output `o` \[B,T,HQ,Dv\].
     pub o: Tensor<f64>,
-    /// Each branch's own (ungated) output `o_<b>` [B,T,HQ,Dv], by branch name.
+    /// Each branch's own (ungated) output `o_<b>` \[B,T,HQ,Dv\], by branch name.
     pub branches: BTreeMap<String, Tensor<f64>>,
-    /// Each select branch's chosen blocks `idx_<b>` [B,T,H,top]: block indices in ascending
+    /// Each select branch's chosen blocks `idx_<b>` \[B,T,H,top\]: block indices in ascending
     /// order, padded with −1 where fewer than `top` blocks are candidates.
     pub selected: BTreeMap<String, Tensor<i32>>,
 }
@@ -25,10 +107,46 @@ pub struct Output {
 pub enum ReferenceError {
     #[error(transparent)]
     Input(#[from] InputError),
+    #[error("bad problem shape: {0}")]
+    BadShape(String),
+    #[error("the softmax scale must be finite and positive (got {0})")]
+    BadScale(String),
+    #[error("two branches are named `{0}`")]
+    DuplicateBranch(String),
+    #[error("`{used_by}` refers to an unknown branch `{name}`")]
+    UnknownBranch { name: String, used_by: String },
+    #[error("select branch `{select}` is scored by `{scored_by}`, which is not a compress branch")]
+    NotCompress { select: String, scored_by: String },
+    #[error("branch `{branch}` is not a {expected} branch")]
+    WrongKind {
+        branch: String,
+        expected: &'static str,
+    },
+    #[error("branch `{branch}` has {field} = 0")]
+    ZeroSize { branch: String, field: &'static str },
+    #[error("the blocks given for `{branch}` are invalid: {reason}")]
+    BadBlocks { branch: String, reason: String },
+    #[error("tensor `{0}` would be too large to index")]
+    TooLarge(String),
 }
 
 /// Runs `spec` on `shape` with `inputs` in f64.
 pub fn forward(spec: &Spec, shape: &Shape, inputs: &Inputs) -> Result<Output, ReferenceError> {
-    let _ = (spec, shape, inputs);
-    unimplemented!("being written")
+    let call = Call::new(spec, shape, inputs)?;
+    run::run(&call, shape, inputs, &[])
+}
+
+/// Like [`forward`], but every select branch named in `blocks` attends the given blocks
+/// (`idx_<b>` tensors in the output contract's form) instead of choosing its own; the output's
+/// `selected` then holds the given blocks. Use it to check a backend's selected attention when
+/// its f32 scores broke a near-tie differently (see [`score::is_valid_choice`]).
+pub fn forward_with_blocks(
+    spec: &Spec,
+    shape: &Shape,
+    inputs: &Inputs,
+    blocks: &BTreeMap<String, Tensor<i32>>,
+) -> Result<Output, ReferenceError> {
+    let call = Call::new(spec, shape, inputs)?;
+    let given = given::resolve(&call, shape, blocks)?;
+    run::run(&call, shape, inputs, &given)
 }

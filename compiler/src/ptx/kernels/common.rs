@@ -1,0 +1,256 @@
+//! Code pieces shared by the kernel generators: the warp-per-row prologue, segment lookup,
+//! typed element loads (bf16/f16/f32 → f32), warp-distributed head vectors, warp reductions and
+//! counted loops.
+
+use nsac_dsl::problem::DType;
+
+use crate::ptx::builder::{KernelBuilder, Label, Operand, Reg, RegClass, fimm, imm, mem, sym};
+
+/// The element type of a buffer as the kernels see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Elem {
+    /// The call's input dtype.
+    Input(DType),
+    /// f32 scratch or output.
+    F32,
+}
+
+impl Elem {
+    fn bytes(self) -> u32 {
+        match self {
+            Elem::Input(d) => d.size() as u32,
+            Elem::F32 => 4,
+        }
+    }
+}
+
+/// The registers every warp-per-row kernel starts with.
+pub struct WarpRow {
+    pub row: Reg,
+    pub lane: Reg,
+    pub exit: Label,
+}
+
+/// `row = global thread / 32`, `lane = tid & 31`; warps past `nrows` jump to `exit`.
+pub fn warp_row(b: &mut KernelBuilder, nrows: u32) -> WarpRow {
+    let tid = b.op1(RegClass::B32, "mov.u32", sym("%tid.x"));
+    let cta = b.op1(RegClass::B32, "mov.u32", sym("%ctaid.x"));
+    let ntid = b.op1(RegClass::B32, "mov.u32", sym("%ntid.x"));
+    let gt = b.op3(
+        RegClass::B32,
+        "mad.lo.u32",
+        cta.into(),
+        ntid.into(),
+        tid.into(),
+    );
+    let row = b.op2(RegClass::B32, "shr.u32", gt.into(), imm(5));
+    let lane = b.op2(RegClass::B32, "and.b32", tid.into(), imm(31));
+    let exit = b.label();
+    let p = b.setp("ge.u32", row.into(), imm(i64::from(nrows)));
+    b.bra_if(p, false, exit);
+    WarpRow { row, lane, exit }
+}
+
+/// The segment `(start, end)` of flattened token `tok`, read from the `seg` buffer.
+pub fn segment(b: &mut KernelBuilder, seg: Reg, tok: Reg) -> (Reg, Reg) {
+    let a = b.addr(seg, tok, 8);
+    let s = b.reg(RegClass::B32);
+    let e = b.reg(RegClass::B32);
+    b.ins("ld.global.u32", [s.into(), mem(a, 0)]);
+    b.ins("ld.global.u32", [e.into(), mem(a, 4)]);
+    (s, e)
+}
+
+/// Loads element `index` of `base` as f32.
+pub fn load(b: &mut KernelBuilder, base: Reg, index: Reg, elem: Elem) -> Reg {
+    load_if(b, base, index, elem, None)
+}
+
+/// Loads element `index` of `base` as f32 where `guard` holds (0 elsewhere).
+pub fn load_if(
+    b: &mut KernelBuilder,
+    base: Reg,
+    index: Reg,
+    elem: Elem,
+    guard: Option<Reg>,
+) -> Reg {
+    let a = b.addr(base, index, elem.bytes());
+    let f = b.reg(RegClass::F32);
+    let emit = |b: &mut KernelBuilder, op: &str, args: Vec<Operand>| match guard {
+        Some(p) => b.ins_if(p, false, op, args),
+        None => b.ins(op, args),
+    };
+    match elem {
+        Elem::F32 | Elem::Input(DType::F32) => {
+            if guard.is_some() {
+                b.ins("mov.f32", [f.into(), fimm(0.0)]);
+            }
+            emit(b, "ld.global.f32", vec![f.into(), mem(a, 0)]);
+        }
+        Elem::Input(DType::Bf16) => {
+            let h = b.reg(RegClass::B16);
+            if guard.is_some() {
+                b.ins("mov.b16", [h.into(), imm(0)]);
+            }
+            emit(b, "ld.global.b16", vec![h.into(), mem(a, 0)]);
+            let w = b.op1(RegClass::B32, "cvt.u32.u16", h.into());
+            let s = b.op2(RegClass::B32, "shl.b32", w.into(), imm(16));
+            b.ins("mov.b32", [f.into(), s.into()]);
+        }
+        Elem::Input(DType::F16) => {
+            let h = b.reg(RegClass::B16);
+            if guard.is_some() {
+                b.ins("mov.b16", [h.into(), imm(0)]);
+            }
+            emit(b, "ld.global.b16", vec![h.into(), mem(a, 0)]);
+            b.ins("cvt.f32.f16", [f.into(), h.into()]);
+        }
+    }
+    f
+}
+
+/// Number of 32-wide chunks a warp needs for a vector of `dim` elements.
+pub fn chunks(dim: u32) -> u32 {
+    dim.div_ceil(32)
+}
+
+/// The predicate "lane + 32·m < dim" for a partial last chunk, `None` when the chunk is full.
+pub fn chunk_guard(b: &mut KernelBuilder, lane: Reg, m: u32, dim: u32) -> Option<Reg> {
+    if (m + 1) * 32 <= dim {
+        return None;
+    }
+    let d = b.op2(
+        RegClass::B32,
+        "add.u32",
+        lane.into(),
+        imm(i64::from(m * 32)),
+    );
+    Some(b.setp("lt.u32", d.into(), imm(i64::from(dim))))
+}
+
+/// Loads the warp-distributed vector at element offset `row_off` of `base`: lane holds
+/// elements `lane + 32·m`, one register per chunk, 0 past `dim`.
+pub fn load_vec(
+    b: &mut KernelBuilder,
+    base: Reg,
+    row_off: Reg,
+    lane: Reg,
+    dim: u32,
+    elem: Elem,
+) -> Vec<Reg> {
+    let start = b.op2(RegClass::B32, "add.u32", row_off.into(), lane.into());
+    (0..chunks(dim))
+        .map(|m| {
+            let g = chunk_guard(b, lane, m, dim);
+            let idx = b.op2(
+                RegClass::B32,
+                "add.u32",
+                start.into(),
+                imm(i64::from(m * 32)),
+            );
+            load_if(b, base, idx, elem, g)
+        })
+        .collect()
+}
+
+/// Stores a warp-distributed f32 vector to `base` at element offset `row_off`.
+pub fn store_vec(b: &mut KernelBuilder, base: Reg, row_off: Reg, lane: Reg, dim: u32, v: &[Reg]) {
+    let start = b.op2(RegClass::B32, "add.u32", row_off.into(), lane.into());
+    for (m, r) in v.iter().enumerate() {
+        let m = m as u32;
+        let g = chunk_guard(b, lane, m, dim);
+        let idx = b.op2(
+            RegClass::B32,
+            "add.u32",
+            start.into(),
+            imm(i64::from(m * 32)),
+        );
+        let a = b.addr(base, idx, 4);
+        match g {
+            Some(p) => b.ins_if(p, false, "st.global.f32", [mem(a, 0), (*r).into()]),
+            None => b.ins("st.global.f32", [mem(a, 0), (*r).into()]),
+        }
+    }
+}
+
+/// The warp-wide sum of `x` (every lane receives it), by butterfly shuffles.
+pub fn warp_sum(b: &mut KernelBuilder, x: Reg) -> Reg {
+    let mut acc = x;
+    for off in [16, 8, 4, 2, 1] {
+        let bits = b.op1(RegClass::B32, "mov.b32", acc.into());
+        let o = b.reg(RegClass::B32);
+        b.ins(
+            "shfl.sync.bfly.b32",
+            [o.into(), bits.into(), imm(off), imm(31), imm(-1)],
+        );
+        let of = b.op1(RegClass::F32, "mov.b32", o.into());
+        acc = b.op2(RegClass::F32, "add.f32", acc.into(), of.into());
+    }
+    acc
+}
+
+/// The dot product of two warp-distributed vectors, reduced over the warp.
+pub fn warp_dot(b: &mut KernelBuilder, x: &[Reg], y: &[Reg]) -> Reg {
+    let mut acc = b.op2(RegClass::F32, "mul.f32", x[0].into(), y[0].into());
+    for (a, c) in x.iter().zip(y).skip(1) {
+        acc = b.op3(
+            RegClass::F32,
+            "fma.rn.f32",
+            (*a).into(),
+            (*c).into(),
+            acc.into(),
+        );
+    }
+    warp_sum(b, acc)
+}
+
+/// A counted loop `for i in lo..hi` (unsigned, `hi` exclusive); `body` gets `i`.
+pub fn for_range(
+    b: &mut KernelBuilder,
+    lo: Operand,
+    hi: Operand,
+    step: i64,
+    body: impl FnOnce(&mut KernelBuilder, Reg),
+) {
+    let i = b.reg(RegClass::B32);
+    b.ins("mov.u32", [i.into(), lo]);
+    let head = b.label();
+    let done = b.label();
+    b.place(head);
+    let p = b.setp("ge.u32", i.into(), hi);
+    b.bra_if(p, false, done);
+    body(b, i);
+    b.ins("add.u32", [i.into(), i.into(), imm(step)]);
+    b.bra(head);
+    b.place(done);
+}
+
+/// Number of compressed tokens visible to position `pos` of a segment of length `len`
+/// (DESIGN §3: token j exists when j·d + l ≤ len, and is visible when j·d + l − 1 ≤ pos).
+pub fn visible_compressed(
+    b: &mut KernelBuilder,
+    pos: Reg,
+    len: Reg,
+    block: u32,
+    stride: u32,
+    causal: bool,
+) -> Reg {
+    let (l, d) = (i64::from(block), i64::from(stride));
+    // count(x) = x ≥ l ? (x − l)/d + 1 : 0, for x = len (exists) or pos + 1 (visible).
+    let count = |b: &mut KernelBuilder, x: Reg| {
+        let ok = b.setp("ge.u32", x.into(), imm(l));
+        let t = b.op2(RegClass::B32, "sub.u32", x.into(), imm(l));
+        let q = b.op2(RegClass::B32, "div.u32", t.into(), imm(d));
+        let c = b.op2(RegClass::B32, "add.u32", q.into(), imm(1));
+        let r = b.reg(RegClass::B32);
+        b.ins("selp.u32", [r.into(), c.into(), imm(0), ok.into()]);
+        r
+    };
+    let exist = count(b, len);
+    if !causal {
+        return exist;
+    }
+    let p1 = b.op2(RegClass::B32, "add.u32", pos.into(), imm(1));
+    let vis = count(b, p1);
+    b.op2(RegClass::B32, "min.u32", vis.into(), exist.into())
+}

@@ -1,0 +1,196 @@
+//! Pooling kernel: one warp per (compressed-token slot, kv head) turns a block of keys and values
+//! into one compressed token (mean, weighted by `w_<b>`, or a linear map by `wk_<b>`/`wv_<b>`).
+//! Compressed token j of a segment starting at s is stored in slot s + j (j < segment length).
+
+use nsac_dsl::spec::{Compress, Pool};
+
+use crate::ptx::builder::{KernelBuilder, ParamTy, Reg, RegClass, fimm, imm};
+use crate::ptx::lowering::{Dims, KvNames};
+
+use super::common::{Elem, chunks, for_range, load, load_vec, segment, store_vec, warp_row};
+use super::{KernelOut, Launch};
+
+/// One pooled tensor (K or V) of the branch.
+struct Side {
+    src: Reg,
+    dst: Reg,
+    weights: Option<Reg>,
+    dim: u32,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn pool_side(
+    b: &mut KernelBuilder,
+    side: &Side,
+    pool: Pool,
+    kt0: Reg,
+    h: Reg,
+    slot_row: Reg,
+    lane: Reg,
+    block: u32,
+    dims: &Dims,
+) {
+    let hh = i64::from(dims.h);
+    let dim = side.dim;
+    let elem = Elem::Input(dims.dtype);
+    let acc: Vec<Reg> = (0..chunks(dim)).map(|_| b.reg(RegClass::F32)).collect();
+    for a in &acc {
+        b.ins("mov.f32", [(*a).into(), fimm(0.0)]);
+    }
+    match pool {
+        Pool::Mean | Pool::Weighted => {
+            for_range(b, imm(0), imm(i64::from(block)), 1, |b, i| {
+                let kt = b.op2(RegClass::B32, "add.u32", kt0.into(), i.into());
+                let th = b.op3(RegClass::B32, "mad.lo.u32", kt.into(), imm(hh), h.into());
+                let off = b.op2(RegClass::B32, "mul.lo.u32", th.into(), imm(i64::from(dim)));
+                let x = load_vec(b, side.src, off, lane, dim, elem);
+                let w = match (pool, side.weights) {
+                    (Pool::Weighted, Some(wb)) => {
+                        let wi = b.op3(
+                            RegClass::B32,
+                            "mad.lo.u32",
+                            h.into(),
+                            imm(i64::from(block)),
+                            i.into(),
+                        );
+                        load(b, wb, wi, elem)
+                    }
+                    _ => {
+                        let r = b.reg(RegClass::F32);
+                        b.ins("mov.f32", [r.into(), fimm(1.0 / block as f32)]);
+                        r
+                    }
+                };
+                for (a, xv) in acc.iter().zip(&x) {
+                    b.ins(
+                        "fma.rn.f32",
+                        [(*a).into(), w.into(), (*xv).into(), (*a).into()],
+                    );
+                }
+            });
+        }
+        Pool::Linear => {
+            let Some(wb) = side.weights else {
+                return;
+            };
+            // out[e] = Σ_{i<l, c<D} X[kt0+i, h, c] · W[h, i·D + c, e]
+            let flat = i64::from(block) * i64::from(dim);
+            for_range(b, imm(0), imm(flat), 1, |b, f| {
+                let i = b.op2(RegClass::B32, "div.u32", f.into(), imm(i64::from(dim)));
+                let c = b.op2(RegClass::B32, "rem.u32", f.into(), imm(i64::from(dim)));
+                let kt = b.op2(RegClass::B32, "add.u32", kt0.into(), i.into());
+                let th = b.op3(RegClass::B32, "mad.lo.u32", kt.into(), imm(hh), h.into());
+                let xi = b.op3(
+                    RegClass::B32,
+                    "mad.lo.u32",
+                    th.into(),
+                    imm(i64::from(dim)),
+                    c.into(),
+                );
+                let x = load(b, side.src, xi, elem);
+                let wr = b.op3(RegClass::B32, "mad.lo.u32", h.into(), imm(flat), f.into());
+                let woff = b.op2(RegClass::B32, "mul.lo.u32", wr.into(), imm(i64::from(dim)));
+                let w = load_vec(b, wb, woff, lane, dim, elem);
+                for (a, wv) in acc.iter().zip(&w) {
+                    b.ins(
+                        "fma.rn.f32",
+                        [(*a).into(), x.into(), (*wv).into(), (*a).into()],
+                    );
+                }
+            });
+        }
+    }
+    let off = b.op2(
+        RegClass::B32,
+        "mul.lo.u32",
+        slot_row.into(),
+        imm(i64::from(dim)),
+    );
+    store_vec(b, side.dst, off, lane, dim, &acc);
+}
+
+/// Generates the pooling kernel of compress branch `branch`.
+pub fn pool(
+    name: &str,
+    branch: &str,
+    kv: &KvNames,
+    c: Compress,
+    dims: &Dims,
+    warps: u32,
+) -> KernelOut {
+    let Compress {
+        block,
+        stride,
+        pool,
+    } = c;
+    let mut b = KernelBuilder::new(name);
+    let mut params: Vec<String> = vec!["seg".into(), kv.k.clone(), kv.v.clone()];
+    match pool {
+        Pool::Mean => {}
+        Pool::Weighted => params.push(format!("w_{branch}")),
+        Pool::Linear => {
+            params.push(format!("wk_{branch}"));
+            params.push(format!("wv_{branch}"));
+        }
+    }
+    params.push(format!("kc_{branch}"));
+    params.push(format!("vc_{branch}"));
+    let syms: Vec<String> = params.iter().map(|p| b.param(p, ParamTy::Ptr)).collect();
+    let nrows = dims.ntok * dims.h;
+    let wr = warp_row(&mut b, nrows);
+    let ptrs: Vec<Reg> = syms.iter().map(|s| b.load_ptr_param(s)).collect();
+    let n = ptrs.len();
+    let (seg, kb, vb, kcb, vcb) = (ptrs[0], ptrs[1], ptrs[2], ptrs[n - 2], ptrs[n - 1]);
+    let (wk, wv) = match pool {
+        Pool::Mean => (None, None),
+        Pool::Weighted => (Some(ptrs[3]), Some(ptrs[3])),
+        Pool::Linear => (Some(ptrs[3]), Some(ptrs[4])),
+    };
+    let hh = i64::from(dims.h);
+    let slot = b.op2(RegClass::B32, "div.u32", wr.row.into(), imm(hh));
+    let h = b.op2(RegClass::B32, "rem.u32", wr.row.into(), imm(hh));
+    let (s, e) = segment(&mut b, seg, slot);
+    b.comment("slot s + j holds compressed token j when j*d + l <= segment length");
+    let j = b.op2(RegClass::B32, "sub.u32", slot.into(), s.into());
+    let len = b.op2(RegClass::B32, "sub.u32", e.into(), s.into());
+    let k0 = b.op2(
+        RegClass::B32,
+        "mul.lo.u32",
+        j.into(),
+        imm(i64::from(stride)),
+    );
+    let k1 = b.op2(RegClass::B32, "add.u32", k0.into(), imm(i64::from(block)));
+    let outside = b.setp("gt.u32", k1.into(), len.into());
+    b.bra_if(outside, false, wr.exit);
+    let kt0 = b.op2(RegClass::B32, "add.u32", s.into(), k0.into());
+    let slot_row = b.op3(RegClass::B32, "mad.lo.u32", slot.into(), imm(hh), h.into());
+    let kside = Side {
+        src: kb,
+        dst: kcb,
+        weights: wk,
+        dim: dims.dqk,
+    };
+    pool_side(&mut b, &kside, pool, kt0, h, slot_row, wr.lane, block, dims);
+    let vside = Side {
+        src: vb,
+        dst: vcb,
+        weights: wv,
+        dim: dims.dv,
+    };
+    pool_side(&mut b, &vside, pool, kt0, h, slot_row, wr.lane, block, dims);
+    b.place(wr.exit);
+    b.ins("ret", []);
+    let threads = warps * 32;
+    KernelOut {
+        ptx: b.finish(),
+        params,
+        launch: Launch {
+            grid: nrows.div_ceil(warps),
+            block: threads,
+            shared_bytes: 0,
+            formula: format!(
+                "grid = ceil(B*T*H / {warps}), block = {threads}: one warp per (slot, kv head)"
+            ),
+        },
+    }
+}

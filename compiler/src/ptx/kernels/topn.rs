@@ -1,0 +1,254 @@
+//! Block scoring and top-n selection: one warp per (token, kv head). Block scores live in
+//! dynamic shared memory; they are the group-summed compressed-attention probabilities spread
+//! over the selection blocks by overlap (DESIGN §3), forced blocks score +∞, and the top n are
+//! taken by (score descending, block index ascending) — the tie rule every backend shares.
+
+use crate::ptx::builder::{KernelBuilder, ParamTy, Reg, RegClass, fimm, imm, mem, sym};
+use crate::ptx::lowering::Dims;
+
+use super::common::{Elem, for_range, load, load_vec, segment, visible_compressed, warp_dot};
+use super::{KernelOut, Launch};
+
+/// Parameters of one select branch as the kernel needs them.
+pub struct TopNParams<'a> {
+    pub branch: &'a str,
+    pub scored_by: &'a str,
+    pub cmp_block: u32,
+    pub cmp_stride: u32,
+    pub block: u32,
+    pub top: u32,
+    pub keep_first: u32,
+    pub keep_last: u32,
+    pub max_blocks: u32,
+}
+
+/// Marks a block already taken (real scores are ≥ 0).
+const TAKEN: f32 = -2.0;
+
+fn shared_addr(b: &mut KernelBuilder, base: Reg, i: Reg) -> Reg {
+    b.op3(RegClass::B32, "mad.lo.u32", i.into(), imm(4), base.into())
+}
+
+/// Generates the top-n kernel of a select branch.
+pub fn topn(name: &str, p: &TopNParams<'_>, dims: &Dims) -> KernelOut {
+    let mut b = KernelBuilder::new(name);
+    b.use_dynamic_shared();
+    let params: Vec<String> = vec![
+        "seg".into(),
+        "q".into(),
+        format!("kc_{}", p.scored_by),
+        format!("lse_{}", p.scored_by),
+        format!("idx_{}", p.branch),
+    ];
+    let syms: Vec<String> = params.iter().map(|s| b.param(s, ParamTy::Ptr)).collect();
+    let row = b.op1(RegClass::B32, "mov.u32", sym("%ctaid.x"));
+    let lane = b.op1(RegClass::B32, "mov.u32", sym("%tid.x"));
+    let ptrs: Vec<Reg> = syms.iter().map(|s| b.load_ptr_param(s)).collect();
+    let (seg, qb, kcb, lseb, idxb) = (ptrs[0], ptrs[1], ptrs[2], ptrs[3], ptrs[4]);
+    let sbase = b.op1(RegClass::B32, "mov.u32", sym("smem"));
+    let (hh, g) = (i64::from(dims.h), i64::from(dims.group));
+    let tok = b.op2(RegClass::B32, "div.u32", row.into(), imm(hh));
+    let h = b.op2(RegClass::B32, "rem.u32", row.into(), imm(hh));
+    let (s, e) = segment(&mut b, seg, tok);
+    let pos = b.op2(RegClass::B32, "sub.u32", tok.into(), s.into());
+    let len = b.op2(RegClass::B32, "sub.u32", e.into(), s.into());
+    let lb = i64::from(p.block);
+    let nbc = if dims.causal {
+        let c = b.op2(RegClass::B32, "div.u32", pos.into(), imm(lb));
+        b.op2(RegClass::B32, "add.u32", c.into(), imm(1))
+    } else {
+        let c = b.op2(RegClass::B32, "add.u32", len.into(), imm(lb - 1));
+        b.op2(RegClass::B32, "div.u32", c.into(), imm(lb))
+    };
+    b.comment("zero the candidate scores");
+    for_range(&mut b, lane.into(), nbc.into(), 32, |b, i| {
+        let a = shared_addr(b, sbase, i);
+        b.ins("st.shared.f32", [mem(a, 0), fimm(0.0)]);
+    });
+    b.ins("bar.sync", [imm(0)]);
+    let lane0 = b.setp("eq.u32", lane.into(), imm(0));
+    let nvis = visible_compressed(&mut b, pos, len, p.cmp_block, p.cmp_stride, dims.causal);
+    let (cl, cd) = (i64::from(p.cmp_block), i64::from(p.cmp_stride));
+    let inv_d = 1.0 / p.cmp_stride as f32;
+    b.comment("scores[i] += p_c(t,h,j) * overlap(j,i) / d, summed over the group");
+    for_range(&mut b, imm(0), imm(g), 1, |b, gi| {
+        let hq = b.op3(RegClass::B32, "mad.lo.u32", h.into(), imm(g), gi.into());
+        let th = b.op3(
+            RegClass::B32,
+            "mad.lo.u32",
+            tok.into(),
+            imm(i64::from(dims.hq)),
+            hq.into(),
+        );
+        let qoff = b.op2(
+            RegClass::B32,
+            "mul.lo.u32",
+            th.into(),
+            imm(i64::from(dims.dqk)),
+        );
+        let qraw = load_vec(b, qb, qoff, lane, dims.dqk, Elem::Input(dims.dtype));
+        let q: Vec<Reg> = qraw
+            .iter()
+            .map(|r| b.op2(RegClass::F32, "mul.f32", (*r).into(), fimm(dims.scale_log2)))
+            .collect();
+        let lse = load(b, lseb, th, Elem::F32);
+        for_range(b, imm(0), nvis.into(), 1, |b, j| {
+            let slot = b.op2(RegClass::B32, "add.u32", s.into(), j.into());
+            let sh = b.op3(RegClass::B32, "mad.lo.u32", slot.into(), imm(hh), h.into());
+            let koff = b.op2(
+                RegClass::B32,
+                "mul.lo.u32",
+                sh.into(),
+                imm(i64::from(dims.dqk)),
+            );
+            let k = load_vec(b, kcb, koff, lane, dims.dqk, Elem::F32);
+            let x = warp_dot(b, &q, &k);
+            let dx = b.op2(RegClass::F32, "sub.f32", x.into(), lse.into());
+            let pr = b.op1(RegClass::F32, "ex2.approx.ftz.f32", dx.into());
+            let pw = b.op2(RegClass::F32, "mul.f32", pr.into(), fimm(inv_d));
+            let skip = b.label();
+            b.bra_if(lane0, true, skip);
+            let k0 = b.op2(RegClass::B32, "mul.lo.u32", j.into(), imm(cd));
+            let k1 = b.op2(RegClass::B32, "add.u32", k0.into(), imm(cl));
+            let ilo = b.op2(RegClass::B32, "div.u32", k0.into(), imm(lb));
+            let last = b.op2(RegClass::B32, "sub.u32", k1.into(), imm(1));
+            let ihi0 = b.op2(RegClass::B32, "div.u32", last.into(), imm(lb));
+            let ihi1 = b.op2(RegClass::B32, "add.u32", ihi0.into(), imm(1));
+            let ihi = b.op2(RegClass::B32, "min.u32", ihi1.into(), nbc.into());
+            for_range(b, ilo.into(), ihi.into(), 1, |b, i| {
+                let b0 = b.op2(RegClass::B32, "mul.lo.u32", i.into(), imm(lb));
+                let b1 = b.op2(RegClass::B32, "add.u32", b0.into(), imm(lb));
+                let lo = b.op2(RegClass::B32, "max.u32", b0.into(), k0.into());
+                let hi = b.op2(RegClass::B32, "min.u32", b1.into(), k1.into());
+                let ov = b.op2(RegClass::B32, "sub.u32", hi.into(), lo.into());
+                let ovf = b.op1(RegClass::F32, "cvt.rn.f32.u32", ov.into());
+                let a = shared_addr(b, sbase, i);
+                let cur = b.reg(RegClass::F32);
+                b.ins("ld.shared.f32", [cur.into(), mem(a, 0)]);
+                let nv = b.op3(
+                    RegClass::F32,
+                    "fma.rn.f32",
+                    pw.into(),
+                    ovf.into(),
+                    cur.into(),
+                );
+                b.ins("st.shared.f32", [mem(a, 0), nv.into()]);
+            });
+            b.place(skip);
+        });
+    });
+    b.ins("bar.sync", [imm(0)]);
+    b.comment("forced blocks: the first keep_first and the keep_last ending at t's block");
+    let skipf = b.label();
+    b.bra_if(lane0, true, skipf);
+    if p.keep_first > 0 {
+        let hi = b.op2(
+            RegClass::B32,
+            "min.u32",
+            nbc.into(),
+            imm(i64::from(p.keep_first)),
+        );
+        for_range(&mut b, imm(0), hi.into(), 1, |b, i| {
+            let a = shared_addr(b, sbase, i);
+            b.ins("st.shared.f32", [mem(a, 0), fimm(f32::INFINITY)]);
+        });
+    }
+    if p.keep_last > 0 {
+        let cur = b.op2(RegClass::B32, "div.u32", pos.into(), imm(lb));
+        let c1 = b.op2(RegClass::B32, "add.u32", cur.into(), imm(1));
+        let kl = i64::from(p.keep_last);
+        let big = b.setp("gt.u32", c1.into(), imm(kl));
+        let d = b.op2(RegClass::B32, "sub.u32", c1.into(), imm(kl));
+        let lo = b.reg(RegClass::B32);
+        b.ins("selp.u32", [lo.into(), d.into(), imm(0), big.into()]);
+        let hi = b.op2(RegClass::B32, "min.u32", c1.into(), nbc.into());
+        for_range(&mut b, lo.into(), hi.into(), 1, |b, i| {
+            let a = shared_addr(b, sbase, i);
+            b.ins("st.shared.f32", [mem(a, 0), fimm(f32::INFINITY)]);
+        });
+    }
+    b.place(skipf);
+    b.ins("bar.sync", [imm(0)]);
+    b.comment("take the best block n times: score desc, index asc");
+    let nsel = b.op2(RegClass::B32, "min.u32", nbc.into(), imm(i64::from(p.top)));
+    for_range(&mut b, imm(0), nsel.into(), 1, |b, _r| {
+        let bv = b.reg(RegClass::F32);
+        let bi = b.reg(RegClass::B32);
+        b.ins("mov.f32", [bv.into(), fimm(-1.0)]);
+        b.ins("mov.u32", [bi.into(), imm(i64::from(i32::MAX))]);
+        for_range(b, lane.into(), nbc.into(), 32, |b, i| {
+            let a = shared_addr(b, sbase, i);
+            let v = b.reg(RegClass::F32);
+            b.ins("ld.shared.f32", [v.into(), mem(a, 0)]);
+            let better = b.setp("gt.f32", v.into(), bv.into());
+            b.ins("selp.f32", [bv.into(), v.into(), bv.into(), better.into()]);
+            b.ins("selp.u32", [bi.into(), i.into(), bi.into(), better.into()]);
+        });
+        for off in [16, 8, 4, 2, 1] {
+            let vb = b.op1(RegClass::B32, "mov.b32", bv.into());
+            let ov = b.reg(RegClass::B32);
+            b.ins(
+                "shfl.sync.bfly.b32",
+                [ov.into(), vb.into(), imm(off), imm(31), imm(-1)],
+            );
+            let oi = b.reg(RegClass::B32);
+            b.ins(
+                "shfl.sync.bfly.b32",
+                [oi.into(), bi.into(), imm(off), imm(31), imm(-1)],
+            );
+            let ovf = b.op1(RegClass::F32, "mov.b32", ov.into());
+            let gt = b.setp("gt.f32", ovf.into(), bv.into());
+            let eq = b.setp("eq.f32", ovf.into(), bv.into());
+            let lt = b.setp("lt.u32", oi.into(), bi.into());
+            let tie = b.op2(RegClass::Pred, "and.pred", eq.into(), lt.into());
+            let take = b.op2(RegClass::Pred, "or.pred", gt.into(), tie.into());
+            b.ins("selp.f32", [bv.into(), ovf.into(), bv.into(), take.into()]);
+            b.ins("selp.u32", [bi.into(), oi.into(), bi.into(), take.into()]);
+        }
+        let a = shared_addr(b, sbase, bi);
+        b.ins_if(lane0, false, "st.shared.f32", [mem(a, 0), fimm(TAKEN)]);
+        b.ins("bar.sync", [imm(0)]);
+    });
+    b.comment("write the chosen blocks in ascending order, then -1 padding");
+    let done = b.label();
+    b.bra_if(lane0, true, done);
+    let out0 = b.op2(
+        RegClass::B32,
+        "mul.lo.u32",
+        row.into(),
+        imm(i64::from(p.top)),
+    );
+    let cnt = b.reg(RegClass::B32);
+    b.ins("mov.u32", [cnt.into(), out0.into()]);
+    for_range(&mut b, imm(0), nbc.into(), 1, |b, i| {
+        let a = shared_addr(b, sbase, i);
+        let v = b.reg(RegClass::F32);
+        b.ins("ld.shared.f32", [v.into(), mem(a, 0)]);
+        let taken = b.setp("eq.f32", v.into(), fimm(TAKEN));
+        let oa = b.addr(idxb, cnt, 4);
+        b.ins_if(taken, false, "st.global.s32", [mem(oa, 0), i.into()]);
+        let inc = b.reg(RegClass::B32);
+        b.ins("selp.u32", [inc.into(), imm(1), imm(0), taken.into()]);
+        b.ins("add.u32", [cnt.into(), cnt.into(), inc.into()]);
+    });
+    let end = b.op2(RegClass::B32, "add.u32", out0.into(), imm(i64::from(p.top)));
+    for_range(&mut b, cnt.into(), end.into(), 1, |b, i| {
+        let oa = b.addr(idxb, i, 4);
+        b.ins("st.global.s32", [mem(oa, 0), imm(-1)]);
+    });
+    b.place(done);
+    b.ins("ret", []);
+    KernelOut {
+        ptx: b.finish(),
+        params,
+        launch: Launch {
+            grid: dims.ntok * dims.h,
+            block: 32,
+            shared_bytes: p.max_blocks * 4,
+            formula: format!(
+                "grid = B*T*H, block = 32, shared = 4*ceil(max_len/{}) bytes: one warp per (token, kv head)",
+                p.block
+            ),
+        },
+    }
+}

@@ -1,0 +1,525 @@
+//! The GPU backend: `Spec` + `Shape` + [`GpuVariant`] → PTX text for sm_80 / sm_90 plus a
+//! [`Manifest`] saying how to launch it. The driver JIT-compiles the PTX at run time; nothing
+//! here needs CUDA. Generated text is deterministic so it can be snapshot-tested.
+//!
+//! Buffers: the inputs of the tensor contract (`q`, `k`, `v`, `g_<b>`, …) in the call's dtype,
+//! `seg` [B·T, 2] int32 (each token's segment start and end in flattened tokens), f32 scratch
+//! (`kc_<b>`, `vc_<b>`, `lse_<b>`), outputs `o`, `o_<b>` in f32 and `idx_<b>` in int32.
+
+pub mod builder;
+pub mod kernels;
+pub mod lowering;
+
+use nsac_dsl::problem::{DType, Shape};
+use nsac_dsl::spec::{BranchKind, CombineMode, Compress, KvSource, Pool, Spec};
+use serde::{Deserialize, Serialize};
+
+use kernels::{KernelOut, attend, combine, pool, topn};
+use lowering::{Program, Stage};
+
+/// Why PTX could not be generated.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PtxError {
+    #[error("the PTX backend does not support this: {0}")]
+    Unsupported(String),
+    #[error("the problem is too large for the PTX backend's 32-bit indexing: {0}")]
+    TooLarge(&'static str),
+    #[error("bad GPU variant: {0}")]
+    BadVariant(String),
+}
+
+/// The GPU architecture the PTX targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub enum Arch {
+    #[default]
+    Sm80,
+    Sm90,
+}
+
+impl Arch {
+    /// The `.target` name (`sm_80`, `sm_90`).
+    pub fn target(self) -> &'static str {
+        match self {
+            Arch::Sm80 => "sm_80",
+            Arch::Sm90 => "sm_90",
+        }
+    }
+
+    /// Parses `sm_80` / `sm_90` (also `80`, `90`).
+    pub fn parse(s: &str) -> Option<Arch> {
+        match s.trim_start_matches("sm_") {
+            "80" => Some(Arch::Sm80),
+            "90" => Some(Arch::Sm90),
+            _ => None,
+        }
+    }
+
+    /// The best target for a device of compute capability `major.minor`.
+    pub fn for_capability(major: i32, _minor: i32) -> Arch {
+        if major >= 9 { Arch::Sm90 } else { Arch::Sm80 }
+    }
+}
+
+/// The HOW of the GPU kernels (never changes what they compute).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct GpuVariant {
+    /// Warps per thread block of the warp-per-row kernels (1..=32).
+    pub warps_per_block: u32,
+}
+
+impl Default for GpuVariant {
+    fn default() -> Self {
+        GpuVariant { warps_per_block: 4 }
+    }
+}
+
+/// What a buffer is to the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BufferRole {
+    /// A tensor of the contract the caller provides.
+    Input,
+    /// `seg`: per token (segment start, segment end), int32, built from the problem.
+    Segments,
+    /// Intermediate data; only its size matters.
+    Scratch,
+    /// A result (`o`, `o_<b>`, `idx_<b>`).
+    Output,
+}
+
+/// One device buffer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BufferInfo {
+    pub name: String,
+    pub role: BufferRole,
+    /// `f32`, `f16`, `bf16` or `i32`.
+    pub elem: String,
+    pub shape: Vec<usize>,
+}
+
+impl BufferInfo {
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+    /// Bytes per element.
+    pub fn elem_bytes(&self) -> usize {
+        match self.elem.as_str() {
+            "f16" | "bf16" => 2,
+            _ => 4,
+        }
+    }
+}
+
+/// One kernel launch, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelInfo {
+    pub name: String,
+    /// Buffer names passed as the kernel's pointer parameters, in order.
+    pub params: Vec<String>,
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+    pub shared_bytes: u32,
+    /// How the launch follows from the problem.
+    pub launch: String,
+}
+
+/// How to run the PTX: buffers, then kernels launched in order on one stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub spec: String,
+    pub arch: String,
+    pub dtype: String,
+    pub tokens: usize,
+    /// Batch rows B and tokens per row T of the buffers' leading dims.
+    pub batch: usize,
+    pub seq_len: usize,
+    /// Segments (start, end) within each row; `seg` repeats them for every row.
+    pub segments: Vec<[usize; 2]>,
+    pub buffers: Vec<BufferInfo>,
+    pub kernels: Vec<KernelInfo>,
+}
+
+impl Manifest {
+    /// The buffer called `name`.
+    pub fn buffer(&self, name: &str) -> Option<&BufferInfo> {
+        self.buffers.iter().find(|b| b.name == name)
+    }
+    /// The manifest as pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+fn buffers(spec: &Spec, shape: &Shape) -> Vec<BufferInfo> {
+    let (bb, t) = (shape.batch, shape.seq_len);
+    let (hq, h) = (shape.heads.q as usize, shape.heads.kv as usize);
+    let (dqk, dv) = (shape.head_dim.qk as usize, shape.head_dim.v as usize);
+    let n = bb * t;
+    let dt = shape.dtype.name().to_string();
+    let buf = |name: String, role, elem: &str, shape: Vec<usize>| BufferInfo {
+        name,
+        role,
+        elem: elem.to_string(),
+        shape,
+    };
+    let mut out = vec![
+        buf("q".into(), BufferRole::Input, &dt, vec![bb, t, hq, dqk]),
+        buf("k".into(), BufferRole::Input, &dt, vec![bb, t, h, dqk]),
+        buf("v".into(), BufferRole::Input, &dt, vec![bb, t, h, dv]),
+    ];
+    for br in &spec.branches {
+        let nm = &br.name;
+        if br.kv == KvSource::Own {
+            out.push(buf(
+                format!("k_{nm}"),
+                BufferRole::Input,
+                &dt,
+                vec![bb, t, h, dqk],
+            ));
+            out.push(buf(
+                format!("v_{nm}"),
+                BufferRole::Input,
+                &dt,
+                vec![bb, t, h, dv],
+            ));
+        }
+        if let BranchKind::Compress(c) = &br.kind {
+            let l = c.block as usize;
+            match c.pool {
+                Pool::Mean => {}
+                Pool::Weighted => {
+                    out.push(buf(format!("w_{nm}"), BufferRole::Input, &dt, vec![h, l]))
+                }
+                Pool::Linear => {
+                    out.push(buf(
+                        format!("wk_{nm}"),
+                        BufferRole::Input,
+                        &dt,
+                        vec![h, l * dqk, dqk],
+                    ));
+                    out.push(buf(
+                        format!("wv_{nm}"),
+                        BufferRole::Input,
+                        &dt,
+                        vec![h, l * dv, dv],
+                    ));
+                }
+            }
+        }
+    }
+    if spec.combine.mode == CombineMode::Gate {
+        for nm in &spec.combine.branches {
+            out.push(buf(
+                format!("g_{nm}"),
+                BufferRole::Input,
+                &dt,
+                vec![bb, t, hq],
+            ));
+        }
+    }
+    out.push(buf("seg".into(), BufferRole::Segments, "i32", vec![n, 2]));
+    let scored: Vec<&str> = spec
+        .branches
+        .iter()
+        .filter_map(|b| b.as_select().map(|s| s.scored_by.as_str()))
+        .collect();
+    for br in &spec.branches {
+        let nm = &br.name;
+        if br.as_compress().is_some() {
+            out.push(buf(
+                format!("kc_{nm}"),
+                BufferRole::Scratch,
+                "f32",
+                vec![n, h, dqk],
+            ));
+            out.push(buf(
+                format!("vc_{nm}"),
+                BufferRole::Scratch,
+                "f32",
+                vec![n, h, dv],
+            ));
+            if scored.contains(&nm.as_str()) {
+                out.push(buf(
+                    format!("lse_{nm}"),
+                    BufferRole::Scratch,
+                    "f32",
+                    vec![n, hq],
+                ));
+            }
+        }
+    }
+    out.push(buf(
+        "o".into(),
+        BufferRole::Output,
+        "f32",
+        vec![bb, t, hq, dv],
+    ));
+    for br in &spec.branches {
+        let nm = &br.name;
+        out.push(buf(
+            format!("o_{nm}"),
+            BufferRole::Output,
+            "f32",
+            vec![bb, t, hq, dv],
+        ));
+        if let Some(s) = br.as_select() {
+            out.push(buf(
+                format!("idx_{nm}"),
+                BufferRole::Output,
+                "i32",
+                vec![bb, t, h, s.top as usize],
+            ));
+        }
+    }
+    out
+}
+
+fn kernel_name(spec: &str, stage: &str) -> String {
+    let clean: String = spec
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("nsac_{clean}_{stage}")
+}
+
+fn generate(program: &Program, variant: &GpuVariant) -> Vec<KernelOut> {
+    let d = &program.dims;
+    let w = variant.warps_per_block;
+    let nm = |s: &str| kernel_name(&program.name, s);
+    program
+        .stages
+        .iter()
+        .map(|stage| match stage {
+            Stage::Pool {
+                branch,
+                kv,
+                block,
+                stride,
+                pool,
+            } => pool::pool(
+                &nm(&format!("pool_{branch}")),
+                branch,
+                kv,
+                Compress {
+                    block: *block,
+                    stride: *stride,
+                    pool: *pool,
+                },
+                d,
+                w,
+            ),
+            Stage::AttendCompressed {
+                branch,
+                block,
+                stride,
+                write_lse,
+            } => attend::attend(
+                &nm(&format!("attend_{branch}")),
+                branch,
+                attend::Keys::Compressed {
+                    block: *block,
+                    stride: *stride,
+                    write_lse: *write_lse,
+                },
+                d,
+                w,
+            ),
+            Stage::TopN {
+                branch,
+                scored_by,
+                cmp_block,
+                cmp_stride,
+                block,
+                top,
+                keep_first,
+                keep_last,
+                max_blocks,
+            } => topn::topn(
+                &nm(&format!("topn_{branch}")),
+                &topn::TopNParams {
+                    branch,
+                    scored_by,
+                    cmp_block: *cmp_block,
+                    cmp_stride: *cmp_stride,
+                    block: *block,
+                    top: *top,
+                    keep_first: *keep_first,
+                    keep_last: *keep_last,
+                    max_blocks: *max_blocks,
+                },
+                d,
+            ),
+            Stage::AttendSelected {
+                branch,
+                kv,
+                block,
+                top,
+            } => attend::attend(
+                &nm(&format!("attend_{branch}")),
+                branch,
+                attend::Keys::Selected {
+                    kv,
+                    block: *block,
+                    top: *top,
+                },
+                d,
+                w,
+            ),
+            Stage::AttendWindow { branch, kv, size } => attend::attend(
+                &nm(&format!("attend_{branch}")),
+                branch,
+                attend::Keys::Window { kv, size: *size },
+                d,
+                w,
+            ),
+            Stage::Combine { branches, gated } => {
+                combine::combine(&nm("combine"), branches, *gated, d)
+            }
+        })
+        .collect()
+}
+
+/// PTX text and launch manifest for `spec` on `shape` with `variant`, targeting `arch`.
+pub fn emit_ptx(
+    spec: &Spec,
+    shape: &Shape,
+    variant: &GpuVariant,
+    arch: Arch,
+) -> Result<(String, Manifest), PtxError> {
+    if variant.warps_per_block == 0 || variant.warps_per_block > 32 {
+        return Err(PtxError::BadVariant(format!(
+            "warps_per_block must be in 1..=32, got {}",
+            variant.warps_per_block
+        )));
+    }
+    let program = lowering::lower(spec, shape)?;
+    let outs = generate(&program, variant);
+    let texts: Vec<String> = outs.iter().map(|k| k.ptx.clone()).collect();
+    let ptx = builder::module(arch.target(), &texts);
+    let names = outs.iter().zip(&program.stages).map(|(k, _)| {
+        k.ptx
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix(".visible .entry "))
+            .map(|l| l.trim_end_matches('(').to_string())
+            .unwrap_or_default()
+    });
+    let kernels = outs
+        .iter()
+        .zip(names)
+        .map(|(k, name)| KernelInfo {
+            name,
+            params: k.params.clone(),
+            grid: [k.launch.grid, 1, 1],
+            block: [k.launch.block, 1, 1],
+            shared_bytes: k.launch.shared_bytes,
+            launch: k.launch.formula.clone(),
+        })
+        .collect();
+    let manifest = Manifest {
+        spec: spec.name.clone(),
+        arch: arch.target().to_string(),
+        dtype: shape.dtype.name().to_string(),
+        tokens: shape.tokens(),
+        batch: shape.batch,
+        seq_len: shape.seq_len,
+        segments: shape.segments.iter().map(|&(a, b)| [a, b]).collect(),
+        buffers: buffers(spec, shape),
+        kernels,
+    };
+    Ok((ptx, manifest))
+}
+
+/// The `seg` buffer's contents for `shape`: per flattened token, its segment's (start, end).
+pub fn segment_table(shape: &Shape) -> Vec<i32> {
+    let mut out = Vec::with_capacity(shape.tokens() * 2);
+    for b in 0..shape.batch {
+        let row = b * shape.seq_len;
+        for &(s, e) in &shape.segments {
+            for _ in s..e {
+                out.push((row + s) as i32);
+                out.push((row + e) as i32);
+            }
+        }
+    }
+    out
+}
+
+/// Whether `dtype` is one the PTX kernels read.
+pub fn supports(dtype: DType) -> bool {
+    matches!(dtype, DType::F32 | DType::F16 | DType::Bf16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nsac_dsl::problem::Problem;
+    use nsac_dsl::spec::{Combine, HeadDim, Heads, Window};
+
+    fn window_spec() -> Spec {
+        Spec {
+            name: "w".into(),
+            heads: Heads { q: 4, kv: 2 },
+            head_dim: HeadDim { qk: 40, v: 24 },
+            causal: true,
+            scale: None,
+            branches: vec![nsac_dsl::spec::Branch {
+                name: "win".into(),
+                kv: KvSource::Shared,
+                kind: BranchKind::Window(Window { size: 7 }),
+            }],
+            combine: Combine {
+                mode: CombineMode::Sum,
+                branches: vec!["win".into()],
+            },
+        }
+    }
+
+    #[test]
+    fn rejects_bad_variants_and_oversized_problems() {
+        let spec = window_spec();
+        let shape = Problem::batched(1, 9).resolve(&spec).expect("valid");
+        let bad = GpuVariant { warps_per_block: 0 };
+        assert!(matches!(
+            emit_ptx(&spec, &shape, &bad, Arch::Sm80),
+            Err(PtxError::BadVariant(_))
+        ));
+        let huge = Problem::batched(1, 1 << 26).resolve(&spec).expect("valid");
+        assert!(matches!(
+            emit_ptx(&spec, &huge, &GpuVariant::default(), Arch::Sm80),
+            Err(PtxError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn segment_table_repeats_segments_per_row() {
+        let spec = window_spec();
+        let shape = Problem::batched(2, 3).resolve(&spec).expect("valid");
+        assert_eq!(
+            segment_table(&shape),
+            vec![0, 3, 0, 3, 0, 3, 3, 6, 3, 6, 3, 6]
+        );
+        let shape = Problem::varlen(vec![0, 1, 3])
+            .resolve(&spec)
+            .expect("valid");
+        assert_eq!(segment_table(&shape), vec![0, 1, 1, 3, 1, 3]);
+    }
+
+    #[test]
+    fn manifest_launches_cover_every_row() {
+        let spec = window_spec();
+        let shape = Problem::batched(2, 13).resolve(&spec).expect("valid");
+        let variant = GpuVariant { warps_per_block: 3 };
+        let (ptx, m) = emit_ptx(&spec, &shape, &variant, Arch::Sm90).expect("emits");
+        assert!(ptx.contains(".target sm_90"));
+        let attend = &m.kernels[0];
+        // one warp per (token, query head): 26 tokens × 4 heads = 104 warps, 3 per block
+        assert_eq!(attend.block[0], 96);
+        assert_eq!(attend.grid[0], 35);
+        assert_eq!(
+            m.buffer("o").map(|b| b.shape.clone()),
+            Some(vec![2, 13, 4, 24])
+        );
+    }
+}

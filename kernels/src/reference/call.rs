@@ -1,0 +1,261 @@
+//! A checked call: the problem's sizes, each branch's resolved parameters, and the combine
+//! weights — everything the oracle verifies before computing anything.
+//!
+//! `Spec` values may be built by hand (not only by the validating parser), so the oracle
+//! re-checks what it relies on — names that refer to branches, non-zero block sizes, a usable
+//! scale, sizes that fit in memory arithmetic — and reports a typed [`ReferenceError`] instead
+//! of panicking.
+
+use std::collections::BTreeSet;
+
+use nsac_dsl::problem::Shape;
+use nsac_dsl::spec::{BranchKind, CombineMode, Compress, Pool, Select, Spec, Window};
+
+use crate::io::{Inputs, Tensor, check_inputs, expected_inputs};
+
+use super::ReferenceError;
+use super::tokens::input;
+
+/// The concrete sizes of a call.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Dims {
+    /// Query heads HQ.
+    pub(crate) hq: usize,
+    /// Key/value heads H.
+    pub(crate) h: usize,
+    /// GQA group G = HQ / H: query head `qh` reads kv head `qh / group`.
+    pub(crate) group: usize,
+    pub(crate) dqk: usize,
+    pub(crate) dv: usize,
+    /// The softmax scale s.
+    pub(crate) scale: f64,
+    pub(crate) causal: bool,
+}
+
+/// The pool of a compress branch together with its weight tensors.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum PoolWeights<'a> {
+    Mean,
+    /// `w_<b>` \[H, l\], applied to both K and V.
+    Weighted(&'a Tensor<f32>),
+    /// `wk_<b>` \[H, l·Dqk, Dqk\] and `wv_<b>` \[H, l·Dv, Dv\].
+    Linear {
+        wk: &'a Tensor<f32>,
+        wv: &'a Tensor<f32>,
+    },
+}
+
+/// One branch, resolved.
+#[derive(Debug, Clone)]
+pub(crate) enum Plan<'a> {
+    Compress {
+        params: Compress,
+        weights: PoolWeights<'a>,
+    },
+    Select {
+        params: &'a Select,
+        /// Index (in `spec.branches`) of the compress branch that scores the blocks.
+        scorer: usize,
+        scorer_params: Compress,
+    },
+    Window(Window),
+}
+
+/// A call whose spec, shape and inputs have all been checked.
+#[derive(Debug, Clone)]
+pub(crate) struct Call<'a> {
+    pub(crate) spec: &'a Spec,
+    pub(crate) dims: Dims,
+    /// One plan per branch of `spec.branches`, same order.
+    pub(crate) plans: Vec<Plan<'a>>,
+    /// The combined branches: (index in `spec.branches`, its gate tensor when gated).
+    pub(crate) combine: Vec<(usize, Option<&'a Tensor<f32>>)>,
+}
+
+impl<'a> Call<'a> {
+    /// Checks everything and resolves the branches.
+    pub(crate) fn new(
+        spec: &'a Spec,
+        shape: &Shape,
+        inputs: &'a Inputs,
+    ) -> Result<Self, ReferenceError> {
+        let dims = check_shape(spec, shape)?;
+        check_names(spec)?;
+        check_sizes(spec, shape)?;
+        check_inputs(spec, shape, inputs)?;
+        let plans = spec
+            .branches
+            .iter()
+            .map(|b| plan(spec, inputs, &b.name, &b.kind))
+            .collect::<Result<Vec<_>, _>>()?;
+        let combine = spec
+            .combine
+            .branches
+            .iter()
+            .map(|name| {
+                let index = branch_index(spec, name, "combine")?;
+                let gate = match spec.combine.mode {
+                    CombineMode::Gate => Some(input(inputs, &format!("g_{name}"))?),
+                    CombineMode::Sum => None,
+                };
+                Ok((index, gate))
+            })
+            .collect::<Result<Vec<_>, ReferenceError>>()?;
+        Ok(Call {
+            spec,
+            dims,
+            plans,
+            combine,
+        })
+    }
+}
+
+fn check_shape(spec: &Spec, shape: &Shape) -> Result<Dims, ReferenceError> {
+    let bad = |why: String| Err(ReferenceError::BadShape(why));
+    let (q, kv) = (shape.heads.q, shape.heads.kv);
+    if q == 0 || kv == 0 || !q.is_multiple_of(kv) {
+        return bad(format!(
+            "query heads ({q}) must be a positive multiple of kv heads ({kv})"
+        ));
+    }
+    if shape.head_dim.qk == 0 || shape.head_dim.v == 0 {
+        return bad(format!(
+            "head dims must be positive (got {}/{})",
+            shape.head_dim.qk, shape.head_dim.v
+        ));
+    }
+    if shape.batch == 0 || shape.seq_len == 0 {
+        return bad("batch and sequence length must be at least 1".into());
+    }
+    let mut previous_end = 0;
+    for &(start, end) in &shape.segments {
+        if start < previous_end || start >= end || end > shape.seq_len {
+            return bad(format!(
+                "segments must be non-empty, ascending, disjoint and inside [0, {}) (got {:?})",
+                shape.seq_len, shape.segments
+            ));
+        }
+        previous_end = end;
+    }
+    let scale = spec.scale_for(shape.head_dim.qk);
+    if !(scale.is_finite() && scale > 0.0) {
+        return Err(ReferenceError::BadScale(scale.to_string()));
+    }
+    Ok(Dims {
+        hq: q as usize,
+        h: kv as usize,
+        group: (q / kv) as usize,
+        dqk: shape.head_dim.qk as usize,
+        dv: shape.head_dim.v as usize,
+        scale,
+        causal: spec.causal,
+    })
+}
+
+fn check_names(spec: &Spec) -> Result<(), ReferenceError> {
+    let mut seen = BTreeSet::new();
+    for b in &spec.branches {
+        if !seen.insert(b.name.as_str()) {
+            return Err(ReferenceError::DuplicateBranch(b.name.clone()));
+        }
+        let zero = |field: &'static str| {
+            Err(ReferenceError::ZeroSize {
+                branch: b.name.clone(),
+                field,
+            })
+        };
+        match &b.kind {
+            BranchKind::Compress(c) if c.block == 0 => return zero("block"),
+            BranchKind::Compress(c) if c.stride == 0 => return zero("stride"),
+            BranchKind::Select(s) if s.block == 0 => return zero("block"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Every tensor the call reads or writes must have an element count that fits in `usize`.
+fn check_sizes(spec: &Spec, shape: &Shape) -> Result<(), ReferenceError> {
+    let fits = |dims: &[usize]| {
+        dims.iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .is_some()
+    };
+    let (b, t) = (shape.batch, shape.seq_len);
+    let out = [b, t, shape.heads.q as usize, shape.head_dim.v as usize];
+    if !fits(&out) {
+        return Err(ReferenceError::TooLarge("o".into()));
+    }
+    for br in &spec.branches {
+        if let BranchKind::Select(s) = &br.kind
+            && !fits(&[b, t, shape.heads.kv as usize, s.top as usize])
+        {
+            return Err(ReferenceError::TooLarge(format!("idx_{}", br.name)));
+        }
+        if let BranchKind::Compress(c) = &br.kind {
+            let l = c.block as usize;
+            let h = shape.heads.kv as usize;
+            let (dqk, dv) = (shape.head_dim.qk as usize, shape.head_dim.v as usize);
+            let linear_ok = c.pool != Pool::Linear
+                || (l.checked_mul(dqk).is_some_and(|n| fits(&[h, n, dqk]))
+                    && l.checked_mul(dv).is_some_and(|n| fits(&[h, n, dv])));
+            if !linear_ok {
+                return Err(ReferenceError::TooLarge(format!("wk_{}", br.name)));
+            }
+        }
+    }
+    // Only now is it safe to let `io` compute the expected shapes.
+    for e in expected_inputs(spec, shape) {
+        if !fits(&e.shape) {
+            return Err(ReferenceError::TooLarge(e.name));
+        }
+    }
+    Ok(())
+}
+
+fn branch_index(spec: &Spec, name: &str, used_by: &str) -> Result<usize, ReferenceError> {
+    spec.branches
+        .iter()
+        .position(|b| b.name == name)
+        .ok_or_else(|| ReferenceError::UnknownBranch {
+            name: name.to_string(),
+            used_by: used_by.to_string(),
+        })
+}
+
+fn plan<'a>(
+    spec: &'a Spec,
+    inputs: &'a Inputs,
+    name: &str,
+    kind: &'a BranchKind,
+) -> Result<Plan<'a>, ReferenceError> {
+    Ok(match kind {
+        BranchKind::Compress(c) => Plan::Compress {
+            params: *c,
+            weights: match c.pool {
+                Pool::Mean => PoolWeights::Mean,
+                Pool::Weighted => PoolWeights::Weighted(input(inputs, &format!("w_{name}"))?),
+                Pool::Linear => PoolWeights::Linear {
+                    wk: input(inputs, &format!("wk_{name}"))?,
+                    wv: input(inputs, &format!("wv_{name}"))?,
+                },
+            },
+        },
+        BranchKind::Select(s) => {
+            let scorer = branch_index(spec, &s.scored_by, name)?;
+            let scorer_params = spec.branches[scorer]
+                .as_compress()
+                .copied()
+                .ok_or_else(|| ReferenceError::NotCompress {
+                    select: name.to_string(),
+                    scored_by: s.scored_by.clone(),
+                })?;
+            Plan::Select {
+                params: s,
+                scorer,
+                scorer_params,
+            }
+        }
+        BranchKind::Window(w) => Plan::Window(*w),
+    })
+}

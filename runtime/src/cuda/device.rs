@@ -1,0 +1,100 @@
+//! Opening a CUDA device (or learning there is none) and caching loaded PTX modules.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{CudaContext, CudaModule, CudaStream};
+use cudarc::nvrtc::Ptx;
+use nsac_compiler::ptx::{Arch, GpuVariant};
+use nsac_dsl::problem::Shape;
+use nsac_dsl::spec::Spec;
+
+use super::{CudaError, driver};
+
+type ModuleKey = (Spec, Shape, GpuVariant);
+
+/// One GPU with its default stream and a cache of loaded modules.
+pub struct CudaDevice {
+    pub(crate) ctx: Arc<CudaContext>,
+    pub(crate) stream: Arc<CudaStream>,
+    name: String,
+    capability: (i32, i32),
+    modules: Mutex<HashMap<ModuleKey, Arc<CudaModule>>>,
+}
+
+impl std::fmt::Debug for CudaDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaDevice")
+            .field("name", &self.name)
+            .field("capability", &self.capability)
+            .finish()
+    }
+}
+
+impl CudaDevice {
+    /// GPU 0, or `None` when no CUDA driver library or no device is present.
+    pub fn open() -> Result<Option<Arc<CudaDevice>>, CudaError> {
+        Self::open_ordinal(0)
+    }
+
+    /// GPU `ordinal`, or `None` when no CUDA driver library or no such device is present.
+    pub fn open_ordinal(ordinal: usize) -> Result<Option<Arc<CudaDevice>>, CudaError> {
+        // SAFETY: only probes whether the driver library can be loaded.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Ok(None);
+        }
+        let count = driver(|| "counting devices".into(), CudaContext::device_count())?;
+        if count <= 0 || ordinal >= count as usize {
+            return Ok(None);
+        }
+        let ctx = driver(
+            || format!("creating a context on device {ordinal}"),
+            CudaContext::new(ordinal),
+        )?;
+        let name = driver(|| "reading the device name".into(), ctx.name())?;
+        let capability = driver(
+            || "reading the compute capability".into(),
+            ctx.compute_capability(),
+        )?;
+        let stream = ctx.default_stream();
+        Ok(Some(Arc::new(CudaDevice {
+            ctx,
+            stream,
+            name,
+            capability,
+            modules: Mutex::new(HashMap::new()),
+        })))
+    }
+
+    /// The device's name, e.g. "NVIDIA H100 80GB HBM3".
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Compute capability (major, minor).
+    pub fn capability(&self) -> (i32, i32) {
+        self.capability
+    }
+
+    /// The PTX target used for this device.
+    pub fn arch(&self) -> Arch {
+        Arch::for_capability(self.capability.0, self.capability.1)
+    }
+
+    /// Loads `ptx` for `key`, or returns the module already loaded for it.
+    pub(crate) fn module(&self, key: ModuleKey, ptx: &str) -> Result<Arc<CudaModule>, CudaError> {
+        let mut cache = self
+            .modules
+            .lock()
+            .map_err(|_| CudaError::Manifest("module cache poisoned".into()))?;
+        if let Some(m) = cache.get(&key) {
+            return Ok(m.clone());
+        }
+        let m = driver(
+            || format!("JIT-loading the PTX module of `{}`", key.0.name),
+            self.ctx.load_module(Ptx::from_src(ptx)),
+        )?;
+        cache.insert(key, m.clone());
+        Ok(m)
+    }
+}

@@ -1,0 +1,51 @@
+//! The CUDA device: generated PTX loaded through cudarc's driver API, dynamically loaded so
+//! that building needs no CUDA and the GPU is found at run time. Modules are cached per
+//! (spec, shape, variant) on the device. Every CUDA call is checked; errors name the kernel and
+//! its launch configuration.
+
+mod device;
+mod kernel;
+
+pub use device::CudaDevice;
+pub use kernel::{CudaKernel, CudaOutput, KernelTime, round_inputs};
+
+use nsac_compiler::ptx::PtxError;
+use nsac_kernels::io::InputError;
+
+/// Why a CUDA operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CudaError {
+    #[error("CUDA driver call failed while {what}: {source}")]
+    Driver {
+        what: String,
+        #[source]
+        source: cudarc::driver::DriverError,
+    },
+    #[error(
+        "launching kernel `{kernel}` (grid {grid}, block {block}, {shared} B shared) failed: {source}"
+    )]
+    Launch {
+        kernel: String,
+        grid: u32,
+        block: u32,
+        shared: u32,
+        #[source]
+        source: cudarc::driver::DriverError,
+    },
+    #[error(transparent)]
+    Ptx(#[from] PtxError),
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error("the PTX manifest is inconsistent: {0}")]
+    Manifest(String),
+}
+
+pub(crate) fn driver<T>(
+    what: impl FnOnce() -> String,
+    r: Result<T, cudarc::driver::DriverError>,
+) -> Result<T, CudaError> {
+    r.map_err(|source| CudaError::Driver {
+        what: what(),
+        source,
+    })
+}

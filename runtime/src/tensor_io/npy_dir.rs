@@ -1,0 +1,167 @@
+//! A directory of `.npy` files ⇄ a [`TensorSet`]: one tensor per file, named by the file stem,
+//! through the `npyz` crate. Other files and subdirectories are ignored when reading.
+
+use std::path::Path;
+
+use npyz::{DType, NpyFile, NpyHeader, Order, TypeChar};
+use nsac_kernels::io::Tensor;
+
+use super::host::{ElemType, HostTensor, TensorSet};
+use super::{TensorIoError, atomic};
+
+/// Reads every `*.npy` file of a directory.
+pub fn read(dir: &Path) -> Result<TensorSet, TensorIoError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| TensorIoError::io(dir, e))?;
+    let mut set = TensorSet::new();
+    for entry in entries {
+        let path = entry.map_err(|e| TensorIoError::io(dir, e))?.path();
+        if path.is_dir() || path.extension().is_none_or(|e| e != "npy") {
+            continue;
+        }
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .ok_or_else(|| TensorIoError::BadName {
+                path: path.clone(),
+                name: path.display().to_string(),
+            })?
+            .to_string();
+        let bytes = std::fs::read(&path).map_err(|e| TensorIoError::io(&path, e))?;
+        set.insert(name.clone(), read_one(&path, &name, &bytes)?);
+    }
+    Ok(set)
+}
+
+/// Decodes one `.npy` file's bytes.
+fn read_one(path: &Path, name: &str, bytes: &[u8]) -> Result<HostTensor, TensorIoError> {
+    let not_npy = |reason: String| TensorIoError::NotNpy {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut rest: &[u8] = bytes;
+    let header = NpyHeader::from_reader(&mut rest).map_err(|e| not_npy(e.to_string()))?;
+    if header.order() == Order::Fortran {
+        return Err(not_npy(
+            "Fortran (column-major) order is not supported".into(),
+        ));
+    }
+    let DType::Plain(ts) = header.dtype() else {
+        return Err(unsupported(path, name, "a structured dtype".into()));
+    };
+    let elem = match (ts.type_char(), ts.size_field()) {
+        (TypeChar::Float, 2) => ElemType::F16,
+        (TypeChar::Float, 4) => ElemType::F32,
+        (TypeChar::Float, 8) => ElemType::F64,
+        (TypeChar::Int, 4) => ElemType::I32,
+        (TypeChar::Int, 8) => ElemType::I64,
+        _ => return Err(unsupported(path, name, ts.to_string())),
+    };
+    let shape: Option<Vec<usize>> = header
+        .shape()
+        .iter()
+        .map(|&d| usize::try_from(d).ok())
+        .collect();
+    let numel = shape
+        .as_ref()
+        .and_then(|s| s.iter().try_fold(1usize, |a, &d| a.checked_mul(d)));
+    let (Some(shape), Some(numel)) = (shape, numel) else {
+        return Err(not_npy(format!("shape {:?} is too large", header.shape())));
+    };
+    // Check the length before decoding, so a lying header cannot ask for a huge allocation.
+    if numel
+        .checked_mul(elem.size())
+        .is_none_or(|n| n > rest.len())
+    {
+        return Err(not_npy(format!(
+            "truncated: shape {shape:?} of {elem} needs {numel} values, the file holds {} bytes of data",
+            rest.len()
+        )));
+    }
+    let file = NpyFile::with_header(header, rest);
+    let decoded = match elem {
+        ElemType::F16 => file
+            .into_vec()
+            .map(|d| HostTensor::F16(Tensor { shape, data: d })),
+        ElemType::F32 => file
+            .into_vec()
+            .map(|d| HostTensor::F32(Tensor { shape, data: d })),
+        ElemType::F64 => file
+            .into_vec()
+            .map(|d| HostTensor::F64(Tensor { shape, data: d })),
+        ElemType::I32 => file
+            .into_vec()
+            .map(|d| HostTensor::I32(Tensor { shape, data: d })),
+        ElemType::I64 => file
+            .into_vec()
+            .map(|d| HostTensor::I64(Tensor { shape, data: d })),
+        ElemType::Bf16 => return Err(unsupported(path, name, "bf16".into())),
+    };
+    decoded.map_err(|e| not_npy(e.to_string()))
+}
+
+fn unsupported(path: &Path, name: &str, dtype: String) -> TensorIoError {
+    TensorIoError::UnsupportedDtype {
+        path: path.to_path_buf(),
+        name: name.to_string(),
+        dtype,
+        expected: "f16, f32, f64, i32 or i64 (npy has no bf16)",
+    }
+}
+
+/// Writes each tensor to `<dir>/<name>.npy`, creating the directory; each file atomically.
+/// All tensors are encoded before the first file is written.
+pub fn write(dir: &Path, tensors: &TensorSet) -> Result<(), TensorIoError> {
+    let mut files = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        if !usable_file_stem(name) {
+            return Err(TensorIoError::BadName {
+                path: dir.to_path_buf(),
+                name: name.clone(),
+            });
+        }
+        let file = dir.join(format!("{name}.npy"));
+        let bytes = encode(&file, name, t)?;
+        files.push((file, bytes));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| TensorIoError::io(dir, e))?;
+    for (file, bytes) in files {
+        atomic::write_file(&file, &bytes)?;
+    }
+    Ok(())
+}
+
+fn usable_file_stem(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0'])
+}
+
+fn encode(path: &Path, name: &str, t: &HostTensor) -> Result<Vec<u8>, TensorIoError> {
+    let shape: Vec<u64> = t.shape().iter().map(|&d| d as u64).collect();
+    let io = |e| TensorIoError::io(path, e);
+    let mut buf = Vec::new();
+    match t {
+        HostTensor::F16(x) => encode_typed(&mut buf, &shape, &x.data).map_err(io)?,
+        HostTensor::F32(x) => encode_typed(&mut buf, &shape, &x.data).map_err(io)?,
+        HostTensor::F64(x) => encode_typed(&mut buf, &shape, &x.data).map_err(io)?,
+        HostTensor::I32(x) => encode_typed(&mut buf, &shape, &x.data).map_err(io)?,
+        HostTensor::I64(x) => encode_typed(&mut buf, &shape, &x.data).map_err(io)?,
+        HostTensor::Bf16(_) => return Err(unsupported(path, name, "bf16".into())),
+    }
+    Ok(buf)
+}
+
+fn encode_typed<T: npyz::AutoSerialize>(
+    buf: &mut Vec<u8>,
+    shape: &[u64],
+    data: &[T],
+) -> std::io::Result<()> {
+    use npyz::WriterBuilder;
+    let mut w = npyz::WriteOptions::new()
+        .default_dtype()
+        .shape(shape)
+        .writer(buf)
+        .begin_nd()?;
+    for x in data {
+        w.push(x)?;
+    }
+    w.finish()
+}

@@ -1,0 +1,72 @@
+//! Tune once, then reuse: look a problem up in the tuning DB and tune only on a miss.
+//!
+//! This is what `nsac run`/`nsac tune` call. A hit (same spec hash, shape bucket, dtype, device
+//! fingerprint and nsac version) returns the stored Variant without compiling anything; a miss,
+//! a stale entry, or a stored Variant that no longer decodes (the backend's Variant type
+//! changed) tunes afresh and records the result.
+
+use super::db::{DbError, DbWarning, Entry, Lookup, TuningDb};
+use super::key::TuneKey;
+use super::space::VariantSpace;
+use super::tuner::{Benchmark, Progress, TuneError, TuneOptions, TuneResult, tune};
+
+/// Where a Variant came from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Tuned<V> {
+    /// The DB had it; `best_us` is the time recorded then.
+    Stored { variant: V, best_us: f64 },
+    /// Tuned just now, and recorded in the DB.
+    Fresh(TuneResult<V>),
+}
+
+impl<V> Tuned<V> {
+    /// The Variant to run.
+    pub fn variant(&self) -> &V {
+        match self {
+            Tuned::Stored { variant, .. } => variant,
+            Tuned::Fresh(result) => &result.best,
+        }
+    }
+}
+
+/// What went wrong while looking up or tuning.
+#[derive(Debug, thiserror::Error)]
+pub enum CachedTuneError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Tune(#[from] TuneError),
+}
+
+/// The answer for `key`: from `db` unless `retune` is set or the DB has nothing current;
+/// otherwise tunes with `bench` over `space` and records the result.
+/// Returns the warnings the DB produced along the way (a corrupt file set aside, …).
+pub fn tune_cached<S, B>(
+    db: &TuningDb,
+    key: &TuneKey,
+    space: &S,
+    bench: &B,
+    options: &TuneOptions,
+    retune: bool,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<(Tuned<S::Variant>, Vec<DbWarning>), CachedTuneError>
+where
+    S: VariantSpace + ?Sized,
+    B: Benchmark<S::Variant> + ?Sized,
+{
+    let mut warnings = Vec::new();
+    if !retune {
+        let found = db.lookup(key)?;
+        warnings.extend(found.warnings);
+        if let Lookup::Hit(entry) = found.value
+            && let Ok(variant) = entry.best_variant::<S::Variant>()
+            && space.check(&variant).is_ok()
+        {
+            let best_us = entry.best_us;
+            return Ok((Tuned::Stored { variant, best_us }, warnings));
+        }
+    }
+    let result = tune(space, bench, options, progress)?;
+    warnings.extend(db.insert(Entry::from_result(key.clone(), &result)?)?);
+    Ok((Tuned::Fresh(result), warnings))
+}

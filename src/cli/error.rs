@@ -1,0 +1,65 @@
+//! Every way a CLI command can fail, and how it is shown to the user.
+//!
+//! Library crates return typed errors; this is the one place that renders them: spec problems
+//! with file:line:col and caret snippets, everything else as `error: …` with its causes.
+
+use std::error::Error as _;
+use std::path::PathBuf;
+
+use nsac_dsl::LoadError;
+use nsac_dsl::problem::ProblemError;
+use nsac_kernels::io::InputError;
+use nsac_kernels::reference::ReferenceError;
+
+/// A failed command.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("the problem does not fit the spec: {0}")]
+    Problem(#[from] ProblemError),
+    #[error("bad inputs: {0}")]
+    Input(#[from] InputError),
+    #[error("the reference run failed: {0}")]
+    Reference(#[from] ReferenceError),
+    #[error("cannot count the cost: {0}")]
+    Cost(#[from] nsac_compiler::cost::CostError),
+    #[error(transparent)]
+    TensorIo(#[from] nsac_runtime::tensor_io::TensorIoError),
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write to standard output: {0}")]
+    Stdout(#[source] std::io::Error),
+    #[error("{0}")]
+    Other(String),
+    /// Problems already reported to the user (e.g. by `check` on several files).
+    #[error("{0}")]
+    Reported(String),
+}
+
+impl CliError {
+    /// The full text for standard error.
+    pub fn render(&self, color: bool) -> String {
+        match self {
+            CliError::Load(e) => e.render(color),
+            CliError::Reported(summary) => format!("error: {summary}\n"),
+            other => {
+                let mut text = format!("error: {other}\n");
+                let mut cause = other.source();
+                // `transparent`/`{0}` variants already print their source; skip repeats.
+                while let Some(c) = cause {
+                    let line = c.to_string();
+                    if !text.contains(&line) {
+                        text.push_str(&format!("  caused by: {line}\n"));
+                    }
+                    cause = c.source();
+                }
+                text
+            }
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! The `nsac` command line: argument parsing, one module per subcommand, error rendering.
+
+pub mod args;
+mod check;
+mod cost;
+pub mod error;
+mod fmt;
+mod output;
+mod problem;
+mod run;
+
+use args::{Cli, Command};
+use error::CliError;
+
+/// Runs one parsed command line.
+pub fn dispatch(cli: &Cli) -> Result<(), CliError> {
+    match &cli.command {
+        Command::Check(a) => check::run(a),
+        Command::Fmt(a) => fmt::run(a),
+        Command::Cost(a) => cost::run(a),
+        Command::Run(a) => run::run(a),
+    }
+}
