@@ -1,9 +1,11 @@
 //! `nsac compile`: show or save the code nsac generates for a spec on a problem — PTX with its
-//! launch manifest for GPUs.
+//! launch manifest for GPUs, Cranelift IR or machine code for the CPU.
 
 use std::path::{Path, PathBuf};
 
+use nsac_compiler::cpu::CpuVariant;
 use nsac_compiler::ptx::{self, Arch, GpuVariant};
+use nsac_runtime::cpu;
 
 use super::args::{CompileArgs, Emit, Target};
 use super::error::CliError;
@@ -15,6 +17,18 @@ pub fn run(args: &CompileArgs) -> Result<(), CliError> {
     let spec = nsac_dsl::load(&args.spec)?;
     let shape = problem_from_args(&args.problem)?.resolve(&spec)?;
     match args.target {
+        Target::Cpu => {
+            let variant = CpuVariant::default();
+            let text = match args.emit.unwrap_or(Emit::Clif) {
+                Emit::Clif => cpu::emit_clif(&spec, &shape, &variant)?,
+                Emit::Asm => cpu::emit_asm(&spec, &shape, &variant)?,
+                Emit::Ptx => return Err(CliError::Other("`--emit ptx` needs --target ptx".into())),
+            };
+            match &args.output {
+                Some(path) => write_atomically(path, &text)?,
+                None => emit(&text).map_err(CliError::Stdout)?,
+            }
+        }
         Target::Ptx => {
             if let Some(e) = args.emit.filter(|e| *e != Emit::Ptx) {
                 return Err(CliError::Other(format!(

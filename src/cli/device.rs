@@ -1,7 +1,12 @@
-//! Running a spec on one of the devices (`--device reference|cuda|auto`) and collecting its
+//! Running a spec on one of the devices (`--device reference|cpu|cuda|auto`) and collecting its
 //! outputs under the oracle's names, whatever the device computed them in.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
+
+use nsac_compiler::cpu::CpuVariant;
+use nsac_kernels::io::Tensor;
+use nsac_runtime::cpu::CpuKernel;
 
 use nsac_dsl::Spec;
 use nsac_dsl::problem::Shape;
@@ -32,6 +37,7 @@ pub fn run_on(
     spec: &Spec,
     shape: &Shape,
     inputs: &Inputs,
+    threads: usize,
 ) -> Result<DeviceRun, CliError> {
     match device {
         DeviceArg::Reference => {
@@ -42,6 +48,19 @@ pub fn run_on(
                 device: "reference (f64)".into(),
                 outputs: reference_outputs(&output),
                 compile_ms: None,
+                run_ms,
+            })
+        }
+        DeviceArg::Cpu => {
+            let kernel = CpuKernel::compile(spec, shape, &CpuVariant::default())?;
+            let compile_ms = kernel.compile_time().as_secs_f64() * 1e3;
+            let start = Instant::now();
+            let out = kernel.run(inputs, threads)?;
+            let run_ms = ms(start);
+            Ok(DeviceRun {
+                device: format!("cpu ({threads} threads, Cranelift JIT, f32)"),
+                outputs: collect(out.o, out.branches, out.selected),
+                compile_ms: Some(compile_ms),
                 run_ms,
             })
         }
@@ -56,7 +75,7 @@ pub fn run_on(
         }
         DeviceArg::Auto => match CudaDevice::open() {
             Ok(Some(gpu)) => run_cuda(&gpu, spec, shape, inputs),
-            _ => run_on(DeviceArg::Reference, spec, shape, inputs),
+            _ => run_on(DeviceArg::Cpu, spec, shape, inputs, threads),
         },
     }
 }
@@ -73,14 +92,7 @@ fn run_cuda(
     let start = Instant::now();
     let out = kernel.run(inputs)?;
     let run_ms = ms(start);
-    let mut outputs = TensorSet::new();
-    outputs.insert("o".into(), HostTensor::from(out.o));
-    for (b, t) in out.branches {
-        outputs.insert(format!("o_{b}"), HostTensor::from(t));
-    }
-    for (b, t) in out.selected {
-        outputs.insert(format!("idx_{b}"), HostTensor::from(t));
-    }
+    let outputs = collect(out.o, out.branches, out.selected);
     let (major, minor) = gpu.capability();
     Ok(DeviceRun {
         device: format!(
@@ -92,6 +104,28 @@ fn run_cuda(
         compile_ms: Some(compile_ms),
         run_ms,
     })
+}
+
+/// A device's outputs under the oracle's names.
+fn collect(
+    o: Tensor<f32>,
+    branches: BTreeMap<String, Tensor<f32>>,
+    selected: BTreeMap<String, Tensor<i32>>,
+) -> TensorSet {
+    let mut outputs = TensorSet::new();
+    outputs.insert("o".into(), HostTensor::from(o));
+    for (b, t) in branches {
+        outputs.insert(format!("o_{b}"), HostTensor::from(t));
+    }
+    for (b, t) in selected {
+        outputs.insert(format!("idx_{b}"), HostTensor::from(t));
+    }
+    outputs
+}
+
+/// Every core of this machine, the default for `--threads`.
+pub fn default_threads(threads: Option<usize>) -> usize {
+    threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 fn ms(start: Instant) -> f64 {

@@ -33,6 +33,10 @@ pub enum CliError {
         source: std::io::Error,
     },
     #[error(transparent)]
+    Cpu(#[from] nsac_runtime::cpu::CpuKernelError),
+    #[error(transparent)]
+    Bench(#[from] nsac_runtime::bench::BenchError),
+    #[error(transparent)]
     Cuda(#[from] nsac_runtime::cuda::CudaError),
     #[error(transparent)]
     Ptx(#[from] nsac_compiler::ptx::PtxError),

@@ -1,6 +1,7 @@
 //! The `nsac` command line: argument parsing, one module per subcommand, error rendering.
 
 pub mod args;
+mod bench;
 mod check;
 mod compile;
 mod cost;
@@ -22,5 +23,6 @@ pub fn dispatch(cli: &Cli) -> Result<(), CliError> {
         Command::Cost(a) => cost::run(a),
         Command::Run(a) => run::run(a),
         Command::Compile(a) => compile::run(a),
+        Command::Bench(a) => bench::run(a),
     }
 }

@@ -6,7 +6,7 @@ use nsac_runtime::tensor_io;
 use serde::Serialize;
 
 use super::args::RunArgs;
-use super::device::{run_on, values};
+use super::device::{default_threads, run_on, values};
 use super::error::CliError;
 use super::output::{emit, emit_json};
 use super::problem::{describe, problem_from_args, problem_from_inputs};
@@ -50,7 +50,13 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
     };
     check_inputs(&spec, &shape, &inputs)?;
 
-    let run = run_on(args.device, &spec, &shape, &inputs)?;
+    let run = run_on(
+        args.device,
+        &spec,
+        &shape,
+        &inputs,
+        default_threads(args.threads),
+    )?;
     let written = match &args.output {
         Some(path) => {
             let mut set = run.outputs.clone();
