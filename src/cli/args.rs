@@ -165,6 +165,10 @@ pub struct RunArgs {
     /// directory.
     #[arg(long, short = 'o', value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Save the inputs this run used (random or read) to a `.safetensors` file or `.npy`
+    /// directory, e.g. to feed the same tensors to another implementation or device.
+    #[arg(long, value_name = "FILE")]
+    pub save_inputs: Option<PathBuf>,
     /// Also write each branch's output and each select branch's chosen block indices.
     #[arg(long, requires = "output")]
     pub all_outputs: bool,

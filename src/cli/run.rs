@@ -1,8 +1,8 @@
 //! `nsac run`: run a spec on a problem with random or file inputs, print a summary and
 //! optionally write the outputs.
 
-use nsac_kernels::io::{check_inputs, random_inputs};
-use nsac_runtime::tensor_io;
+use nsac_kernels::io::{Tensor, check_inputs, random_inputs};
+use nsac_runtime::tensor_io::{self, HostTensor, TensorSet};
 use serde::Serialize;
 
 use super::args::RunArgs;
@@ -49,6 +49,17 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         }
     };
     check_inputs(&spec, &shape, &inputs)?;
+    if let Some(path) = &args.save_inputs {
+        let mut set: TensorSet = inputs.iter().map(|(name, t)| (name.clone(), HostTensor::from(t.clone()))).collect();
+        if shape.segments.len() > 1 || args.problem.cu_seqlens.is_some() {
+            let cu: Vec<i32> = std::iter::once(0)
+                .chain(shape.segments.iter().map(|&(_, end)| end))
+                .map(|x| i32::try_from(x).map_err(|_| CliError::Other(format!("offset {x} does not fit int32"))))
+                .collect::<Result<_, _>>()?;
+            set.insert(tensor_io::CU_SEQLENS.into(), HostTensor::from(Tensor { shape: vec![cu.len()], data: cu }));
+        }
+        tensor_io::write_outputs(path, &set)?;
+    }
 
     let run = run_on(
         args.device,
