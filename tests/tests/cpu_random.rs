@@ -112,6 +112,18 @@ proptest! {
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig { cases: 100, failure_persistence: None, ..ProptestConfig::default() })]
+    /// The DSL's own generator of valid specs (several branches of a kind, shuffled combine
+    /// order, explicit scales).
+    #[test]
+    fn dsl_valid_specs_match_the_oracle(
+        spec in nsac_dsl::arbitrary::valid_spec(), problem in any_problem(), variant in any_variant(), seed in 0u64..1000
+    ) {
+        run_case(&spec, &problem, variant, seed);
+    }
+}
+
+proptest! {
     #![proptest_config(ProptestConfig { cases: 3000, failure_persistence: None, ..ProptestConfig::default() })]
     #[test]
     #[ignore = "long sweep; run with --ignored"]

@@ -74,40 +74,50 @@ pub fn spec(
     }
 }
 
+/// The library spec `kernels/<file>`, parsed.
+pub fn library_file(file: &str) -> Spec {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../kernels")
+        .join(file);
+    let text = std::fs::read_to_string(&path).expect("library spec readable");
+    if file.ends_with(".yaml") {
+        nsac_dsl::parse_yaml(&text).expect("library spec parses")
+    } else {
+        nsac_dsl::parse_text(&text).expect("library spec parses")
+    }
+}
+
 /// NSA as configured in the paper (kernels/nsa-paper.nsa).
 pub fn nsa_paper() -> Spec {
-    spec(
-        "nsa_paper",
-        (64, 4),
-        (192, 128),
-        true,
-        vec![
-            compress("cmp", 32, 16, Pool::Mean),
-            select("slc", 64, 16, "cmp", 1, 2),
-            window("win", 512),
-        ],
-        CombineMode::Gate,
-    )
+    library_file("nsa-paper.nsa")
 }
 
-/// NSA as configured by fla's `parallel_nsa` (kernels/nsa-fla.nsa): compression block 64 stride
-/// 64 mean, top-16 blocks of 64, no window.
+/// NSA as configured by fla's `parallel_nsa` (kernels/nsa-fla.nsa).
 pub fn nsa_fla() -> Spec {
-    spec(
-        "nsa_fla",
-        (64, 4),
-        (128, 128),
-        true,
-        vec![
-            compress("cmp", 64, 64, Pool::Mean),
-            select("slc", 64, 16, "cmp", 0, 0),
-        ],
-        CombineMode::Gate,
-    )
+    library_file("nsa-fla.nsa")
 }
 
-/// A spread of library-like specs covering every pool, own K/V, sum and non-causal.
+/// Every library spec (`kernels/*.nsa`, `*.yaml`) plus hand-built specs covering what the
+/// library does not: weighted and linear pools, own K/V, `sum`, non-causal.
 pub fn library() -> Vec<Spec> {
+    library_labeled().into_iter().map(|(_, s)| s).collect()
+}
+
+/// [`library`] with a label per spec: the file name (`nsa-paper.nsa` → `nsa_paper_nsa`) or the
+/// hand-built spec's name.
+pub fn library_labeled() -> Vec<(String, Spec)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../kernels");
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .expect("kernels/ readable")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".nsa") || n.ends_with(".yaml"))
+        .collect();
+    files.sort();
+    let mut out: Vec<(String, Spec)> = files
+        .iter()
+        .map(|f| (f.replace(['.', '-'], "_"), library_file(f)))
+        .collect();
     let mut own = spec(
         "own_kv_weighted",
         (6, 2),
@@ -121,9 +131,7 @@ pub fn library() -> Vec<Spec> {
         CombineMode::Gate,
     );
     own.branches[1].kv = KvSource::Own;
-    vec![
-        nsa_paper(),
-        nsa_fla(),
+    let built = [
         own,
         spec(
             "linear_sum",
@@ -148,15 +156,9 @@ pub fn library() -> Vec<Spec> {
             ],
             CombineMode::Gate,
         ),
-        spec(
-            "window_only",
-            (8, 1),
-            (32, 32),
-            true,
-            vec![window("w", 37)],
-            CombineMode::Sum,
-        ),
-    ]
+    ];
+    out.extend(built.into_iter().map(|s| (s.name.clone(), s)));
+    out
 }
 
 /// A shape for `spec` with optional head/dim overrides.
