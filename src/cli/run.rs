@@ -50,13 +50,25 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
     };
     check_inputs(&spec, &shape, &inputs)?;
     if let Some(path) = &args.save_inputs {
-        let mut set: TensorSet = inputs.iter().map(|(name, t)| (name.clone(), HostTensor::from(t.clone()))).collect();
+        let mut set: TensorSet = inputs
+            .iter()
+            .map(|(name, t)| (name.clone(), HostTensor::from(t.clone())))
+            .collect();
         if shape.segments.len() > 1 || args.problem.cu_seqlens.is_some() {
             let cu: Vec<i32> = std::iter::once(0)
                 .chain(shape.segments.iter().map(|&(_, end)| end))
-                .map(|x| i32::try_from(x).map_err(|_| CliError::Other(format!("offset {x} does not fit int32"))))
+                .map(|x| {
+                    i32::try_from(x)
+                        .map_err(|_| CliError::Other(format!("offset {x} does not fit int32")))
+                })
                 .collect::<Result<_, _>>()?;
-            set.insert(tensor_io::CU_SEQLENS.into(), HostTensor::from(Tensor { shape: vec![cu.len()], data: cu }));
+            set.insert(
+                tensor_io::CU_SEQLENS.into(),
+                HostTensor::from(Tensor {
+                    shape: vec![cu.len()],
+                    data: cu,
+                }),
+            );
         }
         tensor_io::write_outputs(path, &set)?;
     }

@@ -41,7 +41,13 @@ fn check_accepts_every_library_spec() {
     args.extend(specs.iter().map(String::as_str));
     let out = nsac(&args);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stdout).lines().filter(|l| l.contains(": ok")).count(), specs.len());
+    assert_eq!(
+        text(&out.stdout)
+            .lines()
+            .filter(|l| l.contains(": ok"))
+            .count(),
+        specs.len()
+    );
 }
 
 #[test]
@@ -60,8 +66,10 @@ fn check_reports_every_problem_with_its_position() {
     assert_eq!(out.status.code(), Some(1));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let problems = json[0]["problems"].as_array().unwrap();
-    let places: Vec<(u64, u64)> =
-        problems.iter().map(|p| (p["line"].as_u64().unwrap(), p["column"].as_u64().unwrap())).collect();
+    let places: Vec<(u64, u64)> = problems
+        .iter()
+        .map(|p| (p["line"].as_u64().unwrap(), p["column"].as_u64().unwrap()))
+        .collect();
     assert_eq!(places, vec![(2, 11), (4, 21), (5, 20)]);
 }
 
@@ -69,13 +77,35 @@ fn check_reports_every_problem_with_its_position() {
 fn missing_files_and_bad_flags_are_errors_not_panics() {
     assert_reported_failure(&nsac(&["check", "no/such/spec.nsa"]), "cannot read");
     assert_reported_failure(&nsac(&["run", "kernels/nsa-fla.nsa"]), "--seq");
-    assert_reported_failure(&nsac(&["run", "kernels/nsa-fla.nsa", "--seq", "10", "--heads", "6/4"]), "multiple");
     assert_reported_failure(
-        &nsac(&["run", "kernels/nsa-fla.nsa", "--inputs", "no/such.safetensors"]),
+        &nsac(&[
+            "run",
+            "kernels/nsa-fla.nsa",
+            "--seq",
+            "10",
+            "--heads",
+            "6/4",
+        ]),
+        "multiple",
+    );
+    assert_reported_failure(
+        &nsac(&[
+            "run",
+            "kernels/nsa-fla.nsa",
+            "--inputs",
+            "no/such.safetensors",
+        ]),
         "no/such.safetensors",
     );
     // clap's own usage errors exit with 2.
-    let out = nsac(&["run", "kernels/nsa-fla.nsa", "--seq", "10", "--heads", "0/1"]);
+    let out = nsac(&[
+        "run",
+        "kernels/nsa-fla.nsa",
+        "--seq",
+        "10",
+        "--heads",
+        "0/1",
+    ]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     let out = nsac(&["cost", "kernels/nsa-fla.nsa", "--seq", "-3"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
@@ -103,7 +133,12 @@ fn cost_json_counts_the_paper_configuration() {
     let out = nsac(&["cost", "kernels/nsa-paper.nsa", "--seq", "8192", "--json"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let keys: Vec<u64> = json["branches"].as_array().unwrap().iter().map(|b| b["keys_last"].as_u64().unwrap()).collect();
+    let keys: Vec<u64> = json["branches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["keys_last"].as_u64().unwrap())
+        .collect();
     // 511 compressed tokens, 16 blocks of 64, a window of 512 (DESIGN §3).
     assert_eq!(keys, vec![511, 1024, 512]);
 }
@@ -113,7 +148,13 @@ fn read_o(path: &Path) -> Vec<f64> {
     let o = &set["o"];
     match o {
         nsac_runtime::tensor_io::HostTensor::F64(t) => t.data.clone(),
-        other => other.to_f32().unwrap().data.iter().map(|&x| f64::from(x)).collect(),
+        other => other
+            .to_f32()
+            .unwrap()
+            .data
+            .iter()
+            .map(|&x| f64::from(x))
+            .collect(),
     }
 }
 
@@ -123,24 +164,75 @@ fn saved_inputs_run_on_the_cpu_match_the_reference() {
     let dir = tempfile::tempdir().unwrap();
     let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
     for (spec, extra) in [
-        ("kernels/nsa-paper.nsa", vec!["--seq", "157", "--heads", "4/2", "--head-dim", "16/8", "--seed", "3"]),
-        ("kernels/nsa-fla.nsa", vec!["--cu-seqlens", "0,70,201", "--heads", "3/1", "--head-dim", "8", "--seed", "5"]),
+        (
+            "kernels/nsa-paper.nsa",
+            vec![
+                "--seq",
+                "157",
+                "--heads",
+                "4/2",
+                "--head-dim",
+                "16/8",
+                "--seed",
+                "3",
+            ],
+        ),
+        (
+            "kernels/nsa-fla.nsa",
+            vec![
+                "--cu-seqlens",
+                "0,70,201",
+                "--heads",
+                "3/1",
+                "--head-dim",
+                "8",
+                "--seed",
+                "5",
+            ],
+        ),
     ] {
         let (inputs, want, got) = (p("in.safetensors"), p("ref.safetensors"), p("cpu"));
-        let mut args = vec!["run", spec, "--device", "reference", "--save-inputs", &inputs, "-o", &want];
+        let mut args = vec![
+            "run",
+            spec,
+            "--device",
+            "reference",
+            "--save-inputs",
+            &inputs,
+            "-o",
+            &want,
+        ];
         args.extend(&extra);
         let out = nsac(&args);
         assert!(out.status.success(), "{}", text(&out.stderr));
-        let out = nsac(&["run", spec, "--device", "cpu", "--inputs", &inputs, "-o", &got, "--all-outputs", "--json"]);
+        let out = nsac(&[
+            "run",
+            spec,
+            "--device",
+            "cpu",
+            "--inputs",
+            &inputs,
+            "-o",
+            &got,
+            "--all-outputs",
+            "--json",
+        ]);
         assert!(out.status.success(), "{}", text(&out.stderr));
         let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert!(summary["device"].as_str().unwrap().starts_with("cpu"));
         let (r, c) = (read_o(Path::new(&want)), read_o(Path::new(&got)));
         assert_eq!(r.len(), c.len());
         let max_ref = r.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-        let max_diff = r.iter().zip(&c).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+        let max_diff = r
+            .iter()
+            .zip(&c)
+            .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
         assert!(max_ref > 0.1, "outputs are not trivial");
-        assert!(max_diff / max_ref <= 1e-5, "{spec}: relative error {}", max_diff / max_ref);
+        assert!(
+            max_diff / max_ref <= 1e-5,
+            "{spec}: relative error {}",
+            max_diff / max_ref
+        );
         assert!(Path::new(&got).join("idx_slc.npy").exists());
     }
 }
@@ -150,19 +242,43 @@ fn compile_writes_ptx_and_its_manifest() {
     let dir = tempfile::tempdir().unwrap();
     let ptx = dir.path().join("fla.ptx");
     let out = nsac(&[
-        "compile", "kernels/nsa-fla.nsa", "--seq", "300", "--target", "ptx", "--dtype", "bf16", "-o",
+        "compile",
+        "kernels/nsa-fla.nsa",
+        "--seq",
+        "300",
+        "--target",
+        "ptx",
+        "--dtype",
+        "bf16",
+        "-o",
         ptx.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let text_ptx = std::fs::read_to_string(&ptx).unwrap();
     assert!(text_ptx.contains(".target sm_90"));
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("fla.manifest.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("fla.manifest.json")).unwrap(),
+    )
+    .unwrap();
     for kernel in manifest["kernels"].as_array().unwrap() {
         let name = kernel["name"].as_str().unwrap();
-        assert!(text_ptx.contains(&format!(".visible .entry {name}(")), "{name} missing from the PTX");
+        assert!(
+            text_ptx.contains(&format!(".visible .entry {name}(")),
+            "{name} missing from the PTX"
+        );
     }
-    let out = nsac(&["compile", "kernels/sliding-window.nsa", "--seq", "50", "--heads", "2/1", "--target", "cpu", "--emit", "clif"]);
+    let out = nsac(&[
+        "compile",
+        "kernels/sliding-window.nsa",
+        "--seq",
+        "50",
+        "--heads",
+        "2/1",
+        "--target",
+        "cpu",
+        "--emit",
+        "clif",
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("function"));
 }
