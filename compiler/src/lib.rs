@@ -2,4 +2,8 @@
 //! into CPU (Cranelift) or GPU (PTX) code; also the analytic cost model.
 
 pub mod cost;
+pub mod cpu;
+pub mod plan;
 pub mod ptx;
+
+pub use plan::Plan;

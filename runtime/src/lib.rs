@@ -1,5 +1,7 @@
 //! nsac-runtime: tensors in and out, devices, kernel launching, tuning.
 
+pub mod bench;
+pub mod cpu;
 pub mod cuda;
 pub mod tensor_io;
 pub mod tune;

@@ -1,0 +1,233 @@
+//! Building the CLIF functions of one plan: signatures, the shared tile routines, one driver per
+//! stage, and their declaration in a `cranelift_module::Module`.
+
+pub mod branch;
+pub mod tile;
+
+pub use super::emit::{Emit, mem};
+
+use cranelift_codegen::ir::types::{F32, I64};
+use cranelift_codegen::ir::{
+    AbiParam, FuncRef, Function, InstBuilder, Signature, UserFuncName, Value,
+};
+use cranelift_codegen::isa::CallConv;
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use cranelift_module::{FuncId, Linkage, Module, ModuleError};
+
+use super::variant::CpuVariant;
+use crate::plan::{Plan, Stage};
+
+/// The constants generated code is specialized on.
+#[derive(Debug, Clone)]
+pub struct Consts {
+    pub g: usize,
+    pub h: usize,
+    pub dqk: usize,
+    pub dv: usize,
+    /// Dv rounded up to a multiple of 4.
+    pub dvp: usize,
+    pub scale: f32,
+    pub causal: bool,
+    pub variant: CpuVariant,
+}
+
+impl Consts {
+    pub fn new(plan: &Plan, variant: &CpuVariant) -> Self {
+        let d = &plan.dims;
+        Consts {
+            g: d.group,
+            h: d.heads_kv,
+            dqk: d.dqk,
+            dv: d.dv,
+            dvp: d.dv.div_ceil(4) * 4,
+            scale: d.scale as f32,
+            causal: d.causal,
+            variant: *variant,
+        }
+    }
+}
+
+/// What a generated function is, to the code that calls it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Qk,
+    Softmax,
+    Pv,
+    Finish,
+    /// The driver of `plan.stages[i]`.
+    Stage(usize),
+    /// The FMA ceiling probe.
+    Peak,
+}
+
+/// One declared function with its CLIF body.
+pub struct Generated {
+    pub name: String,
+    pub role: Role,
+    pub id: FuncId,
+    pub func: Function,
+}
+
+fn signature(
+    call_conv: CallConv,
+    params: usize,
+    ret: Option<cranelift_codegen::ir::Type>,
+) -> Signature {
+    let mut sig = Signature::new(call_conv);
+    sig.params.extend((0..params).map(|_| AbiParam::new(I64)));
+    if let Some(r) = ret {
+        sig.returns.push(AbiParam::new(r));
+    }
+    sig
+}
+
+/// Builds one function: `body` gets the parameters and the callee refs, returns the results.
+fn build<M: Module>(
+    module: &mut M,
+    id: FuncId,
+    sig: &Signature,
+    callees: &[FuncId],
+    fma: bool,
+    body: impl FnOnce(&mut Emit, &[Value], &[FuncRef]) -> Vec<Value>,
+) -> Function {
+    let frontend = module.isa().frontend_config();
+    let mut func = Function::with_name_signature(UserFuncName::user(0, id.as_u32()), sig.clone());
+    let refs: Vec<FuncRef> = callees
+        .iter()
+        .map(|c| module.declare_func_in_func(*c, &mut func))
+        .collect();
+    let mut fbc = FunctionBuilderContext::new();
+    {
+        let b = FunctionBuilder::new(&mut func, &mut fbc);
+        let mut e = Emit::new(b, fma);
+        let entry = e.b.create_block();
+        e.b.append_block_params_for_function_params(entry);
+        e.b.switch_to_block(entry);
+        e.b.seal_block(entry);
+        let params = e.b.block_params(entry).to_vec();
+        let rets = body(&mut e, &params, &refs);
+        e.b.ins().return_(&rets);
+        e.b.finalize(frontend);
+    }
+    func
+}
+
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+/// Declares and builds every function of `plan` in `module`, in a deterministic order: the four
+/// tile routines, then one driver per stage.
+pub fn generate<M: Module>(
+    module: &mut M,
+    plan: &Plan,
+    variant: &CpuVariant,
+    fma: bool,
+) -> Result<Vec<Generated>, Box<ModuleError>> {
+    let c = Consts::new(plan, variant);
+    let cc = module.isa().default_call_conv();
+    let prefix = format!("nsac_{}", sanitize(&plan.name));
+    let mut out = Vec::new();
+    let declare = |module: &mut M, name: String, sig: &Signature| {
+        module
+            .declare_function(&name, Linkage::Local, sig)
+            .map(|id| (name, id))
+            .map_err(Box::new)
+    };
+    let tile_sigs = [
+        (Role::Qk, "qk", 5usize),
+        (Role::Softmax, "softmax", 8),
+        (Role::Pv, "pv", 5),
+        (Role::Finish, "finish", 3),
+    ];
+    let mut tile_ids = Vec::new();
+    for (role, name, n) in tile_sigs {
+        let sig = signature(cc, n, None);
+        let (name, id) = declare(module, format!("{prefix}_{name}"), &sig)?;
+        let func = build(module, id, &sig, &[], fma, |e, p, _| {
+            match role {
+                Role::Qk => tile::qk(e, &c, p),
+                Role::Softmax => tile::softmax(e, &c, p),
+                Role::Pv => tile::pv(e, &c, p),
+                _ => tile::finish(e, &c, p),
+            }
+            vec![]
+        });
+        tile_ids.push(id);
+        out.push(Generated {
+            name,
+            role,
+            id,
+            func,
+        });
+    }
+    for (i, stage) in plan.stages.iter().enumerate() {
+        let (name, nparams, ret) = match stage {
+            Stage::Pool(s) => (format!("pool_{}", sanitize(&s.branch)), 7, None),
+            Stage::CompressedAttention(s) => (format!("cmp_{}", sanitize(&s.branch)), 10, None),
+            Stage::SelectBlocks(s) => (format!("topn_{}", sanitize(&s.branch)), 7, Some(I64)),
+            Stage::SelectedAttention(s) => (format!("sel_{}", sanitize(&s.branch)), 13, None),
+            Stage::WindowAttention(s) => (format!("win_{}", sanitize(&s.branch)), 11, None),
+            Stage::Combine(_) => ("combine".to_string(), 1, None),
+        };
+        let sig = signature(cc, nparams, ret);
+        let (name, id) = declare(module, format!("{prefix}_{name}"), &sig)?;
+        let func = build(module, id, &sig, &tile_ids, fma, |e, p, f| match stage {
+            Stage::Pool(s) => {
+                branch::pool(e, &c, p, s);
+                vec![]
+            }
+            Stage::CompressedAttention(s) => {
+                branch::compressed(e, &c, f, p, plan.selects_scored_by(&s.branch) > 0);
+                vec![]
+            }
+            Stage::SelectBlocks(s) => vec![branch::topn(e, &c, p, s)],
+            Stage::SelectedAttention(s) => {
+                branch::selected(e, &c, f, p, s.block);
+                vec![]
+            }
+            Stage::WindowAttention(s) => {
+                branch::window(e, &c, f, p, s.size);
+                vec![]
+            }
+            Stage::Combine(s) => {
+                branch::combine(
+                    e,
+                    &c,
+                    p,
+                    s.terms.len(),
+                    s.terms.iter().any(|t| t.gate.is_some()),
+                );
+                vec![]
+            }
+        });
+        out.push(Generated {
+            name,
+            role: Role::Stage(i),
+            id,
+            func,
+        });
+    }
+    Ok(out)
+}
+
+/// Declares and builds the FMA-ceiling probe `fma_peak(iters) -> f32`.
+pub fn generate_peak<M: Module>(module: &mut M, fma: bool) -> Result<Generated, Box<ModuleError>> {
+    let cc = module.isa().default_call_conv();
+    let sig = signature(cc, 1, Some(F32));
+    let name = "nsac_fma_peak".to_string();
+    let id = module
+        .declare_function(&name, Linkage::Local, &sig)
+        .map_err(Box::new)?;
+    let func = build(module, id, &sig, &[], fma, |e, p, _| {
+        vec![branch::fma_peak(e, p)]
+    });
+    Ok(Generated {
+        name,
+        role: Role::Peak,
+        id,
+        func,
+    })
+}

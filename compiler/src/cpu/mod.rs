@@ -1,0 +1,229 @@
+//! The CPU backend: `Plan` + [`CpuVariant`] → Cranelift IR → host machine code (cranelift-jit).
+//!
+//! # What is generated
+//!
+//! For a plan, one JIT module holds (names `nsac_<spec>_<fn>`):
+//! * four tile routines specialized on G, Dqk, Dv, the scale and the variant: `qk`
+//!   (S = scale·Q·Kᵀ over a key tile, rows × key-vector register tiles of F32X4 FMAs), `softmax`
+//!   (masked online-softmax update: running max and sum, −∞-safe, rescales the accumulator),
+//!   `pv` (O += P·V, rows × value-vector register tiles), `finish` (O/ℓ, 0 for an empty row);
+//! * one driver per plan stage: `pool_<c>` (pooling into packed compressed K̃/Ṽ),
+//!   `cmp_<c>` (compressed attention; leaves the normalized probabilities for scoring),
+//!   `topn_<s>` (block scores by overlap weights, forced blocks, partial top-n selection
+//!   with the oracle's tie rule), `sel_<s>` / `win_<w>` (online softmax over the chosen blocks /
+//!   the window), `combine` (gated or plain sum).
+//!
+//! Drivers handle one work item — (b, segment, kv head, position) — so the runtime runs items in
+//! parallel with rayon; every item writes disjoint output rows. Everything the spec computes
+//! runs in generated code, with no helper calls: `exp` is an inline polynomial (see `emit`).
+//! The runtime only packs K/V into the layouts documented in `codegen::tile` and loops over items.
+//!
+//! The function pointer types below are the exact ABI of the drivers (all integers i64,
+//! pointers to f32/i32 host memory, System V / host default call convention).
+
+mod codegen;
+mod emit;
+mod jit;
+mod variant;
+
+use std::time::Duration;
+
+use cranelift_jit::JITModule;
+
+pub use jit::{emit_asm, emit_clif, host_has_fma};
+pub use variant::{CpuVariant, VariantError, candidates};
+
+use crate::plan::Plan;
+use codegen::Role;
+
+/// Why CPU code generation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CpuError {
+    #[error(transparent)]
+    Variant(#[from] VariantError),
+    #[error("the CPU backend computes in f32 only (got {0})")]
+    DType(&'static str),
+    #[error("no Cranelift backend for this host: {0}")]
+    Isa(String),
+    #[error("code generation failed: {0}")]
+    Codegen(String),
+}
+
+/// `pool(k, v, wk, wv, ntok, kcp, vcp)`.
+pub type PoolFn =
+    unsafe extern "C" fn(*const f32, *const f32, *const f32, *const f32, i64, *mut f32, *mut f32);
+/// `cmp(q, kcp, vcp, nvis, s, s_stride, m, l, o, out)`.
+pub type CompressedFn = unsafe extern "C" fn(
+    *const f32,
+    *const f32,
+    *const f32,
+    i64,
+    *mut f32,
+    i64,
+    *mut f32,
+    *mut f32,
+    *mut f32,
+    *mut f32,
+);
+/// `topn(p, s_stride, nvis, t, len, scores, idx) -> count`.
+pub type TopnFn = unsafe extern "C" fn(*const f32, i64, i64, i64, i64, *mut f32, *mut i32) -> i64;
+/// `sel(q, kp, vp, idx, count, t, len, s, s_stride, m, l, o, out)`.
+pub type SelectedFn = unsafe extern "C" fn(
+    *const f32,
+    *const f32,
+    *const f32,
+    *const i32,
+    i64,
+    i64,
+    i64,
+    *mut f32,
+    i64,
+    *mut f32,
+    *mut f32,
+    *mut f32,
+    *mut f32,
+);
+/// `win(q, kp, vp, t, len, s, s_stride, m, l, o, out)`.
+pub type WindowFn = unsafe extern "C" fn(
+    *const f32,
+    *const f32,
+    *const f32,
+    i64,
+    i64,
+    *mut f32,
+    i64,
+    *mut f32,
+    *mut f32,
+    *mut f32,
+    *mut f32,
+);
+/// `combine(args)` with `args = [o, o_1, g_1, …]`.
+pub type CombineFn = unsafe extern "C" fn(*const *mut f32);
+/// `fma_peak(iters) -> checksum`: 12 chains × 8 FLOPs per iteration.
+pub type PeakFn = unsafe extern "C" fn(i64) -> f32;
+
+/// The compiled driver of one plan stage (same index as `plan.stages`).
+#[derive(Debug, Clone, Copy)]
+pub enum StageFn {
+    Pool(PoolFn),
+    Compressed(CompressedFn),
+    Topn(TopnFn),
+    Selected(SelectedFn),
+    Window(WindowFn),
+    Combine(CombineFn),
+}
+
+/// A plan compiled for this host. The code lives as long as this value.
+pub struct CpuProgram {
+    module: Option<JITModule>,
+    /// One driver per plan stage, in stage order.
+    pub stages: Vec<StageFn>,
+    /// Wall time of code generation + JIT compilation.
+    pub compile_time: Duration,
+    pub variant: CpuVariant,
+}
+
+// SAFETY: after finalization the module is only kept to own the executable memory (it is
+// never mutated until drop); the function pointers are plain code addresses.
+unsafe impl Send for CpuProgram {}
+// SAFETY: see `Send`: shared access only reads function pointers.
+unsafe impl Sync for CpuProgram {}
+
+impl std::fmt::Debug for CpuProgram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CpuProgram")
+            .field("stages", &self.stages.len())
+            .field("compile_time", &self.compile_time)
+            .field("variant", &self.variant)
+            .finish()
+    }
+}
+
+impl Drop for CpuProgram {
+    fn drop(&mut self) {
+        if let Some(m) = self.module.take() {
+            // SAFETY: the function pointers die with `self`; nobody can call them afterwards.
+            unsafe { m.free_memory() };
+        }
+    }
+}
+
+/// Compiles `plan` under `variant` for this host.
+pub fn compile(plan: &Plan, variant: &CpuVariant) -> Result<CpuProgram, CpuError> {
+    if plan.dims.dtype != nsac_dsl::problem::DType::F32 {
+        return Err(CpuError::DType(plan.dims.dtype.name()));
+    }
+    let (module, funcs, compile_time) = jit::compile_host(plan, variant)?;
+    let mut stages = Vec::new();
+    for (i, stage) in plan.stages.iter().enumerate() {
+        let g = funcs
+            .iter()
+            .find(|g| g.role == Role::Stage(i))
+            .ok_or_else(|| CpuError::Codegen(format!("stage {i} has no function")))?;
+        let ptr = module.get_finalized_function(g.id);
+        // SAFETY: `ptr` is the finalized code of a function built with exactly the signature
+        // of the corresponding type (see `codegen::generate`).
+        let f = unsafe {
+            use crate::plan::Stage as S;
+            match stage {
+                S::Pool(_) => StageFn::Pool(std::mem::transmute::<*const u8, PoolFn>(ptr)),
+                S::CompressedAttention(_) => {
+                    StageFn::Compressed(std::mem::transmute::<*const u8, CompressedFn>(ptr))
+                }
+                S::SelectBlocks(_) => StageFn::Topn(std::mem::transmute::<*const u8, TopnFn>(ptr)),
+                S::SelectedAttention(_) => {
+                    StageFn::Selected(std::mem::transmute::<*const u8, SelectedFn>(ptr))
+                }
+                S::WindowAttention(_) => {
+                    StageFn::Window(std::mem::transmute::<*const u8, WindowFn>(ptr))
+                }
+                S::Combine(_) => StageFn::Combine(std::mem::transmute::<*const u8, CombineFn>(ptr)),
+            }
+        };
+        stages.push(f);
+    }
+    Ok(CpuProgram {
+        module: Some(module),
+        stages,
+        compile_time,
+        variant: *variant,
+    })
+}
+
+/// The JIT'd 128-bit FMA ceiling probe.
+pub struct PeakProgram {
+    module: Option<JITModule>,
+    pub run: PeakFn,
+}
+
+impl Drop for PeakProgram {
+    fn drop(&mut self) {
+        if let Some(m) = self.module.take() {
+            // SAFETY: `run` dies with `self`.
+            unsafe { m.free_memory() };
+        }
+    }
+}
+
+// SAFETY: as for `CpuProgram`.
+unsafe impl Send for PeakProgram {}
+// SAFETY: as for `CpuProgram`.
+unsafe impl Sync for PeakProgram {}
+
+/// Compiles the FMA ceiling probe for this host.
+pub fn compile_peak() -> Result<PeakProgram, CpuError> {
+    let mut module = jit::host_module()?;
+    let g = codegen::generate_peak(&mut module, host_has_fma())
+        .map_err(|e| CpuError::Codegen(e.to_string()))?;
+    jit::define_all(&mut module, std::slice::from_ref(&g), false)?;
+    let ptr = module.get_finalized_function(g.id);
+    // SAFETY: built with signature (i64) -> f32.
+    let run = unsafe { std::mem::transmute::<*const u8, PeakFn>(ptr) };
+    Ok(PeakProgram {
+        module: Some(module),
+        run,
+    })
+}
+
+/// FLOPs of one `fma_peak` iteration.
+pub const PEAK_FLOPS_PER_ITER: u64 = 12 * 8;

@@ -1,0 +1,291 @@
+//! CPU benchmark of a compiled spec: median time after warm-up, achieved GFLOP/s (DESIGN §5:
+//! 2·(Dqk+Dv) FLOPs per attended key per query head), the 128-bit FMA ceiling of this machine
+//! measured in the same run by a JIT'd F32X4 FMA loop, their ratio, and the speed-up over the
+//! f64 reference oracle (timed on a shorter sequence when asked, compared per FLOP).
+//!
+//! FLOPs are counted here from the plan and the indices the kernel chose (compressed tokens
+//! visible, keys of the chosen blocks up to t, window keys), not from `compiler::cost`.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use nsac_compiler::cpu::{CpuVariant, PEAK_FLOPS_PER_ITER, compile_peak};
+use nsac_compiler::plan::{Plan, Stage};
+use nsac_dsl::problem::{Problem, Sequences, Shape};
+use nsac_dsl::spec::Spec;
+use nsac_kernels::io::random_inputs;
+use nsac_kernels::reference;
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::cpu::{CpuKernel, CpuKernelError, CpuOutput};
+
+/// How to benchmark.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BenchOptions {
+    pub warmup: usize,
+    pub runs: usize,
+    /// Time the oracle on a batched problem of this length (None: skip the oracle).
+    pub oracle_seq_len: Option<usize>,
+    pub seed: u64,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        BenchOptions {
+            warmup: 1,
+            runs: 5,
+            oracle_seq_len: Some(1024),
+            seed: 0,
+        }
+    }
+}
+
+/// Why a benchmark failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Kernel(#[from] CpuKernelError),
+    #[error(transparent)]
+    Codegen(#[from] nsac_compiler::cpu::CpuError),
+    #[error("the oracle failed: {0}")]
+    Oracle(String),
+    #[error("runs must be at least 1")]
+    NoRuns,
+}
+
+/// One benchmark result.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BenchReport {
+    pub spec: String,
+    pub batch: usize,
+    pub seq_len: usize,
+    pub heads_q: usize,
+    pub heads_kv: usize,
+    pub dqk: usize,
+    pub dv: usize,
+    pub threads: usize,
+    pub variant: CpuVariant,
+    pub compile_ms: f64,
+    pub median_ms: f64,
+    pub runs: usize,
+    /// Attention FLOPs of one call (DESIGN §5).
+    pub flops: f64,
+    pub gflops: f64,
+    /// The measured 128-bit F32X4 FMA ceiling with `threads` threads.
+    pub fma_ceiling_gflops: f64,
+    /// gflops / fma_ceiling_gflops.
+    pub ceiling_ratio: f64,
+    /// The oracle's time on `oracle_seq_len` (single call).
+    pub oracle_ms: Option<f64>,
+    pub oracle_seq_len: Option<usize>,
+    /// Oracle GFLOP/s on its (shorter) problem; the speed-up is the ratio of GFLOP/s.
+    pub oracle_gflops: Option<f64>,
+    pub speedup_vs_oracle: Option<f64>,
+}
+
+impl fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{}: B={} T={} heads {}/{} dims {}/{} f32, {} threads",
+            self.spec,
+            self.batch,
+            self.seq_len,
+            self.heads_q,
+            self.heads_kv,
+            self.dqk,
+            self.dv,
+            self.threads
+        )?;
+        writeln!(f, "  compile      {:>10.2} ms", self.compile_ms)?;
+        writeln!(
+            f,
+            "  median       {:>10.3} ms over {} runs",
+            self.median_ms, self.runs
+        )?;
+        writeln!(
+            f,
+            "  work         {:>10.3} GFLOP  -> {:.2} GFLOP/s",
+            self.flops / 1e9,
+            self.gflops
+        )?;
+        writeln!(
+            f,
+            "  ceiling      {:>10.2} GFLOP/s (128-bit FMA, measured) -> {:.1}%",
+            self.fma_ceiling_gflops,
+            100.0 * self.ceiling_ratio
+        )?;
+        if let (Some(ms), Some(t), Some(g), Some(s)) = (
+            self.oracle_ms,
+            self.oracle_seq_len,
+            self.oracle_gflops,
+            self.speedup_vs_oracle,
+        ) {
+            writeln!(
+                f,
+                "  oracle       {ms:>10.1} ms at T={t} ({g:.3} GFLOP/s) -> speed-up {s:.0}x"
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Attention FLOPs of one call given the indices the kernel chose.
+pub fn attention_flops(plan: &Plan, out: &CpuOutput) -> f64 {
+    let d = &plan.dims;
+    let per_key = 2.0 * (d.dqk + d.dv) as f64 * d.heads_q as f64;
+    let mut keys = 0.0f64;
+    for st in &plan.stages {
+        for &(s, e) in &d.segments {
+            let len = e - s;
+            match st {
+                Stage::CompressedAttention(c) => {
+                    if let Some(p) = plan.pool_of(&c.branch) {
+                        let n: usize = (0..len).map(|t| p.visible_to(t, len, d.causal)).sum();
+                        keys += (n * d.batch) as f64;
+                    }
+                }
+                Stage::WindowAttention(w) => {
+                    let n: usize = (0..len)
+                        .map(|t| {
+                            let (lo, hi) = w.keys(t, len, d.causal);
+                            hi.saturating_sub(lo)
+                        })
+                        .sum();
+                    keys += (n * d.batch) as f64;
+                }
+                Stage::SelectedAttention(sa) => {
+                    let Some(idx) = out.selected.get(&sa.branch) else {
+                        continue;
+                    };
+                    for b in 0..d.batch {
+                        for t in 0..len {
+                            for h in 0..d.heads_kv {
+                                let base = (((b * d.seq_len) + s + t) * d.heads_kv + h) * sa.top;
+                                for &i in &idx.data[base..base + sa.top] {
+                                    if i < 0 {
+                                        continue;
+                                    }
+                                    let lo = i as usize * sa.block;
+                                    let lim = if d.causal { t + 1 } else { len };
+                                    let hi = ((i as usize + 1) * sa.block).min(lim);
+                                    keys += hi.saturating_sub(lo) as f64 / d.heads_kv as f64;
+                                }
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    // Selected keys were summed per kv head; every query head of the group attends them.
+    keys * per_key
+}
+
+/// The 128-bit FMA ceiling of this machine in GFLOP/s with `threads` threads, measured now.
+pub fn fma_ceiling(threads: usize) -> Result<f64, BenchError> {
+    let peak = compile_peak()?;
+    let run = peak.run;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .build()
+        .map_err(|e| CpuKernelError::ThreadPool(e.to_string()))?;
+    let iters: i64 = 20_000_000;
+    let mut best = 0.0f64;
+    for _ in 0..3 {
+        let start = Instant::now();
+        let sums: Vec<f32> = pool.install(|| {
+            (0..threads.max(1))
+                .into_par_iter()
+                // SAFETY: `run` is the finalized probe (i64) -> f32, alive while `peak` lives.
+                .map(|_| unsafe { run(iters) })
+                .collect()
+        });
+        let secs = start.elapsed().as_secs_f64();
+        std::hint::black_box(sums);
+        let flops = (PEAK_FLOPS_PER_ITER as f64) * iters as f64 * threads.max(1) as f64;
+        best = best.max(flops / secs / 1e9);
+    }
+    Ok(best)
+}
+
+fn median(mut xs: Vec<Duration>) -> Duration {
+    xs.sort();
+    xs[xs.len() / 2]
+}
+
+/// Benchmarks `spec` on `shape` under `variant` with `threads` threads.
+pub fn bench_cpu(
+    spec: &Spec,
+    shape: &Shape,
+    variant: &CpuVariant,
+    threads: usize,
+    opts: &BenchOptions,
+) -> Result<BenchReport, BenchError> {
+    if opts.runs == 0 {
+        return Err(BenchError::NoRuns);
+    }
+    let kernel = CpuKernel::compile(spec, shape, variant)?;
+    let inputs = random_inputs(spec, shape, opts.seed);
+    let mut out = kernel.run(&inputs, threads)?;
+    for _ in 1..opts.warmup {
+        out = kernel.run(&inputs, threads)?;
+    }
+    let mut times = Vec::new();
+    for _ in 0..opts.runs {
+        let start = Instant::now();
+        out = kernel.run(&inputs, threads)?;
+        times.push(start.elapsed());
+    }
+    let med = median(times).as_secs_f64();
+    let flops = attention_flops(kernel.plan(), &out);
+    let gflops = flops / med / 1e9;
+    let ceiling = fma_ceiling(threads)?;
+    let (oracle_ms, oracle_gflops) = match opts.oracle_seq_len {
+        Some(t) => {
+            let mut p = Problem::batched(shape.batch, t);
+            p.heads = Some(shape.heads);
+            p.head_dim = Some(shape.head_dim);
+            p.sequences = Sequences::Batched {
+                batch: shape.batch,
+                len: t,
+            };
+            let small = p.resolve(spec).map_err(CpuKernelError::from)?;
+            let small_inputs = random_inputs(spec, &small, opts.seed);
+            let start = Instant::now();
+            reference::forward(spec, &small, &small_inputs)
+                .map_err(|e| BenchError::Oracle(e.to_string()))?;
+            let secs = start.elapsed().as_secs_f64();
+            // Count the oracle's work with the CPU kernel's (identical) choices.
+            let small_kernel = CpuKernel::compile(spec, &small, variant)?;
+            let small_out = small_kernel.run(&small_inputs, threads)?;
+            let f = attention_flops(small_kernel.plan(), &small_out);
+            (Some(secs * 1e3), Some(f / secs / 1e9))
+        }
+        None => (None, None),
+    };
+    Ok(BenchReport {
+        spec: spec.name.clone(),
+        batch: shape.batch,
+        seq_len: shape.seq_len,
+        heads_q: shape.heads.q as usize,
+        heads_kv: shape.heads.kv as usize,
+        dqk: shape.head_dim.qk as usize,
+        dv: shape.head_dim.v as usize,
+        threads,
+        variant: *variant,
+        compile_ms: kernel.compile_time().as_secs_f64() * 1e3,
+        median_ms: med * 1e3,
+        runs: opts.runs,
+        flops,
+        gflops,
+        fma_ceiling_gflops: ceiling,
+        ceiling_ratio: gflops / ceiling,
+        oracle_ms,
+        oracle_seq_len: opts.oracle_seq_len,
+        oracle_gflops,
+        speedup_vs_oracle: oracle_gflops.map(|g| gflops / g),
+    })
+}

@@ -1,0 +1,140 @@
+//! `CpuKernel`: a spec compiled once for this CPU (Cranelift JIT) and run many times on named
+//! input tensors, producing the oracle's outputs (`o`, `o_<b>`, `idx_<b>`) in f32/i32.
+//!
+//! The kernel owns the `Plan` and the JIT'd drivers (`nsac_compiler::cpu`). A call checks the
+//! inputs, packs K/V into the generated code's layouts and pools compressed tokens (in parallel
+//! per (b, segment, kv head)), then runs the work items (b, segment, kv head, chunk of
+//! positions) in parallel with rayon on a pool of the requested size. Items write disjoint rows.
+
+mod pack;
+mod run;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use nsac_compiler::cpu::{self as backend, CpuError, CpuProgram, CpuVariant};
+use nsac_compiler::plan::{Plan, PlanError};
+use nsac_dsl::problem::{Problem, ProblemError, Shape};
+use nsac_dsl::spec::Spec;
+use nsac_kernels::io::{InputError, Inputs, Tensor};
+
+/// Why compiling or running a CPU kernel failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CpuKernelError {
+    #[error(transparent)]
+    Problem(#[from] ProblemError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Codegen(#[from] CpuError),
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error("threads must be at least 1")]
+    NoThreads,
+    #[error("could not start the thread pool: {0}")]
+    ThreadPool(String),
+}
+
+/// What one call computes (the f32/i32 counterpart of `kernels::reference::Output`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CpuOutput {
+    /// `o` [B,T,HQ,Dv].
+    pub o: Tensor<f32>,
+    /// `o_<b>` [B,T,HQ,Dv] by branch name.
+    pub branches: BTreeMap<String, Tensor<f32>>,
+    /// `idx_<b>` [B,T,H,top] by select branch name, ascending, −1 padded.
+    pub selected: BTreeMap<String, Tensor<i32>>,
+}
+
+/// A spec compiled for one shape and variant.
+#[derive(Debug)]
+pub struct CpuKernel {
+    spec: Spec,
+    shape: Shape,
+    plan: Plan,
+    program: CpuProgram,
+}
+
+impl CpuKernel {
+    /// Lowers and JIT-compiles `spec` on `shape` under `variant`.
+    pub fn compile(
+        spec: &Spec,
+        shape: &Shape,
+        variant: &CpuVariant,
+    ) -> Result<CpuKernel, CpuKernelError> {
+        let plan = Plan::new(spec, shape)?;
+        let program = backend::compile(&plan, variant)?;
+        Ok(CpuKernel {
+            spec: spec.clone(),
+            shape: shape.clone(),
+            plan,
+            program,
+        })
+    }
+
+    /// [`CpuKernel::compile`] for a problem (resolved against the spec first).
+    pub fn compile_problem(
+        spec: &Spec,
+        problem: &Problem,
+        variant: &CpuVariant,
+    ) -> Result<CpuKernel, CpuKernelError> {
+        let shape = problem.resolve(spec)?;
+        Self::compile(spec, &shape, variant)
+    }
+
+    /// Code generation + JIT time of this kernel.
+    pub fn compile_time(&self) -> Duration {
+        self.program.compile_time
+    }
+
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    pub fn shape(&self) -> &Shape {
+        &self.shape
+    }
+
+    pub fn spec(&self) -> &Spec {
+        &self.spec
+    }
+
+    pub fn variant(&self) -> &CpuVariant {
+        &self.program.variant
+    }
+
+    /// Runs the kernel on `inputs` with `threads` worker threads.
+    pub fn run(&self, inputs: &Inputs, threads: usize) -> Result<CpuOutput, CpuKernelError> {
+        if threads == 0 {
+            return Err(CpuKernelError::NoThreads);
+        }
+        nsac_kernels::io::check_inputs(&self.spec, &self.shape, inputs)?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map_err(|e| CpuKernelError::ThreadPool(e.to_string()))?;
+        Ok(pool.install(|| run::execute(&self.plan, &self.program, inputs)))
+    }
+}
+
+/// The CLIF text of `spec` on `shape` under `variant` (`nsac compile --target cpu --emit clif`):
+/// deterministic and independent of the host CPU.
+pub fn emit_clif(
+    spec: &Spec,
+    shape: &Shape,
+    variant: &CpuVariant,
+) -> Result<String, CpuKernelError> {
+    let plan = Plan::new(spec, shape)?;
+    Ok(backend::emit_clif(&plan, variant)?)
+}
+
+/// The host machine code of `spec` on `shape` under `variant` (`--emit asm`), as Cranelift's
+/// lowered instruction listing.
+pub fn emit_asm(
+    spec: &Spec,
+    shape: &Shape,
+    variant: &CpuVariant,
+) -> Result<String, CpuKernelError> {
+    let plan = Plan::new(spec, shape)?;
+    Ok(backend::emit_asm(&plan, variant)?)
+}

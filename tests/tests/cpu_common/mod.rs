@@ -1,0 +1,239 @@
+//! Shared helpers of the CPU backend tests: library-like specs built in Rust, and the
+//! comparison of a `CpuKernel` run against the f64 oracle (DESIGN §4 bars).
+#![allow(dead_code)]
+
+use nsac_compiler::cpu::CpuVariant;
+use nsac_dsl::problem::{Problem, Shape};
+use nsac_dsl::spec::{
+    Branch, BranchKind, Combine, CombineMode, Compress, HeadDim, Heads, KvSource, Pool, Select,
+    Spec, Window,
+};
+use nsac_kernels::io::{Tensor, random_inputs};
+use nsac_kernels::reference;
+use nsac_runtime::cpu::CpuKernel;
+
+pub fn compress(name: &str, block: u32, stride: u32, pool: Pool) -> Branch {
+    Branch {
+        name: name.into(),
+        kv: KvSource::Shared,
+        kind: BranchKind::Compress(Compress {
+            block,
+            stride,
+            pool,
+        }),
+    }
+}
+
+pub fn select(name: &str, block: u32, top: u32, by: &str, first: u32, last: u32) -> Branch {
+    Branch {
+        name: name.into(),
+        kv: KvSource::Shared,
+        kind: BranchKind::Select(Select {
+            block,
+            top,
+            scored_by: by.into(),
+            keep_first: first,
+            keep_last: last,
+        }),
+    }
+}
+
+pub fn window(name: &str, size: u32) -> Branch {
+    Branch {
+        name: name.into(),
+        kv: KvSource::Shared,
+        kind: BranchKind::Window(Window { size }),
+    }
+}
+
+pub fn spec(
+    name: &str,
+    heads: (u32, u32),
+    dims: (u32, u32),
+    causal: bool,
+    branches: Vec<Branch>,
+    mode: CombineMode,
+) -> Spec {
+    Spec {
+        name: name.into(),
+        heads: Heads {
+            q: heads.0,
+            kv: heads.1,
+        },
+        head_dim: HeadDim {
+            qk: dims.0,
+            v: dims.1,
+        },
+        causal,
+        scale: None,
+        combine: Combine {
+            mode,
+            branches: branches.iter().map(|b| b.name.clone()).collect(),
+        },
+        branches,
+    }
+}
+
+/// NSA as configured in the paper (kernels/nsa-paper.nsa).
+pub fn nsa_paper() -> Spec {
+    spec(
+        "nsa_paper",
+        (64, 4),
+        (192, 128),
+        true,
+        vec![
+            compress("cmp", 32, 16, Pool::Mean),
+            select("slc", 64, 16, "cmp", 1, 2),
+            window("win", 512),
+        ],
+        CombineMode::Gate,
+    )
+}
+
+/// NSA as configured by fla's `parallel_nsa` (kernels/nsa-fla.nsa): compression block 64 stride
+/// 64 mean, top-16 blocks of 64, no window.
+pub fn nsa_fla() -> Spec {
+    spec(
+        "nsa_fla",
+        (64, 4),
+        (128, 128),
+        true,
+        vec![
+            compress("cmp", 64, 64, Pool::Mean),
+            select("slc", 64, 16, "cmp", 0, 0),
+        ],
+        CombineMode::Gate,
+    )
+}
+
+/// A spread of library-like specs covering every pool, own K/V, sum and non-causal.
+pub fn library() -> Vec<Spec> {
+    let mut own = spec(
+        "own_kv_weighted",
+        (6, 2),
+        (20, 12),
+        true,
+        vec![
+            compress("c", 8, 4, Pool::Weighted),
+            select("s", 16, 3, "c", 1, 1),
+            window("w", 13),
+        ],
+        CombineMode::Gate,
+    );
+    own.branches[1].kv = KvSource::Own;
+    vec![
+        nsa_paper(),
+        nsa_fla(),
+        own,
+        spec(
+            "linear_sum",
+            (3, 1),
+            (8, 6),
+            true,
+            vec![
+                compress("c", 4, 2, Pool::Linear),
+                select("s", 8, 2, "c", 0, 1),
+            ],
+            CombineMode::Sum,
+        ),
+        spec(
+            "bidirectional",
+            (4, 4),
+            (16, 20),
+            false,
+            vec![
+                compress("c", 16, 8, Pool::Mean),
+                select("s", 8, 4, "c", 1, 2),
+                window("w", 9),
+            ],
+            CombineMode::Gate,
+        ),
+        spec(
+            "window_only",
+            (8, 1),
+            (32, 32),
+            true,
+            vec![window("w", 37)],
+            CombineMode::Sum,
+        ),
+    ]
+}
+
+/// A shape for `spec` with optional head/dim overrides.
+pub fn shape(spec: &Spec, problem: Problem) -> Shape {
+    problem.resolve(spec).expect("valid problem")
+}
+
+pub fn with_heads(mut p: Problem, q: u32, kv: u32, dqk: u32, dv: u32) -> Problem {
+    p.heads = Some(Heads { q, kv });
+    p.head_dim = Some(HeadDim { qk: dqk, v: dv });
+    p
+}
+
+fn rel_err(got: &Tensor<f32>, want: &Tensor<f64>) -> f64 {
+    assert_eq!(got.shape, want.shape, "shape mismatch");
+    let max_ref = want.data.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    let max_diff = got
+        .data
+        .iter()
+        .zip(&want.data)
+        .fold(0.0f64, |m, (g, w)| m.max((f64::from(*g) - w).abs()));
+    if max_ref == 0.0 {
+        max_diff
+    } else {
+        max_diff / max_ref
+    }
+}
+
+/// Runs `spec` on `shape` under every variant and checks it against the oracle:
+/// max|o−ref|/max|ref| ≤ 1e-5 for `o` and every branch, identical selected indices.
+pub fn check(spec: &Spec, shape: &Shape, seed: u64, variants: &[CpuVariant], threads: usize) {
+    let inputs = random_inputs(spec, shape, seed);
+    let want = reference::forward(spec, shape, &inputs).expect("oracle runs");
+    for variant in variants {
+        let kernel = CpuKernel::compile(spec, shape, variant).expect("compiles");
+        let got = kernel.run(&inputs, threads).expect("runs");
+        let ctx = format!(
+            "spec {} shape {:?} seed {seed} variant {variant:?}",
+            spec.name, shape
+        );
+        for (name, w) in &want.selected {
+            let g = &got.selected[name];
+            assert_eq!(g.shape, w.shape, "idx_{name} shape; {ctx}");
+            if g.data != w.data {
+                let first = g
+                    .data
+                    .iter()
+                    .zip(&w.data)
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(0);
+                panic!(
+                    "idx_{name} differs first at flat {first}: got {:?} want {:?}; {ctx}",
+                    &g.data[first - first % w.shape[3]..][..w.shape[3]],
+                    &w.data[first - first % w.shape[3]..][..w.shape[3]]
+                );
+            }
+        }
+        for (name, w) in &want.branches {
+            let e = rel_err(&got.branches[name], w);
+            assert!(e <= 1e-5, "o_{name} rel err {e:e}; {ctx}");
+        }
+        let e = rel_err(&got.o, &want.o);
+        assert!(e <= 1e-5, "o rel err {e:e}; {ctx}");
+    }
+}
+
+/// Two deliberately different variants (tile shapes, unroll, chunking, key tile).
+pub fn two_variants() -> [CpuVariant; 2] {
+    [
+        CpuVariant::default(),
+        CpuVariant {
+            rows: 3,
+            key_vectors: 1,
+            value_vectors: 3,
+            key_tile: 8,
+            unroll: 1,
+            query_chunk: 5,
+        },
+    ]
+}

@@ -1,0 +1,123 @@
+//! Property test: randomly generated valid specs × shapes (odd lengths, G ∈ {1,2,3,4,8,16},
+//! Dqk ≠ Dv, causal and not, batched and varlen) agree with the f64 oracle on the CPU backend
+//! under two variants each (the default and a random one). 200 cases in CI; a larger sweep
+//! behind `#[ignore]`.
+
+mod cpu_common;
+
+use cpu_common::{check, compress, select, spec, window};
+use nsac_compiler::cpu::CpuVariant;
+use nsac_dsl::problem::{Problem, Shape};
+use nsac_dsl::spec::{Branch, CombineMode, KvSource, Pool, Spec};
+use proptest::prelude::*;
+
+fn pool() -> impl Strategy<Value = Pool> {
+    prop_oneof![Just(Pool::Mean), Just(Pool::Weighted), Just(Pool::Linear)]
+}
+
+fn kv() -> impl Strategy<Value = KvSource> {
+    prop_oneof![3 => Just(KvSource::Shared), 1 => Just(KvSource::Own)]
+}
+
+/// A random valid spec: 1–3 branches, at least one, a select only with its compress branch.
+fn any_spec() -> impl Strategy<Value = Spec> {
+    let heads = (prop::sample::select(vec![1u32, 2, 3, 4, 8, 16]), 1u32..=2);
+    let dims = (1u32..=24, 1u32..=24);
+    let cmp = (1u32..=12, 1u32..=12, pool(), kv());
+    let sel = (1u32..=12, 0u32..=5, 0u32..=2, 0u32..=2, kv());
+    let win = (0u32..=30, kv());
+    let shape_of = (0u8..8, any::<bool>(), any::<bool>());
+    (heads, dims, cmp, sel, win, shape_of).prop_map(
+        |(
+            (g, kvh),
+            (dqk, dv),
+            (l, d, p, ck),
+            (sl, top, kf, kl, sk),
+            (w, wk),
+            (mask, causal, gate),
+        )| {
+            let mut branches: Vec<Branch> = Vec::new();
+            let with_cmp = mask & 1 != 0 || mask & 2 != 0;
+            if with_cmp {
+                let mut c = compress("cmp", l, d.min(l), p);
+                c.kv = ck;
+                branches.push(c);
+                if mask & 2 != 0 {
+                    let mut s = select("slc", sl, top.max(1), "cmp", kf, kl);
+                    s.kv = sk;
+                    branches.push(s);
+                }
+            }
+            if mask & 4 != 0 || branches.is_empty() {
+                let mut wb = window("win", w.max(1));
+                wb.kv = wk;
+                branches.push(wb);
+            }
+            let dv = if dv == dqk { dv + 1 } else { dv };
+            spec(
+                "random",
+                (g * kvh, kvh),
+                (dqk, dv),
+                causal,
+                branches,
+                if gate {
+                    CombineMode::Gate
+                } else {
+                    CombineMode::Sum
+                },
+            )
+        },
+    )
+}
+
+fn any_problem() -> impl Strategy<Value = Problem> {
+    prop_oneof![
+        (1usize..=2, 1usize..=45).prop_map(|(b, t)| Problem::batched(b, 2 * t - 1)),
+        prop::collection::vec(1usize..=30, 1..=3).prop_map(|lens| {
+            let mut cu = vec![0];
+            for l in lens {
+                cu.push(cu[cu.len() - 1] + l);
+            }
+            Problem::varlen(cu)
+        }),
+    ]
+}
+
+fn any_variant() -> impl Strategy<Value = CpuVariant> {
+    (1u32..=4, 1u32..=4, 1u32..=4, 1u32..=8, 0usize..3, 1u32..=9).prop_map(
+        |(rows, key_vectors, value_vectors, kt, u, query_chunk)| CpuVariant {
+            rows,
+            key_vectors,
+            value_vectors,
+            key_tile: kt * 4,
+            unroll: [1, 2, 4][u],
+            query_chunk,
+        },
+    )
+}
+
+fn run_case(spec: &Spec, problem: &Problem, variant: CpuVariant, seed: u64) {
+    let shape: Shape = problem.resolve(spec).expect("valid problem");
+    check(spec, &shape, seed, &[CpuVariant::default(), variant], 2);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, failure_persistence: None, ..ProptestConfig::default() })]
+    #[test]
+    fn random_specs_match_the_oracle(
+        spec in any_spec(), problem in any_problem(), variant in any_variant(), seed in 0u64..1000
+    ) {
+        run_case(&spec, &problem, variant, seed);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 3000, failure_persistence: None, ..ProptestConfig::default() })]
+    #[test]
+    #[ignore = "long sweep; run with --ignored"]
+    fn random_specs_match_the_oracle_long(
+        spec in any_spec(), problem in any_problem(), variant in any_variant(), seed in 0u64..100_000
+    ) {
+        run_case(&spec, &problem, variant, seed);
+    }
+}
