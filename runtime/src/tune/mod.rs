@@ -6,6 +6,7 @@
 //! version in one YAML file; [`tune_cached`] ties the two together (tune only on a miss).
 
 pub mod cached;
+pub mod cpu;
 pub mod db;
 pub mod file_lock;
 pub mod fingerprint;
@@ -16,6 +17,7 @@ pub mod space;
 pub mod tuner;
 
 pub use cached::{CachedTuneError, Tuned, tune_cached};
+pub use cpu::{CpuCandidate, CpuSpace, tune_cpu, tuned_cpu_variant};
 pub use db::{DbContents, DbError, DbWarning, Entry, ImportReport, Lookup, TuningDb, Warned};
 pub use fingerprint::{CpuFingerprint, DeviceFingerprint, GpuFingerprint};
 pub use key::{ShapeBucket, TuneKey};

@@ -1,0 +1,558 @@
+//! The CPU backend in the tuner: its Variant space ([`CpuSpace`]), how a candidate is compiled,
+//! timed and checked against the f64 oracle ([`CpuBench`]), and the entry points the CLI calls
+//! ([`tune_cpu`], which tunes on a DB miss, and [`tuned_cpu_variant`], a DB lookup only).
+//!
+//! # The space and why these ranges
+//!
+//! A candidate is a [`CpuVariant`] plus the worker-thread count. The default knob ranges
+//! ([`CpuKnobs::default`]) are:
+//!
+//! | knob | values | why |
+//! |---|---|---|
+//! | `rows` | 1, 2, 4 | heads of a GQA group per register tile; 3 rarely divides a group |
+//! | `key_vectors` | 1, 2, 4 | F32X4 key vectors per q·kᵀ tile (4–16 keys) |
+//! | `value_vectors` | 1, 2, 4 | F32X4 value vectors per p·v tile |
+//! | `key_tile` | 32, 64, 128 | window-branch online-softmax tile (a select block is 64) |
+//! | `unroll` | 1, 2, 4 | every value the backend accepts |
+//! | `query_chunk` | 16, 64 | positions per parallel work item: fine vs coarse grain |
+//! | `threads` | 1..=cores | one thread may win when the problem is small |
+//!
+//! That is 486 × cores points; the register-pressure rule removes the large tiles, leaving
+//! about 80% of them, so the tuner uses coordinate descent (see `tune::search`), which measures
+//! a few dozen. Rejected before compiling, each with its reason ([`PruneReason`]):
+//! [`CpuVariant::validate`] fails; more live F32X4 registers than the 16 xmm registers of
+//! x86-64 ([`CpuVariant::registers`], the backend's own count); `rows` larger than the GQA group
+//! (the tile would be partly empty); more threads than cores.
+//!
+//! # Checking
+//!
+//! Every candidate that would become the best is run on a small odd-length problem
+//! ([`CHECK_SEQ_LEN`] tokens, two seeds, the tuning problem's heads and dims) and compared with
+//! [`reference::forward`]: max|o−ref|/max|ref| ≤ 1e-5 for `o` and every branch, and selected
+//! blocks identical to the oracle's, or — where f32 scores broke a near-tie differently — a
+//! valid choice by [`score::is_valid_choice`], in which case the outputs are compared with the
+//! oracle run on the kernel's own blocks ([`reference::forward_with_blocks`]).
+
+use super::cached::{CachedTuneError, Tuned, tune_cached};
+use super::db::{DbWarning, Lookup, TuningDb};
+use super::fingerprint::DeviceFingerprint;
+use super::key::TuneKey;
+use super::space::{Dimension, Point, PruneReason, VariantSpace};
+use super::tuner::{BenchError, Benchmark, Progress, TuneOptions};
+use crate::cpu::{CpuKernel, CpuKernelError, CpuOutput};
+use nsac_compiler::cpu::CpuVariant;
+use nsac_dsl::Spec;
+use nsac_dsl::problem::{Problem, Shape};
+use nsac_dsl::spec::BranchKind;
+use nsac_kernels::io::{Inputs, Tensor, random_inputs};
+use nsac_kernels::reference::{self, Output, ReferenceError, score};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// One point of the CPU space: how the kernel is generated, and on how many threads it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CpuCandidate {
+    pub variant: CpuVariant,
+    pub threads: usize,
+}
+
+/// The x86-64 vector registers (xmm0–15) the register tiles must fit in.
+pub const VECTOR_REGISTERS: u32 = 16;
+
+/// Tokens of the check problem: odd, and not a multiple of any library block size.
+pub const CHECK_SEQ_LEN: usize = 203;
+
+/// Seeds of the check problem's random inputs.
+pub const CHECK_SEEDS: [u64; 2] = [0x7e57, 0xc0de];
+
+/// The largest max|o−ref|/max|ref| a candidate may have (DESIGN §4).
+pub const CHECK_TOLERANCE: f64 = 1e-5;
+
+/// Score difference under which f32 may rank two blocks either way.
+pub const SCORE_TIE_TOLERANCE: f64 = 1e-5;
+
+/// The values each knob may take (before pruning).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuKnobs {
+    pub rows: Vec<u32>,
+    pub key_vectors: Vec<u32>,
+    pub value_vectors: Vec<u32>,
+    pub key_tile: Vec<u32>,
+    pub unroll: Vec<u32>,
+    pub query_chunk: Vec<u32>,
+    pub threads: Vec<usize>,
+}
+
+impl Default for CpuKnobs {
+    /// The ranges documented in the module docs, threads 1..=cores of this machine.
+    fn default() -> Self {
+        CpuKnobs {
+            rows: vec![1, 2, 4],
+            key_vectors: vec![1, 2, 4],
+            value_vectors: vec![1, 2, 4],
+            key_tile: vec![32, 64, 128],
+            unroll: vec![1, 2, 4],
+            query_chunk: vec![16, 64],
+            threads: (1..=available_cores()).collect(),
+        }
+    }
+}
+
+/// Cores this process may run on.
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The CPU Variant space of one spec on one problem shape.
+#[derive(Debug, Clone)]
+pub struct CpuSpace {
+    knobs: CpuKnobs,
+    /// Query heads per kv head.
+    group: u32,
+    cores: usize,
+    default: CpuCandidate,
+}
+
+impl CpuSpace {
+    /// The space of `knobs` for `shape`, on this machine's cores.
+    pub fn new(shape: &Shape, knobs: CpuKnobs) -> Self {
+        Self::with_cores(shape, knobs, available_cores())
+    }
+
+    /// The space as if the machine had `cores` cores (for tests and offline planning).
+    pub fn with_cores(shape: &Shape, mut knobs: CpuKnobs, cores: usize) -> Self {
+        let default = CpuCandidate {
+            variant: CpuVariant::default(),
+            threads: cores.max(1),
+        };
+        // The default must be a point of the grid: it is the baseline the tuner reports.
+        let v = default.variant;
+        add_value(&mut knobs.rows, v.rows);
+        add_value(&mut knobs.key_vectors, v.key_vectors);
+        add_value(&mut knobs.value_vectors, v.value_vectors);
+        add_value(&mut knobs.key_tile, v.key_tile);
+        add_value(&mut knobs.unroll, v.unroll);
+        add_value(&mut knobs.query_chunk, v.query_chunk);
+        add_value(&mut knobs.threads, default.threads);
+        let group = (shape.heads.q / shape.heads.kv.max(1)).max(1);
+        CpuSpace {
+            knobs,
+            group,
+            cores: cores.max(1),
+            default,
+        }
+    }
+
+    pub fn knobs(&self) -> &CpuKnobs {
+        &self.knobs
+    }
+
+    pub fn default_candidate(&self) -> CpuCandidate {
+        self.default
+    }
+}
+
+fn add_value<T: PartialEq + Ord + Copy>(values: &mut Vec<T>, value: T) {
+    if !values.contains(&value) {
+        values.push(value);
+        values.sort_unstable();
+    }
+}
+
+fn position<T: PartialEq>(values: &[T], value: &T) -> usize {
+    values.iter().position(|v| v == value).unwrap_or(0)
+}
+
+fn pick<T: Copy + Default>(values: &[T], index: usize) -> T {
+    values.get(index).copied().unwrap_or_default()
+}
+
+impl VariantSpace for CpuSpace {
+    type Variant = CpuCandidate;
+
+    fn dimensions(&self) -> Vec<Dimension> {
+        let k = &self.knobs;
+        vec![
+            Dimension::new("rows", &k.rows),
+            Dimension::new("key_vectors", &k.key_vectors),
+            Dimension::new("value_vectors", &k.value_vectors),
+            Dimension::new("key_tile", &k.key_tile),
+            Dimension::new("unroll", &k.unroll),
+            Dimension::new("query_chunk", &k.query_chunk),
+            Dimension::new("threads", &k.threads),
+        ]
+    }
+
+    fn variant_at(&self, point: &[usize]) -> CpuCandidate {
+        let k = &self.knobs;
+        let at = |d: usize| point.get(d).copied().unwrap_or(0);
+        CpuCandidate {
+            variant: CpuVariant {
+                rows: pick(&k.rows, at(0)),
+                key_vectors: pick(&k.key_vectors, at(1)),
+                value_vectors: pick(&k.value_vectors, at(2)),
+                key_tile: pick(&k.key_tile, at(3)),
+                unroll: pick(&k.unroll, at(4)),
+                query_chunk: pick(&k.query_chunk, at(5)),
+            },
+            threads: pick(&k.threads, at(6)),
+        }
+    }
+
+    fn default_point(&self) -> Point {
+        let k = &self.knobs;
+        let v = &self.default.variant;
+        vec![
+            position(&k.rows, &v.rows),
+            position(&k.key_vectors, &v.key_vectors),
+            position(&k.value_vectors, &v.value_vectors),
+            position(&k.key_tile, &v.key_tile),
+            position(&k.unroll, &v.unroll),
+            position(&k.query_chunk, &v.query_chunk),
+            position(&k.threads, &self.default.threads),
+        ]
+    }
+
+    fn check(&self, candidate: &CpuCandidate) -> Result<(), PruneReason> {
+        let v = &candidate.variant;
+        v.validate()
+            .map_err(|e| PruneReason::Incompatible(e.to_string()))?;
+        let registers = v.registers();
+        if registers > VECTOR_REGISTERS {
+            return Err(PruneReason::ExceedsLimit {
+                resource: "F32X4 registers".into(),
+                needed: registers.into(),
+                available: VECTOR_REGISTERS.into(),
+            });
+        }
+        if v.rows > self.group {
+            return Err(PruneReason::NotDivisible {
+                knob: "rows".into(),
+                value: v.rows.into(),
+                what: "the GQA group (query heads per kv head)".into(),
+                size: self.group.into(),
+            });
+        }
+        if candidate.threads == 0 || candidate.threads > self.cores {
+            return Err(PruneReason::ExceedsLimit {
+                resource: "threads".into(),
+                needed: candidate.threads as u64,
+                available: self.cores as u64,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Why a candidate failed its oracle check (or the check could not be set up).
+#[derive(Debug, thiserror::Error)]
+pub enum CpuCheckError {
+    #[error(transparent)]
+    Kernel(#[from] CpuKernelError),
+    #[error("the oracle failed: {0}")]
+    Oracle(#[from] ReferenceError),
+    #[error("seed {seed}: `{tensor}` has max|got−ref|/max|ref| = {error:e} > {CHECK_TOLERANCE:e}")]
+    Inaccurate {
+        seed: u64,
+        tensor: String,
+        error: f64,
+    },
+    #[error("seed {seed}: `{tensor}` is missing or has the wrong shape")]
+    Shape { seed: u64, tensor: String },
+    #[error(
+        "seed {seed}: idx_{branch} at batch {batch}, position {t}, kv head {head} chose {chosen:?}, not a valid top-n"
+    )]
+    BadChoice {
+        seed: u64,
+        branch: String,
+        batch: usize,
+        t: usize,
+        head: usize,
+        chosen: Vec<i32>,
+    },
+}
+
+/// One seed of the check problem, with the oracle's answer computed once.
+struct CheckCase {
+    seed: u64,
+    inputs: Inputs,
+    want: Output,
+    /// Raw block scores per select branch (per sequence, \[T_seg, H, NB\]).
+    scores: BTreeMap<String, Vec<Tensor<f64>>>,
+}
+
+/// Compiles, times and checks CPU candidates for one spec and tuning shape.
+pub struct CpuBench {
+    spec: Spec,
+    shape: Shape,
+    inputs: Inputs,
+    check_shape: Shape,
+    cases: Vec<CheckCase>,
+}
+
+impl CpuBench {
+    /// A benchmark of `spec` on `shape` (random inputs made once), with the oracle's answers
+    /// on the check problem (same heads and dims, [`CHECK_SEQ_LEN`] tokens) computed up front.
+    pub fn new(spec: &Spec, shape: &Shape) -> Result<Self, CpuCheckError> {
+        let mut problem = Problem::batched(1, CHECK_SEQ_LEN);
+        problem.heads = Some(shape.heads);
+        problem.head_dim = Some(shape.head_dim);
+        problem.dtype = shape.dtype;
+        let check_shape = problem
+            .resolve(spec)
+            .map_err(|e| CpuCheckError::Kernel(e.into()))?;
+        let mut cases = Vec::new();
+        for seed in CHECK_SEEDS {
+            let inputs = random_inputs(spec, &check_shape, seed);
+            let want = reference::forward(spec, &check_shape, &inputs)?;
+            let mut scores = BTreeMap::new();
+            for name in want.selected.keys() {
+                let s = reference::block_scores(spec, &check_shape, &inputs, name)?;
+                scores.insert(name.clone(), s);
+            }
+            cases.push(CheckCase {
+                seed,
+                inputs,
+                want,
+                scores,
+            });
+        }
+        Ok(CpuBench {
+            spec: spec.clone(),
+            shape: shape.clone(),
+            inputs: random_inputs(spec, shape, 0x1234),
+            check_shape,
+            cases,
+        })
+    }
+
+    /// The shape of the check problem.
+    pub fn check_shape(&self) -> &Shape {
+        &self.check_shape
+    }
+
+    /// Runs `kernel` (compiled for [`CpuBench::check_shape`]) on every check seed and compares
+    /// it with the oracle.
+    pub fn check_kernel(&self, kernel: &CpuKernel, threads: usize) -> Result<(), CpuCheckError> {
+        for case in &self.cases {
+            self.check_case(kernel, threads, case)?;
+        }
+        Ok(())
+    }
+
+    fn check_case(
+        &self,
+        kernel: &CpuKernel,
+        threads: usize,
+        case: &CheckCase,
+    ) -> Result<(), CpuCheckError> {
+        let got = kernel.run(&case.inputs, threads)?;
+        let seed = case.seed;
+        let want = if got.selected == case.want.selected {
+            case.want.clone()
+        } else {
+            self.check_choices(&got, case)?;
+            reference::forward_with_blocks(
+                &self.spec,
+                &self.check_shape,
+                &case.inputs,
+                &got.selected,
+            )?
+        };
+        let compare = |tensor: &str, g: Option<&Tensor<f32>>, w: &Tensor<f64>| {
+            let error = g
+                .and_then(|g| reference::relative_error(g, w))
+                .ok_or_else(|| CpuCheckError::Shape {
+                    seed,
+                    tensor: tensor.to_string(),
+                })?;
+            // `!(e <= tol)` so that NaN fails too.
+            if !(error <= CHECK_TOLERANCE) {
+                return Err(CpuCheckError::Inaccurate {
+                    seed,
+                    tensor: tensor.to_string(),
+                    error,
+                });
+            }
+            Ok(())
+        };
+        compare("o", Some(&got.o), &want.o)?;
+        for (name, w) in &want.branches {
+            compare(&format!("o_{name}"), got.branches.get(name), w)?;
+        }
+        Ok(())
+    }
+
+    /// Every selected row that differs from the oracle's must be a valid near-tie choice.
+    fn check_choices(&self, got: &CpuOutput, case: &CheckCase) -> Result<(), CpuCheckError> {
+        let seed = case.seed;
+        for (name, want_idx) in &case.want.selected {
+            let shape_err = || CpuCheckError::Shape {
+                seed,
+                tensor: format!("idx_{name}"),
+            };
+            let got_idx = got.selected.get(name).ok_or_else(shape_err)?;
+            if got_idx.shape != want_idx.shape || want_idx.shape.len() != 4 {
+                return Err(shape_err());
+            }
+            let Some(BranchKind::Select(select)) = self
+                .spec
+                .branches
+                .iter()
+                .find(|b| &b.name == name)
+                .map(|b| &b.kind)
+            else {
+                return Err(shape_err());
+            };
+            let (t_all, heads, top) = (want_idx.shape[1], want_idx.shape[2], want_idx.shape[3]);
+            let scores = case.scores.get(name).ok_or_else(shape_err)?;
+            for (seq, seq_scores) in reference::sequences(&self.check_shape).iter().zip(scores) {
+                let blocks = seq_scores.shape.get(2).copied().ok_or_else(shape_err)?;
+                for t in 0..seq.len() {
+                    for head in 0..heads {
+                        let at = ((seq.batch * t_all + seq.start + t) * heads + head) * top;
+                        let (g, w) = (&got_idx.data[at..at + top], &want_idx.data[at..at + top]);
+                        if g == w {
+                            continue;
+                        }
+                        let chosen: Vec<usize> =
+                            g.iter().filter_map(|&i| usize::try_from(i).ok()).collect();
+                        let row = (t * heads + head) * blocks;
+                        let row_scores = &seq_scores.data[row..row + blocks];
+                        let len = seq.len();
+                        let ok = score::is_valid_choice(
+                            row_scores,
+                            &chosen,
+                            select,
+                            self.spec.causal,
+                            t,
+                            len,
+                            SCORE_TIE_TOLERANCE,
+                        );
+                        if !ok {
+                            return Err(CpuCheckError::BadChoice {
+                                seed,
+                                branch: name.clone(),
+                                batch: seq.batch,
+                                t: seq.start + t,
+                                head,
+                                chosen: g.to_vec(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A candidate compiled for the tuning problem, with the threads it runs on.
+pub struct CompiledCandidate {
+    kernel: CpuKernel,
+    threads: usize,
+}
+
+impl Benchmark<CpuCandidate> for CpuBench {
+    type Kernel = CompiledCandidate;
+
+    fn compile(&self, candidate: &CpuCandidate) -> Result<CompiledCandidate, BenchError> {
+        let kernel = CpuKernel::compile(&self.spec, &self.shape, &candidate.variant)?;
+        Ok(CompiledCandidate {
+            kernel,
+            threads: candidate.threads,
+        })
+    }
+
+    fn time_once(&self, compiled: &mut CompiledCandidate) -> Result<Duration, BenchError> {
+        let start = Instant::now();
+        let out = compiled.kernel.run(&self.inputs, compiled.threads)?;
+        let elapsed = start.elapsed();
+        drop(std::hint::black_box(out));
+        Ok(elapsed)
+    }
+
+    fn check(&self, candidate: &CpuCandidate) -> Result<(), BenchError> {
+        let kernel = CpuKernel::compile(&self.spec, &self.check_shape, &candidate.variant)?;
+        Ok(self.check_kernel(&kernel, candidate.threads)?)
+    }
+}
+
+/// How [`tune_cpu`] searches: the knob ranges and the tuner's options.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CpuTuneOptions {
+    pub knobs: CpuKnobs,
+    pub tune: TuneOptions,
+}
+
+/// Why CPU tuning failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CpuTuneError {
+    #[error("could not set up the oracle check: {0}")]
+    Check(#[from] CpuCheckError),
+    #[error(transparent)]
+    Tune(#[from] CachedTuneError),
+}
+
+/// The tuning-DB key of `spec` on `shape` on this CPU.
+pub fn cpu_key(spec: &Spec, shape: &Shape) -> TuneKey {
+    TuneKey::for_spec(spec, shape, DeviceFingerprint::this_cpu())
+}
+
+/// The best CPU candidate for `spec` on `shape` (bucketed by T): from `db` unless `retune` or
+/// the DB has nothing current for this CPU and nsac version; otherwise tunes and records it.
+pub fn tune_cpu(
+    spec: &Spec,
+    shape: &Shape,
+    db: &TuningDb,
+    options: &CpuTuneOptions,
+    retune: bool,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<(Tuned<CpuCandidate>, Vec<DbWarning>), CpuTuneError> {
+    tune_cpu_for_key(
+        &cpu_key(spec, shape),
+        spec,
+        shape,
+        db,
+        options,
+        retune,
+        progress,
+    )
+}
+
+/// [`tune_cpu`] under an explicit key (tests use another fingerprint or version).
+pub fn tune_cpu_for_key(
+    key: &TuneKey,
+    spec: &Spec,
+    shape: &Shape,
+    db: &TuningDb,
+    options: &CpuTuneOptions,
+    retune: bool,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<(Tuned<CpuCandidate>, Vec<DbWarning>), CpuTuneError> {
+    let space = CpuSpace::new(shape, options.knobs.clone());
+    let bench = CpuBench::new(spec, shape)?;
+    Ok(tune_cached(
+        db,
+        key,
+        &space,
+        &bench,
+        &options.tune,
+        retune,
+        progress,
+    )?)
+}
+
+/// The tuned candidate the DB holds for `spec` on `shape` on this CPU and nsac version, if any
+/// (and if it still fits this machine). Looks up only: never compiles or tunes.
+pub fn tuned_cpu_variant(spec: &Spec, shape: &Shape, db: &TuningDb) -> Option<CpuCandidate> {
+    let found = db.lookup(&cpu_key(spec, shape)).ok()?;
+    let Lookup::Hit(entry) = found.value else {
+        return None;
+    };
+    let candidate: CpuCandidate = entry.best_variant().ok()?;
+    let space = CpuSpace::new(shape, CpuKnobs::default());
+    space.check(&candidate).ok()?;
+    Some(candidate)
+}
