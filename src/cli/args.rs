@@ -54,6 +54,15 @@ pub enum Command {
     ///
     /// FLOPs count 2·(Dqk+Dv) per attended key per query head. Inputs are random.
     Bench(BenchArgs),
+    /// Search the CPU kernel's Variants (tiles, unrolling, work-item size, threads) for the
+    /// fastest on this machine, checking each winner against the reference, and keep the result
+    /// in the tuning database; `run` and `bench` then use it.
+    ///
+    /// The database is one YAML file (default: the user's cache directory, `nsac/tuning.yaml`),
+    /// keyed by the spec's canonical hash, the problem (T rounded up to a power of two), the
+    /// dtype, this CPU and nsac's version. Tuning time grows with the problem: tune at the size
+    /// you will run.
+    Tune(TuneArgs),
 }
 
 /// A spec file argument and the problem it is applied to.
@@ -175,9 +184,12 @@ pub struct RunArgs {
     /// Seed for random inputs.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Worker threads for `--device cpu` (default: every core).
+    /// Worker threads for `--device cpu` (default: the tuned count, else every core).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// The tuning database whose Variant to use on the CPU (default: the user's cache directory).
+    #[arg(long, value_name = "FILE")]
+    pub db: Option<PathBuf>,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
@@ -234,6 +246,33 @@ pub struct CompileArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct TuneArgs {
+    /// The spec file (not needed with --export or --import).
+    #[arg(value_name = "SPEC", required_unless_present_any = ["export", "import"])]
+    pub spec: Option<PathBuf>,
+    #[command(flatten)]
+    pub problem: ProblemArgs,
+    /// Which backend to tune (the CPU for now).
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    pub device: DeviceArg,
+    /// Tune again even when the database already has a result for this machine.
+    #[arg(long)]
+    pub retune: bool,
+    /// The tuning database file (default: the user's cache directory).
+    #[arg(long, value_name = "FILE")]
+    pub db: Option<PathBuf>,
+    /// Write every entry of the database to FILE (to share it) and exit.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["import", "spec"])]
+    pub export: Option<PathBuf>,
+    /// Merge the entries of FILE into the database (same keys are replaced) and exit.
+    #[arg(long, value_name = "FILE", conflicts_with = "spec")]
+    pub import: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct BenchArgs {
     /// The spec file.
     #[arg(value_name = "SPEC")]
@@ -246,6 +285,9 @@ pub struct BenchArgs {
     /// Worker threads for the CPU (default: every core).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// The tuning database whose Variant to use (default: the user's cache directory).
+    #[arg(long, value_name = "FILE")]
+    pub db: Option<PathBuf>,
     /// Timed runs (the median is reported) after one warm-up run.
     #[arg(long, default_value_t = 5)]
     pub runs: usize,

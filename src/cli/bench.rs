@@ -1,11 +1,10 @@
 //! `nsac bench`: time a spec on this machine's CPU and put the number next to the two numbers
 //! that matter — the work (FLOPs) and the ceiling (a JIT'd 128-bit FMA loop, same run).
 
-use nsac_compiler::cpu::CpuVariant;
 use nsac_runtime::bench::{BenchOptions, bench_cpu};
 
 use super::args::{BenchArgs, DeviceArg};
-use super::device::default_threads;
+use super::device::CpuChoice;
 use super::error::CliError;
 use super::output::{emit_json, emit_line};
 use super::problem::problem_from_args;
@@ -26,13 +25,11 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
         oracle_seq_len: (args.oracle_seq > 0).then_some(args.oracle_seq),
         ..BenchOptions::default()
     };
-    let report = bench_cpu(
-        &spec,
-        &shape,
-        &CpuVariant::default(),
-        default_threads(args.threads),
-        &options,
-    )?;
+    let cpu = CpuChoice::pick(&spec, &shape, args.threads, args.db.as_deref());
+    if !args.json {
+        eprintln!("using the {} CPU variant", cpu.origin);
+    }
+    let report = bench_cpu(&spec, &shape, &cpu.variant, cpu.threads, &options)?;
     if args.json {
         emit_json(&report).map_err(CliError::Stdout)
     } else {

@@ -37,7 +37,7 @@ pub fn run_on(
     spec: &Spec,
     shape: &Shape,
     inputs: &Inputs,
-    threads: usize,
+    cpu: &CpuChoice,
 ) -> Result<DeviceRun, CliError> {
     match device {
         DeviceArg::Reference => {
@@ -52,13 +52,17 @@ pub fn run_on(
             })
         }
         DeviceArg::Cpu => {
-            let kernel = CpuKernel::compile(spec, shape, &CpuVariant::default())?;
+            let threads = cpu.threads;
+            let kernel = CpuKernel::compile(spec, shape, &cpu.variant)?;
             let compile_ms = kernel.compile_time().as_secs_f64() * 1e3;
             let start = Instant::now();
             let out = kernel.run(inputs, threads)?;
             let run_ms = ms(start);
             Ok(DeviceRun {
-                device: format!("cpu ({threads} threads, Cranelift JIT, f32)"),
+                device: format!(
+                    "cpu ({threads} threads, Cranelift JIT, f32, {} variant)",
+                    cpu.origin
+                ),
                 outputs: collect(out.o, out.branches, out.selected),
                 compile_ms: Some(compile_ms),
                 run_ms,
@@ -75,7 +79,7 @@ pub fn run_on(
         }
         DeviceArg::Auto => match CudaDevice::open() {
             Ok(Some(gpu)) => run_cuda(&gpu, spec, shape, inputs),
-            _ => run_on(DeviceArg::Cpu, spec, shape, inputs, threads),
+            _ => run_on(DeviceArg::Cpu, spec, shape, inputs, cpu),
         },
     }
 }
@@ -126,6 +130,38 @@ fn collect(
 /// Every core of this machine, the default for `--threads`.
 pub fn default_threads(threads: Option<usize>) -> usize {
     threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Which CPU Variant and thread count to run, and where they came from.
+pub struct CpuChoice {
+    pub variant: CpuVariant,
+    pub threads: usize,
+    /// `tuned` (from the tuning database) or `default`.
+    pub origin: &'static str,
+}
+
+impl CpuChoice {
+    /// The tuned Variant when the database has one for this spec, shape and machine, else the
+    /// default; `--threads` wins over the tuned thread count.
+    pub fn pick(
+        spec: &Spec,
+        shape: &Shape,
+        threads: Option<usize>,
+        db: Option<&std::path::Path>,
+    ) -> CpuChoice {
+        match super::tune::tuned_candidate(spec, shape, db) {
+            Some(c) => CpuChoice {
+                variant: c.variant,
+                threads: threads.unwrap_or(c.threads),
+                origin: "tuned",
+            },
+            None => CpuChoice {
+                variant: CpuVariant::default(),
+                threads: default_threads(threads),
+                origin: "default",
+            },
+        }
+    }
 }
 
 fn ms(start: Instant) -> f64 {

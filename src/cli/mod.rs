@@ -11,6 +11,7 @@ mod fmt;
 mod output;
 mod problem;
 mod run;
+mod tune;
 
 use args::{Cli, Command};
 use error::CliError;
@@ -24,5 +25,6 @@ pub fn dispatch(cli: &Cli) -> Result<(), CliError> {
         Command::Run(a) => run::run(a),
         Command::Compile(a) => compile::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Tune(a) => tune::run(a),
     }
 }

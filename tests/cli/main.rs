@@ -282,3 +282,77 @@ fn compile_writes_ptx_and_its_manifest() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("function"));
 }
+
+#[test]
+fn tune_records_reuses_exports_and_imports() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("tuning.yaml");
+    let db = db.to_str().unwrap();
+    let problem = ["--seq", "97", "--heads", "2/1", "--head-dim", "8"];
+    let tune = |extra: &[&str]| {
+        let mut args = vec!["tune", "kernels/nsa-fla.nsa", "--db", db, "--json"];
+        args.extend(problem);
+        args.extend(extra);
+        let out = nsac(&args);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let first = tune(&[]);
+    assert_eq!(first["source"], "tuned");
+    assert!(first["measured"].as_u64().unwrap() >= 2);
+    let second = tune(&[]);
+    assert_eq!(second["source"], "stored");
+    assert_eq!(second["best"], first["best"]);
+
+    let mut args = vec!["run", "kernels/nsa-fla.nsa", "--device", "cpu", "--db", db];
+    args.extend(problem);
+    let out = nsac(&args);
+    assert!(
+        text(&out.stdout).contains("tuned variant"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let shared = dir.path().join("shared.yaml");
+    let shared = shared.to_str().unwrap();
+    assert!(
+        nsac(&["tune", "--db", db, "--export", shared])
+            .status
+            .success()
+    );
+    let other = dir.path().join("other.yaml");
+    let other = other.to_str().unwrap();
+    assert!(
+        nsac(&["tune", "--db", other, "--import", shared])
+            .status
+            .success()
+    );
+    let mut args = vec![
+        "run",
+        "kernels/nsa-fla.nsa",
+        "--device",
+        "cpu",
+        "--db",
+        other,
+    ];
+    args.extend(problem);
+    assert!(text(&nsac(&args).stdout).contains("tuned variant"));
+
+    std::fs::write(other, "entries: [this is not: a tuning db").unwrap();
+    let mut args = vec![
+        "run",
+        "kernels/nsa-fla.nsa",
+        "--device",
+        "cpu",
+        "--db",
+        other,
+    ];
+    args.extend(problem);
+    let out = nsac(&args);
+    assert!(
+        out.status.success(),
+        "a corrupt DB must not stop a run: {}",
+        text(&out.stderr)
+    );
+    assert!(text(&out.stdout).contains("default variant"));
+}
