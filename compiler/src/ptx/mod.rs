@@ -14,7 +14,7 @@ use nsac_dsl::problem::{DType, Shape};
 use nsac_dsl::spec::{BranchKind, CombineMode, Compress, KvSource, Pool, Spec};
 use serde::{Deserialize, Serialize};
 
-use kernels::{KernelOut, attend, combine, pool, topn};
+use kernels::{KernelOut, attend, combine, pool, tc_select, topn};
 use lowering::{Program, Stage};
 
 /// Why PTX could not be generated.
@@ -348,6 +348,19 @@ fn generate(program: &Program, variant: &GpuVariant) -> Vec<KernelOut> {
                     keep_last: *keep_last,
                     max_blocks: *max_blocks,
                 },
+                d,
+            ),
+            Stage::AttendSelected {
+                branch,
+                kv,
+                block,
+                top,
+            } if tc_select::eligible(d) => tc_select::attend_selected_tc(
+                &nm(&format!("attend_{branch}")),
+                branch,
+                kv,
+                *block,
+                *top,
                 d,
             ),
             Stage::AttendSelected {
