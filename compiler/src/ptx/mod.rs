@@ -314,6 +314,21 @@ fn generate(program: &Program, variant: &GpuVariant) -> Vec<KernelOut> {
                 block,
                 stride,
                 write_lse,
+            } if tc_select::eligible(d) => tc_select::attend_tc(
+                &nm(&format!("attend_{branch}")),
+                branch,
+                tc_select::TcKeys::Compressed {
+                    block: *block,
+                    stride: *stride,
+                    write_lse: *write_lse,
+                },
+                d,
+            ),
+            Stage::AttendCompressed {
+                branch,
+                block,
+                stride,
+                write_lse,
             } => attend::attend(
                 &nm(&format!("attend_{branch}")),
                 branch,
@@ -355,12 +370,14 @@ fn generate(program: &Program, variant: &GpuVariant) -> Vec<KernelOut> {
                 kv,
                 block,
                 top,
-            } if tc_select::eligible(d) => tc_select::attend_selected_tc(
+            } if tc_select::eligible(d) => tc_select::attend_tc(
                 &nm(&format!("attend_{branch}")),
                 branch,
-                kv,
-                *block,
-                *top,
+                tc_select::TcKeys::Selected {
+                    kv,
+                    block: *block,
+                    top: *top,
+                },
                 d,
             ),
             Stage::AttendSelected {

@@ -63,7 +63,7 @@ pub struct ScoreCtx {
 }
 
 /// Splits 2 f32 into packed hi and lo 16-bit pairs (`x1` in the upper half).
-fn split2(b: &mut KernelBuilder, x0: Reg, x1: Reg, dtype: DType) -> (Reg, Reg) {
+pub fn split2(b: &mut KernelBuilder, x0: Reg, x1: Reg, dtype: DType) -> (Reg, Reg) {
     let cvt = match dtype {
         DType::F16 => "cvt.rn.f16x2.f32",
         _ => "cvt.rn.bf16x2.f32",

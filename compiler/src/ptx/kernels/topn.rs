@@ -224,10 +224,18 @@ pub fn topn(name: &str, p: &TopNParams<'_>, dims: &Dims) -> KernelOut {
             } else {
                 p.max_blocks * 4
             },
-            formula: format!(
-                "grid = B*T*H, block = 32, shared = 4*ceil(max_len/{}) bytes: one warp per (token, kv head)",
-                p.block
-            ),
+            formula: if tc {
+                format!(
+                    "grid = B*T*H, block = 32, shared = align16(4*ceil(max_len/{})) + {} bytes: one warp per (token, kv head), tensor-core scoring",
+                    p.block,
+                    tc_score::staging_bytes(dims)
+                )
+            } else {
+                format!(
+                    "grid = B*T*H, block = 32, shared = 4*ceil(max_len/{}) bytes: one warp per (token, kv head)",
+                    p.block
+                )
+            },
         },
     }
 }
