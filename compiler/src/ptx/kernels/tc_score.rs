@@ -302,6 +302,34 @@ pub fn tc_block_scores(b: &mut KernelBuilder, c: &ScoreCtx, p: &TopNParams<'_>, 
             });
             colsum.push(cs);
         }
+        if p.cmp_block == p.cmp_stride && p.cmp_stride == p.block {
+            b.comment("one compressed token per block: lanes 0..3 store their keys' scores");
+            let quad0 = b.setp("lt.u32", c.lane.into(), imm(4));
+            for (nt, cs) in colsum.iter().enumerate() {
+                for (w, v) in cs.iter().enumerate() {
+                    let key = b.op2(
+                        RegClass::B32,
+                        "add.u32",
+                        kq.into(),
+                        imm((8 * nt + w) as i64),
+                    );
+                    let a = b.setp("lt.u32", key.into(), c.nvis.into());
+                    let inb = b.setp("lt.u32", key.into(), c.nbc.into());
+                    let ok = b.op2(RegClass::Pred, "and.pred", a.into(), inb.into());
+                    let ok = b.op2(RegClass::Pred, "and.pred", ok.into(), quad0.into());
+                    let sc = b.op2(RegClass::F32, "mul.f32", (*v).into(), fimm(p.block as f32));
+                    let sa = b.op3(
+                        RegClass::B32,
+                        "mad.lo.u32",
+                        key.into(),
+                        imm(4),
+                        c.scores.into(),
+                    );
+                    b.ins_if(ok, false, "st.shared.f32", [mem(sa, 0), sc.into()]);
+                }
+            }
+            return;
+        }
         b.comment("add each key's score to its blocks in key order (lane 0 writes)");
         for k in 0..CHUNK {
             let src = colsum[(k / 8) as usize][(k % 2) as usize];

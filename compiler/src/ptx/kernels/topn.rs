@@ -184,9 +184,9 @@ pub fn topn(name: &str, p: &TopNParams<'_>, dims: &Dims) -> KernelOut {
         b.ins_if(lane0, false, "st.shared.f32", [mem(a, 0), fimm(TAKEN)]);
         b.ins("bar.sync", [imm(0)]);
     });
-    b.comment("write the chosen blocks in ascending order, then -1 padding");
-    let done = b.label();
-    b.bra_if(lane0, true, done);
+    b.comment(
+        "write the chosen blocks in ascending order (ballot + prefix count), then -1 padding",
+    );
     let out0 = b.op2(
         RegClass::B32,
         "mul.lo.u32",
@@ -195,23 +195,31 @@ pub fn topn(name: &str, p: &TopNParams<'_>, dims: &Dims) -> KernelOut {
     );
     let cnt = b.reg(RegClass::B32);
     b.ins("mov.u32", [cnt.into(), out0.into()]);
-    for_range(&mut b, imm(0), nbc.into(), 1, |b, i| {
+    let below = b.op1(RegClass::B32, "mov.u32", sym("%lanemask_lt"));
+    for_range(&mut b, imm(0), nbc.into(), 32, |b, base| {
+        let i = b.op2(RegClass::B32, "add.u32", base.into(), lane.into());
+        let inside = b.setp("lt.u32", i.into(), nbc.into());
         let a = shared_addr(b, sbase, i);
         let v = b.reg(RegClass::F32);
-        b.ins("ld.shared.f32", [v.into(), mem(a, 0)]);
+        b.ins("mov.f32", [v.into(), fimm(0.0)]);
+        b.ins_if(inside, false, "ld.shared.f32", [v.into(), mem(a, 0)]);
         let taken = b.setp("eq.f32", v.into(), fimm(TAKEN));
-        let oa = b.addr(idxb, cnt, 4);
+        let bal = b.reg(RegClass::B32);
+        b.ins("vote.sync.ballot.b32", [bal.into(), taken.into(), imm(-1)]);
+        let lower = b.op2(RegClass::B32, "and.b32", bal.into(), below.into());
+        let pre = b.op1(RegClass::B32, "popc.b32", lower.into());
+        let at = b.op2(RegClass::B32, "add.u32", cnt.into(), pre.into());
+        let oa = b.addr(idxb, at, 4);
         b.ins_if(taken, false, "st.global.s32", [mem(oa, 0), i.into()]);
-        let inc = b.reg(RegClass::B32);
-        b.ins("selp.u32", [inc.into(), imm(1), imm(0), taken.into()]);
-        b.ins("add.u32", [cnt.into(), cnt.into(), inc.into()]);
+        let n = b.op1(RegClass::B32, "popc.b32", bal.into());
+        b.ins("add.u32", [cnt.into(), cnt.into(), n.into()]);
     });
     let end = b.op2(RegClass::B32, "add.u32", out0.into(), imm(i64::from(p.top)));
-    for_range(&mut b, cnt.into(), end.into(), 1, |b, i| {
+    let first = b.op2(RegClass::B32, "add.u32", cnt.into(), lane.into());
+    for_range(&mut b, first.into(), end.into(), 32, |b, i| {
         let oa = b.addr(idxb, i, 4);
         b.ins("st.global.s32", [mem(oa, 0), imm(-1)]);
     });
-    b.place(done);
     b.ins("ret", []);
     KernelOut {
         ptx: b.finish(),
