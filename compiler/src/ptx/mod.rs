@@ -14,7 +14,7 @@ use nsac_dsl::problem::{DType, Shape};
 use nsac_dsl::spec::{BranchKind, CombineMode, Compress, KvSource, Pool, Spec};
 use serde::{Deserialize, Serialize};
 
-use kernels::{KernelOut, attend, combine, pool, topn};
+use kernels::{KernelOut, attend, combine, pool, tc_select, topn};
 use lowering::{Program, Stage};
 
 /// Why PTX could not be generated.
@@ -314,6 +314,21 @@ fn generate(program: &Program, variant: &GpuVariant) -> Vec<KernelOut> {
                 block,
                 stride,
                 write_lse,
+            } if tc_select::eligible(d) => tc_select::attend_tc(
+                &nm(&format!("attend_{branch}")),
+                branch,
+                tc_select::TcKeys::Compressed {
+                    block: *block,
+                    stride: *stride,
+                    write_lse: *write_lse,
+                },
+                d,
+            ),
+            Stage::AttendCompressed {
+                branch,
+                block,
+                stride,
+                write_lse,
             } => attend::attend(
                 &nm(&format!("attend_{branch}")),
                 branch,
@@ -347,6 +362,21 @@ fn generate(program: &Program, variant: &GpuVariant) -> Vec<KernelOut> {
                     keep_first: *keep_first,
                     keep_last: *keep_last,
                     max_blocks: *max_blocks,
+                },
+                d,
+            ),
+            Stage::AttendSelected {
+                branch,
+                kv,
+                block,
+                top,
+            } if tc_select::eligible(d) => tc_select::attend_tc(
+                &nm(&format!("attend_{branch}")),
+                branch,
+                tc_select::TcKeys::Selected {
+                    kv,
+                    block: *block,
+                    top: *top,
                 },
                 d,
             ),

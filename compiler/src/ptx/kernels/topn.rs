@@ -7,7 +7,7 @@ use crate::ptx::builder::{KernelBuilder, ParamTy, Reg, RegClass, fimm, imm, mem,
 use crate::ptx::lowering::Dims;
 
 use super::common::{Elem, for_range, load, load_vec, segment, visible_compressed, warp_dot};
-use super::{KernelOut, Launch};
+use super::{KernelOut, Launch, tc_score};
 
 /// Parameters of one select branch as the kernel needs them.
 pub struct TopNParams<'a> {
@@ -46,7 +46,7 @@ pub fn topn(name: &str, p: &TopNParams<'_>, dims: &Dims) -> KernelOut {
     let ptrs: Vec<Reg> = syms.iter().map(|s| b.load_ptr_param(s)).collect();
     let (seg, qb, kcb, lseb, idxb) = (ptrs[0], ptrs[1], ptrs[2], ptrs[3], ptrs[4]);
     let sbase = b.op1(RegClass::B32, "mov.u32", sym("smem"));
-    let (hh, g) = (i64::from(dims.h), i64::from(dims.group));
+    let hh = i64::from(dims.h);
     let tok = b.op2(RegClass::B32, "div.u32", row.into(), imm(hh));
     let h = b.op2(RegClass::B32, "rem.u32", row.into(), imm(hh));
     let (s, e) = segment(&mut b, seg, tok);
@@ -68,75 +68,50 @@ pub fn topn(name: &str, p: &TopNParams<'_>, dims: &Dims) -> KernelOut {
     b.ins("bar.sync", [imm(0)]);
     let lane0 = b.setp("eq.u32", lane.into(), imm(0));
     let nvis = visible_compressed(&mut b, pos, len, p.cmp_block, p.cmp_stride, dims.causal);
-    let (cl, cd) = (i64::from(p.cmp_block), i64::from(p.cmp_stride));
-    let inv_d = 1.0 / p.cmp_stride as f32;
-    b.comment("scores[i] += p_c(t,h,j) * overlap(j,i) / d, summed over the group");
-    for_range(&mut b, imm(0), imm(g), 1, |b, gi| {
-        let hq = b.op3(RegClass::B32, "mad.lo.u32", h.into(), imm(g), gi.into());
-        let th = b.op3(
+    let tc = tc_score::eligible(dims);
+    let scores_bytes = (p.max_blocks * 4).next_multiple_of(16);
+    if tc {
+        let stage = b.op2(
             RegClass::B32,
-            "mad.lo.u32",
-            tok.into(),
-            imm(i64::from(dims.hq)),
-            hq.into(),
+            "add.u32",
+            sbase.into(),
+            imm(i64::from(scores_bytes)),
         );
-        let qoff = b.op2(
-            RegClass::B32,
-            "mul.lo.u32",
-            th.into(),
-            imm(i64::from(dims.dqk)),
+        let ctx = tc_score::ScoreCtx {
+            qb,
+            kcb,
+            lseb,
+            scores: sbase,
+            stage,
+            lane,
+            row,
+            h,
+            s,
+            nvis,
+            nbc,
+            lane0,
+        };
+        tc_score::tc_block_scores(&mut b, &ctx, p, dims);
+    } else {
+        scalar_scores(
+            &mut b,
+            p,
+            dims,
+            &ScalarCtx {
+                qb,
+                kcb,
+                lseb,
+                sbase,
+                lane,
+                tok,
+                h,
+                s,
+                nvis,
+                nbc,
+                lane0,
+            },
         );
-        let qraw = load_vec(b, qb, qoff, lane, dims.dqk, Elem::Input(dims.dtype));
-        let q: Vec<Reg> = qraw
-            .iter()
-            .map(|r| b.op2(RegClass::F32, "mul.f32", (*r).into(), fimm(dims.scale_log2)))
-            .collect();
-        let lse = load(b, lseb, th, Elem::F32);
-        for_range(b, imm(0), nvis.into(), 1, |b, j| {
-            let slot = b.op2(RegClass::B32, "add.u32", s.into(), j.into());
-            let sh = b.op3(RegClass::B32, "mad.lo.u32", slot.into(), imm(hh), h.into());
-            let koff = b.op2(
-                RegClass::B32,
-                "mul.lo.u32",
-                sh.into(),
-                imm(i64::from(dims.dqk)),
-            );
-            let k = load_vec(b, kcb, koff, lane, dims.dqk, Elem::F32);
-            let x = warp_dot(b, &q, &k);
-            let dx = b.op2(RegClass::F32, "sub.f32", x.into(), lse.into());
-            let pr = b.op1(RegClass::F32, "ex2.approx.ftz.f32", dx.into());
-            let pw = b.op2(RegClass::F32, "mul.f32", pr.into(), fimm(inv_d));
-            let skip = b.label();
-            b.bra_if(lane0, true, skip);
-            let k0 = b.op2(RegClass::B32, "mul.lo.u32", j.into(), imm(cd));
-            let k1 = b.op2(RegClass::B32, "add.u32", k0.into(), imm(cl));
-            let ilo = b.op2(RegClass::B32, "div.u32", k0.into(), imm(lb));
-            let last = b.op2(RegClass::B32, "sub.u32", k1.into(), imm(1));
-            let ihi0 = b.op2(RegClass::B32, "div.u32", last.into(), imm(lb));
-            let ihi1 = b.op2(RegClass::B32, "add.u32", ihi0.into(), imm(1));
-            let ihi = b.op2(RegClass::B32, "min.u32", ihi1.into(), nbc.into());
-            for_range(b, ilo.into(), ihi.into(), 1, |b, i| {
-                let b0 = b.op2(RegClass::B32, "mul.lo.u32", i.into(), imm(lb));
-                let b1 = b.op2(RegClass::B32, "add.u32", b0.into(), imm(lb));
-                let lo = b.op2(RegClass::B32, "max.u32", b0.into(), k0.into());
-                let hi = b.op2(RegClass::B32, "min.u32", b1.into(), k1.into());
-                let ov = b.op2(RegClass::B32, "sub.u32", hi.into(), lo.into());
-                let ovf = b.op1(RegClass::F32, "cvt.rn.f32.u32", ov.into());
-                let a = shared_addr(b, sbase, i);
-                let cur = b.reg(RegClass::F32);
-                b.ins("ld.shared.f32", [cur.into(), mem(a, 0)]);
-                let nv = b.op3(
-                    RegClass::F32,
-                    "fma.rn.f32",
-                    pw.into(),
-                    ovf.into(),
-                    cur.into(),
-                );
-                b.ins("st.shared.f32", [mem(a, 0), nv.into()]);
-            });
-            b.place(skip);
-        });
-    });
+    }
     b.ins("bar.sync", [imm(0)]);
     b.comment("forced blocks: the first keep_first and the keep_last ending at t's block");
     let skipf = b.label();
@@ -209,9 +184,9 @@ pub fn topn(name: &str, p: &TopNParams<'_>, dims: &Dims) -> KernelOut {
         b.ins_if(lane0, false, "st.shared.f32", [mem(a, 0), fimm(TAKEN)]);
         b.ins("bar.sync", [imm(0)]);
     });
-    b.comment("write the chosen blocks in ascending order, then -1 padding");
-    let done = b.label();
-    b.bra_if(lane0, true, done);
+    b.comment(
+        "write the chosen blocks in ascending order (ballot + prefix count), then -1 padding",
+    );
     let out0 = b.op2(
         RegClass::B32,
         "mul.lo.u32",
@@ -220,23 +195,31 @@ pub fn topn(name: &str, p: &TopNParams<'_>, dims: &Dims) -> KernelOut {
     );
     let cnt = b.reg(RegClass::B32);
     b.ins("mov.u32", [cnt.into(), out0.into()]);
-    for_range(&mut b, imm(0), nbc.into(), 1, |b, i| {
+    let below = b.op1(RegClass::B32, "mov.u32", sym("%lanemask_lt"));
+    for_range(&mut b, imm(0), nbc.into(), 32, |b, base| {
+        let i = b.op2(RegClass::B32, "add.u32", base.into(), lane.into());
+        let inside = b.setp("lt.u32", i.into(), nbc.into());
         let a = shared_addr(b, sbase, i);
         let v = b.reg(RegClass::F32);
-        b.ins("ld.shared.f32", [v.into(), mem(a, 0)]);
+        b.ins("mov.f32", [v.into(), fimm(0.0)]);
+        b.ins_if(inside, false, "ld.shared.f32", [v.into(), mem(a, 0)]);
         let taken = b.setp("eq.f32", v.into(), fimm(TAKEN));
-        let oa = b.addr(idxb, cnt, 4);
+        let bal = b.reg(RegClass::B32);
+        b.ins("vote.sync.ballot.b32", [bal.into(), taken.into(), imm(-1)]);
+        let lower = b.op2(RegClass::B32, "and.b32", bal.into(), below.into());
+        let pre = b.op1(RegClass::B32, "popc.b32", lower.into());
+        let at = b.op2(RegClass::B32, "add.u32", cnt.into(), pre.into());
+        let oa = b.addr(idxb, at, 4);
         b.ins_if(taken, false, "st.global.s32", [mem(oa, 0), i.into()]);
-        let inc = b.reg(RegClass::B32);
-        b.ins("selp.u32", [inc.into(), imm(1), imm(0), taken.into()]);
-        b.ins("add.u32", [cnt.into(), cnt.into(), inc.into()]);
+        let n = b.op1(RegClass::B32, "popc.b32", bal.into());
+        b.ins("add.u32", [cnt.into(), cnt.into(), n.into()]);
     });
     let end = b.op2(RegClass::B32, "add.u32", out0.into(), imm(i64::from(p.top)));
-    for_range(&mut b, cnt.into(), end.into(), 1, |b, i| {
+    let first = b.op2(RegClass::B32, "add.u32", cnt.into(), lane.into());
+    for_range(&mut b, first.into(), end.into(), 32, |b, i| {
         let oa = b.addr(idxb, i, 4);
         b.ins("st.global.s32", [mem(oa, 0), imm(-1)]);
     });
-    b.place(done);
     b.ins("ret", []);
     KernelOut {
         ptx: b.finish(),
@@ -244,11 +227,126 @@ pub fn topn(name: &str, p: &TopNParams<'_>, dims: &Dims) -> KernelOut {
         launch: Launch {
             grid: dims.ntok * dims.h,
             block: 32,
-            shared_bytes: p.max_blocks * 4,
-            formula: format!(
-                "grid = B*T*H, block = 32, shared = 4*ceil(max_len/{}) bytes: one warp per (token, kv head)",
-                p.block
-            ),
+            shared_bytes: if tc {
+                scores_bytes + tc_score::staging_bytes(dims)
+            } else {
+                p.max_blocks * 4
+            },
+            formula: if tc {
+                format!(
+                    "grid = B*T*H, block = 32, shared = align16(4*ceil(max_len/{})) + {} bytes: one warp per (token, kv head), tensor-core scoring",
+                    p.block,
+                    tc_score::staging_bytes(dims)
+                )
+            } else {
+                format!(
+                    "grid = B*T*H, block = 32, shared = 4*ceil(max_len/{}) bytes: one warp per (token, kv head)",
+                    p.block
+                )
+            },
         },
     }
+}
+
+/// What the scalar scoring loop needs from the kernel.
+struct ScalarCtx {
+    qb: Reg,
+    kcb: Reg,
+    lseb: Reg,
+    sbase: Reg,
+    lane: Reg,
+    tok: Reg,
+    h: Reg,
+    s: Reg,
+    nvis: Reg,
+    nbc: Reg,
+    lane0: Reg,
+}
+
+/// Scores on CUDA cores: one head at a time, one compressed token per warp dot product.
+fn scalar_scores(b: &mut KernelBuilder, p: &TopNParams<'_>, dims: &Dims, c: &ScalarCtx) {
+    let ScalarCtx {
+        qb,
+        kcb,
+        lseb,
+        sbase,
+        lane,
+        tok,
+        h,
+        s,
+        nvis,
+        nbc,
+        lane0,
+    } = *c;
+    let (hh, g) = (i64::from(dims.h), i64::from(dims.group));
+    let lb = i64::from(p.block);
+    let (cl, cd) = (i64::from(p.cmp_block), i64::from(p.cmp_stride));
+    let inv_d = 1.0 / p.cmp_stride as f32;
+    b.comment("scores[i] += p_c(t,h,j) * overlap(j,i) / d, summed over the group");
+    for_range(b, imm(0), imm(g), 1, |b, gi| {
+        let hq = b.op3(RegClass::B32, "mad.lo.u32", h.into(), imm(g), gi.into());
+        let th = b.op3(
+            RegClass::B32,
+            "mad.lo.u32",
+            tok.into(),
+            imm(i64::from(dims.hq)),
+            hq.into(),
+        );
+        let qoff = b.op2(
+            RegClass::B32,
+            "mul.lo.u32",
+            th.into(),
+            imm(i64::from(dims.dqk)),
+        );
+        let qraw = load_vec(b, qb, qoff, lane, dims.dqk, Elem::Input(dims.dtype));
+        let q: Vec<Reg> = qraw
+            .iter()
+            .map(|r| b.op2(RegClass::F32, "mul.f32", (*r).into(), fimm(dims.scale_log2)))
+            .collect();
+        let lse = load(b, lseb, th, Elem::F32);
+        for_range(b, imm(0), nvis.into(), 1, |b, j| {
+            let slot = b.op2(RegClass::B32, "add.u32", s.into(), j.into());
+            let sh = b.op3(RegClass::B32, "mad.lo.u32", slot.into(), imm(hh), h.into());
+            let koff = b.op2(
+                RegClass::B32,
+                "mul.lo.u32",
+                sh.into(),
+                imm(i64::from(dims.dqk)),
+            );
+            let k = load_vec(b, kcb, koff, lane, dims.dqk, Elem::F32);
+            let x = warp_dot(b, &q, &k);
+            let dx = b.op2(RegClass::F32, "sub.f32", x.into(), lse.into());
+            let pr = b.op1(RegClass::F32, "ex2.approx.ftz.f32", dx.into());
+            let pw = b.op2(RegClass::F32, "mul.f32", pr.into(), fimm(inv_d));
+            let skip = b.label();
+            b.bra_if(lane0, true, skip);
+            let k0 = b.op2(RegClass::B32, "mul.lo.u32", j.into(), imm(cd));
+            let k1 = b.op2(RegClass::B32, "add.u32", k0.into(), imm(cl));
+            let ilo = b.op2(RegClass::B32, "div.u32", k0.into(), imm(lb));
+            let last = b.op2(RegClass::B32, "sub.u32", k1.into(), imm(1));
+            let ihi0 = b.op2(RegClass::B32, "div.u32", last.into(), imm(lb));
+            let ihi1 = b.op2(RegClass::B32, "add.u32", ihi0.into(), imm(1));
+            let ihi = b.op2(RegClass::B32, "min.u32", ihi1.into(), nbc.into());
+            for_range(b, ilo.into(), ihi.into(), 1, |b, i| {
+                let b0 = b.op2(RegClass::B32, "mul.lo.u32", i.into(), imm(lb));
+                let b1 = b.op2(RegClass::B32, "add.u32", b0.into(), imm(lb));
+                let lo = b.op2(RegClass::B32, "max.u32", b0.into(), k0.into());
+                let hi = b.op2(RegClass::B32, "min.u32", b1.into(), k1.into());
+                let ov = b.op2(RegClass::B32, "sub.u32", hi.into(), lo.into());
+                let ovf = b.op1(RegClass::F32, "cvt.rn.f32.u32", ov.into());
+                let a = shared_addr(b, sbase, i);
+                let cur = b.reg(RegClass::F32);
+                b.ins("ld.shared.f32", [cur.into(), mem(a, 0)]);
+                let nv = b.op3(
+                    RegClass::F32,
+                    "fma.rn.f32",
+                    pw.into(),
+                    ovf.into(),
+                    cur.into(),
+                );
+                b.ins("st.shared.f32", [mem(a, 0), nv.into()]);
+            });
+            b.place(skip);
+        });
+    });
 }
