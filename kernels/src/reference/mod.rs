@@ -70,6 +70,7 @@ pub mod score;
 pub mod select;
 mod softmax;
 mod tokens;
+pub mod verify;
 pub mod window;
 
 #[cfg(test)]
