@@ -367,8 +367,8 @@ impl CpuBench {
                     seed,
                     tensor: tensor.to_string(),
                 })?;
-            // `!(e <= tol)` so that NaN fails too.
-            if !(error <= CHECK_TOLERANCE) {
+            // NaN fails too.
+            if error.is_nan() || error > CHECK_TOLERANCE {
                 return Err(CpuCheckError::Inaccurate {
                     seed,
                     tensor: tensor.to_string(),
