@@ -11,6 +11,10 @@ use nsac_dsl::spec::Spec;
 use super::{Output, ReferenceError, block_scores, forward_with_blocks, score, sequences};
 use crate::io::{Inputs, Tensor};
 
+/// Absolute tolerance on the oracle's block scores (sums of compressed probabilities over a
+/// group, at most G) within which an f32 backend may rank two blocks either way.
+pub const SCORE_TIE_TOLERANCE: f64 = 1e-5;
+
 /// A selected row that is not an acceptable choice.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ChoiceError {

@@ -39,15 +39,13 @@ use super::fingerprint::DeviceFingerprint;
 use super::key::TuneKey;
 use super::space::{Dimension, Point, PruneReason, VariantSpace};
 use super::tuner::{BenchError, Benchmark, Progress, TuneOptions};
-use crate::cpu::{CpuKernel, CpuKernelError, CpuOutput};
+use crate::cpu::{CpuKernel, CpuKernelError};
 use nsac_compiler::cpu::CpuVariant;
 use nsac_dsl::Spec;
 use nsac_dsl::problem::{Problem, Shape};
-use nsac_dsl::spec::BranchKind;
 use nsac_kernels::io::{Inputs, Tensor, random_inputs};
-use nsac_kernels::reference::{self, Output, ReferenceError, score};
+use nsac_kernels::reference::{self, Output, ReferenceError, verify};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// One point of the CPU space: how the kernel is generated, and on how many threads it runs.
@@ -68,9 +66,6 @@ pub const CHECK_SEEDS: [u64; 2] = [0x7e57, 0xc0de];
 
 /// The largest max|o−ref|/max|ref| a candidate may have (DESIGN §4).
 pub const CHECK_TOLERANCE: f64 = 1e-5;
-
-/// Score difference under which f32 may rank two blocks either way.
-pub const SCORE_TIE_TOLERANCE: f64 = 1e-5;
 
 /// The values each knob may take (before pruning).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -260,16 +255,10 @@ pub enum CpuCheckError {
     },
     #[error("seed {seed}: `{tensor}` is missing or has the wrong shape")]
     Shape { seed: u64, tensor: String },
-    #[error(
-        "seed {seed}: idx_{branch} at batch {batch}, position {t}, kv head {head} chose {chosen:?}, not a valid top-n"
-    )]
+    #[error("seed {seed}: {error}")]
     BadChoice {
         seed: u64,
-        branch: String,
-        batch: usize,
-        t: usize,
-        head: usize,
-        chosen: Vec<i32>,
+        error: verify::ChoiceError,
     },
 }
 
@@ -278,8 +267,6 @@ struct CheckCase {
     seed: u64,
     inputs: Inputs,
     want: Output,
-    /// Raw block scores per select branch (per sequence, \[T_seg, H, NB\]).
-    scores: BTreeMap<String, Vec<Tensor<f64>>>,
 }
 
 /// Compiles, times and checks CPU candidates for one spec and tuning shape.
@@ -306,17 +293,7 @@ impl CpuBench {
         for seed in CHECK_SEEDS {
             let inputs = random_inputs(spec, &check_shape, seed);
             let want = reference::forward(spec, &check_shape, &inputs)?;
-            let mut scores = BTreeMap::new();
-            for name in want.selected.keys() {
-                let s = reference::block_scores(spec, &check_shape, &inputs, name)?;
-                scores.insert(name.clone(), s);
-            }
-            cases.push(CheckCase {
-                seed,
-                inputs,
-                want,
-                scores,
-            });
+            cases.push(CheckCase { seed, inputs, want });
         }
         Ok(CpuBench {
             spec: spec.clone(),
@@ -349,17 +326,15 @@ impl CpuBench {
     ) -> Result<(), CpuCheckError> {
         let got = kernel.run(&case.inputs, threads)?;
         let seed = case.seed;
-        let want = if got.selected == case.want.selected {
-            case.want.clone()
-        } else {
-            self.check_choices(&got, case)?;
-            reference::forward_with_blocks(
-                &self.spec,
-                &self.check_shape,
-                &case.inputs,
-                &got.selected,
-            )?
-        };
+        let want = verify::reference_for_choices(
+            &self.spec,
+            &self.check_shape,
+            &case.inputs,
+            &case.want,
+            &got.selected,
+            verify::SCORE_TIE_TOLERANCE,
+        )
+        .map_err(|error| CpuCheckError::BadChoice { seed, error })?;
         let compare = |tensor: &str, g: Option<&Tensor<f32>>, w: &Tensor<f64>| {
             let error = g
                 .and_then(|g| reference::relative_error(g, w))
@@ -380,69 +355,6 @@ impl CpuBench {
         compare("o", Some(&got.o), &want.o)?;
         for (name, w) in &want.branches {
             compare(&format!("o_{name}"), got.branches.get(name), w)?;
-        }
-        Ok(())
-    }
-
-    /// Every selected row that differs from the oracle's must be a valid near-tie choice.
-    fn check_choices(&self, got: &CpuOutput, case: &CheckCase) -> Result<(), CpuCheckError> {
-        let seed = case.seed;
-        for (name, want_idx) in &case.want.selected {
-            let shape_err = || CpuCheckError::Shape {
-                seed,
-                tensor: format!("idx_{name}"),
-            };
-            let got_idx = got.selected.get(name).ok_or_else(shape_err)?;
-            if got_idx.shape != want_idx.shape || want_idx.shape.len() != 4 {
-                return Err(shape_err());
-            }
-            let Some(BranchKind::Select(select)) = self
-                .spec
-                .branches
-                .iter()
-                .find(|b| &b.name == name)
-                .map(|b| &b.kind)
-            else {
-                return Err(shape_err());
-            };
-            let (t_all, heads, top) = (want_idx.shape[1], want_idx.shape[2], want_idx.shape[3]);
-            let scores = case.scores.get(name).ok_or_else(shape_err)?;
-            for (seq, seq_scores) in reference::sequences(&self.check_shape).iter().zip(scores) {
-                let blocks = seq_scores.shape.get(2).copied().ok_or_else(shape_err)?;
-                for t in 0..seq.len() {
-                    for head in 0..heads {
-                        let at = ((seq.batch * t_all + seq.start + t) * heads + head) * top;
-                        let (g, w) = (&got_idx.data[at..at + top], &want_idx.data[at..at + top]);
-                        if g == w {
-                            continue;
-                        }
-                        let chosen: Vec<usize> =
-                            g.iter().filter_map(|&i| usize::try_from(i).ok()).collect();
-                        let row = (t * heads + head) * blocks;
-                        let row_scores = &seq_scores.data[row..row + blocks];
-                        let len = seq.len();
-                        let ok = score::is_valid_choice(
-                            row_scores,
-                            &chosen,
-                            select,
-                            self.spec.causal,
-                            t,
-                            len,
-                            SCORE_TIE_TOLERANCE,
-                        );
-                        if !ok {
-                            return Err(CpuCheckError::BadChoice {
-                                seed,
-                                branch: name.clone(),
-                                batch: seq.batch,
-                                t: seq.start + t,
-                                head,
-                                chosen: g.to_vec(),
-                            });
-                        }
-                    }
-                }
-            }
         }
         Ok(())
     }

@@ -187,10 +187,6 @@ fn rel_err(got: &Tensor<f32>, want: &Tensor<f64>) -> f64 {
     }
 }
 
-/// Absolute tolerance on the oracle's block scores (sums of probabilities, at most G) within
-/// which f32 scoring may rank two blocks either way.
-pub const SCORE_TIE_TOLERANCE: f64 = 1e-5;
-
 /// Runs `spec` on `shape` under every variant and checks it against the oracle:
 /// max|o−ref|/max|ref| ≤ 1e-5 for `o` and every branch, selected indices identical except for
 /// near-ties (`reference::verify`).
@@ -212,7 +208,7 @@ pub fn check(spec: &Spec, shape: &Shape, seed: u64, variants: &[CpuVariant], thr
             &inputs,
             &want,
             &got.selected,
-            SCORE_TIE_TOLERANCE,
+            verify::SCORE_TIE_TOLERANCE,
         )
         .unwrap_or_else(|e| panic!("{e}; {ctx}"));
         for (name, w) in &want.branches {
