@@ -83,14 +83,7 @@ pub fn compressed(e: &mut Emit, c: &Consts, f: &[FuncRef], p: &[Value], normaliz
         let start = e.int(0);
         let g = e.int(c.g as i64);
         e.for_range(start, g, 1, |e, r| {
-            let la = e.addr(l, r, 4);
-            let lv = e.load1(la, 0);
-            let zero = e.f32(0.0);
-            let one = e.f32(1.0);
-            let pos = e.b.ins().fcmp(FloatCC::GreaterThan, lv, zero);
-            let inv = e.b.ins().fdiv(one, lv);
-            let inv = e.b.ins().select(pos, inv, zero);
-            let invv = e.b.ins().splat(F32X4, inv);
+            let (_, invv) = super::tile::inverse_row_sum(e, l, r);
             let sb = e.b.ins().imul_imm_s(stride, 4);
             let row = e.b.ins().imul(r, sb);
             let row = e.b.ins().iadd(s, row);

@@ -217,6 +217,19 @@ pub fn pv(e: &mut Emit, c: &Consts, p: &[Value]) {
     }
 }
 
+/// 1/ℓ[r] as a scalar and splatted to F32X4, or 0 where ℓ[r] ≤ 0 (an empty row yields 0,
+/// never NaN).
+pub fn inverse_row_sum(e: &mut Emit, l: Value, r: Value) -> (Value, Value) {
+    let la = e.addr(l, r, 4);
+    let lv = e.load1(la, 0);
+    let zero = e.f32(0.0);
+    let one = e.f32(1.0);
+    let pos = e.b.ins().fcmp(FloatCC::GreaterThan, lv, zero);
+    let inv = e.b.ins().fdiv(one, lv);
+    let inv = e.b.ins().select(pos, inv, zero);
+    (inv, e.b.ins().splat(F32X4, inv))
+}
+
 /// `finish(o, l, out)`: `out[r][d] = O[r][d] / ℓ[r]` for d < Dv (0 where ℓ = 0); `out` rows are
 /// Dv floats apart (the output tensor's layout).
 pub fn finish(e: &mut Emit, c: &Consts, p: &[Value]) {
@@ -224,14 +237,7 @@ pub fn finish(e: &mut Emit, c: &Consts, p: &[Value]) {
     let start = e.int(0);
     let g = e.int(c.g as i64);
     e.for_range(start, g, 1, |e, r| {
-        let la = e.addr(l, r, 4);
-        let lv = e.load1(la, 0);
-        let zero = e.f32(0.0);
-        let one = e.f32(1.0);
-        let pos = e.b.ins().fcmp(FloatCC::GreaterThan, lv, zero);
-        let inv = e.b.ins().fdiv(one, lv);
-        let inv = e.b.ins().select(pos, inv, zero);
-        let invv = e.b.ins().splat(F32X4, inv);
+        let (inv, invv) = inverse_row_sum(e, l, r);
         let orow = e.addr(o, r, (c.dvp * 4) as i64);
         let dst = e.addr(out, r, (c.dv * 4) as i64);
         for j in 0..c.dv / 4 {
