@@ -190,6 +190,10 @@ pub struct RunArgs {
     /// The tuning database whose Variant to use on the CPU (default: the user's cache directory).
     #[arg(long, value_name = "FILE")]
     pub db: Option<PathBuf>,
+    /// An explicit CPU Variant, `FIELD=VALUE,…` over the defaults (fields: rows, key_vectors,
+    /// value_vectors, key_tile, unroll, query_chunk); overrides the tuning database.
+    #[arg(long, value_name = "FIELDS")]
+    pub variant: Option<String>,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
@@ -243,6 +247,10 @@ pub struct CompileArgs {
     /// Write to FILE instead of standard output (for PTX, also FILE's `.manifest.json`).
     #[arg(long, short = 'o', value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// The CPU Variant to compile (--target cpu), `FIELD=VALUE,…` over the defaults (fields:
+    /// rows, key_vectors, value_vectors, key_tile, unroll, query_chunk).
+    #[arg(long, value_name = "FIELDS")]
+    pub variant: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -288,6 +296,10 @@ pub struct BenchArgs {
     /// The tuning database whose Variant to use (default: the user's cache directory).
     #[arg(long, value_name = "FILE")]
     pub db: Option<PathBuf>,
+    /// An explicit CPU Variant, `FIELD=VALUE,…` over the defaults (fields: rows, key_vectors,
+    /// value_vectors, key_tile, unroll, query_chunk); overrides the tuning database.
+    #[arg(long, value_name = "FIELDS")]
+    pub variant: Option<String>,
     /// Timed runs (the median is reported) after one warm-up run.
     #[arg(long, default_value_t = 5)]
     pub runs: usize,

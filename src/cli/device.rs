@@ -136,19 +136,33 @@ pub fn default_threads(threads: Option<usize>) -> usize {
 pub struct CpuChoice {
     pub variant: CpuVariant,
     pub threads: usize,
-    /// `tuned` (from the tuning database) or `default`.
+    /// `explicit` (`--variant`), `tuned` (from the tuning database) or `default`.
     pub origin: &'static str,
 }
 
+/// Parses a `--variant FIELD=VALUE,…` argument.
+pub fn explicit_variant(text: Option<&str>) -> Result<Option<CpuVariant>, CliError> {
+    text.map(|t| CpuVariant::parse(t).map_err(|e| CliError::Other(format!("--variant: {e}"))))
+        .transpose()
+}
+
 impl CpuChoice {
-    /// The tuned Variant when the database has one for this spec, shape and machine, else the
-    /// default; `--threads` wins over the tuned thread count.
+    /// The explicit Variant if given, else the tuned Variant when the database has one for this
+    /// spec, shape and machine, else the default; `--threads` wins over the tuned thread count.
     pub fn pick(
         spec: &Spec,
         shape: &Shape,
         threads: Option<usize>,
         db: Option<&std::path::Path>,
+        explicit: Option<CpuVariant>,
     ) -> CpuChoice {
+        if let Some(variant) = explicit {
+            return CpuChoice {
+                variant,
+                threads: default_threads(threads),
+                origin: "explicit",
+            };
+        }
         match super::tune::tuned_candidate(spec, shape, db) {
             Some(c) => CpuChoice {
                 variant: c.variant,

@@ -6,7 +6,7 @@ use nsac_runtime::tensor_io::{self, HostTensor, TensorSet};
 use serde::Serialize;
 
 use super::args::RunArgs;
-use super::device::{CpuChoice, run_on, values};
+use super::device::{CpuChoice, explicit_variant, run_on, values};
 use super::error::CliError;
 use super::output::{emit, emit_json};
 use super::problem::{describe, problem_from_args, problem_from_inputs};
@@ -73,7 +73,13 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         tensor_io::write_outputs(path, &set)?;
     }
 
-    let cpu = CpuChoice::pick(&spec, &shape, args.threads, args.db.as_deref());
+    let cpu = CpuChoice::pick(
+        &spec,
+        &shape,
+        args.threads,
+        args.db.as_deref(),
+        explicit_variant(args.variant.as_deref())?,
+    );
     let run = run_on(args.device, &spec, &shape, &inputs, &cpu)?;
     let written = match &args.output {
         Some(path) => {

@@ -1,9 +1,10 @@
 //! Small CLIF-building helpers shared by every generated function: counted loops, constants,
 //! F32X4 arithmetic with or without `fma`, and an inline polynomial `exp`.
 //!
-//! `exp` is generated inline (range reduction `x = n·ln2 + r`, degree-6 polynomial in `r`,
-//! `2ⁿ` built in the exponent bits) so generated code calls no helper at all. Inputs below
-//! −87.3 (including −∞) give exactly 0, which is what masked softmax lanes need.
+//! The softmax works in base 2 (scores are pre-scaled by log₂e), and `2^x` is generated inline
+//! (`x = n + r`, degree-6 polynomial in `r`, `2ⁿ` built in the exponent bits), so generated
+//! code calls no helper at all. Inputs at or below −127 (including −∞) give exactly 0, which
+//! is what masked softmax lanes need.
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::types::{F32, F32X4, I32, I32X4, I64};
@@ -20,6 +21,18 @@ pub struct Emit<'a> {
 /// Memory flags for the plain, aligned-enough, non-trapping accesses of generated code.
 pub fn mem() -> MemFlagsData {
     MemFlagsData::new().with_notrap()
+}
+
+/// Flags for loads of memory that no generated code writes while the function runs (the
+/// inputs Q, K, V and, inside `pv`, the probabilities P). Such loads are pure to Cranelift's
+/// e-graph, so it places each one right before its first use instead of keeping CLIF order;
+/// without this, the arithmetic of an unrolled register tile is sunk below all of its loads
+/// and the register tile spills.
+pub fn mem_ro() -> MemFlagsData {
+    MemFlagsData::new()
+        .with_notrap()
+        .with_readonly()
+        .with_can_move()
 }
 
 fn lane_flags() -> MemFlagsData {
@@ -58,9 +71,14 @@ impl<'a> Emit<'a> {
         self.b.ins().load(F32, mem(), ptr, off)
     }
 
-    /// Loads one f32 and broadcasts it to four lanes.
-    pub fn bcast(&mut self, ptr: Value, off: i32) -> Value {
-        let x = self.load1(ptr, off);
+    /// `load4` of read-only memory (see [`mem_ro`]).
+    pub fn load4_ro(&mut self, ptr: Value, off: i32) -> Value {
+        self.b.ins().load(F32X4, mem_ro(), ptr, off)
+    }
+
+    /// `bcast` of read-only memory (see [`mem_ro`]).
+    pub fn bcast_ro(&mut self, ptr: Value, off: i32) -> Value {
+        let x = self.b.ins().load(F32, mem_ro(), ptr, off);
         self.b.ins().splat(F32X4, x)
     }
 
@@ -109,6 +127,76 @@ impl<'a> Emit<'a> {
         self.b.seal_block(header);
         self.b.switch_to_block(exit);
         self.b.seal_block(exit);
+    }
+
+    /// `if cond { then() } else { otherwise() }`.
+    pub fn if_else(
+        &mut self,
+        cond: Value,
+        then: impl FnOnce(&mut Self),
+        otherwise: impl FnOnce(&mut Self),
+    ) {
+        let t = self.b.create_block();
+        let f = self.b.create_block();
+        let join = self.b.create_block();
+        self.b.ins().brif(cond, t, &[], f, &[]);
+        for (blk, body) in [
+            (t, Box::new(then) as Box<dyn FnOnce(&mut Self)>),
+            (f, Box::new(otherwise)),
+        ] {
+            self.b.switch_to_block(blk);
+            self.b.seal_block(blk);
+            body(self);
+            self.b.ins().jump(join, &[]);
+        }
+        self.b.switch_to_block(join);
+        self.b.seal_block(join);
+    }
+
+    /// Returns values equal to `vals` that are computed *here*, before a loop that uses them.
+    ///
+    /// Cranelift's e-graph places a pure value at its first use and, in the loops we generate,
+    /// does not hoist it back out (seen in the optimized CLIF: a row's max/offset and address
+    /// arithmetic recomputed for every vector). Passing the values as parameters of a join
+    /// block pins them: the two incoming edges carry different SSA values (the second an
+    /// identity of the first, on an edge never taken), so the parameters survive constant-phi
+    /// removal, and uses inside the loop refer to parameters defined outside it.
+    pub fn materialize(&mut self, vals: &[Value]) -> Vec<Value> {
+        let join = self.b.create_block();
+        let params: Vec<Value> = vals
+            .iter()
+            .map(|v| {
+                let ty = self.b.func.dfg.value_type(*v);
+                self.b.append_block_param(join, ty)
+            })
+            .collect();
+        let alt = self.b.create_block();
+        let zero = self.b.ins().iconst(I64, 0);
+        let one = self.b.ins().iconst(I64, 1);
+        let taken = self.b.ins().icmp(IntCC::SignedLessThan, zero, one);
+        let args: Vec<_> = vals.iter().map(|v| (*v).into()).collect();
+        self.b.ins().brif(taken, join, &args, alt, &[]);
+        self.b.switch_to_block(alt);
+        self.b.seal_block(alt);
+        let alt_args: Vec<_> = vals
+            .iter()
+            .map(|v| {
+                let ty = self.b.func.dfg.value_type(*v);
+                let same = if ty.is_vector() {
+                    self.b.ins().bor(*v, *v)
+                } else if ty.is_float() {
+                    let n = self.b.ins().fneg(*v);
+                    self.b.ins().fneg(n)
+                } else {
+                    self.b.ins().bor(*v, *v)
+                };
+                same.into()
+            })
+            .collect();
+        self.b.ins().jump(join, &alt_args);
+        self.b.switch_to_block(join);
+        self.b.seal_block(join);
+        params
     }
 
     /// `if cond { then() }`.
@@ -184,45 +272,42 @@ impl<'a> Emit<'a> {
         self.b.ins().bitselect(keepf, x, ninf)
     }
 
-    /// Lane-wise `exp(x)` for an F32X4; `x < −87.3` (and −∞) gives exactly 0.
-    pub fn vexp(&mut self, x: Value) -> Value {
-        let lo = self.splat(-87.3);
-        let hi = self.splat(88.0);
-        let xc = self.b.ins().fmax(x, lo);
-        let xc = self.b.ins().fmin(xc, hi);
-        let log2e = self.splat(std::f32::consts::LOG2_E);
-        let t = self.b.ins().fmul(xc, log2e);
-        let n = self.b.ins().nearest(t);
-        let ln2_hi = self.splat(-0.693_145_75);
-        let ln2_lo = self.splat(-1.428_606_8e-6);
-        let r = self.fma(n, ln2_hi, xc);
-        let r = self.fma(n, ln2_lo, r);
-        // Taylor coefficients 1/k!, k = 6..0 (|r| ≤ ln2/2: truncation error < 2e-7 relative).
-        let coeffs = [
-            1.0 / 720.0,
-            1.0 / 120.0,
-            1.0 / 24.0,
-            1.0 / 6.0,
-            0.5,
-            1.0,
-            1.0,
-        ];
-        let mut p = self.splat(coeffs[0]);
-        for &c in &coeffs[1..] {
-            let cv = self.splat(c);
+    /// Lane-wise maximum as one `maxps`: `b < a ? a : b`. (Cranelift's `fmax` is IEEE-exact
+    /// for NaN and −0, which costs seven instructions; the values here are never NaN.)
+    pub fn vmax(&mut self, a: Value, b: Value) -> Value {
+        let lt = self.b.ins().fcmp(FloatCC::LessThan, b, a);
+        let ltf = self.b.ins().bitcast(F32X4, lane_flags(), lt);
+        self.b.ins().bitselect(ltf, a, b)
+    }
+
+    /// Lane-wise `2^x` for an F32X4 of `x ≤ 0` (softmax exponents after subtracting the
+    /// maximum); `x ≤ −127` (including −∞) gives exactly 0.
+    ///
+    /// `n = round(x)` comes from adding and subtracting 1.5·2²³ (the sum's low mantissa bits
+    /// then hold `n`, so `2ⁿ` is those bits plus the bias, shifted into the exponent field);
+    /// `2^r` for `|r| ≤ ½` is the degree-6 Taylor polynomial of `e^{r·ln 2}` (truncation error
+    /// below 1.3e-7 relative). At `n = −127` the exponent field is 0, i.e. the factor is +0.
+    pub fn vexp2(&mut self, x: Value) -> Value {
+        let lo = self.splat(-127.0);
+        let xc = self.vmax(x, lo);
+        let magic = self.splat(12_582_912.0);
+        let t = self.b.ins().fadd(xc, magic);
+        let n = self.b.ins().fsub(t, magic);
+        let r = self.b.ins().fsub(xc, n);
+        let ln2 = std::f64::consts::LN_2;
+        let mut p = self.splat((ln2.powi(6) / 720.0) as f32);
+        for k in (0..6).rev() {
+            let fact: f64 = (1..=k).map(f64::from).product();
+            let cv = self.splat((ln2.powi(k) / fact) as f32);
             p = self.fma(p, r, cv);
         }
-        let ni = self.b.ins().fcvt_to_sint_sat(I32X4, n);
+        let bits = self.b.ins().bitcast(I32X4, lane_flags(), t);
         let bias = self.b.ins().iconst(I32, 127);
         let bias = self.b.ins().splat(I32X4, bias);
-        let e = self.b.ins().iadd(ni, bias);
+        let e = self.b.ins().iadd(bits, bias);
         let e = self.b.ins().ishl_imm_s(e, 23);
         let pow = self.b.ins().bitcast(F32X4, lane_flags(), e);
-        let y = self.b.ins().fmul(p, pow);
-        let under = self.b.ins().fcmp(FloatCC::LessThan, x, lo);
-        let underf = self.b.ins().bitcast(F32X4, lane_flags(), under);
-        let zero = self.splat(0.0);
-        self.b.ins().bitselect(underf, zero, y)
+        self.b.ins().fmul(p, pow)
     }
 
     /// Converts an i64 to f32.

@@ -77,6 +77,7 @@ pub fn define_all(
 ) -> Result<String, CpuError> {
     let mut ctx = Context::new();
     let mut asm = String::new();
+    let mut sizes = Vec::with_capacity(funcs.len());
     for g in funcs {
         ctx.clear();
         ctx.func = g.func.clone();
@@ -84,6 +85,7 @@ pub fn define_all(
         module
             .define_function(g.id, &mut ctx)
             .map_err(|e| CpuError::Codegen(format!("{}: {e:?}", g.name)))?;
+        sizes.push(ctx.compiled_code().map_or(0, |c| c.code_info().total_size));
         if disasm {
             let text = ctx
                 .compiled_code()
@@ -95,7 +97,43 @@ pub fn define_all(
     module
         .finalize_definitions()
         .map_err(|e| CpuError::Codegen(e.to_string()))?;
+    if std::env::var_os(PERF_MAP_ENV).is_some() {
+        write_perf_map(module, funcs, &sizes);
+    }
     Ok(asm)
+}
+
+/// Set this environment variable to have every JIT-compiled function listed in
+/// `/tmp/perf-<pid>.map`, the file Linux `perf report` reads to name JIT code, and its machine
+/// code written to `/tmp/nsac-<pid>-<START>-<name>.bin` (for
+/// `objdump -D -b binary -mi386:x86-64 --adjust-vma=0xSTART FILE`, to match sampled addresses).
+pub const PERF_MAP_ENV: &str = "NSAC_PERF_MAP";
+
+/// Appends `START SIZE name` lines for `funcs` to the perf map of this process and dumps their
+/// code. A profiling aid only: failure to write is ignored.
+fn write_perf_map(module: &JITModule, funcs: &[Generated], sizes: &[u32]) {
+    use std::io::Write as _;
+    let path = std::env::temp_dir().join(format!("perf-{}.map", std::process::id()));
+    let Ok(mut file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    else {
+        return;
+    };
+    for (g, size) in funcs.iter().zip(sizes) {
+        let code = module.get_finalized_function(g.id);
+        let start = code as usize;
+        let _ = writeln!(file, "{start:x} {size:x} {}", g.name);
+        // SAFETY: `code` is the start of the finalized function, `size` bytes long.
+        let bytes = unsafe { std::slice::from_raw_parts(code, *size as usize) };
+        let bin = std::env::temp_dir().join(format!(
+            "nsac-{}-{start:x}-{}.bin",
+            std::process::id(),
+            g.name
+        ));
+        let _ = std::fs::write(bin, bytes);
+    }
 }
 
 /// The CLIF of every function of `plan` under `variant`, as built before any ISA-specific

@@ -19,7 +19,8 @@
 //! The runtime only packs K/V into the layouts documented in `codegen::tile` and loops over items.
 //!
 //! The function pointer types below are the exact ABI of the drivers (all integers i64,
-//! pointers to f32/i32 host memory, System V / host default call convention).
+//! pointers to f32/i32 host memory, System V / host default call convention). The score
+//! scratch `s` holds G rows of [`score_stride`] floats, a constant of the generated code.
 
 mod codegen;
 mod emit;
@@ -52,22 +53,21 @@ pub enum CpuError {
 /// `pool(k, v, wk, wv, ntok, kcp, vcp)`.
 pub type PoolFn =
     unsafe extern "C" fn(*const f32, *const f32, *const f32, *const f32, i64, *mut f32, *mut f32);
-/// `cmp(q, kcp, vcp, nvis, s, s_stride, m, l, o, out)`.
+/// `cmp(q, kcp, vcp, nvis, s, m, l, o, out)`.
 pub type CompressedFn = unsafe extern "C" fn(
     *const f32,
     *const f32,
     *const f32,
     i64,
     *mut f32,
-    i64,
     *mut f32,
     *mut f32,
     *mut f32,
     *mut f32,
 );
-/// `topn(p, s_stride, nvis, t, len, scores, idx) -> count`.
-pub type TopnFn = unsafe extern "C" fn(*const f32, i64, i64, i64, i64, *mut f32, *mut i32) -> i64;
-/// `sel(q, kp, vp, idx, count, t, len, s, s_stride, m, l, o, out)`.
+/// `topn(p, nvis, t, len, scores, idx) -> count`.
+pub type TopnFn = unsafe extern "C" fn(*const f32, i64, i64, i64, *mut f32, *mut i32) -> i64;
+/// `sel(q, kp, vp, idx, count, t, len, s, m, l, o, out)`.
 pub type SelectedFn = unsafe extern "C" fn(
     *const f32,
     *const f32,
@@ -77,13 +77,12 @@ pub type SelectedFn = unsafe extern "C" fn(
     i64,
     i64,
     *mut f32,
-    i64,
     *mut f32,
     *mut f32,
     *mut f32,
     *mut f32,
 );
-/// `win(q, kp, vp, t, len, s, s_stride, m, l, o, out)`.
+/// `win(q, kp, vp, t, len, s, m, l, o, out)`.
 pub type WindowFn = unsafe extern "C" fn(
     *const f32,
     *const f32,
@@ -91,7 +90,6 @@ pub type WindowFn = unsafe extern "C" fn(
     i64,
     i64,
     *mut f32,
-    i64,
     *mut f32,
     *mut f32,
     *mut f32,
@@ -113,6 +111,33 @@ pub enum StageFn {
     Combine(CombineFn),
 }
 
+/// Floats between consecutive rows of the score scratch (S/P) every attention driver is given:
+/// enough for the compressed tokens of the longest segment, a selection block (plus the three
+/// keys of misalignment) and a window key tile. It is a compile-time constant of the generated
+/// code, so row addresses fold into instruction displacements.
+pub fn score_stride(plan: &Plan, variant: &CpuVariant) -> usize {
+    use crate::plan::Stage as S;
+    let round4 = |x: usize| x.div_ceil(4).max(1) * 4;
+    let max_len = plan
+        .dims
+        .segments
+        .iter()
+        .map(|(s, e)| e - s)
+        .max()
+        .unwrap_or(1);
+    plan.stages
+        .iter()
+        .map(|st| match st {
+            S::CompressedAttention(c) => {
+                round4(plan.pool_of(&c.branch).map_or(0, |p| p.tokens_in(max_len)))
+            }
+            S::SelectedAttention(s) => round4(s.block + 3),
+            S::WindowAttention(_) => variant.key_tile as usize,
+            _ => 4,
+        })
+        .fold(4, usize::max)
+}
+
 /// A plan compiled for this host. The code lives as long as this value.
 pub struct CpuProgram {
     module: Option<JITModule>,
@@ -121,6 +146,8 @@ pub struct CpuProgram {
     /// Wall time of code generation + JIT compilation.
     pub compile_time: Duration,
     pub variant: CpuVariant,
+    /// [`score_stride`] of this plan and variant: the `s_stride` every driver must be given.
+    pub score_stride: usize,
 }
 
 // SAFETY: after finalization the module is only kept to own the executable memory (it is
@@ -187,6 +214,7 @@ pub fn compile(plan: &Plan, variant: &CpuVariant) -> Result<CpuProgram, CpuError
         stages,
         compile_time,
         variant: *variant,
+        score_stride: score_stride(plan, variant),
     })
 }
 

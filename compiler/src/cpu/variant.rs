@@ -40,6 +40,12 @@ impl Default for CpuVariant {
 /// Why a variant is not valid.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VariantError {
+    #[error(
+        "unknown variant field `{0}` (fields: rows, key_vectors, value_vectors, key_tile, unroll, query_chunk)"
+    )]
+    UnknownField(String),
+    #[error("variant setting `{0}` is not FIELD=NUMBER")]
+    Malformed(String),
     #[error("variant field `{field}` = {value} is outside {allowed}")]
     OutOfRange {
         field: &'static str,
@@ -65,7 +71,50 @@ fn check(
     }
 }
 
+impl std::fmt::Display for CpuVariant {
+    /// The `FIELD=VALUE,…` form [`CpuVariant::parse`] reads.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "rows={},key_vectors={},value_vectors={},key_tile={},unroll={},query_chunk={}",
+            self.rows,
+            self.key_vectors,
+            self.value_vectors,
+            self.key_tile,
+            self.unroll,
+            self.query_chunk
+        )
+    }
+}
+
 impl CpuVariant {
+    /// Reads `FIELD=VALUE,…` (e.g. `rows=4,key_vectors=3`); fields not named keep their
+    /// default. The result is validated.
+    pub fn parse(text: &str) -> Result<CpuVariant, VariantError> {
+        let mut v = CpuVariant::default();
+        for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (name, value) = item
+                .split_once('=')
+                .ok_or_else(|| VariantError::Malformed(item.to_string()))?;
+            let value: u32 = value
+                .trim()
+                .parse()
+                .map_err(|_| VariantError::Malformed(item.to_string()))?;
+            let field = match name.trim() {
+                "rows" => &mut v.rows,
+                "key_vectors" => &mut v.key_vectors,
+                "value_vectors" => &mut v.value_vectors,
+                "key_tile" => &mut v.key_tile,
+                "unroll" => &mut v.unroll,
+                "query_chunk" => &mut v.query_chunk,
+                other => return Err(VariantError::UnknownField(other.to_string())),
+            };
+            *field = value;
+        }
+        v.validate()?;
+        Ok(v)
+    }
+
     /// Checks every field against its documented range (the constraints the tuner must obey).
     pub fn validate(&self) -> Result<(), VariantError> {
         check("rows", self.rows, (1..=4).contains(&self.rows), "1..=4")?;

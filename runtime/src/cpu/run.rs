@@ -29,10 +29,6 @@ impl<T> Shared<T> {
     }
 }
 
-fn round4(x: usize) -> usize {
-    x.div_ceil(4).max(1) * 4
-}
-
 /// Everything prepared before the work items run.
 struct Prepared<'a> {
     /// Packed raw K/V per (K buffer id) per slot index.
@@ -169,24 +165,16 @@ pub fn execute(plan: &Plan, program: &CpuProgram, inputs: &Inputs) -> CpuOutput 
         .map(|(k, t)| (*k, Shared(t.data.as_mut_ptr())))
         .collect();
 
-    // Scratch sizes.
+    // Scratch: every attention driver's S/P rows are `score_stride` floats apart (a constant
+    // of the generated code); the scores of block selection need one float per block.
     let max_len = d.segments.iter().map(|(s, e)| e - s).max().unwrap_or(1);
-    let mut tile_stride = 4usize;
+    let stride = program.score_stride;
     let mut scores_len = 1usize;
-    let mut cmp_stride: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut cmp_stages: Vec<usize> = Vec::new();
     for (i, st) in plan.stages.iter().enumerate() {
         match st {
-            Stage::CompressedAttention(c) => {
-                let tok = plan.pool_of(&c.branch).map_or(0, |p| p.tokens_in(max_len));
-                cmp_stride.insert(i, round4(tok));
-            }
-            Stage::SelectBlocks(s) => {
-                scores_len = scores_len.max(max_len.div_ceil(s.block) + 1);
-            }
-            Stage::SelectedAttention(s) => tile_stride = tile_stride.max(round4(s.block + 3)),
-            Stage::WindowAttention(_) => {
-                tile_stride = tile_stride.max(program.variant.key_tile as usize)
-            }
+            Stage::CompressedAttention(_) => cmp_stages.push(i),
+            Stage::SelectBlocks(s) => scores_len = scores_len.max(max_len.div_ceil(s.block) + 1),
             _ => {}
         }
     }
@@ -203,12 +191,12 @@ pub fn execute(plan: &Plan, program: &CpuProgram, inputs: &Inputs) -> CpuOutput 
     items.par_iter().for_each(|&(si, t0)| {
         let slot = prep.slots[si];
         let t1 = (t0 + chunk).min(slot.len);
-        let mut cmp_s: BTreeMap<usize, Vec<f32>> = cmp_stride
+        let mut cmp_s: BTreeMap<usize, Vec<f32>> = cmp_stages
             .iter()
-            .map(|(i, st)| (*i, vec![0.0f32; g * st]))
+            .map(|i| (*i, vec![0.0f32; g * stride]))
             .collect();
         let mut cmp_nvis: BTreeMap<String, (usize, i64)> = BTreeMap::new();
-        let mut tile = vec![0.0f32; g * tile_stride];
+        let mut tile = vec![0.0f32; g * stride];
         let mut m = vec![0.0f32; g];
         let mut l = vec![0.0f32; g];
         let mut o = vec![0.0f32; g * dvp];
@@ -235,7 +223,6 @@ pub fn execute(plan: &Plan, program: &CpuProgram, inputs: &Inputs) -> CpuOutput 
                                 .position(|s| matches!(s, Stage::Pool(p) if p.branch == c.branch))
                                 .unwrap_or(0);
                             let packed = &prep.pooled[&pidx][si];
-                            let st = cmp_stride[&i];
                             let s = cmp_s
                                 .get_mut(&i)
                                 .map_or(std::ptr::null_mut(), |v| v.as_mut_ptr());
@@ -245,7 +232,6 @@ pub fn execute(plan: &Plan, program: &CpuProgram, inputs: &Inputs) -> CpuOutput 
                                 packed.v.as_ptr(),
                                 nvis,
                                 s,
-                                st as i64,
                                 m.as_mut_ptr(),
                                 l.as_mut_ptr(),
                                 o.as_mut_ptr(),
@@ -257,15 +243,7 @@ pub fn execute(plan: &Plan, program: &CpuProgram, inputs: &Inputs) -> CpuOutput 
                             let (ci, nvis) = cmp_nvis.get(&sb.scored_by).copied().unwrap_or((0, 0));
                             let s = cmp_s.get(&ci).map_or(std::ptr::null(), |v| v.as_ptr());
                             let idx = iptr[&sb.idx].at((row * d.heads_kv + slot.h) * sb.top);
-                            let n = f(
-                                s,
-                                cmp_stride.get(&ci).copied().unwrap_or(4) as i64,
-                                nvis,
-                                t as i64,
-                                slot.len as i64,
-                                scores.as_mut_ptr(),
-                                idx,
-                            );
+                            let n = f(s, nvis, t as i64, slot.len as i64, scores.as_mut_ptr(), idx);
                             counts.insert(sb.idx, n);
                         }
                         (Stage::SelectedAttention(sa), StageFn::Selected(f)) => {
@@ -280,7 +258,6 @@ pub fn execute(plan: &Plan, program: &CpuProgram, inputs: &Inputs) -> CpuOutput 
                                 t as i64,
                                 slot.len as i64,
                                 tile.as_mut_ptr(),
-                                tile_stride as i64,
                                 m.as_mut_ptr(),
                                 l.as_mut_ptr(),
                                 o.as_mut_ptr(),
@@ -296,7 +273,6 @@ pub fn execute(plan: &Plan, program: &CpuProgram, inputs: &Inputs) -> CpuOutput 
                                 t as i64,
                                 slot.len as i64,
                                 tile.as_mut_ptr(),
-                                tile_stride as i64,
                                 m.as_mut_ptr(),
                                 l.as_mut_ptr(),
                                 o.as_mut_ptr(),

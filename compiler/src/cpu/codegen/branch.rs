@@ -41,40 +41,39 @@ fn attend_range(
     e: &mut Emit,
     c: &Consts,
     f: &[FuncRef],
-    scratch: [Value; 6],
+    scratch: [Value; 5],
     kp: Value,
     vp: Value,
     lo: Value,
     hi: Value,
 ) {
-    let [q, s, stride, m, l, o] = scratch;
+    let [q, s, m, l, o] = scratch;
     let a4 = e.b.ins().band_imm_s(lo, !3);
     let span = e.b.ins().isub(hi, a4);
     let span = e.b.ins().iadd_imm_s(span, 3);
     let nk4 = e.b.ins().sshr_imm_s(span, 2);
     let grp = e.b.ins().sshr_imm_s(a4, 2);
     let kt = e.addr(kp, grp, (c.dqk * 16) as i64);
-    e.b.ins().call(f[QK], &[q, kt, nk4, s, stride]);
+    e.b.ins().call(f[QK], &[q, kt, nk4, s, q, q, q]);
     let rlo = e.b.ins().isub(lo, a4);
     let rhi = e.b.ins().isub(hi, a4);
-    e.b.ins()
-        .call(f[SOFTMAX], &[s, stride, nk4, rlo, rhi, m, l, o]);
+    e.b.ins().call(f[SOFTMAX], &[s, nk4, rlo, rhi, m, l, o]);
     let vt = e.addr(vp, a4, (c.dvp * 4) as i64);
     let nk = e.b.ins().ishl_imm_s(nk4, 2);
-    e.b.ins().call(f[PV], &[s, stride, vt, nk, o]);
+    e.b.ins().call(f[PV], &[s, vt, nk, o, s, s, s]);
 }
 
-/// `cmp_<c>(q, kcp, vcp, nvis, s, s_stride, m, l, o, out)`: compressed attention over the first
+/// `cmp_<c>(q, kcp, vcp, nvis, s, m, l, o, out)`: compressed attention over the first
 /// `nvis` pooled tokens (one tile holding the whole row). When `normalize`, P is left in `s`
 /// divided by ℓ: the probabilities the block scoring reads.
 pub fn compressed(e: &mut Emit, c: &Consts, f: &[FuncRef], p: &[Value], normalize: bool) {
-    let (q, kcp, vcp, nvis, s, stride, m, l, o, out) =
-        (p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9]);
+    let (q, kcp, vcp, nvis, s, m, l, o, out) =
+        (p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8]);
     init_rows(e, c, m, l, o);
     let zero = e.int(0);
     let any = e.b.ins().icmp(IntCC::SignedGreaterThan, nvis, zero);
     e.when(any, |e| {
-        attend_range(e, c, f, [q, s, stride, m, l, o], kcp, vcp, zero, nvis);
+        attend_range(e, c, f, [q, s, m, l, o], kcp, vcp, zero, nvis);
     });
     e.b.ins().call(f[FINISH], &[o, l, out]);
     if normalize {
@@ -84,9 +83,7 @@ pub fn compressed(e: &mut Emit, c: &Consts, f: &[FuncRef], p: &[Value], normaliz
         let g = e.int(c.g as i64);
         e.for_range(start, g, 1, |e, r| {
             let (_, invv) = super::tile::inverse_row_sum(e, l, r);
-            let sb = e.b.ins().imul_imm_s(stride, 4);
-            let row = e.b.ins().imul(r, sb);
-            let row = e.b.ins().iadd(s, row);
+            let row = e.addr(s, r, (c.s_stride * 4) as i64);
             let z = e.int(0);
             e.for_range(z, nk4, 1, |e, col| {
                 let a = e.addr(row, col, 16);
@@ -98,11 +95,11 @@ pub fn compressed(e: &mut Emit, c: &Consts, f: &[FuncRef], p: &[Value], normaliz
     }
 }
 
-/// `sel_<s>(q, kp, vp, idx, count, t, len, s, s_stride, m, l, o, out)`: online softmax over the
+/// `sel_<s>(q, kp, vp, idx, count, t, len, s, m, l, o, out)`: online softmax over the
 /// keys of the `count` chosen blocks `idx[0..count]`, each block one tile.
 pub fn selected(e: &mut Emit, c: &Consts, f: &[FuncRef], p: &[Value], block: usize) {
-    let (q, kp, vp, idx, count, t, len, s, stride, m, l, o, out) = (
-        p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12],
+    let (q, kp, vp, idx, count, t, len, s, m, l, o, out) = (
+        p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11],
     );
     init_rows(e, c, m, l, o);
     let limit = if c.causal {
@@ -118,17 +115,16 @@ pub fn selected(e: &mut Emit, c: &Consts, f: &[FuncRef], p: &[Value], block: usi
         let lo = e.b.ins().imul_imm_s(i, block as i64);
         let hi = e.b.ins().iadd_imm_s(lo, block as i64);
         let hi = e.min(hi, limit);
-        attend_range(e, c, f, [q, s, stride, m, l, o], kp, vp, lo, hi);
+        attend_range(e, c, f, [q, s, m, l, o], kp, vp, lo, hi);
     });
     e.b.ins().call(f[FINISH], &[o, l, out]);
 }
 
-/// `win_<w>(q, kp, vp, t, len, s, s_stride, m, l, o, out)`: online softmax over the window,
+/// `win_<w>(q, kp, vp, t, len, s, m, l, o, out)`: online softmax over the window,
 /// in tiles of `key_tile` keys aligned to 4.
 pub fn window(e: &mut Emit, c: &Consts, f: &[FuncRef], p: &[Value], size: usize) {
-    let (q, kp, vp, t, len, s, stride, m, l, o, out) = (
-        p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10],
-    );
+    let (q, kp, vp, t, len, s, m, l, o, out) =
+        (p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9]);
     init_rows(e, c, m, l, o);
     let t1 = e.b.ins().iadd_imm_s(t, 1);
     let lo = e.b.ins().iadd_imm_s(t1, -(size as i64));
@@ -146,17 +142,17 @@ pub fn window(e: &mut Emit, c: &Consts, f: &[FuncRef], p: &[Value], size: usize)
         let end = e.b.ins().iadd_imm_s(base, kt);
         let end = e.min(end, hi);
         let tlo = e.max(lo, base);
-        attend_range(e, c, f, [q, s, stride, m, l, o], kp, vp, tlo, end);
+        attend_range(e, c, f, [q, s, m, l, o], kp, vp, tlo, end);
     });
     e.b.ins().call(f[FINISH], &[o, l, out]);
 }
 
-/// `topn_<s>(p, s_stride, nvis, t, len, scores, idx) -> count`: block scores from the scoring
+/// `topn_<s>(p, nvis, t, len, scores, idx) -> count`: block scores from the scoring
 /// branch's probabilities `p` (G rows), forced blocks = +∞, then `count = min(top, nb)` rounds
 /// of an arg-max scan (strict `>`, ascending index: ties go to the lower block); chosen blocks
 /// are marked −1 and written to `idx` in ascending order, the rest of `idx` is −1.
 pub fn topn(e: &mut Emit, c: &Consts, p: &[Value], sb: &SelectBlocksStage) -> Value {
-    let (pp, stride, nvis, t, len, scores, idx) = (p[0], p[1], p[2], p[3], p[4], p[5], p[6]);
+    let (pp, nvis, t, len, scores, idx) = (p[0], p[1], p[2], p[3], p[4], p[5]);
     let bl = sb.block as i64;
     let nb = if c.causal {
         let x = e.b.ins().udiv_imm_s(t, bl);
@@ -174,16 +170,13 @@ pub fn topn(e: &mut Emit, c: &Consts, p: &[Value], sb: &SelectBlocksStage) -> Va
     // Scores: Σ_rows p[r][j] spread over the blocks token j overlaps, weighted |overlap|/d.
     let (cl, cd) = (sb.cmp_block as i64, sb.cmp_stride as i64);
     let inv_d = e.f32(1.0 / sb.cmp_stride as f32);
-    let stride_b = e.b.ins().imul_imm_s(stride, 4);
     let nb1 = e.b.ins().iadd_imm_s(nb, -1);
     e.for_range(zero, nvis, 1, |e, j| {
         let z = e.f32(0.0);
         let pj = e.var(F32, z);
         let col = e.addr(pp, j, 4);
         for r in 0..c.g {
-            let off = e.b.ins().imul_imm_s(stride_b, r as i64);
-            let a = e.b.ins().iadd(col, off);
-            let x = e.load1(a, 0);
+            let x = e.load1(col, (r * c.s_stride * 4) as i32);
             let cur = e.b.use_var(pj);
             let n = e.b.ins().fadd(cur, x);
             e.b.def_var(pj, n);

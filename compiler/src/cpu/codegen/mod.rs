@@ -29,6 +29,8 @@ pub struct Consts {
     pub scale: f32,
     pub causal: bool,
     pub variant: CpuVariant,
+    /// Floats per S/P scratch row ([`super::score_stride`]).
+    pub s_stride: usize,
 }
 
 impl Consts {
@@ -43,6 +45,7 @@ impl Consts {
             scale: d.scale as f32,
             causal: d.causal,
             variant: *variant,
+            s_stride: super::score_stride(plan, variant),
         }
     }
 }
@@ -137,9 +140,9 @@ pub fn generate<M: Module>(
             .map_err(Box::new)
     };
     let tile_sigs = [
-        (Role::Qk, "qk", 5usize),
-        (Role::Softmax, "softmax", 8),
-        (Role::Pv, "pv", 5),
+        (Role::Qk, "qk", 4 + tile::POINTER_ALIASES - 1),
+        (Role::Softmax, "softmax", 7),
+        (Role::Pv, "pv", 4 + tile::POINTER_ALIASES - 1),
         (Role::Finish, "finish", 3),
     ];
     let mut tile_ids = Vec::new();
@@ -166,10 +169,10 @@ pub fn generate<M: Module>(
     for (i, stage) in plan.stages.iter().enumerate() {
         let (name, nparams, ret) = match stage {
             Stage::Pool(s) => (format!("pool_{}", sanitize(&s.branch)), 7, None),
-            Stage::CompressedAttention(s) => (format!("cmp_{}", sanitize(&s.branch)), 10, None),
-            Stage::SelectBlocks(s) => (format!("topn_{}", sanitize(&s.branch)), 7, Some(I64)),
-            Stage::SelectedAttention(s) => (format!("sel_{}", sanitize(&s.branch)), 13, None),
-            Stage::WindowAttention(s) => (format!("win_{}", sanitize(&s.branch)), 11, None),
+            Stage::CompressedAttention(s) => (format!("cmp_{}", sanitize(&s.branch)), 9, None),
+            Stage::SelectBlocks(s) => (format!("topn_{}", sanitize(&s.branch)), 6, Some(I64)),
+            Stage::SelectedAttention(s) => (format!("sel_{}", sanitize(&s.branch)), 12, None),
+            Stage::WindowAttention(s) => (format!("win_{}", sanitize(&s.branch)), 10, None),
             Stage::Combine(_) => ("combine".to_string(), 1, None),
         };
         let sig = signature(cc, nparams, ret);
