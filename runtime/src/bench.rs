@@ -1,6 +1,7 @@
 //! CPU benchmark of a compiled spec: median time after warm-up, achieved GFLOP/s (DESIGN §5:
 //! 2·(Dqk+Dv) FLOPs per attended key per query head), the 128-bit FMA ceiling of this machine
-//! measured in the same run by a JIT'd F32X4 FMA loop, their ratio, and the speed-up over the
+//! measured in the same run by a JIT'd F32X4 FMA loop (sampled before and after every timed
+//! run), their ratio, and the speed-up over the
 //! f64 reference oracle (timed on a shorter sequence when asked, compared per FLOP).
 //!
 //! FLOPs are counted here from the plan and the indices the kernel chose (compressed tokens
@@ -72,9 +73,10 @@ pub struct BenchReport {
     /// Attention FLOPs of one call (DESIGN §5).
     pub flops: f64,
     pub gflops: f64,
-    /// The measured 128-bit F32X4 FMA ceiling with `threads` threads.
+    /// The measured 128-bit F32X4 FMA ceiling with `threads` threads: the median of the
+    /// samples taken around each timed run.
     pub fma_ceiling_gflops: f64,
-    /// gflops / fma_ceiling_gflops.
+    /// The median over runs of (GFLOP/s of the run) / (the ceiling sampled around it).
     pub ceiling_ratio: f64,
     /// The oracle's time on `oracle_seq_len` (single call).
     pub oracle_ms: Option<f64>,
@@ -184,31 +186,59 @@ pub fn attention_flops(plan: &Plan, out: &CpuOutput) -> f64 {
     keys * per_key
 }
 
-/// The 128-bit FMA ceiling of this machine in GFLOP/s with `threads` threads, measured now.
-pub fn fma_ceiling(threads: usize) -> Result<f64, BenchError> {
-    let peak = compile_peak()?;
-    let run = peak.run;
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads.max(1))
-        .build()
-        .map_err(|e| CpuKernelError::ThreadPool(e.to_string()))?;
-    let iters: i64 = 20_000_000;
-    let mut best = 0.0f64;
-    for _ in 0..3 {
+/// The JIT'd FMA probe with its thread pool, to sample the ceiling next to each timed run.
+pub struct CeilingProbe {
+    peak: nsac_compiler::cpu::PeakProgram,
+    pool: rayon::ThreadPool,
+    threads: usize,
+}
+
+impl CeilingProbe {
+    pub fn new(threads: usize) -> Result<CeilingProbe, BenchError> {
+        let threads = threads.max(1);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map_err(|e| CpuKernelError::ThreadPool(e.to_string()))?;
+        Ok(CeilingProbe {
+            peak: compile_peak()?,
+            pool,
+            threads,
+        })
+    }
+
+    /// GFLOP/s of `iters` probe rounds on every thread at once.
+    pub fn sample(&self, iters: i64) -> f64 {
+        let run = self.peak.run;
         let start = Instant::now();
-        let sums: Vec<f32> = pool.install(|| {
-            (0..threads.max(1))
+        let sums: Vec<f32> = self.pool.install(|| {
+            (0..self.threads)
                 .into_par_iter()
-                // SAFETY: `run` is the finalized probe (i64) -> f32, alive while `peak` lives.
+                // SAFETY: `run` is the finalized probe (i64) -> f32, alive while `self` lives.
                 .map(|_| unsafe { run(iters) })
                 .collect()
         });
         let secs = start.elapsed().as_secs_f64();
         std::hint::black_box(sums);
-        let flops = (PEAK_FLOPS_PER_ITER as f64) * iters as f64 * threads.max(1) as f64;
-        best = best.max(flops / secs / 1e9);
+        (PEAK_FLOPS_PER_ITER as f64) * iters as f64 * self.threads as f64 / secs / 1e9
     }
-    Ok(best)
+}
+
+/// Probe rounds of one ceiling sample next to a timed run (about 10 ms per thread).
+const SAMPLE_ITERS: i64 = 5_000_000;
+
+/// The 128-bit FMA ceiling of this machine in GFLOP/s with `threads` threads, measured now
+/// (best of three samples).
+pub fn fma_ceiling(threads: usize) -> Result<f64, BenchError> {
+    let probe = CeilingProbe::new(threads)?;
+    Ok((0..3)
+        .map(|_| probe.sample(4 * SAMPLE_ITERS))
+        .fold(0.0, f64::max))
+}
+
+fn median_f64(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
 }
 
 fn median(mut xs: Vec<Duration>) -> Duration {
@@ -233,16 +263,30 @@ pub fn bench_cpu(
     for _ in 1..opts.warmup {
         out = kernel.run(&inputs, threads)?;
     }
+    // Each timed run sits between two ceiling samples, so that a machine whose speed drifts
+    // (other processes, frequency) affects both sides of the ratio alike.
+    let probe = CeilingProbe::new(threads)?;
     let mut times = Vec::new();
+    let mut ceilings = Vec::new();
+    let mut before = probe.sample(SAMPLE_ITERS);
     for _ in 0..opts.runs {
         let start = Instant::now();
         out = kernel.run(&inputs, threads)?;
         times.push(start.elapsed());
+        let after = probe.sample(SAMPLE_ITERS);
+        ceilings.push((before + after) / 2.0);
+        before = after;
     }
-    let med = median(times).as_secs_f64();
     let flops = attention_flops(kernel.plan(), &out);
+    let ratios: Vec<f64> = times
+        .iter()
+        .zip(&ceilings)
+        .map(|(t, c)| flops / t.as_secs_f64() / 1e9 / c)
+        .collect();
+    let med = median(times).as_secs_f64();
     let gflops = flops / med / 1e9;
-    let ceiling = fma_ceiling(threads)?;
+    let ceiling = median_f64(ceilings);
+    let ceiling_ratio = median_f64(ratios);
     let (oracle_ms, oracle_gflops) = match opts.oracle_seq_len {
         Some(t) => {
             let mut p = Problem::batched(shape.batch, t);
@@ -282,7 +326,7 @@ pub fn bench_cpu(
         flops,
         gflops,
         fma_ceiling_gflops: ceiling,
-        ceiling_ratio: gflops / ceiling,
+        ceiling_ratio,
         oracle_ms,
         oracle_seq_len: opts.oracle_seq_len,
         oracle_gflops,

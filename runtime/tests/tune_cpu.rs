@@ -98,7 +98,44 @@ fn the_default_space_keeps_the_default_and_prunes_only_big_tiles() {
             space.variant_at(p)
         );
     }
-    assert!(!grid.pruned.is_empty());
+    // 3 rows × 2 × 2 tiles × 2 unrolls × 2 chunks, one key tile and one thread count: small
+    // enough to measure exhaustively; a window branch doubles it with a second key tile.
+    assert_eq!(grid.valid.len() + grid.pruned.len(), 48);
+    let paper = library("nsa-paper");
+    let with_window = CpuSpace::new(
+        &shape(&paper, 2048, (16, 1), 64),
+        CpuKnobs::for_spec(&paper),
+    );
+    assert_eq!(enumerate(&with_window).unwrap().total(), 96);
+}
+
+#[test]
+fn the_tuning_problem_is_a_small_proxy_with_the_same_group_and_dims() {
+    use nsac_runtime::tune::cpu::{TUNE_WORK_GFLOP, tuning_shape};
+    for name in ["nsa-fla", "nsa-paper"] {
+        let spec = library(name);
+        let big = shape(&spec, 16384, (64, 4), 128);
+        let proxy = tuning_shape(&spec, &big);
+        assert_eq!((proxy.heads.q, proxy.heads.kv), (16, 1), "{name}");
+        assert_eq!(proxy.head_dim, big.head_dim);
+        assert_eq!(proxy.batch, 1);
+        assert!(
+            proxy.seq_len.is_power_of_two() && proxy.seq_len >= 256,
+            "{name}: {proxy:?}"
+        );
+        let gflop = |s: &Shape| nsac_compiler::cost::estimate(&spec, s).unwrap().flops.total / 1e9;
+        assert!(
+            gflop(&proxy) <= TUNE_WORK_GFLOP || proxy.seq_len == 256,
+            "{name}"
+        );
+        // The next power of two would be over the budget.
+        let longer = shape(&spec, proxy.seq_len * 2, (16, 1), 128);
+        assert!(gflop(&longer) > TUNE_WORK_GFLOP, "{name}");
+        // A small problem is its own proxy (modulo kv heads).
+        let small = shape(&spec, 300, (4, 2), 16);
+        let p = tuning_shape(&spec, &small);
+        assert_eq!((p.seq_len, p.heads.q, p.heads.kv), (256, 2, 1));
+    }
 }
 
 #[test]
@@ -163,6 +200,8 @@ fn tiny_options() -> CpuTuneOptions {
             warmup: 0,
             repeats: 1,
             drop_factor: 100.0,
+            confirm_finalists: 2,
+            confirm_rounds: 2,
         },
     }
 }
@@ -289,7 +328,7 @@ fn measure_full_tune_and_tuned_vs_default() {
         "cpu: {} ({} cores, {:?})",
         cpu.model, cpu.cores, cpu.features
     );
-    let options = CpuTuneOptions::default();
+    let options = CpuTuneOptions::for_spec(&library("nsa-paper"));
     for name in ["nsa-fla", "nsa-paper"] {
         let spec = library(name);
         let s = shape(&spec, tune_t, (16, 1), 64);

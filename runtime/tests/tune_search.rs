@@ -253,6 +253,8 @@ fn far_slower_candidates_are_dropped_after_one_timed_run() {
         warmup: 1,
         repeats: 7,
         drop_factor: 1.5,
+        confirm_finalists: 0,
+        confirm_rounds: 0,
     };
     let result = tune(&space, &bench, &options, &mut |_| {}).unwrap();
     let runs = bench.runs.lock().unwrap();
@@ -369,4 +371,68 @@ fn candidates_compile_in_parallel() {
     };
     tune(&space, &bench, &options, &mut |_| {}).unwrap();
     assert!(bench.most.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+}
+
+/// A slow candidate timed in a quiet moment looks fastest in the first pass; the confirmation
+/// round (finalists and the default timed again in turn) sees its true cost, and the default is
+/// never reported faster than the result. Without the confirmation the lucky one wins.
+#[test]
+fn the_confirmation_round_unmasks_a_lucky_first_pass() {
+    let space = toy_space();
+    let grid = enumerate(&space).unwrap();
+    let landscape = Landscape::random(&grid.shape, 0.1, 0.0, 21);
+    let mut ranked: Vec<_> = grid
+        .valid
+        .iter()
+        .map(|p| (p.clone(), landscape.cost(p).unwrap()))
+        .collect();
+    ranked.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let (worst, worst_cost) = ranked.last().cloned().unwrap();
+    let truth = ranked[0].clone();
+    let base = TuneOptions {
+        search: SearchConfig {
+            exhaustive_limit: 1000,
+            ..SearchConfig::default()
+        },
+        warmup: 1,
+        repeats: 3,
+        drop_factor: 100.0,
+        ..TuneOptions::default()
+    };
+    let lucky = |bench: &mut FakeBench| {
+        // Four first-pass runs (warm-up + 3) at a tenth of the best's cost.
+        bench.lucky = Some((worst.clone(), 0.1 * truth.1 / worst_cost, 4));
+    };
+    let mut fooled = FakeBench::new(Landscape::random(&grid.shape, 0.1, 0.0, 21));
+    lucky(&mut fooled);
+    let plain = tune(&space, &fooled, &base, &mut |_| {}).unwrap();
+    assert_eq!(
+        toy_point(&plain.best),
+        worst,
+        "the first pass alone is fooled"
+    );
+
+    let mut bench = FakeBench::new(landscape);
+    lucky(&mut bench);
+    let options = TuneOptions {
+        confirm_finalists: 3,
+        confirm_rounds: 3,
+        ..base
+    };
+    let mut events = Vec::new();
+    let result = tune(&space, &bench, &options, &mut |e| events.push(e)).unwrap();
+    assert_eq!(toy_point(&result.best), truth.0);
+    let best_us = result.best_time.as_secs_f64() * 1e6;
+    assert!(
+        (best_us / truth.1 - 1.0).abs() < 3e-3,
+        "{best_us} vs {}",
+        truth.1
+    );
+    assert!(result.speedup_over_default().unwrap() >= 1.0);
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Progress::Confirming { finalists: 4 }))
+    );
+    assert!(matches!(events.last(), Some(Progress::Finished { .. })));
 }

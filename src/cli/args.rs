@@ -192,8 +192,12 @@ pub struct RunArgs {
     pub db: Option<PathBuf>,
     /// An explicit CPU Variant, `FIELD=VALUE,…` over the defaults (fields: rows, key_vectors,
     /// value_vectors, key_tile, unroll, query_chunk); overrides the tuning database.
-    #[arg(long, value_name = "FIELDS")]
+    #[arg(long, value_name = "FIELDS", conflicts_with = "tune")]
     pub variant: Option<String>,
+    /// Tune the CPU kernel for this spec and shape first if the tuning database has no current
+    /// result for this machine (as `nsac tune` does, well under a minute), then run with it.
+    #[arg(long)]
+    pub tune: bool,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,

@@ -5,11 +5,14 @@ use nsac_kernels::io::{Tensor, check_inputs, random_inputs};
 use nsac_runtime::tensor_io::{self, HostTensor, TensorSet};
 use serde::Serialize;
 
-use super::args::RunArgs;
+use nsac_runtime::cuda::CudaDevice;
+
+use super::args::{DeviceArg, RunArgs};
 use super::device::{CpuChoice, explicit_variant, run_on, values};
 use super::error::CliError;
 use super::output::{emit, emit_json};
 use super::problem::{describe, problem_from_args, problem_from_inputs};
+use super::tune::tune_if_missing;
 
 /// What `run` prints (`--json` prints exactly this).
 #[derive(Debug, Serialize)]
@@ -73,6 +76,21 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         tensor_io::write_outputs(path, &set)?;
     }
 
+    if args.tune {
+        if args.device != DeviceArg::Cpu && CudaDevice::open().ok().flatten().is_some() {
+            eprintln!("note: --tune tunes the CPU backend; this run goes to the GPU, skipping it");
+        } else if args.device == DeviceArg::Cpu || args.device == DeviceArg::Auto {
+            tune_if_missing(&spec, &shape, args.db.as_deref(), args.json)?;
+        } else {
+            return Err(CliError::Other(
+                format!(
+                    "--tune tunes the CPU backend; it does not apply to --device {:?}",
+                    args.device
+                )
+                .to_lowercase(),
+            ));
+        }
+    }
     let cpu = CpuChoice::pick(
         &spec,
         &shape,

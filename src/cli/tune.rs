@@ -9,7 +9,9 @@ use nsac_compiler::cost;
 use nsac_dsl::Spec;
 use nsac_dsl::problem::Shape;
 use nsac_runtime::bench::fma_ceiling;
-use nsac_runtime::tune::cpu::{CpuCandidate, CpuTuneOptions, tune_cpu, tuned_cpu_variant};
+use nsac_runtime::tune::cpu::{
+    CpuCandidate, CpuTuneOptions, tune_cpu, tuned_cpu_variant, tuning_shape,
+};
 use nsac_runtime::tune::{DbWarning, Outcome, Progress, Tuned, TuningDb};
 use serde::Serialize;
 
@@ -34,11 +36,90 @@ pub fn tuned_candidate(spec: &Spec, shape: &Shape, db: Option<&Path>) -> Option<
     tuned_cpu_variant(spec, shape, &db)
 }
 
+/// `run --tune`: tunes `spec` on `shape` for this CPU unless the database already has a current
+/// result, with a progress bar (none when `quiet`) and a one-line report on standard error.
+pub fn tune_if_missing(
+    spec: &Spec,
+    shape: &Shape,
+    db: Option<&Path>,
+    quiet: bool,
+) -> Result<(), CliError> {
+    let db = open_db(db)?;
+    if tuned_cpu_variant(spec, shape, &db).is_some() {
+        if !quiet {
+            eprintln!("tuning: the database already has a result for this machine");
+        }
+        return Ok(());
+    }
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        progress_bar()?
+    };
+    let (tuned, warnings) = tune_cpu(
+        spec,
+        shape,
+        &db,
+        &CpuTuneOptions::for_spec(spec),
+        false,
+        &mut |event| follow(&bar, event),
+    )
+    .map_err(|e| CliError::Other(format!("tuning failed: {e}")))?;
+    bar.finish_and_clear();
+    warn(&warnings);
+    if let (Tuned::Fresh(result), false) = (&tuned, quiet) {
+        eprintln!(
+            "tuning: {} of {} variants measured at T={}; best {} ({:.2}× the default), saved to {}",
+            result.measured(),
+            result.space,
+            tuning_shape(spec, shape).seq_len,
+            result.best.variant,
+            result.speedup_over_default().unwrap_or(1.0),
+            db.path().display()
+        );
+    }
+    Ok(())
+}
+
+fn progress_bar() -> Result<ProgressBar, CliError> {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} tuning [{bar:30}] {pos}/{len} {msg}")
+            .map_err(|e| CliError::Other(e.to_string()))?
+            .progress_chars("=> "),
+    );
+    Ok(bar)
+}
+
+/// Moves `bar` along with the tuner's events.
+fn follow(bar: &ProgressBar, event: Progress) {
+    match event {
+        Progress::Planned {
+            space,
+            pruned,
+            planned,
+            strategy,
+        } => {
+            bar.set_length(planned as u64);
+            bar.set_message(format!("{space} variants, {pruned} pruned, {strategy:?}"));
+        }
+        Progress::Compiling { count } => bar.set_message(format!("compiling {count}")),
+        Progress::Confirming { finalists } => {
+            bar.set_message(format!("confirming the {finalists} fastest, in turn"))
+        }
+        Progress::Candidate { done, .. } => bar.set_position(done as u64),
+        Progress::Finished { .. } => bar.finish_and_clear(),
+    }
+}
+
 /// What `tune --json` prints.
 #[derive(Debug, Serialize)]
 struct TuneSummary {
     spec: String,
     seq_len: usize,
+    /// The length candidates were timed at (a proxy of `seq_len` with the same GQA group and
+    /// dims; times and GFLOP/s below are of this problem).
+    timed_seq_len: usize,
     /// `stored` (the DB already had it) or `tuned` (measured now).
     source: &'static str,
     best: CpuCandidate,
@@ -98,31 +179,13 @@ pub fn run(args: &TuneArgs) -> Result<(), CliError> {
     }
     let spec = nsac_dsl::load(spec_path)?;
     let shape = problem_from_args(&args.problem)?.resolve(&spec)?;
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} tuning [{bar:30}] {pos}/{len} {msg}")
-            .map_err(|e| CliError::Other(e.to_string()))?
-            .progress_chars("=> "),
-    );
-    let mut progress = |event: Progress| match event {
-        Progress::Planned {
-            space,
-            pruned,
-            planned,
-            strategy,
-        } => {
-            bar.set_length(planned as u64);
-            bar.set_message(format!("{space} variants, {pruned} pruned, {strategy:?}"));
-        }
-        Progress::Compiling { count } => bar.set_message(format!("compiling {count}")),
-        Progress::Candidate { done, .. } => bar.set_position(done as u64),
-        Progress::Finished { .. } => bar.finish_and_clear(),
-    };
+    let bar = progress_bar()?;
+    let mut progress = |event: Progress| follow(&bar, event);
     let (tuned, warnings) = tune_cpu(
         &spec,
         &shape,
         &db,
-        &CpuTuneOptions::default(),
+        &CpuTuneOptions::for_spec(&spec),
         args.retune,
         &mut progress,
     )
@@ -131,11 +194,13 @@ pub fn run(args: &TuneArgs) -> Result<(), CliError> {
     warn(&warnings);
 
     let best = *tuned.variant();
-    let flops = cost::estimate(&spec, &shape)?.flops.attention;
+    let timing = tuning_shape(&spec, &shape);
+    let flops = cost::estimate(&spec, &timing)?.flops.attention;
     let ceiling = fma_ceiling(best.threads)?;
     let mut summary = TuneSummary {
         spec: spec.name.clone(),
         seq_len: shape.seq_len,
+        timed_seq_len: timing.seq_len,
         source: "stored",
         best,
         best_ms: 0.0,
@@ -183,7 +248,7 @@ pub fn run(args: &TuneArgs) -> Result<(), CliError> {
     }
     let v = &summary.best.variant;
     let mut text = format!(
-        "{} at T={} ({}):\n  best      rows {} key_vectors {} value_vectors {} key_tile {} unroll {} query_chunk {}, {} threads\n  time      {:.3} ms   {:.2} GFLOP/s   {:.0}% of the 128-bit FMA ceiling ({:.1} GFLOP/s, measured now)\n",
+        "{} at T={} ({}, timed at T={}):\n  best      rows {} key_vectors {} value_vectors {} key_tile {} unroll {} query_chunk {}, {} threads\n  time      {:.3} ms   {:.2} GFLOP/s   {:.0}% of the 128-bit FMA ceiling ({:.1} GFLOP/s, measured now)\n",
         summary.spec,
         summary.seq_len,
         if summary.source == "tuned" {
@@ -191,6 +256,7 @@ pub fn run(args: &TuneArgs) -> Result<(), CliError> {
         } else {
             "from the tuning database"
         },
+        summary.timed_seq_len,
         v.rows,
         v.key_vectors,
         v.value_vectors,

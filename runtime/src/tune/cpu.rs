@@ -5,24 +5,36 @@
 //! # The space and why these ranges
 //!
 //! A candidate is a [`CpuVariant`] plus the worker-thread count. The default knob ranges
-//! ([`CpuKnobs::default`]) are:
+//! ([`CpuKnobs::for_spec`]) keep the region where the backend's good variants live (measured
+//! on a Zen 3 core: 1-wide key/value tiles leave the FMA chains latency-bound, 4-wide ones
+//! spill next to 4 rows, unroll 4 spills):
 //!
 //! | knob | values | why |
 //! |---|---|---|
-//! | `rows` | 1, 2, 4 | heads of a GQA group per register tile; 3 rarely divides a group |
-//! | `key_vectors` | 1, 2, 4 | F32X4 key vectors per q·kᵀ tile (4–16 keys) |
-//! | `value_vectors` | 1, 2, 4 | F32X4 value vectors per p·v tile |
-//! | `key_tile` | 32, 64, 128 | window-branch online-softmax tile (a select block is 64) |
-//! | `unroll` | 1, 2, 4 | every value the backend accepts |
+//! | `rows` | 1, 2, 4 | heads of a GQA group per register tile (pruned above the group) |
+//! | `key_vectors` | 2, 3 | F32X4 key vectors per q·kᵀ tile (8–12 keys) |
+//! | `value_vectors` | 2, 3 | F32X4 value vectors per p·v tile |
+//! | `key_tile` | 64 (and 128 with a window branch) | only the window branch tiles its keys |
+//! | `unroll` | 1, 2 | reduction unroll |
 //! | `query_chunk` | 16, 64 | positions per parallel work item: fine vs coarse grain |
-//! | `threads` | 1..=cores | one thread may win when the problem is small |
+//! | `threads` | every core | on these kernels fewer threads never won; a list may say otherwise |
 //!
-//! That is 486 × cores points; the register-pressure rule removes the large tiles, leaving
-//! about 80% of them, so the tuner uses coordinate descent (see `tune::search`), which measures
-//! a few dozen. Rejected before compiling, each with its reason ([`PruneReason`]):
-//! [`CpuVariant::validate`] fails; more live F32X4 registers than the 16 xmm registers of
-//! x86-64 ([`CpuVariant::registers`], the backend's own count); `rows` larger than the GQA group
-//! (the tile would be partly empty); more threads than cores.
+//! That is 48 points (96 with a window), measured exhaustively. Rejected before compiling,
+//! each with its reason ([`PruneReason`]): [`CpuVariant::validate`] fails; more live F32X4
+//! registers than the 16 xmm registers of x86-64 ([`CpuVariant::registers`], the backend's own
+//! count); `rows` larger than the GQA group (the tile would be partly empty); more threads than
+//! cores.
+//!
+//! # The tuning problem
+//!
+//! Candidates are timed (and checked) on a proxy of the requested problem ([`tuning_shape`]):
+//! one batch row and one kv head with the same GQA group, dims and dtype — what the generated
+//! code is specialized on; more kv heads or rows only add independent work items — at the
+//! longest power-of-two length up to T whose work (by `compiler::cost`) stays under
+//! [`TUNE_WORK_GFLOP`], so that one run takes tens of milliseconds and a full tune fits in a
+//! minute on two cores. Per-position work stops growing once the selection saturates
+//! (T ≥ top·block), which the proxy reaches for the library specs at their benchmark dims; the
+//! result is stored under the requested shape's key.
 //!
 //! # Checking
 //!
@@ -80,18 +92,75 @@ pub struct CpuKnobs {
 }
 
 impl Default for CpuKnobs {
-    /// The ranges documented in the module docs, threads 1..=cores of this machine.
+    /// The ranges documented in the module docs for a spec without a window branch, all
+    /// cores of this machine.
     fn default() -> Self {
         CpuKnobs {
             rows: vec![1, 2, 4],
-            key_vectors: vec![1, 2, 4],
-            value_vectors: vec![1, 2, 4],
-            key_tile: vec![32, 64, 128],
-            unroll: vec![1, 2, 4],
+            key_vectors: vec![2, 3],
+            value_vectors: vec![2, 3],
+            key_tile: vec![64],
+            unroll: vec![1, 2],
             query_chunk: vec![16, 64],
-            threads: (1..=available_cores()).collect(),
+            threads: vec![available_cores()],
         }
     }
+}
+
+impl CpuKnobs {
+    /// The default ranges for `spec`: `key_tile` varies only when it has a window branch.
+    pub fn for_spec(spec: &Spec) -> Self {
+        let mut knobs = CpuKnobs::default();
+        let window = spec
+            .branches
+            .iter()
+            .any(|b| matches!(b.kind, nsac_dsl::spec::BranchKind::Window(_)));
+        if window {
+            knobs.key_tile.push(128);
+        }
+        knobs
+    }
+}
+
+/// Largest work (cost-model GFLOP) of the problem candidates are timed on.
+pub const TUNE_WORK_GFLOP: f64 = 3.0;
+
+/// The smallest proxy length (unless T itself is smaller).
+pub const TUNE_MIN_SEQ_LEN: usize = 256;
+
+/// The problem candidates are timed on for `shape` (see the module docs): one row, one kv head
+/// of the same group, at the longest power-of-two length (at least [`TUNE_MIN_SEQ_LEN`], at
+/// most the longest segment) whose work is under [`TUNE_WORK_GFLOP`].
+pub fn tuning_shape(spec: &Spec, shape: &Shape) -> Shape {
+    let group = (shape.heads.q / shape.heads.kv.max(1)).max(1);
+    let longest = shape
+        .segments
+        .iter()
+        .map(|(s, e)| e - s)
+        .max()
+        .unwrap_or(shape.seq_len)
+        .max(1);
+    let at = |len: usize| {
+        let mut problem = Problem::batched(1, len);
+        problem.heads = Some(nsac_dsl::spec::Heads { q: group, kv: 1 });
+        problem.head_dim = Some(shape.head_dim);
+        problem.dtype = shape.dtype;
+        let s = problem.resolve(spec).ok()?;
+        let gflop = nsac_compiler::cost::estimate(spec, &s).ok()?.flops.total / 1e9;
+        Some((s, gflop))
+    };
+    let mut len = TUNE_MIN_SEQ_LEN.min(longest);
+    let Some((mut best, _)) = at(len) else {
+        return shape.clone();
+    };
+    while len * 2 <= longest {
+        len *= 2;
+        match at(len) {
+            Some((s, gflop)) if gflop <= TUNE_WORK_GFLOP => best = s,
+            _ => break,
+        }
+    }
+    best
 }
 
 /// Cores this process may run on.
@@ -279,11 +348,13 @@ pub struct CpuBench {
 }
 
 impl CpuBench {
-    /// A benchmark of `spec` on `shape` (random inputs made once), with the oracle's answers
-    /// on the check problem (same heads and dims, [`CHECK_SEQ_LEN`] tokens) computed up front.
+    /// A benchmark of `spec` on the [`tuning_shape`] of `shape` (random inputs made once), with
+    /// the oracle's answers on the check problem (the tuning shape's heads and dims,
+    /// [`CHECK_SEQ_LEN`] tokens) computed up front.
     pub fn new(spec: &Spec, shape: &Shape) -> Result<Self, CpuCheckError> {
+        let tuning = tuning_shape(spec, shape);
         let mut problem = Problem::batched(1, CHECK_SEQ_LEN);
-        problem.heads = Some(shape.heads);
+        problem.heads = Some(tuning.heads);
         problem.head_dim = Some(shape.head_dim);
         problem.dtype = shape.dtype;
         let check_shape = problem
@@ -297,11 +368,16 @@ impl CpuBench {
         }
         Ok(CpuBench {
             spec: spec.clone(),
-            shape: shape.clone(),
-            inputs: random_inputs(spec, shape, 0x1234),
+            inputs: random_inputs(spec, &tuning, 0x1234),
+            shape: tuning,
             check_shape,
             cases,
         })
+    }
+
+    /// The shape candidates are timed on.
+    pub fn timing_shape(&self) -> &Shape {
+        &self.shape
     }
 
     /// The shape of the check problem.
@@ -392,10 +468,28 @@ impl Benchmark<CpuCandidate> for CpuBench {
 }
 
 /// How [`tune_cpu`] searches: the knob ranges and the tuner's options.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CpuTuneOptions {
     pub knobs: CpuKnobs,
     pub tune: TuneOptions,
+}
+
+impl CpuTuneOptions {
+    /// The default ranges for `spec` ([`CpuKnobs::for_spec`]); one warm-up and three timed runs
+    /// per candidate (a run of the proxy problem takes tens of milliseconds), then the four
+    /// fastest and the default confirmed over five rounds.
+    pub fn for_spec(spec: &Spec) -> Self {
+        CpuTuneOptions {
+            knobs: CpuKnobs::for_spec(spec),
+            tune: TuneOptions {
+                warmup: 1,
+                repeats: 3,
+                confirm_finalists: 4,
+                confirm_rounds: 5,
+                ..TuneOptions::default()
+            },
+        }
+    }
 }
 
 /// Why CPU tuning failed.

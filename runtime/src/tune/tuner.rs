@@ -7,6 +7,13 @@
 //! more than `drop_factor` × the best median so far is dropped early. A candidate may only become
 //! the best after [`Benchmark::check`] accepted it. Compile, run and check failures are recorded
 //! in the result, never fatal. Progress goes to a callback (the CLI drives a progress bar).
+//!
+//! On a shared machine a candidate timed during a burst of other work looks slow, one timed in
+//! a quiet moment fast. With `confirm_finalists` > 0 the search is followed by a confirmation:
+//! the default and the fastest finalists are timed again in turn, `confirm_rounds` rounds of
+//! one run each (so drift hits all of them alike), and the best and the default's time come
+//! from these runs. The default is always a finalist, so the tuned result is never reported
+//! slower than the default.
 
 use super::search::{SearchConfig, Strategy, search};
 use super::space::{Point, SpaceError, VariantSpace, enumerate};
@@ -43,6 +50,10 @@ pub struct TuneOptions {
     pub repeats: usize,
     /// Drop a candidate whose first timed run exceeds this multiple of the best time so far.
     pub drop_factor: f64,
+    /// Finalists (besides the default) of the confirmation round; 0 skips it.
+    pub confirm_finalists: usize,
+    /// Rounds of the confirmation: each finalist runs once per round, in turn.
+    pub confirm_rounds: usize,
 }
 
 impl Default for TuneOptions {
@@ -52,6 +63,8 @@ impl Default for TuneOptions {
             warmup: 2,
             repeats: 5,
             drop_factor: 3.0,
+            confirm_finalists: 0,
+            confirm_rounds: 3,
         }
     }
 }
@@ -116,6 +129,8 @@ pub enum Progress {
     },
     /// A batch of `count` candidates is being compiled.
     Compiling { count: usize },
+    /// The confirmation round of `finalists` candidates has started.
+    Confirming { finalists: usize },
     /// One candidate is done: `done` measured so far, `variant` is its `Debug` form.
     Candidate {
         done: usize,
@@ -226,6 +241,7 @@ where
         &options.search,
         &mut |points| bencher.measure_batch(points),
     );
+    let confirmed = bencher.confirm(&default_point);
     let measured = bencher.order.len();
     (bencher.progress)(Progress::Finished { measured });
 
@@ -234,12 +250,15 @@ where
         outcome: bencher.results[point].outcome.clone(),
     };
     let mut candidates: Vec<_> = bencher.order.iter().map(report).collect();
-    let best = bencher
-        .order
-        .iter()
-        .filter(|p| bencher.results[*p].checked)
-        .filter_map(|p| bencher.results[p].outcome.median().map(|t| (p, t)))
-        .min_by(|a, b| a.1.cmp(&b.1));
+    let best = match &confirmed {
+        Some(c) => c.best.as_ref().map(|(p, t)| (p, *t)),
+        None => bencher
+            .order
+            .iter()
+            .filter(|p| bencher.results[*p].checked)
+            .filter_map(|p| bencher.results[p].outcome.median().map(|t| (p, t)))
+            .min_by(|a, b| a.1.cmp(&b.1)),
+    };
     let Some((best_point, best_time)) = best else {
         let first_failure = candidates
             .iter()
@@ -255,10 +274,13 @@ where
             first_failure,
         });
     };
-    let default_time = bencher
-        .results
-        .get(&default_point)
-        .and_then(|r| r.outcome.median());
+    let default_time = match confirmed.as_ref().and_then(|c| c.default_time) {
+        Some(t) => Some(t),
+        None => bencher
+            .results
+            .get(&default_point)
+            .and_then(|r| r.outcome.median()),
+    };
     let best = space.variant_at(best_point);
     candidates.extend(grid.pruned.iter().map(|(p, why)| CandidateReport {
         variant: space.variant_at(p),
@@ -394,6 +416,93 @@ where
         }
     }
 
+    /// The confirmation round (see the module docs): `None` when it is off or there is nothing
+    /// to compare.
+    fn confirm(&mut self, default_point: &Point) -> Option<Confirmed> {
+        let wanted = self.options.confirm_finalists;
+        if wanted == 0 || self.options.confirm_rounds == 0 {
+            return None;
+        }
+        let mut ranked: Vec<(Point, f64)> = self
+            .order
+            .iter()
+            .filter(|p| *p != default_point)
+            .filter_map(|p| match &self.results[p].outcome {
+                Outcome::Measured { median_us, .. } => Some((p.clone(), *median_us)),
+                _ => None,
+            })
+            .collect();
+        ranked.sort_by(|a, b| a.1.total_cmp(&b.1));
+        let mut finalists: Vec<Point> = ranked.into_iter().take(wanted).map(|x| x.0).collect();
+        if matches!(
+            self.results.get(default_point).map(|m| &m.outcome),
+            Some(Outcome::Measured { .. })
+        ) {
+            finalists.push(default_point.clone());
+        }
+        if finalists.len() < 2 {
+            return None;
+        }
+        (self.progress)(Progress::Confirming {
+            finalists: finalists.len(),
+        });
+        let bench = self.bench;
+        let variants: Vec<S::Variant> =
+            finalists.iter().map(|p| self.space.variant_at(p)).collect();
+        let compiled: Vec<Result<B::Kernel, BenchError>> =
+            variants.par_iter().map(|v| bench.compile(v)).collect();
+        let mut kernels: Vec<(usize, B::Kernel)> = compiled
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, k)| k.ok().map(|k| (i, k)))
+            .collect();
+        let mut times: Vec<Vec<f64>> = vec![Vec::new(); finalists.len()];
+        for (_, kernel) in &mut kernels {
+            // One untimed run each: caches and page tables as in the first pass.
+            let _ = bench.time_once(kernel);
+        }
+        for round in 0..self.options.confirm_rounds {
+            let n = kernels.len();
+            for k in 0..n {
+                // Rotate the order every round so no finalist always runs first.
+                let (i, kernel) = &mut kernels[(k + round) % n];
+                if let Ok(t) = bench.time_once(kernel) {
+                    times[*i].push(t.as_secs_f64() * 1e6);
+                }
+            }
+        }
+        let medians: Vec<Option<f64>> = times
+            .into_iter()
+            .map(|t| (!t.is_empty()).then(|| median(t)))
+            .collect();
+        let mut order: Vec<usize> = (0..finalists.len())
+            .filter(|i| medians[*i].is_some())
+            .collect();
+        order.sort_by(|a, b| {
+            medians[*a]
+                .unwrap_or(f64::INFINITY)
+                .total_cmp(&medians[*b].unwrap_or(f64::INFINITY))
+        });
+        let mut best = None;
+        for i in order {
+            let point = &finalists[i];
+            let ok = self.results[point].checked || bench.check(&variants[i]).is_ok();
+            if ok {
+                if let Some(m) = self.results.get_mut(point) {
+                    m.checked = true;
+                }
+                best = medians[i].map(|us| (point.clone(), Duration::from_secs_f64(us * 1e-6)));
+                break;
+            }
+        }
+        let default_time = finalists
+            .iter()
+            .position(|p| p == default_point)
+            .and_then(|i| medians[i])
+            .map(|us| Duration::from_secs_f64(us * 1e-6));
+        Some(Confirmed { best, default_time })
+    }
+
     /// Warm-up, then timed runs (in microseconds), or an early drop.
     fn time(&self, kernel: &mut B::Kernel) -> Result<Timing, BenchError> {
         for _ in 0..self.options.warmup {
@@ -414,6 +523,14 @@ where
         }
         Ok(Timing::Runs(times))
     }
+}
+
+/// What the confirmation round found.
+struct Confirmed {
+    /// The fastest finalist that passes the oracle check, with its confirmation median.
+    best: Option<(Point, Duration)>,
+    /// The default's confirmation median.
+    default_time: Option<Duration>,
 }
 
 enum Timing {
