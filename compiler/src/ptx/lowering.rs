@@ -1,11 +1,14 @@
-//! The PTX backend's own small lowering: `Spec` + `Shape` → the list of GPU stages (pool,
-//! compressed attention, top-n selection, selected/window attention, combine) with every size
-//! made concrete. When the shared `Plan` IR lands this is the one module that switches to it.
+//! The PTX backend's view of a [`Plan`]: one GPU stage per plan stage (pool, compressed
+//! attention, top-n selection, selected/window attention, combine) in the plan's order, with
+//! the sizes the kernels are specialized on as `u32`s and the buffers named as in the launch
+//! manifest. The plan is the one IR between the DSL and every backend (DESIGN §1); this module
+//! only restates it in the form the PTX generators take, and rejects what they cannot index.
 
-use nsac_dsl::problem::{DType, Shape};
-use nsac_dsl::spec::{BranchKind, CombineMode, KvSource, Pool, Spec};
+use nsac_dsl::problem::DType;
+use nsac_dsl::spec::{CombineMode, Pool};
 
 use super::PtxError;
+use crate::plan::{self, Plan};
 
 /// Concrete sizes shared by all stages.
 #[derive(Debug, Clone, PartialEq)]
@@ -88,137 +91,104 @@ pub struct Program {
     pub stages: Vec<Stage>,
 }
 
-fn kv_names(name: &str, kv: KvSource) -> KvNames {
-    match kv {
-        KvSource::Shared => KvNames {
-            k: "k".into(),
-            v: "v".into(),
-        },
-        KvSource::Own => KvNames {
-            k: format!("k_{name}"),
-            v: format!("v_{name}"),
-        },
-    }
-}
-
 fn to_u32(v: usize, what: &'static str) -> Result<u32, PtxError> {
     u32::try_from(v).map_err(|_| PtxError::TooLarge(what))
 }
 
-/// Lowers `spec` on `shape` into GPU stages.
-pub fn lower(spec: &Spec, shape: &Shape) -> Result<Program, PtxError> {
-    let ntok = to_u32(shape.tokens(), "token count")?;
-    let max_len = shape
+/// Lowers `plan` into GPU stages.
+pub fn lower(plan: &Plan) -> Result<Program, PtxError> {
+    let d = &plan.dims;
+    let ntok = to_u32(d.batch * d.seq_len, "token count")?;
+    let max_len = d
         .segments
         .iter()
         .map(|(s, e)| e - s)
         .max()
-        .unwrap_or(shape.seq_len);
+        .unwrap_or(d.seq_len);
     let max_len = to_u32(max_len, "sequence length")?;
-    let (hq, h) = (shape.heads.q, shape.heads.kv);
+    let (hq, h) = (
+        to_u32(d.heads_q, "query heads")?,
+        to_u32(d.heads_kv, "kv heads")?,
+    );
     if h == 0 || hq == 0 || hq % h != 0 {
         return Err(PtxError::Unsupported(format!(
             "heads {hq}/{h}: query heads must be a positive multiple of kv heads"
         )));
     }
+    let (dqk, dv) = (to_u32(d.dqk, "head dim")?, to_u32(d.dv, "head dim")?);
     // Every flattened index (token · heads · dim) must fit the kernels' 32-bit arithmetic.
-    let widest =
-        u64::from(ntok) * u64::from(hq) * u64::from(shape.head_dim.qk.max(shape.head_dim.v));
+    let widest = u64::from(ntok) * u64::from(hq) * u64::from(dqk.max(dv));
     if widest >= 1 << 31 {
         return Err(PtxError::TooLarge("tokens × heads × head dim"));
     }
-    let scale = spec.scale_for(shape.head_dim.qk);
     let dims = Dims {
         ntok,
         hq,
         h,
         group: hq / h,
-        dqk: shape.head_dim.qk,
-        dv: shape.head_dim.v,
+        dqk,
+        dv,
         max_len,
-        causal: spec.causal,
-        scale_log2: (scale * std::f64::consts::LOG2_E) as f32,
-        dtype: shape.dtype,
+        causal: d.causal,
+        scale_log2: (d.scale * std::f64::consts::LOG2_E) as f32,
+        dtype: d.dtype,
     };
-    let scored: Vec<&str> = spec
-        .branches
-        .iter()
-        .filter_map(|b| b.as_select().map(|s| s.scored_by.as_str()))
-        .collect();
+    let kv = |k: plan::BufferId, v: plan::BufferId| KvNames {
+        k: plan.buffer(k).name.clone(),
+        v: plan.buffer(v).name.clone(),
+    };
+    let size = |v: usize, what: &'static str| to_u32(v, what);
     let mut stages = Vec::new();
-    for br in &spec.branches {
-        let kv = kv_names(&br.name, br.kv);
-        match &br.kind {
-            BranchKind::Compress(c) => {
-                if c.block == 0 || c.stride == 0 {
-                    return Err(PtxError::Unsupported(format!(
-                        "compress `{}` needs positive block and stride",
-                        br.name
-                    )));
+    for stage in &plan.stages {
+        stages.push(match stage {
+            plan::Stage::Pool(p) => Stage::Pool {
+                branch: p.branch.clone(),
+                kv: kv(p.k, p.v),
+                block: size(p.block, "compress block")?,
+                stride: size(p.stride, "compress stride")?,
+                pool: p.pool,
+            },
+            plan::Stage::CompressedAttention(c) => {
+                let pool = plan.pool_of(&c.branch).ok_or_else(|| {
+                    PtxError::Unsupported(format!("compress `{}` has no pool stage", c.branch))
+                })?;
+                Stage::AttendCompressed {
+                    branch: c.branch.clone(),
+                    block: size(pool.block, "compress block")?,
+                    stride: size(pool.stride, "compress stride")?,
+                    write_lse: plan.selects_scored_by(&c.branch) > 0,
                 }
-                stages.push(Stage::Pool {
-                    branch: br.name.clone(),
-                    kv,
-                    block: c.block,
-                    stride: c.stride,
-                    pool: c.pool,
-                });
-                stages.push(Stage::AttendCompressed {
-                    branch: br.name.clone(),
-                    block: c.block,
-                    stride: c.stride,
-                    write_lse: scored.contains(&br.name.as_str()),
-                });
             }
-            BranchKind::Select(s) => {
-                let cmp = spec
-                    .branch(&s.scored_by)
-                    .and_then(|b| b.as_compress())
-                    .ok_or_else(|| {
-                        PtxError::Unsupported(format!(
-                            "select `{}` is scored by `{}`, which is not a compress branch",
-                            br.name, s.scored_by
-                        ))
-                    })?;
-                if s.block == 0 || s.top == 0 {
-                    return Err(PtxError::Unsupported(format!(
-                        "select `{}` needs positive block and top",
-                        br.name
-                    )));
-                }
-                stages.push(Stage::TopN {
-                    branch: br.name.clone(),
-                    scored_by: s.scored_by.clone(),
-                    cmp_block: cmp.block,
-                    cmp_stride: cmp.stride,
-                    block: s.block,
-                    top: s.top,
-                    keep_first: s.keep_first,
-                    keep_last: s.keep_last,
-                    max_blocks: max_len.div_ceil(s.block),
-                });
-                stages.push(Stage::AttendSelected {
-                    branch: br.name.clone(),
-                    kv,
-                    block: s.block,
-                    top: s.top,
-                });
-            }
-            BranchKind::Window(w) => {
-                stages.push(Stage::AttendWindow {
-                    branch: br.name.clone(),
-                    kv,
-                    size: w.size,
-                });
-            }
-        }
+            plan::Stage::SelectBlocks(s) => Stage::TopN {
+                branch: s.branch.clone(),
+                scored_by: s.scored_by.clone(),
+                cmp_block: size(s.cmp_block, "compress block")?,
+                cmp_stride: size(s.cmp_stride, "compress stride")?,
+                block: size(s.block, "select block")?,
+                top: size(s.top, "top")?,
+                keep_first: size(s.keep_first, "keep_first")?,
+                keep_last: size(s.keep_last, "keep_last")?,
+                max_blocks: max_len.div_ceil(size(s.block, "select block")?),
+            },
+            plan::Stage::SelectedAttention(s) => Stage::AttendSelected {
+                branch: s.branch.clone(),
+                kv: kv(s.k, s.v),
+                block: size(s.block, "select block")?,
+                top: size(s.top, "top")?,
+            },
+            plan::Stage::WindowAttention(w) => Stage::AttendWindow {
+                branch: w.branch.clone(),
+                kv: kv(w.k, w.v),
+                size: size(w.size, "window")?,
+            },
+            plan::Stage::Combine(c) => Stage::Combine {
+                branches: c.terms.iter().map(|t| t.branch.clone()).collect(),
+                gated: c.mode == CombineMode::Gate,
+            },
+        });
     }
-    stages.push(Stage::Combine {
-        branches: spec.combine.branches.clone(),
-        gated: spec.combine.mode == CombineMode::Gate,
-    });
     Ok(Program {
-        name: spec.name.clone(),
+        name: plan.name.clone(),
         dims,
         stages,
     })

@@ -14,12 +14,15 @@ use nsac_dsl::problem::{DType, Shape};
 use nsac_dsl::spec::{BranchKind, CombineMode, Compress, KvSource, Pool, Spec};
 use serde::{Deserialize, Serialize};
 
+use crate::plan::Plan;
 use kernels::{KernelOut, attend, combine, pool, tc_select, topn};
 use lowering::{Program, Stage};
 
 /// Why PTX could not be generated.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PtxError {
+    #[error(transparent)]
+    Plan(#[from] crate::plan::PlanError),
     #[error("the PTX backend does not support this: {0}")]
     Unsupported(String),
     #[error("the problem is too large for the PTX backend's 32-bit indexing: {0}")]
@@ -410,7 +413,8 @@ fn generate(program: &Program, variant: &GpuVariant) -> Vec<KernelOut> {
         .collect()
 }
 
-/// PTX text and launch manifest for `spec` on `shape` with `variant`, targeting `arch`.
+/// PTX text and launch manifest for `spec` on `shape` with `variant`, targeting `arch`: the
+/// spec is lowered to the shared [`Plan`], whose stages become the kernels.
 pub fn emit_ptx(
     spec: &Spec,
     shape: &Shape,
@@ -423,7 +427,8 @@ pub fn emit_ptx(
             variant.warps_per_block
         )));
     }
-    let program = lowering::lower(spec, shape)?;
+    let plan = Plan::new(spec, shape)?;
+    let program = lowering::lower(&plan)?;
     let outs = generate(&program, variant);
     let texts: Vec<String> = outs.iter().map(|k| k.ptx.clone()).collect();
     let ptx = builder::module(arch.target(), &texts);
