@@ -131,6 +131,16 @@ fn the_measurement_budget_is_respected_and_no_point_is_measured_twice() {
     );
 }
 
+/// The valid points with their costs, cheapest first.
+fn ranked(valid: &[Vec<usize>], landscape: &Landscape) -> Vec<(Vec<usize>, f64)> {
+    let mut ranked: Vec<_> = valid
+        .iter()
+        .map(|p| (p.clone(), landscape.cost(p).unwrap()))
+        .collect();
+    ranked.sort_by(|a, b| a.1.total_cmp(&b.1));
+    ranked
+}
+
 fn toy_space() -> ToySpace {
     ToySpace {
         block: 64,
@@ -204,12 +214,7 @@ fn a_wrong_variant_never_wins_and_failures_are_recorded() {
     let space = toy_space();
     let grid = enumerate(&space).unwrap();
     let landscape = Landscape::random(&grid.shape, 0.1, 0.0, 5);
-    let mut ranked: Vec<_> = grid
-        .valid
-        .iter()
-        .map(|p| (p.clone(), landscape.cost(p).unwrap()))
-        .collect();
-    ranked.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let ranked = ranked(&grid.valid, &landscape);
     let mut bench = FakeBench::new(landscape);
     bench.wrong = vec![space.variant_at(&ranked[0].0)];
     bench.run_fails = vec![space.variant_at(&ranked[1].0)];
@@ -381,12 +386,7 @@ fn the_confirmation_round_unmasks_a_lucky_first_pass() {
     let space = toy_space();
     let grid = enumerate(&space).unwrap();
     let landscape = Landscape::random(&grid.shape, 0.1, 0.0, 21);
-    let mut ranked: Vec<_> = grid
-        .valid
-        .iter()
-        .map(|p| (p.clone(), landscape.cost(p).unwrap()))
-        .collect();
-    ranked.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let ranked = ranked(&grid.valid, &landscape);
     let (worst, worst_cost) = ranked.last().cloned().unwrap();
     let truth = ranked[0].clone();
     let base = TuneOptions {

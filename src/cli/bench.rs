@@ -4,7 +4,7 @@
 use nsac_runtime::bench::{BenchOptions, bench_cpu};
 
 use super::args::{BenchArgs, DeviceArg};
-use super::device::{CpuChoice, explicit_variant};
+use super::device::CpuChoice;
 use super::error::CliError;
 use super::output::{emit_json, emit_line};
 use super::problem::problem_from_args;
@@ -30,8 +30,8 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
         &shape,
         args.threads,
         args.db.as_deref(),
-        explicit_variant(args.variant.as_deref())?,
-    );
+        args.variant.as_deref(),
+    )?;
     if !args.json {
         eprintln!("using the {} CPU variant", cpu.origin);
     }

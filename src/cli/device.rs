@@ -141,29 +141,30 @@ pub struct CpuChoice {
 }
 
 /// Parses a `--variant FIELD=VALUE,…` argument.
-pub fn explicit_variant(text: Option<&str>) -> Result<Option<CpuVariant>, CliError> {
+fn explicit_variant(text: Option<&str>) -> Result<Option<CpuVariant>, CliError> {
     text.map(|t| CpuVariant::parse(t).map_err(|e| CliError::Other(format!("--variant: {e}"))))
         .transpose()
 }
 
 impl CpuChoice {
-    /// The explicit Variant if given, else the tuned Variant when the database has one for this
-    /// spec, shape and machine, else the default; `--threads` wins over the tuned thread count.
+    /// The explicit Variant if given (`--variant FIELD=VALUE,…`), else the tuned Variant when
+    /// the database has one for this spec, shape and machine, else the default; `--threads`
+    /// wins over the tuned thread count.
     pub fn pick(
         spec: &Spec,
         shape: &Shape,
         threads: Option<usize>,
         db: Option<&std::path::Path>,
-        explicit: Option<CpuVariant>,
-    ) -> CpuChoice {
-        if let Some(variant) = explicit {
-            return CpuChoice {
+        variant: Option<&str>,
+    ) -> Result<CpuChoice, CliError> {
+        if let Some(variant) = explicit_variant(variant)? {
+            return Ok(CpuChoice {
                 variant,
                 threads: default_threads(threads),
                 origin: "explicit",
-            };
+            });
         }
-        match super::tune::tuned_candidate(spec, shape, db) {
+        Ok(match super::tune::tuned_candidate(spec, shape, db) {
             Some(c) => CpuChoice {
                 variant: c.variant,
                 threads: threads.unwrap_or(c.threads),
@@ -174,7 +175,7 @@ impl CpuChoice {
                 threads: default_threads(threads),
                 origin: "default",
             },
-        }
+        })
     }
 }
 

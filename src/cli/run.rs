@@ -8,7 +8,7 @@ use serde::Serialize;
 use nsac_runtime::cuda::CudaDevice;
 
 use super::args::{DeviceArg, RunArgs};
-use super::device::{CpuChoice, explicit_variant, run_on, values};
+use super::device::{CpuChoice, run_on, values};
 use super::error::CliError;
 use super::output::{emit, emit_json};
 use super::problem::{describe, problem_from_args, problem_from_inputs};
@@ -96,8 +96,8 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         &shape,
         args.threads,
         args.db.as_deref(),
-        explicit_variant(args.variant.as_deref())?,
-    );
+        args.variant.as_deref(),
+    )?;
     let run = run_on(args.device, &spec, &shape, &inputs, &cpu)?;
     let written = match &args.output {
         Some(path) => {
