@@ -77,18 +77,23 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
     }
 
     if args.tune {
-        if args.device != DeviceArg::Cpu && CudaDevice::open().ok().flatten().is_some() {
-            eprintln!("note: --tune tunes the CPU backend; this run goes to the GPU, skipping it");
-        } else if args.device == DeviceArg::Cpu || args.device == DeviceArg::Auto {
-            tune_if_missing(&spec, &shape, args.db.as_deref(), args.json)?;
-        } else {
-            return Err(CliError::Other(
-                format!(
-                    "--tune tunes the CPU backend; it does not apply to --device {:?}",
-                    args.device
-                )
-                .to_lowercase(),
-            ));
+        match args.device {
+            DeviceArg::Auto if CudaDevice::open().ok().flatten().is_some() => {
+                eprintln!("note: --tune tunes the CPU backend; this run goes to the GPU");
+            }
+            DeviceArg::Cpu | DeviceArg::Auto => {
+                tune_if_missing(&spec, &shape, args.db.as_deref(), args.json)?;
+            }
+            DeviceArg::Cuda | DeviceArg::Reference => {
+                let device = if args.device == DeviceArg::Cuda {
+                    "cuda"
+                } else {
+                    "reference"
+                };
+                return Err(CliError::Other(format!(
+                    "--tune tunes the CPU backend; it does not apply to --device {device}"
+                )));
+            }
         }
     }
     let cpu = CpuChoice::pick(

@@ -356,3 +356,52 @@ fn tune_records_reuses_exports_and_imports() {
     );
     assert!(text(&out.stdout).contains("default variant"));
 }
+
+#[test]
+fn run_tune_tunes_once_then_reuses_and_variant_overrides() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("tuning.yaml");
+    let db = db.to_str().unwrap();
+    let problem = ["--seq", "97", "--heads", "2/1", "--head-dim", "8"];
+    let run = |extra: &[&str]| {
+        let mut args = vec!["run", "kernels/nsa-fla.nsa", "--device", "cpu", "--db", db];
+        args.extend(problem);
+        args.extend(extra);
+        nsac(&args)
+    };
+    let first = run(&["--tune"]);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    assert!(
+        text(&first.stderr).contains("tuning: "),
+        "{}",
+        text(&first.stderr)
+    );
+    assert!(text(&first.stdout).contains("tuned variant"));
+    assert!(std::fs::metadata(db).unwrap().len() > 0);
+    let again = run(&["--tune"]);
+    assert!(
+        text(&again.stderr).contains("already has a result"),
+        "{}",
+        text(&again.stderr)
+    );
+    // An explicit Variant wins over the database; a bad one is a rendered error.
+    let explicit = run(&["--variant", "rows=1,unroll=1"]);
+    assert!(explicit.status.success(), "{}", text(&explicit.stderr));
+    assert!(text(&explicit.stdout).contains("explicit variant"));
+    assert_reported_failure(&run(&["--variant", "rows=9"]), "`rows` = 9");
+    assert_reported_failure(
+        &run(&["--variant", "tiles=2"]),
+        "unknown variant field `tiles`",
+    );
+    assert_reported_failure(&run(&["--variant", "rows"]), "not FIELD=NUMBER");
+    // --tune applies to the CPU only.
+    let mut args = vec![
+        "run",
+        "kernels/nsa-fla.nsa",
+        "--device",
+        "reference",
+        "--tune",
+    ];
+    args.extend(problem);
+    assert_reported_failure(&nsac(&args), "--tune tunes the CPU backend");
+}
