@@ -53,9 +53,30 @@ pub struct CpuKernel {
     shape: Shape,
     plan: Plan,
     program: CpuProgram,
+    /// The worker pool of the last `run`, kept for the next call with the same thread count
+    /// (starting threads on every call costs more than a small problem's work).
+    pool: std::sync::Mutex<Option<(usize, std::sync::Arc<rayon::ThreadPool>)>>,
 }
 
 impl CpuKernel {
+    /// A pool of `threads` workers: the cached one if it has that many.
+    fn pool(&self, threads: usize) -> Result<std::sync::Arc<rayon::ThreadPool>, CpuKernelError> {
+        let mut cached = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((n, pool)) = cached.as_ref()
+            && *n == threads
+        {
+            return Ok(pool.clone());
+        }
+        let pool = std::sync::Arc::new(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .map_err(|e| CpuKernelError::ThreadPool(e.to_string()))?,
+        );
+        *cached = Some((threads, pool.clone()));
+        Ok(pool)
+    }
+
     /// Lowers and JIT-compiles `spec` on `shape` under `variant`.
     pub fn compile(
         spec: &Spec,
@@ -69,6 +90,7 @@ impl CpuKernel {
             shape: shape.clone(),
             plan,
             program,
+            pool: std::sync::Mutex::new(None),
         })
     }
 
@@ -109,10 +131,7 @@ impl CpuKernel {
             return Err(CpuKernelError::NoThreads);
         }
         nsac_kernels::io::check_inputs(&self.spec, &self.shape, inputs)?;
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .map_err(|e| CpuKernelError::ThreadPool(e.to_string()))?;
+        let pool = self.pool(threads)?;
         Ok(pool.install(|| run::execute(&self.plan, &self.program, inputs)))
     }
 }
