@@ -156,6 +156,9 @@ pub struct CpRows {
     pub dim: u32,
     /// Shared address of the first staged row.
     pub sdst: Reg,
+    /// Keep the rows in L1 too (`cp.async.ca`): for rows other warps of the multiprocessor
+    /// are likely to read soon; otherwise L2 only (`cp.async.cg`).
+    pub keep_l1: bool,
 }
 
 /// Issues the `cp.async` copies of `rows` (16 bytes each) from `nthreads` threads, thread `tid`
@@ -202,9 +205,14 @@ pub fn cp_stage(b: &mut KernelBuilder, rows: &CpRows, tid: Reg, nthreads: u32, c
         );
         let dst = b.op2(RegClass::B32, "add.u32", rows.sdst.into(), soff.into());
         let args = [mem(dst, 0), mem(src, 0), imm(16), size.into()];
+        let op = if rows.keep_l1 {
+            "cp.async.ca.shared.global"
+        } else {
+            "cp.async.cg.shared.global"
+        };
         match inside {
-            Some(q) => b.ins_if(q, false, "cp.async.cg.shared.global", args),
-            None => b.ins("cp.async.cg.shared.global", args),
+            Some(q) => b.ins_if(q, false, op, args),
+            None => b.ins(op, args),
         }
     }
 }

@@ -56,6 +56,9 @@ pub fn attend_compressed_tc(
 ) -> KernelOut {
     let mut b = KernelBuilder::new(name);
     b.use_dynamic_shared();
+    // Two blocks per multiprocessor instead of one (ptxas needs ~163 registers uncapped; the
+    // cap costs a few spilled bytes).
+    b.max_regs(128);
     let mut params: Vec<String> = vec![
         "seg".into(),
         "q".into(),
@@ -155,6 +158,7 @@ pub fn attend_compressed_tc(
                 sub,
                 dim: dqk,
                 sdst,
+                keep_l1: false,
             };
             cp_stage(b, &rows, tid, nthreads, c0, hi);
         }
@@ -164,6 +168,7 @@ pub fn attend_compressed_tc(
             sub: h,
             dim: dv,
             sdst: sv,
+            keep_l1: false,
         };
         cp_stage(b, &rows, tid, nthreads, c0, hi);
     };

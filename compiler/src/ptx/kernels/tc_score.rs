@@ -300,6 +300,7 @@ pub fn tc_block_scores(b: &mut KernelBuilder, c: &ScoreCtx, p: &TopNParams<'_>, 
                 sub,
                 dim: dqk,
                 sdst,
+                keep_l1: false,
             };
             cp_stage(b, &rows, c.tid, c.nthreads, c0, c.hi);
         }

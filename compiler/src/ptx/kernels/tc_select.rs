@@ -2,7 +2,10 @@
 //!
 //! One warp per (token, kv head): the G ≤ 16 query heads of the group are the 16 rows of the
 //! `mma.sync.m16n8k16` tiles (rows ≥ G are zero and never stored), so every selected key is read
-//! once per group instead of once per head. Keys and values of a chunk of [`CHUNK`] tokens are
+//! once per group instead of once per head. A thread block holds [`WARPS`] consecutive tokens of
+//! one kv head (independent warps) and copies with `cp.async.ca`, so the blocks several of them
+//! select (the forced first and local blocks, and neighbours' common picks) are served from L1
+//! after the first read instead of from L2 (the kernel is L2-bandwidth-bound). Keys and values of a chunk of [`CHUNK`] tokens are
 //! staged into the warp's slice of shared memory with `cp.async` (rows past the block end are
 //! zero-filled), read back with `ldmatrix` (K) and `ldmatrix.trans` (V); S = Q·Kᵀ and O += P·V
 //! run on the tensor cores and the online softmax (base 2) works on the accumulator fragments
@@ -20,8 +23,9 @@ use super::tc_common::{
 };
 use super::{KernelOut, Launch};
 
-/// Warps per thread block (each independent, with its own shared-memory slice).
-pub const WARPS: u32 = 2;
+/// Warps (consecutive tokens of one kv head) per thread block, each independent with its own
+/// shared-memory slice.
+pub const WARPS: u32 = 8;
 
 /// Whether the tensor-core kernels handle `dims` (else the scalar kernel is used).
 pub fn eligible(dims: &Dims) -> bool {
@@ -61,27 +65,41 @@ pub fn attend_selected_tc(
     let syms: Vec<String> = params.iter().map(|p| b.param(p, ParamTy::Ptr)).collect();
     let (mma, cvt) = mma_ops(dims.dtype);
     let (g, hh, dqk, dv) = (dims.group, dims.h, dims.dqk, dims.dv);
-    let nrows = dims.ntok * hh;
 
-    b.comment("warp = (token, kv head); lane = 4*gq + tq");
+    b.comment("block = (token block, kv head), the last token blocks first; warp w = token t0 + w");
+    b.comment("(one warp per (token, kv head); lane = 4*gq + tq)");
+    let nblk = dims.ntok.div_ceil(WARPS);
     let tid = b.op1(RegClass::B32, "mov.u32", sym("%tid.x"));
     let cta = b.op1(RegClass::B32, "mov.u32", sym("%ctaid.x"));
     let wib = b.op2(RegClass::B32, "shr.u32", tid.into(), imm(5));
     let lane = b.op2(RegClass::B32, "and.b32", tid.into(), imm(31));
-    let row = b.op3(
+    let ctb = b.op2(RegClass::B32, "div.u32", cta.into(), imm(i64::from(hh)));
+    let h = b.op2(RegClass::B32, "rem.u32", cta.into(), imm(i64::from(hh)));
+    let tb = b.op2(
+        RegClass::B32,
+        "sub.u32",
+        imm(i64::from(nblk - 1)),
+        ctb.into(),
+    );
+    let tok = b.op3(
         RegClass::B32,
         "mad.lo.u32",
-        cta.into(),
+        tb.into(),
         imm(i64::from(WARPS)),
         wib.into(),
     );
     let exit = b.label();
-    let past = b.setp("ge.u32", row.into(), imm(i64::from(nrows)));
+    let past = b.setp("ge.u32", tok.into(), imm(i64::from(dims.ntok)));
     b.bra_if(past, false, exit);
+    let row = b.op3(
+        RegClass::B32,
+        "mad.lo.u32",
+        tok.into(),
+        imm(i64::from(hh)),
+        h.into(),
+    );
     let ptrs: Vec<Reg> = syms.iter().map(|s| b.load_ptr_param(s)).collect();
     let (seg, qb, kb, vb, ib, ob) = (ptrs[0], ptrs[1], ptrs[2], ptrs[3], ptrs[4], ptrs[5]);
-    let tok = b.op2(RegClass::B32, "div.u32", row.into(), imm(i64::from(hh)));
-    let h = b.op2(RegClass::B32, "rem.u32", row.into(), imm(i64::from(hh)));
     let (s, e) = segment(&mut b, seg, tok);
     let end = if dims.causal {
         b.op2(RegClass::B32, "add.u32", tok.into(), imm(1))
@@ -136,6 +154,7 @@ pub fn attend_selected_tc(
         sub: h,
         dim: dqk,
         sdst: ks,
+        keep_l1: true,
     };
     let vrows = CpRows {
         gbase: vb,
@@ -143,6 +162,7 @@ pub fn attend_selected_tc(
         sub: h,
         dim: dv,
         sdst: vs,
+        keep_l1: true,
     };
 
     b.comment("chosen blocks in ascending order, -1 padded");
@@ -179,11 +199,11 @@ pub fn attend_selected_tc(
         ptx: b.finish(),
         params,
         launch: Launch {
-            grid: nrows.div_ceil(WARPS),
+            grid: nblk * hh,
             block: WARPS * 32,
             shared_bytes: shared,
             formula: format!(
-                "grid = ceil(B*T*H / {WARPS}), block = {}, shared = {WARPS}*{CHUNK}*(2*Dqk+16 + 2*Dv+16) bytes: one warp per (token, kv head), tensor cores",
+                "grid = ceil(B*T / {WARPS}) * H, block = {}, shared = {WARPS}*{CHUNK}*(2*Dqk+16 + 2*Dv+16) bytes: {WARPS} consecutive tokens of one kv head per block, one warp per (token, kv head), tensor cores",
                 WARPS * 32,
             ),
         },
