@@ -10,7 +10,7 @@ use nsac_dsl::problem::DType;
 use crate::ptx::builder::{KernelBuilder, Operand, Reg, RegClass, fimm, imm, mem};
 use crate::ptx::lowering::Dims;
 
-/// Keys staged per step (a multiple of 16).
+/// Keys staged per step of the compressed-token kernels (a multiple of 16).
 pub const CHUNK: u32 = 32;
 
 /// Whether the pool kernel also writes the 16-bit compressed scratch (`kc16_<b>`: hi and lo
@@ -147,9 +147,10 @@ pub fn v_lane_offset(b: &mut KernelBuilder, lane: Reg, stride: u32) -> Reg {
     )
 }
 
-/// `CHUNK` rows of 16-bit elements to copy into shared memory: key `c0 + r` comes from global
+/// `chunk` rows of 16-bit elements to copy into shared memory: key `c0 + r` comes from global
 /// row `key·row_mul + sub` of width `dim` (rows at or past `hi` are zero-filled).
 pub struct CpRows {
+    pub chunk: u32,
     pub gbase: Reg,
     pub row_mul: u32,
     pub sub: Reg,
@@ -165,7 +166,7 @@ pub struct CpRows {
 /// taking pieces tid, tid + nthreads, …; the caller commits and waits.
 pub fn cp_stage(b: &mut KernelBuilder, rows: &CpRows, tid: Reg, nthreads: u32, c0: Reg, hi: Reg) {
     let pieces = rows.dim / 8; // 16-byte pieces per row
-    let total = CHUNK * pieces;
+    let total = rows.chunk * pieces;
     for i in 0..total.div_ceil(nthreads) {
         let p = b.op2(
             RegClass::B32,
@@ -217,7 +218,7 @@ pub fn cp_stage(b: &mut KernelBuilder, rows: &CpRows, tid: Reg, nthreads: u32, c
     }
 }
 
-/// S = Q·Kᵀ for `CHUNK` staged keys: `CHUNK / 8` C tiles (rows = heads, columns = keys).
+/// S = Q·Kᵀ for `chunk` staged keys: `chunk / 8` C tiles (rows = heads, columns = keys).
 /// `kaddr` is the lane's `ldmatrix` address in the staged K tile (row stride
 /// `row_stride(dqk)`); each part offset (hi, lo) adds its product.
 pub fn qk_tiles(
@@ -227,8 +228,9 @@ pub fn qk_tiles(
     kaddr: Reg,
     dqk: u32,
     parts: &[i64],
+    chunk: u32,
 ) -> Vec<[Reg; 4]> {
-    let sf: Vec<[Reg; 4]> = (0..CHUNK / 8)
+    let sf: Vec<[Reg; 4]> = (0..chunk / 8)
         .map(|_| {
             [0, 1, 2, 3].map(|_| {
                 let r = b.reg(RegClass::F32);
@@ -237,7 +239,7 @@ pub fn qk_tiles(
             })
         })
         .collect();
-    for j in 0..CHUNK / 16 {
+    for j in 0..chunk / 16 {
         for (kstep, qa) in qf.iter().enumerate() {
             for part in parts {
                 let r = [0, 1, 2, 3].map(|_| b.reg(RegClass::B32));
@@ -313,6 +315,8 @@ impl Attn {
 
 /// What one chunk step needs besides the chunk's position.
 pub struct ChunkMath<'a> {
+    /// Keys per step (a multiple of 16).
+    pub chunk: u32,
     pub mma: &'a str,
     pub cvt: &'a str,
     pub qf: &'a [[Reg; 4]],
@@ -324,7 +328,7 @@ pub struct ChunkMath<'a> {
     pub tq2: Reg,
 }
 
-/// One chunk of `CHUNK` staged keys starting at key `c0`: S = Q·Kᵀ, base-2 scaling, masking,
+/// One chunk of `cm.chunk` staged keys starting at key `c0`: S = Q·Kᵀ, base-2 scaling, masking,
 /// online softmax on the fragments, O += P·V (P from the S fragments, V via `ldmatrix.trans`).
 pub fn chunk_step(
     b: &mut KernelBuilder,
@@ -336,7 +340,7 @@ pub fn chunk_step(
     mask: KeyMask,
 ) {
     b.comment("S = Q K^T");
-    let sf = qk_tiles(b, cm.mma, cm.qf, kaddr, cm.dqk, cm.parts);
+    let sf = qk_tiles(b, cm.mma, cm.qf, kaddr, cm.dqk, cm.parts, cm.chunk);
     b.comment("scale to base 2, mask keys, online softmax per row");
     let kq = b.op2(RegClass::B32, "add.u32", c0.into(), cm.tq2.into());
     for (nt, c) in sf.iter().enumerate() {
@@ -405,7 +409,7 @@ pub fn chunk_step(
     }
 
     b.comment("O += P V (P from the S fragments, V via ldmatrix.trans)");
-    for j in 0..(CHUNK / 16) as usize {
+    for j in 0..(cm.chunk / 16) as usize {
         let (c, d) = (sf[2 * j], sf[2 * j + 1]);
         let pa = [(c[1], c[0]), (c[3], c[2]), (d[1], d[0]), (d[3], d[2])].map(|(hi, lo)| {
             let r = b.reg(RegClass::B32);
@@ -474,4 +478,127 @@ pub fn store_o(
         }
         sum
     })
+}
+
+/// Marks "no chunk": larger than any slot.
+const NO_SLOT: i64 = 0xffff_ffff;
+
+/// A thread block's loop over chunks of compressed slots that its warps share: each warp needs
+/// the slots `s .. wend` of its own token; the block visits, in ascending order, only chunks
+/// that some warp needs (a block whose tokens span segments skips the slots between them), each
+/// copied once for all warps into one of two buffers while the previous chunk is computed.
+pub struct SharedChunks {
+    /// Keys per chunk.
+    pub chunk: u32,
+    /// Shared address of `nwarps` (start, end) u32 pairs ([`ranges_bytes`]).
+    pub ranges: Reg,
+    pub nwarps: u32,
+    /// Bytes of one staging buffer; the second follows it.
+    pub buf_bytes: u32,
+    pub wib: Reg,
+    pub lane: Reg,
+    pub s: Reg,
+    pub wend: Reg,
+}
+
+/// Shared bytes of the warps' slot ranges.
+pub fn ranges_bytes(nwarps: u32) -> u32 {
+    8 * nwarps
+}
+
+/// The smallest slot ≥ `x` that some warp needs, or `NO_SLOT` (the same in every thread).
+fn next_needed(b: &mut KernelBuilder, sc: &SharedChunks, x: Reg) -> Reg {
+    let res = b.reg(RegClass::B32);
+    b.ins("mov.u32", [res.into(), imm(NO_SLOT)]);
+    for w in 0..sc.nwarps {
+        let (sw, ew) = (b.reg(RegClass::B32), b.reg(RegClass::B32));
+        b.ins(
+            "ld.shared.v2.u32",
+            [vec_op(&[sw, ew]), mem(sc.ranges, i64::from(8 * w))],
+        );
+        let xw = b.op2(RegClass::B32, "max.u32", x.into(), sw.into());
+        let ok = b.setp("lt.u32", xw.into(), ew.into());
+        let cand = b.reg(RegClass::B32);
+        b.ins(
+            "selp.u32",
+            [cand.into(), xw.into(), imm(NO_SLOT), ok.into()],
+        );
+        b.ins("min.u32", [res.into(), res.into(), cand.into()]);
+    }
+    res
+}
+
+/// Emits the block-wide double-buffered loop: `stage(b, c0, bufoff)` issues the copies of the
+/// chunk starting at slot `c0` into the buffer at byte offset `bufoff` (all threads; committed
+/// here), `compute(b, c0, bufoff)` runs in the warps that need some slot of the chunk. Every
+/// warp of the block must reach this loop (it holds block-wide barriers).
+pub fn shared_chunk_loop(
+    b: &mut KernelBuilder,
+    sc: &SharedChunks,
+    stage: impl Fn(&mut KernelBuilder, Reg, Reg),
+    compute: impl Fn(&mut KernelBuilder, Reg, Reg),
+) {
+    b.comment("publish this warp's slot range; visit only chunks some warp needs");
+    let lane0 = b.setp("eq.u32", sc.lane.into(), imm(0));
+    let ra = b.op3(
+        RegClass::B32,
+        "mad.lo.u32",
+        sc.wib.into(),
+        imm(8),
+        sc.ranges.into(),
+    );
+    b.ins_if(
+        lane0,
+        false,
+        "st.shared.v2.u32",
+        [mem(ra, 0), vec_op(&[sc.s, sc.wend])],
+    );
+    b.ins("bar.sync", [imm(0)]);
+    let zero = b.op1(RegClass::B32, "mov.u32", imm(0));
+    let first = next_needed(b, sc, zero);
+    let c0 = b.op1(RegClass::B32, "mov.u32", first.into());
+    let bufoff = b.op1(RegClass::B32, "mov.u32", imm(0));
+    let done = b.label();
+    let none = b.setp("eq.u32", c0.into(), imm(NO_SLOT));
+    b.bra_if(none, false, done);
+    stage(b, c0, bufoff);
+    b.ins("cp.async.commit_group", []);
+    let head = b.label();
+    b.place(head);
+    let fin = b.setp("eq.u32", c0.into(), imm(NO_SLOT));
+    b.bra_if(fin, false, done);
+    let cn = b.op2(
+        RegClass::B32,
+        "add.u32",
+        c0.into(),
+        imm(i64::from(sc.chunk)),
+    );
+    let nxt = next_needed(b, sc, cn);
+    let nbuf = b.op2(
+        RegClass::B32,
+        "sub.u32",
+        imm(i64::from(sc.buf_bytes)),
+        bufoff.into(),
+    );
+    let nostage = b.label();
+    let last = b.setp("eq.u32", nxt.into(), imm(NO_SLOT));
+    b.bra_if(last, false, nostage);
+    stage(b, nxt, nbuf);
+    b.place(nostage);
+    b.ins("cp.async.commit_group", []);
+    b.ins("cp.async.wait_group", [imm(1)]);
+    b.ins("bar.sync", [imm(0)]);
+    b.comment("skip a chunk that holds none of this warp's slots");
+    let skip = b.label();
+    let after = b.setp("ge.u32", c0.into(), sc.wend.into());
+    let before = b.setp("le.u32", cn.into(), sc.s.into());
+    let out = b.op2(RegClass::Pred, "or.pred", after.into(), before.into());
+    b.bra_if(out, false, skip);
+    compute(b, c0, bufoff);
+    b.place(skip);
+    b.ins("bar.sync", [imm(0)]);
+    b.ins("mov.u32", [c0.into(), nxt.into()]);
+    b.ins("mov.u32", [bufoff.into(), nbuf.into()]);
+    b.bra(head);
+    b.place(done);
 }

@@ -5,16 +5,17 @@
 //! whole block with `cp.async` (from the 16-bit scratch the pool kernel writes: keys as hi + lo
 //! halves so the log-sum-exp that scores the selection stays f32-accurate, values rounded to the
 //! input dtype), double-buffered so the copy of chunk i+1 overlaps the math of chunk i. Each warp
-//! masks the keys outside its own visible range (tokens of one block may even lie in different
-//! segments) and skips chunks that hold none of them.
+//! masks the keys outside its own visible range and skips chunks that hold none of them; the
+//! block visits only chunks some warp needs (`tc_common::shared_chunk_loop`), so a block whose
+//! tokens span segments skips the slots between them.
 
 use crate::ptx::builder::{KernelBuilder, ParamTy, Reg, RegClass, imm, mem, sym};
 use crate::ptx::lowering::Dims;
 
-use super::common::{for_range, segment, visible_compressed};
+use super::common::{segment, visible_compressed};
 use super::tc_common::{
-    Attn, CHUNK, ChunkMath, CpRows, KeyMask, chunk_step, cp_stage, k_lane_offset, lanes, load_q,
-    mma_ops, row_stride, store_o, v_lane_offset,
+    Attn, CHUNK, ChunkMath, CpRows, KeyMask, SharedChunks, chunk_step, cp_stage, k_lane_offset,
+    lanes, load_q, mma_ops, ranges_bytes, row_stride, shared_chunk_loop, store_o, v_lane_offset,
 };
 use super::{KernelOut, Launch};
 
@@ -108,9 +109,8 @@ pub fn attend_compressed_tc(
     let tlast = b.op2(RegClass::B32, "min.u32", tl0.into(), imm(last));
     let ptrs: Vec<Reg> = syms.iter().map(|s| b.load_ptr_param(s)).collect();
     let (seg, qb, kb, vb, ob) = (ptrs[0], ptrs[1], ptrs[2], ptrs[3], ptrs[4]);
-    b.comment("this warp's visible slots s .. wend; the block's union lo .. hi");
+    b.comment("this warp's visible slots s .. wend; hi = the block's last (largest) end");
     let (s, wend, nvis) = visible_slots(&mut b, seg, tok, block, stride, dims.causal);
-    let (lo, _) = segment(&mut b, seg, t0);
     let (_, hi, _) = visible_slots(&mut b, seg, tlast, block, stride, dims.causal);
 
     let l = lanes(&mut b, lane, g);
@@ -143,7 +143,6 @@ pub fn attend_compressed_tc(
     let vaddr0 = b.op2(RegClass::B32, "add.u32", smem0.into(), vs0.into());
     let h2 = b.op2(RegClass::B32, "shl.b32", h.into(), imm(1));
     let h21 = b.op2(RegClass::B32, "add.u32", h2.into(), imm(1));
-    let bufb = i64::from(buf_bytes(dims));
 
     // Issues the copies of chunk c0 into the buffer at byte offset `off` (all threads of the
     // block; the caller commits the group).
@@ -153,6 +152,7 @@ pub fn attend_compressed_tc(
         let sv = b.op2(RegClass::B32, "add.u32", sb.into(), imm(v_off));
         for (sub, sdst) in [(h2, sb), (h21, sl)] {
             let rows = CpRows {
+                chunk: CHUNK,
                 gbase: kb,
                 row_mul: 2 * hh,
                 sub,
@@ -163,6 +163,7 @@ pub fn attend_compressed_tc(
             cp_stage(b, &rows, tid, nthreads, c0, hi);
         }
         let rows = CpRows {
+            chunk: CHUNK,
             gbase: vb,
             row_mul: hh,
             sub: h,
@@ -174,6 +175,7 @@ pub fn attend_compressed_tc(
     };
 
     let cm = ChunkMath {
+        chunk: CHUNK,
         mma: &mma,
         cvt,
         qf: &qf,
@@ -184,39 +186,27 @@ pub fn attend_compressed_tc(
         tq2: l.tq2,
     };
     let mask = KeyMask::Range { lo: s, n: nvis };
-    b.comment("double-buffered chunks lo .. hi: copy chunk i+1 while computing chunk i");
-    let bufoff = b.reg(RegClass::B32);
-    b.ins("mov.u32", [bufoff.into(), imm(0)]);
-    let none = b.label();
-    let empty = b.setp("ge.u32", lo.into(), hi.into());
-    b.bra_if(empty, false, none);
-    stage(&mut b, lo, bufoff);
-    b.ins("cp.async.commit_group", []);
-    for_range(&mut b, lo.into(), hi.into(), i64::from(CHUNK), |b, c0| {
-        let nxt = b.op2(RegClass::B32, "add.u32", c0.into(), imm(i64::from(CHUNK)));
-        let nbuf = b.op2(RegClass::B32, "sub.u32", imm(bufb), bufoff.into());
-        let nostage = b.label();
-        let fin = b.setp("ge.u32", nxt.into(), hi.into());
-        b.bra_if(fin, false, nostage);
-        stage(b, nxt, nbuf);
-        b.place(nostage);
-        b.ins("cp.async.commit_group", []);
-        b.ins("cp.async.wait_group", [imm(1)]);
-        b.ins("bar.sync", [imm(0)]);
-        b.comment("skip a chunk that holds none of this warp's keys");
-        let skip = b.label();
-        let after = b.setp("ge.u32", c0.into(), wend.into());
-        let before = b.setp("le.u32", nxt.into(), s.into());
-        let out = b.op2(RegClass::Pred, "or.pred", after.into(), before.into());
-        b.bra_if(out, false, skip);
+    let sc = SharedChunks {
+        chunk: CHUNK,
+        ranges: b.op2(
+            RegClass::B32,
+            "add.u32",
+            smem0.into(),
+            imm(2 * i64::from(buf_bytes(dims))),
+        ),
+        nwarps: WARPS,
+        buf_bytes: buf_bytes(dims),
+        wib,
+        lane,
+        s,
+        wend,
+    };
+    b.comment("double-buffered chunks: copy the next needed chunk while computing this one");
+    shared_chunk_loop(&mut b, &sc, stage, |b, c0, bufoff| {
         let ka = b.op2(RegClass::B32, "add.u32", kaddr0.into(), bufoff.into());
         let va = b.op2(RegClass::B32, "add.u32", vaddr0.into(), bufoff.into());
         chunk_step(b, &cm, &st, ka, va, c0, mask);
-        b.place(skip);
-        b.ins("bar.sync", [imm(0)]);
-        b.ins("mov.u32", [bufoff.into(), nbuf.into()]);
     });
-    b.place(none);
     let sums = store_o(&mut b, &st, ob, qrow, &l, dv, Some(live));
     if write_lse {
         b.comment("lse in base 2 (-inf for an empty row)");
@@ -246,9 +236,9 @@ pub fn attend_compressed_tc(
         launch: Launch {
             grid: nblk * hh,
             block: nthreads,
-            shared_bytes: 2 * buf_bytes(dims),
+            shared_bytes: 2 * buf_bytes(dims) + ranges_bytes(WARPS),
             formula: format!(
-                "grid = ceil(B*T / {WARPS}) * H, block = {nthreads}, shared = 2*{CHUNK}*(2*(2*Dqk+16) + 2*Dv+16) bytes: {WARPS} consecutive tokens of one kv head per block, one warp per token, tensor cores, double-buffered cp.async chunks"
+                "grid = ceil(B*T / {WARPS}) * H, block = {nthreads}, shared = 2*{CHUNK}*(2*(2*Dqk+16) + 2*Dv+16) + 8*{WARPS} bytes: {WARPS} consecutive tokens of one kv head per block, one warp per token, tensor cores, double-buffered cp.async chunks"
             ),
         },
     }

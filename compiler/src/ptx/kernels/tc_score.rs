@@ -19,7 +19,8 @@ use crate::ptx::lowering::Dims;
 
 use super::common::for_range;
 use super::tc_common::{
-    CHUNK, CpRows, Lanes, cp_stage, k_lane_offset, lanes, load_q, mma_ops, qk_tiles, row_stride,
+    CHUNK, CpRows, Lanes, SharedChunks, cp_stage, k_lane_offset, lanes, load_q, mma_ops, qk_tiles,
+    row_stride, shared_chunk_loop,
 };
 use super::topn::TopNParams;
 
@@ -33,7 +34,7 @@ fn buf_bytes(dims: &Dims) -> u32 {
     2 * CHUNK * row_stride(dims.dqk)
 }
 
-/// Shared bytes the staging needs (two buffers).
+/// Shared bytes the staging needs (two buffers); the warps' slot ranges follow them.
 pub fn staging_bytes(dims: &Dims) -> u32 {
     2 * buf_bytes(dims)
 }
@@ -46,7 +47,8 @@ pub struct ScoreCtx {
     pub lseb: Reg,
     /// Shared address of this warp's block scores (f32 per candidate block).
     pub scores: Reg,
-    /// Shared address of the block's staging buffers ([`staging_bytes`]).
+    /// Shared address of the block's staging buffers ([`staging_bytes`]), followed by the warps'
+    /// slot ranges (`tc_common::ranges_bytes`).
     pub stage: Reg,
     pub lane: Reg,
     /// Thread index in the block, and the block's thread count.
@@ -60,8 +62,7 @@ pub struct ScoreCtx {
     pub nvis: Reg,
     pub nbc: Reg,
     pub lane0: Reg,
-    /// The block's union of visible slots, `lo .. hi` (the same for every warp of the block).
-    pub lo: Reg,
+    /// One past the block's last visible slot (the same for every warp of the block).
     pub hi: Reg,
 }
 
@@ -118,7 +119,7 @@ fn score_chunk(
     dims: &Dims,
 ) {
     b.comment("S = Q hi^T + Q lo^T");
-    let sf = qk_tiles(b, cs.mma, cs.qf, cs.kaddr, dims.dqk, &[0, cs.lo_off]);
+    let sf = qk_tiles(b, cs.mma, cs.qf, cs.kaddr, dims.dqk, &[0, cs.lo_off], CHUNK);
     b.comment("p = 2^(S*scale - lse)/d for rows < G and visible keys; column sums over heads");
     let j0 = b.op2(RegClass::B32, "sub.u32", c0.into(), c.s.into());
     let kq = b.op2(RegClass::B32, "add.u32", j0.into(), cs.l.tq2.into());
@@ -288,13 +289,13 @@ pub fn tc_block_scores(b: &mut KernelBuilder, c: &ScoreCtx, p: &TopNParams<'_>, 
     let lo_off = i64::from(CHUNK * rs);
     let h2 = b.op2(RegClass::B32, "shl.b32", c.h.into(), imm(1));
     let h21 = b.op2(RegClass::B32, "add.u32", h2.into(), imm(1));
-    let bufb = i64::from(buf_bytes(dims));
     let wend = b.op2(RegClass::B32, "add.u32", c.s.into(), c.nvis.into());
     let stage = |b: &mut KernelBuilder, c0: Reg, off: Reg| {
         let sb = b.op2(RegClass::B32, "add.u32", c.stage.into(), off.into());
         let sl = b.op2(RegClass::B32, "add.u32", sb.into(), imm(lo_off));
         for (sub, sdst) in [(h2, sb), (h21, sl)] {
             let rows = CpRows {
+                chunk: CHUNK,
                 gbase: c.kcb,
                 row_mul: 2 * hh,
                 sub,
@@ -305,31 +306,23 @@ pub fn tc_block_scores(b: &mut KernelBuilder, c: &ScoreCtx, p: &TopNParams<'_>, 
             cp_stage(b, &rows, c.tid, c.nthreads, c0, c.hi);
         }
     };
-    b.comment("double-buffered chunks of slots lo .. hi (shared by the block's warps)");
-    let bufoff = b.reg(RegClass::B32);
-    b.ins("mov.u32", [bufoff.into(), imm(0)]);
-    let none = b.label();
-    let empty = b.setp("ge.u32", c.lo.into(), c.hi.into());
-    b.bra_if(empty, false, none);
-    stage(b, c.lo, bufoff);
-    b.ins("cp.async.commit_group", []);
-    for_range(b, c.lo.into(), c.hi.into(), i64::from(CHUNK), |b, c0| {
-        let nxt = b.op2(RegClass::B32, "add.u32", c0.into(), imm(i64::from(CHUNK)));
-        let nbuf = b.op2(RegClass::B32, "sub.u32", imm(bufb), bufoff.into());
-        let nostage = b.label();
-        let fin = b.setp("ge.u32", nxt.into(), c.hi.into());
-        b.bra_if(fin, false, nostage);
-        stage(b, nxt, nbuf);
-        b.place(nostage);
-        b.ins("cp.async.commit_group", []);
-        b.ins("cp.async.wait_group", [imm(1)]);
-        b.ins("bar.sync", [imm(0)]);
-        b.comment("skip a chunk that holds none of this warp's keys");
-        let skip = b.label();
-        let after = b.setp("ge.u32", c0.into(), wend.into());
-        let before = b.setp("le.u32", nxt.into(), c.s.into());
-        let out = b.op2(RegClass::Pred, "or.pred", after.into(), before.into());
-        b.bra_if(out, false, skip);
+    let sc = SharedChunks {
+        chunk: CHUNK,
+        ranges: b.op2(
+            RegClass::B32,
+            "add.u32",
+            c.stage.into(),
+            imm(i64::from(staging_bytes(dims))),
+        ),
+        nwarps: c.nthreads / 32,
+        buf_bytes: buf_bytes(dims),
+        wib: b.op2(RegClass::B32, "shr.u32", c.tid.into(), imm(5)),
+        lane: c.lane,
+        s: c.s,
+        wend,
+    };
+    b.comment("double-buffered chunks of slots, shared by the block's warps");
+    shared_chunk_loop(b, &sc, stage, |b, c0, bufoff| {
         let kaddr = b.op2(RegClass::B32, "add.u32", kaddr0.into(), bufoff.into());
         let cs = ChunkScore {
             mma: &mma,
@@ -340,9 +333,5 @@ pub fn tc_block_scores(b: &mut KernelBuilder, c: &ScoreCtx, p: &TopNParams<'_>, 
             lo_off,
         };
         score_chunk(b, c, &cs, c0, p, dims);
-        b.place(skip);
-        b.ins("bar.sync", [imm(0)]);
-        b.ins("mov.u32", [bufoff.into(), nbuf.into()]);
     });
-    b.place(none);
 }

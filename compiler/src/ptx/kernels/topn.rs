@@ -7,6 +7,7 @@ use crate::ptx::builder::{KernelBuilder, ParamTy, Reg, RegClass, fimm, imm, mem,
 use crate::ptx::lowering::Dims;
 
 use super::common::{Elem, for_range, load, load_vec, segment, visible_compressed, warp_dot};
+use super::tc_common::ranges_bytes;
 use super::{KernelOut, Launch, tc_score};
 
 /// Parameters of one select branch as the kernel needs them.
@@ -57,11 +58,18 @@ pub fn topn(name: &str, p: &TopNParams<'_>, dims: &Dims) -> KernelOut {
     ];
     let syms: Vec<String> = params.iter().map(|s| b.param(s, ParamTy::Ptr)).collect();
     let scores_bytes = (p.max_blocks * 4).next_multiple_of(16);
-    let staging = if tc { tc_score::staging_bytes(dims) } else { 0 };
     let wpc = if tc {
-        tc_warps(scores_bytes, staging)
+        tc_warps(
+            scores_bytes,
+            tc_score::staging_bytes(dims) + ranges_bytes(8),
+        )
     } else {
         1
+    };
+    let staging = if tc {
+        tc_score::staging_bytes(dims) + ranges_bytes(wpc)
+    } else {
+        0
     };
     let nblk = dims.ntok.div_ceil(wpc);
     b.comment("block = (token block, kv head), the last token blocks first; warp w = token t0 + w");
@@ -115,8 +123,7 @@ pub fn topn(name: &str, p: &TopNParams<'_>, dims: &Dims) -> KernelOut {
     let lane0 = b.setp("eq.u32", lane.into(), imm(0));
     let nvis = visible_compressed(&mut b, pos, len, p.cmp_block, p.cmp_stride, dims.causal);
     if tc {
-        b.comment("the block's union of visible slots: first token's start .. last token's end");
-        let (lo, _) = segment(&mut b, seg, t0);
+        b.comment("one past the block's last visible slot: the last token's end");
         let tl0 = b.op2(RegClass::B32, "add.u32", t0.into(), imm(i64::from(wpc - 1)));
         let tlast = b.op2(RegClass::B32, "min.u32", tl0.into(), imm(lastt));
         let (sl, el) = segment(&mut b, seg, tlast);
@@ -145,7 +152,6 @@ pub fn topn(name: &str, p: &TopNParams<'_>, dims: &Dims) -> KernelOut {
             nvis,
             nbc,
             lane0,
-            lo,
             hi,
         };
         tc_score::tc_block_scores(&mut b, &ctx, p, dims);
@@ -290,7 +296,7 @@ pub fn topn(name: &str, p: &TopNParams<'_>, dims: &Dims) -> KernelOut {
             shared_bytes: wpc * scores_bytes + staging,
             formula: if tc {
                 format!(
-                    "grid = ceil(B*T / {wpc}) * H, block = {}, shared = {wpc}*align16(4*ceil(max_len/{})) + {staging} bytes: {wpc} consecutive tokens of one kv head per block, one warp per token, tensor-core scoring on shared double-buffered chunks",
+                    "grid = ceil(B*T / {wpc}) * H, block = {}, shared = {wpc}*align16(4*ceil(max_len/{})) + {staging} bytes (staging + warp ranges): {wpc} consecutive tokens of one kv head per block, one warp per token, tensor-core scoring on shared double-buffered chunks",
                     32 * wpc,
                     p.block,
                 )
