@@ -2,6 +2,9 @@
 //! dynamic shared memory; they are the group-summed compressed-attention probabilities spread
 //! over the selection blocks by overlap (DESIGN §3), forced blocks score +∞, and the top n are
 //! taken by (score descending, block index ascending) — the tie rule every backend shares.
+//! With tensor-core scoring a thread block holds up to 8 consecutive tokens of one kv head (one
+//! warp and one score array each) sharing the staged compressed keys; after scoring every warp
+//! works alone (warp barriers only). The scalar fallback runs one warp per block.
 
 use crate::ptx::builder::{KernelBuilder, ParamTy, Reg, RegClass, fimm, imm, mem, sym};
 use crate::ptx::lowering::Dims;
