@@ -6,8 +6,10 @@ window); nsa_paper (Dqk=192, Dv=128, cmp 32/16, window 512) is one fla cannot ru
     python3 bench.py DIR [T ...]     # DIR holds nsa_fla_<T>.ptx/.json, nsa_paper_<T>.ptx/.json
 
 CUDA events, warm-up, medians; per-kernel medians for nsac. Prints one table (ms).
+NSAC_BENCH_PAPER=0 skips nsa_paper (its column reads nan).
 """
 
+import os
 import statistics
 import sys
 
@@ -100,12 +102,15 @@ def main():
         fla = fla_nsa(q, k, v, g[0], g[1], t)
         ours, per = nsac(d, "nsa_fla", t, dict(q=q, k=k, v=v, g_cmp=g[0], g_slc=g[1]))
         print(f"T={t} nsac nsa_fla per kernel: " + ", ".join(f"{n} {ms:.2f}" for n, ms in per))
-        qp = torch.randn(B, t, HQ, 192, device="cuda", dtype=torch.bfloat16)
-        kp = torch.randn(B, t, H, 192, device="cuda", dtype=torch.bfloat16)
-        paper, per_p = nsac(d, "nsa_paper", t, dict(q=qp, k=kp, v=v, g_cmp=g[0], g_slc=g[1], g_win=g[2]))
-        print(f"T={t} nsac nsa_paper per kernel: " + ", ".join(f"{n} {ms:.2f}" for n, ms in per_p))
+        paper = float("nan")
+        if os.environ.get("NSAC_BENCH_PAPER", "1") != "0":
+            qp = torch.randn(B, t, HQ, 192, device="cuda", dtype=torch.bfloat16)
+            kp = torch.randn(B, t, H, 192, device="cuda", dtype=torch.bfloat16)
+            paper, per_p = nsac(d, "nsa_paper", t, dict(q=qp, k=kp, v=v, g_cmp=g[0], g_slc=g[1], g_win=g[2]))
+            print(f"T={t} nsac nsa_paper per kernel: " + ", ".join(f"{n} {ms:.2f}" for n, ms in per_p))
+            del qp, kp
         rows.append((t, flash, cudnn, fla, ours, paper))
-        del q, k, v, g, qp, kp
+        del q, k, v, g
         torch.cuda.empty_cache()
     print()
     print("| T | SDPA flash | SDPA cuDNN | fla parallel_nsa | nsac nsa_fla | nsac nsa_paper |")

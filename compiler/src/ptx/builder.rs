@@ -179,6 +179,7 @@ pub struct KernelBuilder {
     next_reg: [u32; 5],
     next_label: u32,
     uses_dynamic_shared: bool,
+    max_regs: Option<u32>,
 }
 
 impl KernelBuilder {
@@ -191,6 +192,7 @@ impl KernelBuilder {
             next_reg: [0; 5],
             next_label: 0,
             uses_dynamic_shared: false,
+            max_regs: None,
         }
     }
 
@@ -202,6 +204,11 @@ impl KernelBuilder {
     /// Marks that the kernel uses the module's dynamic shared memory array `smem`.
     pub fn use_dynamic_shared(&mut self) {
         self.uses_dynamic_shared = true;
+    }
+
+    /// Caps the registers per thread (`.maxnreg`), so more thread blocks fit a multiprocessor.
+    pub fn max_regs(&mut self, n: u32) {
+        self.max_regs = Some(n);
     }
 
     /// Whether the kernel uses dynamic shared memory.
@@ -340,6 +347,9 @@ impl KernelBuilder {
             let _ = writeln!(s, "    .param {t} {p}{sep}");
         }
         let _ = writeln!(s, ")");
+        if let Some(n) = self.max_regs {
+            let _ = writeln!(s, ".maxnreg {n}");
+        }
         let _ = writeln!(s, "{{");
         for class in RegClass::ALL {
             let n = self.next_reg[class.index()];

@@ -4,7 +4,8 @@
 //!
 //! Buffers: the inputs of the tensor contract (`q`, `k`, `v`, `g_<b>`, …) in the call's dtype,
 //! `seg` [B·T, 2] int32 (each token's segment start and end in flattened tokens), f32 scratch
-//! (`kc_<b>`, `vc_<b>`, `lse_<b>`), outputs `o`, `o_<b>` in f32 and `idx_<b>` in int32.
+//! (`kc_<b>`, `vc_<b>`, `lse_<b>`; `kc16_<b>`, `vc16_<b>` in the input dtype for the tensor-core
+//! kernels), outputs `o`, `o_<b>` in f32 and `idx_<b>` in int32.
 
 pub mod builder;
 pub mod kernels;
@@ -15,8 +16,8 @@ use nsac_dsl::spec::{BranchKind, CombineMode, Compress, KvSource, Pool, Spec};
 use serde::{Deserialize, Serialize};
 
 use crate::plan::Plan;
-use kernels::{KernelOut, attend, combine, pool, tc_select, topn};
-use lowering::{Program, Stage};
+use kernels::{KernelOut, attend, combine, pool, tc_common, tc_compress, tc_select, topn};
+use lowering::{Dims, Program, Stage};
 
 /// Why PTX could not be generated.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -154,7 +155,7 @@ impl Manifest {
     }
 }
 
-fn buffers(spec: &Spec, shape: &Shape) -> Vec<BufferInfo> {
+fn buffers(spec: &Spec, shape: &Shape, dims: &Dims) -> Vec<BufferInfo> {
     let (bb, t) = (shape.batch, shape.seq_len);
     let (hq, h) = (shape.heads.q as usize, shape.heads.kv as usize);
     let (dqk, dv) = (shape.head_dim.qk as usize, shape.head_dim.v as usize);
@@ -242,6 +243,20 @@ fn buffers(spec: &Spec, shape: &Shape) -> Vec<BufferInfo> {
                 "f32",
                 vec![n, h, dv],
             ));
+            if tc_common::half_scratch(dims) {
+                out.push(buf(
+                    format!("kc16_{nm}"),
+                    BufferRole::Scratch,
+                    &dt,
+                    vec![n, h, 2, dqk],
+                ));
+                out.push(buf(
+                    format!("vc16_{nm}"),
+                    BufferRole::Scratch,
+                    &dt,
+                    vec![n, h, dv],
+                ));
+            }
             if scored.contains(&nm.as_str()) {
                 out.push(buf(
                     format!("lse_{nm}"),
@@ -317,14 +332,12 @@ fn generate(program: &Program, variant: &GpuVariant) -> Vec<KernelOut> {
                 block,
                 stride,
                 write_lse,
-            } if tc_select::eligible(d) => tc_select::attend_tc(
+            } if tc_select::eligible(d) => tc_compress::attend_compressed_tc(
                 &nm(&format!("attend_{branch}")),
                 branch,
-                tc_select::TcKeys::Compressed {
-                    block: *block,
-                    stride: *stride,
-                    write_lse: *write_lse,
-                },
+                *block,
+                *stride,
+                *write_lse,
                 d,
             ),
             Stage::AttendCompressed {
@@ -373,14 +386,12 @@ fn generate(program: &Program, variant: &GpuVariant) -> Vec<KernelOut> {
                 kv,
                 block,
                 top,
-            } if tc_select::eligible(d) => tc_select::attend_tc(
+            } if tc_select::eligible(d) => tc_select::attend_selected_tc(
                 &nm(&format!("attend_{branch}")),
                 branch,
-                tc_select::TcKeys::Selected {
-                    kv,
-                    block: *block,
-                    top: *top,
-                },
+                kv,
+                *block,
+                *top,
                 d,
             ),
             Stage::AttendSelected {
@@ -460,7 +471,7 @@ pub fn emit_ptx(
         batch: shape.batch,
         seq_len: shape.seq_len,
         segments: shape.segments.iter().map(|&(a, b)| [a, b]).collect(),
-        buffers: buffers(spec, shape),
+        buffers: buffers(spec, shape, &program.dims),
         kernels,
     };
     Ok((ptx, manifest))

@@ -5,6 +5,8 @@ pub mod attend;
 pub mod combine;
 pub mod common;
 pub mod pool;
+pub mod tc_common;
+pub mod tc_compress;
 pub mod tc_score;
 pub mod tc_select;
 pub mod topn;

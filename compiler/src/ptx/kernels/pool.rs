@@ -1,13 +1,19 @@
 //! Pooling kernel: one warp per (compressed-token slot, kv head) turns a block of keys and values
 //! into one compressed token (mean, weighted by `w_<b>`, or a linear map by `wk_<b>`/`wv_<b>`).
 //! Compressed token j of a segment starting at s is stored in slot s + j (j < segment length).
+//! For the tensor-core kernels it also writes 16-bit copies (`kc16_<b>`: keys as hi + lo rows,
+//! `vc16_<b>`: values), zero for slots without a token, so they can be copied with `cp.async`.
 
+use nsac_dsl::problem::DType;
 use nsac_dsl::spec::{Compress, Pool};
 
-use crate::ptx::builder::{KernelBuilder, ParamTy, Reg, RegClass, fimm, imm};
+use crate::ptx::builder::{KernelBuilder, ParamTy, Reg, RegClass, fimm, imm, mem};
 use crate::ptx::lowering::{Dims, KvNames};
 
-use super::common::{Elem, chunks, for_range, load, load_vec, segment, store_vec, warp_row};
+use super::common::{
+    Elem, chunk_guard, chunks, for_range, load, load_vec, segment, store_vec, warp_row,
+};
+use super::tc_common::half_scratch;
 use super::{KernelOut, Launch};
 
 /// One pooled tensor (K or V) of the branch.
@@ -29,7 +35,7 @@ fn pool_side(
     lane: Reg,
     block: u32,
     dims: &Dims,
-) {
+) -> Vec<Reg> {
     let hh = i64::from(dims.h);
     let dim = side.dim;
     let elem = Elem::Input(dims.dtype);
@@ -71,7 +77,7 @@ fn pool_side(
         }
         Pool::Linear => {
             let Some(wb) = side.weights else {
-                return;
+                return acc;
             };
             // out[e] = Σ_{i<l, c<D} X[kt0+i, h, c] · W[h, i·D + c, e]
             let flat = i64::from(block) * i64::from(dim);
@@ -107,6 +113,87 @@ fn pool_side(
         imm(i64::from(dim)),
     );
     store_vec(b, side.dst, off, lane, dim, &acc);
+    acc
+}
+
+/// `x` rounded to the input dtype (`hi`) and, when `with_lo`, the rounded remainder
+/// x − hi (`lo`), as 16-bit registers.
+fn split16(b: &mut KernelBuilder, x: Reg, dtype: DType, with_lo: bool) -> (Reg, Option<Reg>) {
+    let cvt = match dtype {
+        DType::F16 => "cvt.rn.f16.f32",
+        _ => "cvt.rn.bf16.f32",
+    };
+    let hi = b.reg(RegClass::B16);
+    b.ins(cvt, [hi.into(), x.into()]);
+    if !with_lo {
+        return (hi, None);
+    }
+    let back = match dtype {
+        DType::F16 => b.op1(RegClass::F32, "cvt.f32.f16", hi.into()),
+        _ => {
+            let w = b.op1(RegClass::B32, "cvt.u32.u16", hi.into());
+            let sh = b.op2(RegClass::B32, "shl.b32", w.into(), imm(16));
+            b.op1(RegClass::F32, "mov.b32", sh.into())
+        }
+    };
+    let r = b.op2(RegClass::F32, "sub.f32", x.into(), back.into());
+    let lo = b.reg(RegClass::B16);
+    b.ins(cvt, [lo.into(), r.into()]);
+    (hi, Some(lo))
+}
+
+/// One 16-bit scratch tensor: keys as a hi row then a lo row (`split`), values as one row.
+struct HalfRows {
+    dst: Reg,
+    dim: u32,
+    split: bool,
+}
+
+/// Stores a warp-distributed compressed row into the 16-bit scratch; `None` stores zeros (a
+/// slot with no token).
+fn store_half(
+    b: &mut KernelBuilder,
+    t: &HalfRows,
+    slot_row: Reg,
+    lane: Reg,
+    acc: Option<&[Reg]>,
+    dtype: DType,
+) {
+    let HalfRows { dst, dim, split } = *t;
+    let rows = if split { 2 } else { 1 };
+    let row0 = b.op2(
+        RegClass::B32,
+        "mul.lo.u32",
+        slot_row.into(),
+        imm(i64::from(rows * dim)),
+    );
+    let start = b.op2(RegClass::B32, "add.u32", row0.into(), lane.into());
+    for m in 0..chunks(dim) {
+        let idx = b.op2(
+            RegClass::B32,
+            "add.u32",
+            start.into(),
+            imm(i64::from(m * 32)),
+        );
+        let a = b.addr(dst, idx, 2);
+        let (hi, lo) = match acc {
+            Some(v) => split16(b, v[m as usize], dtype, split),
+            None => {
+                let z = b.reg(RegClass::B16);
+                b.ins("mov.b16", [z.into(), imm(0)]);
+                (z, split.then_some(z))
+            }
+        };
+        let g = chunk_guard(b, lane, m, dim);
+        let st = |b: &mut KernelBuilder, off: i64, r: Reg| match g {
+            Some(p) => b.ins_if(p, false, "st.global.b16", [mem(a, off), r.into()]),
+            None => b.ins("st.global.b16", [mem(a, off), r.into()]),
+        };
+        st(b, 0, hi);
+        if let Some(lo) = lo {
+            st(b, i64::from(dim * 2), lo);
+        }
+    }
 }
 
 /// Generates the pooling kernel of compress branch `branch`.
@@ -135,12 +222,27 @@ pub fn pool(
     }
     params.push(format!("kc_{branch}"));
     params.push(format!("vc_{branch}"));
+    let half = half_scratch(dims);
+    if half {
+        params.push(format!("kc16_{branch}"));
+        params.push(format!("vc16_{branch}"));
+    }
     let syms: Vec<String> = params.iter().map(|p| b.param(p, ParamTy::Ptr)).collect();
     let nrows = dims.ntok * dims.h;
     let wr = warp_row(&mut b, nrows);
     let ptrs: Vec<Reg> = syms.iter().map(|s| b.load_ptr_param(s)).collect();
-    let n = ptrs.len();
+    let n = ptrs.len() - if half { 2 } else { 0 };
     let (seg, kb, vb, kcb, vcb) = (ptrs[0], ptrs[1], ptrs[2], ptrs[n - 2], ptrs[n - 1]);
+    let kh = HalfRows {
+        dst: ptrs[ptrs.len() - 2],
+        dim: dims.dqk,
+        split: true,
+    };
+    let vh = HalfRows {
+        dst: ptrs[ptrs.len() - 1],
+        dim: dims.dv,
+        split: false,
+    };
     let (wk, wv) = match pool {
         Pool::Mean => (None, None),
         Pool::Weighted => (Some(ptrs[3]), Some(ptrs[3])),
@@ -161,23 +263,45 @@ pub fn pool(
     );
     let k1 = b.op2(RegClass::B32, "add.u32", k0.into(), imm(i64::from(block)));
     let outside = b.setp("gt.u32", k1.into(), len.into());
-    b.bra_if(outside, false, wr.exit);
-    let kt0 = b.op2(RegClass::B32, "add.u32", s.into(), k0.into());
     let slot_row = b.op3(RegClass::B32, "mad.lo.u32", slot.into(), imm(hh), h.into());
+    if half {
+        b.comment(
+            "a slot with no compressed token: zero 16-bit rows (tensor-core blocks may stage them)",
+        );
+        let inside = b.label();
+        b.bra_if(outside, true, inside);
+        store_half(&mut b, &kh, slot_row, wr.lane, None, dims.dtype);
+        store_half(&mut b, &vh, slot_row, wr.lane, None, dims.dtype);
+        b.bra(wr.exit);
+        b.place(inside);
+    } else {
+        b.bra_if(outside, false, wr.exit);
+    }
+    let kt0 = b.op2(RegClass::B32, "add.u32", s.into(), k0.into());
     let kside = Side {
         src: kb,
         dst: kcb,
         weights: wk,
         dim: dims.dqk,
     };
-    pool_side(&mut b, &kside, pool, kt0, h, slot_row, wr.lane, block, dims);
+    let kacc = pool_side(&mut b, &kside, pool, kt0, h, slot_row, wr.lane, block, dims);
+    if half {
+        b.comment("keys as hi + lo halves, for the tensor-core kernels");
+        let a = Some(kacc.as_slice());
+        store_half(&mut b, &kh, slot_row, wr.lane, a, dims.dtype);
+    }
     let vside = Side {
         src: vb,
         dst: vcb,
         weights: wv,
         dim: dims.dv,
     };
-    pool_side(&mut b, &vside, pool, kt0, h, slot_row, wr.lane, block, dims);
+    let vacc = pool_side(&mut b, &vside, pool, kt0, h, slot_row, wr.lane, block, dims);
+    if half {
+        b.comment("values rounded to the input dtype, for the tensor-core kernels");
+        let a = Some(vacc.as_slice());
+        store_half(&mut b, &vh, slot_row, wr.lane, a, dims.dtype);
+    }
     b.place(wr.exit);
     b.ins("ret", []);
     let threads = warps * 32;

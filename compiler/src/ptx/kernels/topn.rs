@@ -2,11 +2,15 @@
 //! dynamic shared memory; they are the group-summed compressed-attention probabilities spread
 //! over the selection blocks by overlap (DESIGN §3), forced blocks score +∞, and the top n are
 //! taken by (score descending, block index ascending) — the tie rule every backend shares.
+//! With tensor-core scoring a thread block holds up to 8 consecutive tokens of one kv head (one
+//! warp and one score array each) sharing the staged compressed keys; after scoring every warp
+//! works alone (warp barriers only). The scalar fallback runs one warp per block.
 
 use crate::ptx::builder::{KernelBuilder, ParamTy, Reg, RegClass, fimm, imm, mem, sym};
 use crate::ptx::lowering::Dims;
 
 use super::common::{Elem, for_range, load, load_vec, segment, visible_compressed, warp_dot};
+use super::tc_common::ranges_bytes;
 use super::{KernelOut, Launch, tc_score};
 
 /// Parameters of one select branch as the kernel needs them.
@@ -29,26 +33,79 @@ fn shared_addr(b: &mut KernelBuilder, base: Reg, i: Reg) -> Reg {
     b.op3(RegClass::B32, "mad.lo.u32", i.into(), imm(4), base.into())
 }
 
+/// Warps per thread block of the tensor-core top-n: consecutive tokens of one kv head share the
+/// staged compressed keys; fewer when the per-warp block scores would not fit shared memory.
+fn tc_warps(scores_bytes: u32, staging: u32) -> u32 {
+    [8, 4, 2]
+        .into_iter()
+        .find(|w| w * scores_bytes + staging <= 160 * 1024)
+        .unwrap_or(1)
+}
+
 /// Generates the top-n kernel of a select branch.
 pub fn topn(name: &str, p: &TopNParams<'_>, dims: &Dims) -> KernelOut {
     let mut b = KernelBuilder::new(name);
     b.use_dynamic_shared();
+    let tc = tc_score::eligible(dims);
+    let kc = if tc {
+        format!("kc16_{}", p.scored_by)
+    } else {
+        format!("kc_{}", p.scored_by)
+    };
     let params: Vec<String> = vec![
         "seg".into(),
         "q".into(),
-        format!("kc_{}", p.scored_by),
+        kc,
         format!("lse_{}", p.scored_by),
         format!("idx_{}", p.branch),
     ];
     let syms: Vec<String> = params.iter().map(|s| b.param(s, ParamTy::Ptr)).collect();
-    let row = b.op1(RegClass::B32, "mov.u32", sym("%ctaid.x"));
-    let lane = b.op1(RegClass::B32, "mov.u32", sym("%tid.x"));
+    let scores_bytes = (p.max_blocks * 4).next_multiple_of(16);
+    let wpc = if tc {
+        tc_warps(
+            scores_bytes,
+            tc_score::staging_bytes(dims) + ranges_bytes(8),
+        )
+    } else {
+        1
+    };
+    let staging = if tc {
+        tc_score::staging_bytes(dims) + ranges_bytes(wpc)
+    } else {
+        0
+    };
+    let nblk = dims.ntok.div_ceil(wpc);
+    b.comment("block = (token block, kv head), the last token blocks first; warp w = token t0 + w");
+    b.comment("(clamped to the last token; only live warps write indices)");
+    let tid = b.op1(RegClass::B32, "mov.u32", sym("%tid.x"));
+    let cta = b.op1(RegClass::B32, "mov.u32", sym("%ctaid.x"));
+    let wib = b.op2(RegClass::B32, "shr.u32", tid.into(), imm(5));
+    let lane = b.op2(RegClass::B32, "and.b32", tid.into(), imm(31));
+    let hh = i64::from(dims.h);
+    let ctb = b.op2(RegClass::B32, "div.u32", cta.into(), imm(hh));
+    let h = b.op2(RegClass::B32, "rem.u32", cta.into(), imm(hh));
+    let tb = b.op2(
+        RegClass::B32,
+        "sub.u32",
+        imm(i64::from(nblk - 1)),
+        ctb.into(),
+    );
+    let t0 = b.op2(RegClass::B32, "mul.lo.u32", tb.into(), imm(i64::from(wpc)));
+    let tw = b.op2(RegClass::B32, "add.u32", t0.into(), wib.into());
+    let lastt = i64::from(dims.ntok - 1);
+    let live = b.setp("le.u32", tw.into(), imm(lastt));
+    let tok = b.op2(RegClass::B32, "min.u32", tw.into(), imm(lastt));
+    let row = b.op3(RegClass::B32, "mad.lo.u32", tok.into(), imm(hh), h.into());
     let ptrs: Vec<Reg> = syms.iter().map(|s| b.load_ptr_param(s)).collect();
     let (seg, qb, kcb, lseb, idxb) = (ptrs[0], ptrs[1], ptrs[2], ptrs[3], ptrs[4]);
-    let sbase = b.op1(RegClass::B32, "mov.u32", sym("smem"));
-    let hh = i64::from(dims.h);
-    let tok = b.op2(RegClass::B32, "div.u32", row.into(), imm(hh));
-    let h = b.op2(RegClass::B32, "rem.u32", row.into(), imm(hh));
+    let smem0 = b.op1(RegClass::B32, "mov.u32", sym("smem"));
+    let sbase = b.op3(
+        RegClass::B32,
+        "mad.lo.u32",
+        wib.into(),
+        imm(i64::from(scores_bytes)),
+        smem0.into(),
+    );
     let (s, e) = segment(&mut b, seg, tok);
     let pos = b.op2(RegClass::B32, "sub.u32", tok.into(), s.into());
     let len = b.op2(RegClass::B32, "sub.u32", e.into(), s.into());
@@ -65,17 +122,23 @@ pub fn topn(name: &str, p: &TopNParams<'_>, dims: &Dims) -> KernelOut {
         let a = shared_addr(b, sbase, i);
         b.ins("st.shared.f32", [mem(a, 0), fimm(0.0)]);
     });
-    b.ins("bar.sync", [imm(0)]);
+    b.ins("bar.warp.sync", [imm(-1)]);
     let lane0 = b.setp("eq.u32", lane.into(), imm(0));
     let nvis = visible_compressed(&mut b, pos, len, p.cmp_block, p.cmp_stride, dims.causal);
-    let tc = tc_score::eligible(dims);
-    let scores_bytes = (p.max_blocks * 4).next_multiple_of(16);
     if tc {
+        b.comment("one past the block's last visible slot: the last token's end");
+        let tl0 = b.op2(RegClass::B32, "add.u32", t0.into(), imm(i64::from(wpc - 1)));
+        let tlast = b.op2(RegClass::B32, "min.u32", tl0.into(), imm(lastt));
+        let (sl, el) = segment(&mut b, seg, tlast);
+        let posl = b.op2(RegClass::B32, "sub.u32", tlast.into(), sl.into());
+        let lenl = b.op2(RegClass::B32, "sub.u32", el.into(), sl.into());
+        let nvl = visible_compressed(&mut b, posl, lenl, p.cmp_block, p.cmp_stride, dims.causal);
+        let hi = b.op2(RegClass::B32, "add.u32", sl.into(), nvl.into());
         let stage = b.op2(
             RegClass::B32,
             "add.u32",
-            sbase.into(),
-            imm(i64::from(scores_bytes)),
+            smem0.into(),
+            imm(i64::from(wpc * scores_bytes)),
         );
         let ctx = tc_score::ScoreCtx {
             qb,
@@ -84,12 +147,15 @@ pub fn topn(name: &str, p: &TopNParams<'_>, dims: &Dims) -> KernelOut {
             scores: sbase,
             stage,
             lane,
+            tid,
+            nthreads: 32 * wpc,
             row,
             h,
             s,
             nvis,
             nbc,
             lane0,
+            hi,
         };
         tc_score::tc_block_scores(&mut b, &ctx, p, dims);
     } else {
@@ -112,7 +178,7 @@ pub fn topn(name: &str, p: &TopNParams<'_>, dims: &Dims) -> KernelOut {
             },
         );
     }
-    b.ins("bar.sync", [imm(0)]);
+    b.ins("bar.warp.sync", [imm(-1)]);
     b.comment("forced blocks: the first keep_first and the keep_last ending at t's block");
     let skipf = b.label();
     b.bra_if(lane0, true, skipf);
@@ -143,7 +209,7 @@ pub fn topn(name: &str, p: &TopNParams<'_>, dims: &Dims) -> KernelOut {
         });
     }
     b.place(skipf);
-    b.ins("bar.sync", [imm(0)]);
+    b.ins("bar.warp.sync", [imm(-1)]);
     b.comment("take the best block n times: score desc, index asc");
     let nsel = b.op2(RegClass::B32, "min.u32", nbc.into(), imm(i64::from(p.top)));
     for_range(&mut b, imm(0), nsel.into(), 1, |b, _r| {
@@ -182,11 +248,13 @@ pub fn topn(name: &str, p: &TopNParams<'_>, dims: &Dims) -> KernelOut {
         }
         let a = shared_addr(b, sbase, bi);
         b.ins_if(lane0, false, "st.shared.f32", [mem(a, 0), fimm(TAKEN)]);
-        b.ins("bar.sync", [imm(0)]);
+        b.ins("bar.warp.sync", [imm(-1)]);
     });
     b.comment(
         "write the chosen blocks in ascending order (ballot + prefix count), then -1 padding",
     );
+    let exit = b.label();
+    b.bra_if(live, true, exit);
     let out0 = b.op2(
         RegClass::B32,
         "mul.lo.u32",
@@ -220,27 +288,24 @@ pub fn topn(name: &str, p: &TopNParams<'_>, dims: &Dims) -> KernelOut {
         let oa = b.addr(idxb, i, 4);
         b.ins("st.global.s32", [mem(oa, 0), imm(-1)]);
     });
+    b.place(exit);
     b.ins("ret", []);
     KernelOut {
         ptx: b.finish(),
         params,
         launch: Launch {
-            grid: dims.ntok * dims.h,
-            block: 32,
-            shared_bytes: if tc {
-                scores_bytes + tc_score::staging_bytes(dims)
-            } else {
-                p.max_blocks * 4
-            },
+            grid: nblk * dims.h,
+            block: 32 * wpc,
+            shared_bytes: wpc * scores_bytes + staging,
             formula: if tc {
                 format!(
-                    "grid = B*T*H, block = 32, shared = align16(4*ceil(max_len/{})) + {} bytes: one warp per (token, kv head), tensor-core scoring",
+                    "grid = ceil(B*T / {wpc}) * H, block = {}, shared = {wpc}*align16(4*ceil(max_len/{})) + {staging} bytes (staging + warp ranges): {wpc} consecutive tokens of one kv head per block, one warp per token, tensor-core scoring on shared double-buffered chunks",
+                    32 * wpc,
                     p.block,
-                    tc_score::staging_bytes(dims)
                 )
             } else {
                 format!(
-                    "grid = B*T*H, block = 32, shared = 4*ceil(max_len/{}) bytes: one warp per (token, kv head)",
+                    "grid = B*T*H, block = 32, shared = align16(4*ceil(max_len/{})) bytes: one warp per (token, kv head)",
                     p.block
                 )
             },

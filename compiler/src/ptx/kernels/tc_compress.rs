@@ -1,0 +1,245 @@
+//! Compressed attention on tensor cores: a thread block of [`WARPS`] warps handles that many
+//! consecutive tokens of one kv head (one warp per token, the G ≤ 16 query heads as the rows of
+//! the `mma.sync.m16n8k16` tiles). Neighbouring tokens see almost the same compressed tokens, so
+//! each chunk of [`CHUNK`] compressed keys and values is copied into shared memory once for the
+//! whole block with `cp.async` (from the 16-bit scratch the pool kernel writes: keys as hi + lo
+//! halves so the log-sum-exp that scores the selection stays f32-accurate, values rounded to the
+//! input dtype), double-buffered so the copy of chunk i+1 overlaps the math of chunk i. Each warp
+//! masks the keys outside its own visible range and skips chunks that hold none of them; the
+//! block visits only chunks some warp needs (`tc_common::shared_chunk_loop`), so a block whose
+//! tokens span segments skips the slots between them.
+
+use crate::ptx::builder::{KernelBuilder, ParamTy, Reg, RegClass, imm, mem, sym};
+use crate::ptx::lowering::Dims;
+
+use super::common::{segment, visible_compressed};
+use super::tc_common::{
+    Attn, CHUNK, ChunkMath, CpRows, KeyMask, SharedChunks, chunk_step, cp_stage, k_lane_offset,
+    lanes, load_q, mma_ops, ranges_bytes, row_stride, shared_chunk_loop, store_o, v_lane_offset,
+};
+use super::{KernelOut, Launch};
+
+/// Tokens (warps) per thread block.
+pub const WARPS: u32 = 8;
+
+/// Bytes of one staging buffer: K hi rows, K lo rows, V rows.
+fn buf_bytes(dims: &Dims) -> u32 {
+    CHUNK * (2 * row_stride(dims.dqk) + row_stride(dims.dv))
+}
+
+/// The first visible slot and one past the last visible slot of token `tok` (kv head
+/// independent): `(s, s + nvis)`, plus `nvis`.
+fn visible_slots(
+    b: &mut KernelBuilder,
+    seg: Reg,
+    tok: Reg,
+    block: u32,
+    stride: u32,
+    causal: bool,
+) -> (Reg, Reg, Reg) {
+    let (s, e) = segment(b, seg, tok);
+    let pos = b.op2(RegClass::B32, "sub.u32", tok.into(), s.into());
+    let len = b.op2(RegClass::B32, "sub.u32", e.into(), s.into());
+    let nvis = visible_compressed(b, pos, len, block, stride, causal);
+    let end = b.op2(RegClass::B32, "add.u32", s.into(), nvis.into());
+    (s, end, nvis)
+}
+
+/// Generates the tensor-core compressed-attention kernel of compress branch `branch` (same
+/// outputs as the scalar kernel; reads `kc16_<b>`, `vc16_<b>`).
+pub fn attend_compressed_tc(
+    name: &str,
+    branch: &str,
+    block: u32,
+    stride: u32,
+    write_lse: bool,
+    dims: &Dims,
+) -> KernelOut {
+    let mut b = KernelBuilder::new(name);
+    b.use_dynamic_shared();
+    // Two blocks per multiprocessor instead of one (ptxas needs ~163 registers uncapped; the
+    // cap costs a few spilled bytes).
+    b.max_regs(128);
+    let mut params: Vec<String> = vec![
+        "seg".into(),
+        "q".into(),
+        format!("kc16_{branch}"),
+        format!("vc16_{branch}"),
+        format!("o_{branch}"),
+    ];
+    if write_lse {
+        params.push(format!("lse_{branch}"));
+    }
+    let syms: Vec<String> = params.iter().map(|p| b.param(p, ParamTy::Ptr)).collect();
+    let (mma, cvt) = mma_ops(dims.dtype);
+    let (g, hh, dqk, dv) = (dims.group, dims.h, dims.dqk, dims.dv);
+    let nblk = dims.ntok.div_ceil(WARPS);
+    let nthreads = 32 * WARPS;
+
+    b.comment("block = (token block, kv head), the longest (last) token blocks first;");
+    b.comment("warp w = token t0 + w (clamped to the last token, stores only when live)");
+    let tid = b.op1(RegClass::B32, "mov.u32", sym("%tid.x"));
+    let cta = b.op1(RegClass::B32, "mov.u32", sym("%ctaid.x"));
+    let wib = b.op2(RegClass::B32, "shr.u32", tid.into(), imm(5));
+    let lane = b.op2(RegClass::B32, "and.b32", tid.into(), imm(31));
+    let ctb = b.op2(RegClass::B32, "div.u32", cta.into(), imm(i64::from(hh)));
+    let h = b.op2(RegClass::B32, "rem.u32", cta.into(), imm(i64::from(hh)));
+    let tb = b.op2(
+        RegClass::B32,
+        "sub.u32",
+        imm(i64::from(nblk - 1)),
+        ctb.into(),
+    );
+    let t0 = b.op2(
+        RegClass::B32,
+        "mul.lo.u32",
+        tb.into(),
+        imm(i64::from(WARPS)),
+    );
+    let tw = b.op2(RegClass::B32, "add.u32", t0.into(), wib.into());
+    let last = i64::from(dims.ntok - 1);
+    let live = b.setp("le.u32", tw.into(), imm(last));
+    let tok = b.op2(RegClass::B32, "min.u32", tw.into(), imm(last));
+    let tl0 = b.op2(
+        RegClass::B32,
+        "add.u32",
+        t0.into(),
+        imm(i64::from(WARPS - 1)),
+    );
+    let tlast = b.op2(RegClass::B32, "min.u32", tl0.into(), imm(last));
+    let ptrs: Vec<Reg> = syms.iter().map(|s| b.load_ptr_param(s)).collect();
+    let (seg, qb, kb, vb, ob) = (ptrs[0], ptrs[1], ptrs[2], ptrs[3], ptrs[4]);
+    b.comment("this warp's visible slots s .. wend; hi = the block's last (largest) end");
+    let (s, wend, nvis) = visible_slots(&mut b, seg, tok, block, stride, dims.causal);
+    let (_, hi, _) = visible_slots(&mut b, seg, tlast, block, stride, dims.causal);
+
+    let l = lanes(&mut b, lane, g);
+    let row = b.op3(
+        RegClass::B32,
+        "mad.lo.u32",
+        tok.into(),
+        imm(i64::from(hh)),
+        h.into(),
+    );
+    let qrow = b.op3(
+        RegClass::B32,
+        "mad.lo.u32",
+        row.into(),
+        imm(i64::from(g)),
+        l.gq.into(),
+    );
+    b.comment("Q fragments: rows gq, gq+8 of the group (0 past G), columns 2tq(+8) per k-step");
+    let qf = load_q(&mut b, qb, qrow, &l, dqk);
+    b.comment("accumulators and softmax state");
+    let st = Attn::new(&mut b, dv);
+
+    let smem0 = b.op1(RegClass::B32, "mov.u32", sym("smem"));
+    let lo_off = i64::from(CHUNK * row_stride(dqk));
+    let v_off = 2 * lo_off;
+    let ko = k_lane_offset(&mut b, lane, row_stride(dqk));
+    let kaddr0 = b.op2(RegClass::B32, "add.u32", smem0.into(), ko.into());
+    let vo = v_lane_offset(&mut b, lane, row_stride(dv));
+    let vs0 = b.op2(RegClass::B32, "add.u32", vo.into(), imm(v_off));
+    let vaddr0 = b.op2(RegClass::B32, "add.u32", smem0.into(), vs0.into());
+    let h2 = b.op2(RegClass::B32, "shl.b32", h.into(), imm(1));
+    let h21 = b.op2(RegClass::B32, "add.u32", h2.into(), imm(1));
+
+    // Issues the copies of chunk c0 into the buffer at byte offset `off` (all threads of the
+    // block; the caller commits the group).
+    let stage = |b: &mut KernelBuilder, c0: Reg, off: Reg| {
+        let sb = b.op2(RegClass::B32, "add.u32", smem0.into(), off.into());
+        let sl = b.op2(RegClass::B32, "add.u32", sb.into(), imm(lo_off));
+        let sv = b.op2(RegClass::B32, "add.u32", sb.into(), imm(v_off));
+        for (sub, sdst) in [(h2, sb), (h21, sl)] {
+            let rows = CpRows {
+                chunk: CHUNK,
+                gbase: kb,
+                row_mul: 2 * hh,
+                sub,
+                dim: dqk,
+                sdst,
+                keep_l1: false,
+            };
+            cp_stage(b, &rows, tid, nthreads, c0, hi);
+        }
+        let rows = CpRows {
+            chunk: CHUNK,
+            gbase: vb,
+            row_mul: hh,
+            sub: h,
+            dim: dv,
+            sdst: sv,
+            keep_l1: false,
+        };
+        cp_stage(b, &rows, tid, nthreads, c0, hi);
+    };
+
+    let cm = ChunkMath {
+        chunk: CHUNK,
+        mma: &mma,
+        cvt,
+        qf: &qf,
+        parts: &[0, lo_off],
+        dqk,
+        dv,
+        scale_log2: dims.scale_log2,
+        tq2: l.tq2,
+    };
+    let mask = KeyMask::Range { lo: s, n: nvis };
+    let sc = SharedChunks {
+        chunk: CHUNK,
+        ranges: b.op2(
+            RegClass::B32,
+            "add.u32",
+            smem0.into(),
+            imm(2 * i64::from(buf_bytes(dims))),
+        ),
+        nwarps: WARPS,
+        buf_bytes: buf_bytes(dims),
+        wib,
+        lane,
+        s,
+        wend,
+    };
+    b.comment("double-buffered chunks: copy the next needed chunk while computing this one");
+    shared_chunk_loop(&mut b, &sc, stage, |b, c0, bufoff| {
+        let ka = b.op2(RegClass::B32, "add.u32", kaddr0.into(), bufoff.into());
+        let va = b.op2(RegClass::B32, "add.u32", vaddr0.into(), bufoff.into());
+        chunk_step(b, &cm, &st, ka, va, c0, mask);
+    });
+    let sums = store_o(&mut b, &st, ob, qrow, &l, dv, Some(live));
+    if write_lse {
+        b.comment("lse in base 2 (-inf for an empty row)");
+        let lb = ptrs[ptrs.len() - 1];
+        let la = b.addr(lb, qrow, 4);
+        for (half, sum) in sums.iter().enumerate() {
+            let lg = b.op1(RegClass::F32, "lg2.approx.ftz.f32", (*sum).into());
+            let lse = b.op2(RegClass::F32, "add.f32", st.m[half].into(), lg.into());
+            let ok = b.op2(
+                RegClass::Pred,
+                "and.pred",
+                l.rowok[half].into(),
+                live.into(),
+            );
+            b.ins_if(
+                ok,
+                false,
+                "st.global.f32",
+                [mem(la, 32 * half as i64), lse.into()],
+            );
+        }
+    }
+    b.ins("ret", []);
+    KernelOut {
+        ptx: b.finish(),
+        params,
+        launch: Launch {
+            grid: nblk * hh,
+            block: nthreads,
+            shared_bytes: 2 * buf_bytes(dims) + ranges_bytes(WARPS),
+            formula: format!(
+                "grid = ceil(B*T / {WARPS}) * H, block = {nthreads}, shared = 2*{CHUNK}*(2*(2*Dqk+16) + 2*Dv+16) + 8*{WARPS} bytes: {WARPS} consecutive tokens of one kv head per block, one warp per token, tensor cores, double-buffered cp.async chunks"
+            ),
+        },
+    }
+}
