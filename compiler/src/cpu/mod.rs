@@ -113,8 +113,9 @@ pub enum StageFn {
 
 /// Floats between consecutive rows of the score scratch (S/P) every attention driver is given:
 /// enough for the compressed tokens of the longest segment, a selection block (plus the three
-/// keys of misalignment) and a window key tile. It is a compile-time constant of the generated
-/// code, so row addresses fold into instruction displacements.
+/// keys of misalignment) and a window key tile, padded by a cache line when it is a multiple of
+/// 256 bytes. It is a compile-time constant of the generated code, so row addresses fold into
+/// instruction displacements.
 pub fn score_stride(plan: &Plan, variant: &CpuVariant) -> usize {
     use crate::plan::Stage as S;
     let round4 = |x: usize| x.div_ceil(4).max(1) * 4;
@@ -125,7 +126,8 @@ pub fn score_stride(plan: &Plan, variant: &CpuVariant) -> usize {
         .map(|(s, e)| e - s)
         .max()
         .unwrap_or(1);
-    plan.stages
+    let widest = plan
+        .stages
         .iter()
         .map(|st| match st {
             S::CompressedAttention(c) => {
@@ -135,7 +137,14 @@ pub fn score_stride(plan: &Plan, variant: &CpuVariant) -> usize {
             S::WindowAttention(_) => variant.key_tile as usize,
             _ => 4,
         })
-        .fold(4, usize::max)
+        .fold(4, usize::max);
+    // Rows a multiple of 256 bytes apart share L1 sets (4 KiB apart: all of them, more than
+    // the 8 ways); one more cache line spreads the G rows over distinct sets.
+    if widest.is_multiple_of(64) {
+        widest + 16
+    } else {
+        widest
+    }
 }
 
 /// A plan compiled for this host. The code lives as long as this value.
