@@ -7,11 +7,48 @@
 
 use nsac_dsl::problem::DType;
 
-use crate::ptx::builder::{KernelBuilder, Operand, Reg, RegClass, fimm, imm, mem};
+use crate::ptx::builder::{KernelBuilder, Operand, Reg, RegClass, fimm, imm, mem, sym};
 use crate::ptx::lowering::Dims;
 
 /// Keys staged per step of the compressed-token kernels (a multiple of 16).
 pub const CHUNK: u32 = 32;
+
+/// The ids of a kernel whose block is (token block, kv head), the last token blocks first, with
+/// one warp per token of the block.
+pub struct BlockIds {
+    pub tid: Reg,
+    /// Warp in block.
+    pub warp: Reg,
+    pub lane: Reg,
+    /// The kv head.
+    pub h: Reg,
+    /// The token block: `nblk − 1 − ctaid / H`.
+    pub token_block: Reg,
+}
+
+/// Reads `%tid.x` and `%ctaid.x` and splits them into [`BlockIds`] for `heads` kv heads and
+/// `nblk` token blocks.
+pub fn block_ids(b: &mut KernelBuilder, heads: u32, nblk: u32) -> BlockIds {
+    let tid = b.op1(RegClass::B32, "mov.u32", sym("%tid.x"));
+    let cta = b.op1(RegClass::B32, "mov.u32", sym("%ctaid.x"));
+    let warp = b.op2(RegClass::B32, "shr.u32", tid.into(), imm(5));
+    let lane = b.op2(RegClass::B32, "and.b32", tid.into(), imm(31));
+    let ctb = b.op2(RegClass::B32, "div.u32", cta.into(), imm(i64::from(heads)));
+    let h = b.op2(RegClass::B32, "rem.u32", cta.into(), imm(i64::from(heads)));
+    let token_block = b.op2(
+        RegClass::B32,
+        "sub.u32",
+        imm(i64::from(nblk - 1)),
+        ctb.into(),
+    );
+    BlockIds {
+        tid,
+        warp,
+        lane,
+        h,
+        token_block,
+    }
+}
 
 /// Whether the pool kernel also writes the 16-bit compressed scratch (`kc16_<b>`: hi and lo
 /// rows of every compressed key, `vc16_<b>`: values rounded to the input dtype) that the

@@ -14,8 +14,9 @@ use crate::ptx::lowering::Dims;
 
 use super::common::{segment, visible_compressed};
 use super::tc_common::{
-    Attn, CHUNK, ChunkMath, CpRows, KeyMask, SharedChunks, chunk_step, cp_stage, k_lane_offset,
-    lanes, load_q, mma_ops, ranges_bytes, row_stride, shared_chunk_loop, store_o, v_lane_offset,
+    Attn, BlockIds, CHUNK, ChunkMath, CpRows, KeyMask, SharedChunks, block_ids, chunk_step,
+    cp_stage, k_lane_offset, lanes, load_q, mma_ops, ranges_bytes, row_stride, shared_chunk_loop,
+    store_o, v_lane_offset,
 };
 use super::{KernelOut, Launch};
 
@@ -78,18 +79,13 @@ pub fn attend_compressed_tc(
 
     b.comment("block = (token block, kv head), the longest (last) token blocks first;");
     b.comment("warp w = token t0 + w (clamped to the last token, stores only when live)");
-    let tid = b.op1(RegClass::B32, "mov.u32", sym("%tid.x"));
-    let cta = b.op1(RegClass::B32, "mov.u32", sym("%ctaid.x"));
-    let wib = b.op2(RegClass::B32, "shr.u32", tid.into(), imm(5));
-    let lane = b.op2(RegClass::B32, "and.b32", tid.into(), imm(31));
-    let ctb = b.op2(RegClass::B32, "div.u32", cta.into(), imm(i64::from(hh)));
-    let h = b.op2(RegClass::B32, "rem.u32", cta.into(), imm(i64::from(hh)));
-    let tb = b.op2(
-        RegClass::B32,
-        "sub.u32",
-        imm(i64::from(nblk - 1)),
-        ctb.into(),
-    );
+    let BlockIds {
+        tid,
+        warp: wib,
+        lane,
+        h,
+        token_block: tb,
+    } = block_ids(&mut b, hh, nblk);
     let t0 = b.op2(
         RegClass::B32,
         "mul.lo.u32",

@@ -18,8 +18,8 @@ use crate::ptx::lowering::{Dims, KvNames};
 
 use super::common::{for_range, segment};
 use super::tc_common::{
-    Attn, ChunkMath, CpRows, KeyMask, cp_stage, k_lane_offset, lanes, load_q, mma_ops, row_stride,
-    store_o, v_lane_offset,
+    Attn, BlockIds, ChunkMath, CpRows, KeyMask, block_ids, cp_stage, k_lane_offset, lanes, load_q,
+    mma_ops, row_stride, store_o, v_lane_offset,
 };
 use super::{KernelOut, Launch};
 
@@ -73,18 +73,13 @@ pub fn attend_selected_tc(
     b.comment("block = (token block, kv head), the last token blocks first; warp w = token t0 + w");
     b.comment("(one warp per (token, kv head); lane = 4*gq + tq)");
     let nblk = dims.ntok.div_ceil(WARPS);
-    let tid = b.op1(RegClass::B32, "mov.u32", sym("%tid.x"));
-    let cta = b.op1(RegClass::B32, "mov.u32", sym("%ctaid.x"));
-    let wib = b.op2(RegClass::B32, "shr.u32", tid.into(), imm(5));
-    let lane = b.op2(RegClass::B32, "and.b32", tid.into(), imm(31));
-    let ctb = b.op2(RegClass::B32, "div.u32", cta.into(), imm(i64::from(hh)));
-    let h = b.op2(RegClass::B32, "rem.u32", cta.into(), imm(i64::from(hh)));
-    let tb = b.op2(
-        RegClass::B32,
-        "sub.u32",
-        imm(i64::from(nblk - 1)),
-        ctb.into(),
-    );
+    let BlockIds {
+        warp: wib,
+        lane,
+        h,
+        token_block: tb,
+        ..
+    } = block_ids(&mut b, hh, nblk);
     let tok = b.op3(
         RegClass::B32,
         "mad.lo.u32",

@@ -10,7 +10,7 @@ use crate::ptx::builder::{KernelBuilder, ParamTy, Reg, RegClass, fimm, imm, mem,
 use crate::ptx::lowering::Dims;
 
 use super::common::{Elem, for_range, load, load_vec, segment, visible_compressed, warp_dot};
-use super::tc_common::ranges_bytes;
+use super::tc_common::{BlockIds, block_ids, ranges_bytes};
 use super::{KernelOut, Launch, tc_score};
 
 /// Parameters of one select branch as the kernel needs them.
@@ -77,19 +77,14 @@ pub fn topn(name: &str, p: &TopNParams<'_>, dims: &Dims) -> KernelOut {
     let nblk = dims.ntok.div_ceil(wpc);
     b.comment("block = (token block, kv head), the last token blocks first; warp w = token t0 + w");
     b.comment("(clamped to the last token; only live warps write indices)");
-    let tid = b.op1(RegClass::B32, "mov.u32", sym("%tid.x"));
-    let cta = b.op1(RegClass::B32, "mov.u32", sym("%ctaid.x"));
-    let wib = b.op2(RegClass::B32, "shr.u32", tid.into(), imm(5));
-    let lane = b.op2(RegClass::B32, "and.b32", tid.into(), imm(31));
+    let BlockIds {
+        tid,
+        warp: wib,
+        lane,
+        h,
+        token_block: tb,
+    } = block_ids(&mut b, dims.h, nblk);
     let hh = i64::from(dims.h);
-    let ctb = b.op2(RegClass::B32, "div.u32", cta.into(), imm(hh));
-    let h = b.op2(RegClass::B32, "rem.u32", cta.into(), imm(hh));
-    let tb = b.op2(
-        RegClass::B32,
-        "sub.u32",
-        imm(i64::from(nblk - 1)),
-        ctb.into(),
-    );
     let t0 = b.op2(RegClass::B32, "mul.lo.u32", tb.into(), imm(i64::from(wpc)));
     let tw = b.op2(RegClass::B32, "add.u32", t0.into(), wib.into());
     let lastt = i64::from(dims.ntok - 1);
