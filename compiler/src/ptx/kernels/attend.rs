@@ -5,10 +5,10 @@
 use crate::ptx::builder::{KernelBuilder, ParamTy, Reg, RegClass, fimm, imm, mem};
 use crate::ptx::lowering::{Dims, KvNames};
 
+use super::KernelOut;
 use super::common::{
     Elem, chunks, for_range, load_vec, segment, store_vec, visible_compressed, warp_dot, warp_row,
 };
-use super::{KernelOut, Launch};
 
 /// Which keys a row attends to.
 pub enum Keys<'a> {
@@ -246,19 +246,5 @@ pub fn attend(name: &str, branch: &str, keys: Keys<'_>, dims: &Dims, warps: u32)
         let a = b.addr(lb, wr.row, 4);
         b.ins_if(lane0, false, "st.global.f32", [mem(a, 0), lse.into()]);
     }
-    b.place(wr.exit);
-    b.ins("ret", []);
-    let threads = warps * 32;
-    KernelOut {
-        ptx: b.finish(),
-        params,
-        launch: Launch {
-            grid: nrows.div_ceil(warps),
-            block: threads,
-            shared_bytes: 0,
-            formula: format!(
-                "grid = ceil(B*T*HQ / {warps}), block = {threads}: one warp per (token, query head)"
-            ),
-        },
-    }
+    wr.finish(b, params, (nrows, warps), "B*T*HQ", "(token, query head)")
 }

@@ -6,6 +6,8 @@ use nsac_dsl::problem::DType;
 
 use crate::ptx::builder::{KernelBuilder, Label, Operand, Reg, RegClass, fimm, imm, mem, sym};
 
+use super::{KernelOut, Launch};
+
 /// The element type of a buffer as the kernels see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Elem {
@@ -49,6 +51,36 @@ pub fn warp_row(b: &mut KernelBuilder, nrows: u32) -> WarpRow {
     let p = b.setp("ge.u32", row.into(), imm(i64::from(nrows)));
     b.bra_if(p, false, exit);
     WarpRow { row, lane, exit }
+}
+
+impl WarpRow {
+    /// Ends the kernel (exit label, `ret`) and describes its launch: `nrows` warps, `warps` per
+    /// block. `rows` is the row count as the launch formula writes it (e.g. `B*T*HQ`), `row`
+    /// what one warp handles (e.g. `(token, query head)`).
+    pub fn finish(
+        self,
+        mut b: KernelBuilder,
+        params: Vec<String>,
+        (nrows, warps): (u32, u32),
+        rows: &str,
+        row: &str,
+    ) -> KernelOut {
+        b.place(self.exit);
+        b.ins("ret", []);
+        let threads = warps * 32;
+        KernelOut {
+            ptx: b.finish(),
+            params,
+            launch: Launch {
+                grid: nrows.div_ceil(warps),
+                block: threads,
+                shared_bytes: 0,
+                formula: format!(
+                    "grid = ceil({rows} / {warps}), block = {threads}: one warp per {row}"
+                ),
+            },
+        }
+    }
 }
 
 /// The segment `(start, end)` of flattened token `tok`, read from the `seg` buffer.

@@ -10,11 +10,11 @@ use nsac_dsl::spec::{Compress, Pool};
 use crate::ptx::builder::{KernelBuilder, ParamTy, Reg, RegClass, fimm, imm, mem};
 use crate::ptx::lowering::{Dims, KvNames};
 
+use super::KernelOut;
 use super::common::{
     Elem, chunk_guard, chunks, for_range, load, load_vec, segment, store_vec, warp_row,
 };
 use super::tc_common::half_scratch;
-use super::{KernelOut, Launch};
 
 /// One pooled tensor (K or V) of the branch.
 struct Side {
@@ -302,19 +302,5 @@ pub fn pool(
         let a = Some(vacc.as_slice());
         store_half(&mut b, &vh, slot_row, wr.lane, a, dims.dtype);
     }
-    b.place(wr.exit);
-    b.ins("ret", []);
-    let threads = warps * 32;
-    KernelOut {
-        ptx: b.finish(),
-        params,
-        launch: Launch {
-            grid: nrows.div_ceil(warps),
-            block: threads,
-            shared_bytes: 0,
-            formula: format!(
-                "grid = ceil(B*T*H / {warps}), block = {threads}: one warp per (slot, kv head)"
-            ),
-        },
-    }
+    wr.finish(b, params, (nrows, warps), "B*T*H", "(slot, kv head)")
 }
