@@ -165,9 +165,9 @@ pub fn softmax(e: &mut Emit, c: &Consts, p: &[Value]) {
         let diffv = e.b.ins().splat(F32X4, diff);
         let alphav = e.vexp2(diffv);
         let msv = e.b.ins().splat(F32X4, m_safe);
-        let pinned = e.materialize(&[alphav, msv, srow, m_new, m_old]);
-        let [alphav, msv, srow, m_new, m_old] =
-            [pinned[0], pinned[1], pinned[2], pinned[3], pinned[4]];
+        // `srow` is pinned already (above the max loop).
+        let pinned = e.materialize(&[alphav, msv, m_new, m_old]);
+        let [alphav, msv, m_new, m_old] = [pinned[0], pinned[1], pinned[2], pinned[3]];
         let zero = e.splat(0.0);
         let sum = e.var(F32X4, zero);
         let z = e.int(0);
