@@ -8,7 +8,7 @@
 //! visible, keys of the chosen blocks up to t, window keys), not from `compiler::cost`.
 
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use nsac_compiler::cpu::{CpuVariant, PEAK_FLOPS_PER_ITER, compile_peak};
 use nsac_compiler::plan::{Plan, Stage};
@@ -236,13 +236,9 @@ pub fn fma_ceiling(threads: usize) -> Result<f64, BenchError> {
         .fold(0.0, f64::max))
 }
 
-fn median_f64(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
-}
-
-fn median(mut xs: Vec<Duration>) -> Duration {
-    xs.sort();
+/// The upper median of a non-empty list.
+fn median<T: Copy + PartialOrd>(mut xs: Vec<T>) -> T {
+    xs.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     xs[xs.len() / 2]
 }
 
@@ -285,8 +281,8 @@ pub fn bench_cpu(
         .collect();
     let med = median(times).as_secs_f64();
     let gflops = flops / med / 1e9;
-    let ceiling = median_f64(ceilings);
-    let ceiling_ratio = median_f64(ratios);
+    let ceiling = median(ceilings);
+    let ceiling_ratio = median(ratios);
     let (oracle_ms, oracle_gflops) = match opts.oracle_seq_len {
         Some(t) => {
             let mut p = Problem::batched(shape.batch, t);

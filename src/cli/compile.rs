@@ -3,11 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
-use nsac_compiler::cpu::CpuVariant;
 use nsac_compiler::ptx::{self, Arch, GpuVariant};
 use nsac_runtime::cpu;
 
 use super::args::{CompileArgs, Emit, Target};
+use super::device::explicit_variant;
 use super::error::CliError;
 use super::fmt::write_atomically;
 use super::output::emit;
@@ -18,11 +18,7 @@ pub fn run(args: &CompileArgs) -> Result<(), CliError> {
     let shape = problem_from_args(&args.problem)?.resolve(&spec)?;
     match args.target {
         Target::Cpu => {
-            let variant = match args.variant.as_deref() {
-                Some(text) => CpuVariant::parse(text)
-                    .map_err(|e| CliError::Other(format!("--variant: {e}")))?,
-                None => CpuVariant::default(),
-            };
+            let variant = explicit_variant(args.variant.as_deref())?.unwrap_or_default();
             let text = match args.emit.unwrap_or(Emit::Clif) {
                 Emit::Clif => cpu::emit_clif(&spec, &shape, &variant)?,
                 Emit::Asm => cpu::emit_asm(&spec, &shape, &variant)?,

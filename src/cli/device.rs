@@ -141,7 +141,7 @@ pub struct CpuChoice {
 }
 
 /// Parses a `--variant FIELD=VALUE,…` argument.
-fn explicit_variant(text: Option<&str>) -> Result<Option<CpuVariant>, CliError> {
+pub fn explicit_variant(text: Option<&str>) -> Result<Option<CpuVariant>, CliError> {
     text.map(|t| CpuVariant::parse(t).map_err(|e| CliError::Other(format!("--variant: {e}"))))
         .transpose()
 }

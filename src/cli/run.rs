@@ -5,6 +5,7 @@ use nsac_kernels::io::{Tensor, check_inputs, random_inputs};
 use nsac_runtime::tensor_io::{self, HostTensor, TensorSet};
 use serde::Serialize;
 
+use clap::ValueEnum;
 use nsac_runtime::cuda::CudaDevice;
 
 use super::args::{DeviceArg, RunArgs};
@@ -85,11 +86,11 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
                 tune_if_missing(&spec, &shape, args.db.as_deref(), args.json)?;
             }
             DeviceArg::Cuda | DeviceArg::Reference => {
-                let device = if args.device == DeviceArg::Cuda {
-                    "cuda"
-                } else {
-                    "reference"
-                };
+                let device = args
+                    .device
+                    .to_possible_value()
+                    .map(|v| v.get_name().to_string())
+                    .unwrap_or_default();
                 return Err(CliError::Other(format!(
                     "--tune tunes the CPU backend; it does not apply to --device {device}"
                 )));

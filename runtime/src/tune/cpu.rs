@@ -111,11 +111,7 @@ impl CpuKnobs {
     /// The default ranges for `spec`: `key_tile` varies only when it has a window branch.
     pub fn for_spec(spec: &Spec) -> Self {
         let mut knobs = CpuKnobs::default();
-        let window = spec
-            .branches
-            .iter()
-            .any(|b| matches!(b.kind, nsac_dsl::spec::BranchKind::Window(_)));
-        if window {
+        if spec.branches.iter().any(|b| b.as_window().is_some()) {
             knobs.key_tile.push(128);
         }
         knobs
