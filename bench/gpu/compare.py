@@ -6,30 +6,15 @@ Used to measure one change against the previous PTX (same inputs, same process).
     python3 compare.py T DIR --once        # two plain launches per DIR (for ncu)
 """
 
-import statistics
 import sys
 
 import torch
 
 from nsac_ptx import NsacPtx
 
-B, HQ, H, D = 1, 64, 4, 128
-
-
-def median_ms(fn, warmup, iters):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(iters):
-        a = torch.cuda.Event(enable_timing=True)
-        b = torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b))
-    return statistics.median(ts)
+# The benchmark's shape and its CUDA-event timer (median of `iters` runs after `warmup`).
+from bench import B, D, H, HQ
+from bench import time_ms as median_ms
 
 
 def main():
