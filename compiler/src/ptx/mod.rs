@@ -10,6 +10,7 @@
 pub mod builder;
 pub mod kernels;
 pub mod lowering;
+pub mod variant;
 
 use nsac_dsl::problem::{DType, Shape};
 use nsac_dsl::spec::{BranchKind, CombineMode, Compress, KvSource, Pool, Spec};
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::plan::Plan;
 use kernels::{KernelOut, attend, combine, pool, tc_common, tc_compress, tc_select, topn};
 use lowering::{Dims, Program, Stage};
+pub use variant::{GPU_VARIANT_FIELDS, GpuVariant, GpuVariantError};
 
 /// Why PTX could not be generated.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -61,19 +63,6 @@ impl Arch {
     /// The best target for a device of compute capability `major.minor`.
     pub fn for_capability(major: i32, _minor: i32) -> Arch {
         if major >= 9 { Arch::Sm90 } else { Arch::Sm80 }
-    }
-}
-
-/// The HOW of the GPU kernels (never changes what they compute).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct GpuVariant {
-    /// Warps per thread block of the warp-per-row kernels (1..=32).
-    pub warps_per_block: u32,
-}
-
-impl Default for GpuVariant {
-    fn default() -> Self {
-        GpuVariant { warps_per_block: 4 }
     }
 }
 
@@ -432,12 +421,9 @@ pub fn emit_ptx(
     variant: &GpuVariant,
     arch: Arch,
 ) -> Result<(String, Manifest), PtxError> {
-    if variant.warps_per_block == 0 || variant.warps_per_block > 32 {
-        return Err(PtxError::BadVariant(format!(
-            "warps_per_block must be in 1..=32, got {}",
-            variant.warps_per_block
-        )));
-    }
+    variant
+        .validate()
+        .map_err(|e| PtxError::BadVariant(e.to_string()))?;
     let plan = Plan::new(spec, shape)?;
     let program = lowering::lower(&plan)?;
     let outs = generate(&program, variant);
@@ -526,7 +512,10 @@ mod tests {
     fn rejects_bad_variants_and_oversized_problems() {
         let spec = window_spec();
         let shape = Problem::batched(1, 9).resolve(&spec).expect("valid");
-        let bad = GpuVariant { warps_per_block: 0 };
+        let bad = GpuVariant {
+            warps_per_block: 0,
+            ..GpuVariant::default()
+        };
         assert!(matches!(
             emit_ptx(&spec, &shape, &bad, Arch::Sm80),
             Err(PtxError::BadVariant(_))
@@ -556,7 +545,10 @@ mod tests {
     fn manifest_launches_cover_every_row() {
         let spec = window_spec();
         let shape = Problem::batched(2, 13).resolve(&spec).expect("valid");
-        let variant = GpuVariant { warps_per_block: 3 };
+        let variant = GpuVariant {
+            warps_per_block: 3,
+            ..GpuVariant::default()
+        };
         let (ptx, m) = emit_ptx(&spec, &shape, &variant, Arch::Sm90).expect("emits");
         assert!(ptx.contains(".target sm_90"));
         let attend = &m.kernels[0];
