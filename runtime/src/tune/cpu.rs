@@ -39,13 +39,12 @@
 //! # Checking
 //!
 //! Every candidate that would become the best is run on a small odd-length problem
-//! ([`CHECK_SEQ_LEN`] tokens, two seeds, the tuning problem's heads and dims) and compared with
-//! [`reference::forward`]: max|o−ref|/max|ref| ≤ 1e-5 for `o` and every branch, and selected
-//! blocks identical to the oracle's, or — where f32 scores broke a near-tie differently — a
-//! valid choice by [`score::is_valid_choice`], in which case the outputs are compared with the
-//! oracle run on the kernel's own blocks ([`reference::forward_with_blocks`]).
+//! ([`CHECK_SEQ_LEN`] tokens, the seeds of [`super::check`], the tuning problem's heads and dims)
+//! and compared with the f64 oracle there: max|o−ref|/max|ref| ≤ [`CHECK_TOLERANCE`] for `o` and
+//! every branch, selected blocks the oracle's or a valid near-tie choice.
 
 use super::cached::{CachedTuneError, Tuned, tune_cached};
+use super::check::{CheckCase, Mismatch, Produced, check_cases, check_shape, compare};
 use super::db::{DbWarning, Lookup, TuningDb};
 use super::fingerprint::DeviceFingerprint;
 use super::key::TuneKey;
@@ -55,8 +54,7 @@ use crate::cpu::{CpuKernel, CpuKernelError};
 use nsac_compiler::cpu::CpuVariant;
 use nsac_dsl::Spec;
 use nsac_dsl::problem::{Problem, Shape};
-use nsac_kernels::io::{Inputs, Tensor, random_inputs};
-use nsac_kernels::reference::{self, Output, ReferenceError, verify};
+use nsac_kernels::io::{Inputs, random_inputs};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 
@@ -72,9 +70,6 @@ pub const VECTOR_REGISTERS: u32 = 16;
 
 /// Tokens of the check problem: odd, and not a multiple of any library block size.
 pub const CHECK_SEQ_LEN: usize = 203;
-
-/// Seeds of the check problem's random inputs.
-pub const CHECK_SEEDS: [u64; 2] = [0x7e57, 0xc0de];
 
 /// The largest max|o−ref|/max|ref| a candidate may have (DESIGN §4).
 pub const CHECK_TOLERANCE: f64 = 1e-5;
@@ -310,28 +305,8 @@ impl VariantSpace for CpuSpace {
 pub enum CpuCheckError {
     #[error(transparent)]
     Kernel(#[from] CpuKernelError),
-    #[error("the oracle failed: {0}")]
-    Oracle(#[from] ReferenceError),
-    #[error("seed {seed}: `{tensor}` has max|got−ref|/max|ref| = {error:e} > {CHECK_TOLERANCE:e}")]
-    Inaccurate {
-        seed: u64,
-        tensor: String,
-        error: f64,
-    },
-    #[error("seed {seed}: `{tensor}` is missing or has the wrong shape")]
-    Shape { seed: u64, tensor: String },
-    #[error("seed {seed}: {error}")]
-    BadChoice {
-        seed: u64,
-        error: verify::ChoiceError,
-    },
-}
-
-/// One seed of the check problem, with the oracle's answer computed once.
-struct CheckCase {
-    seed: u64,
-    inputs: Inputs,
-    want: Output,
+    #[error(transparent)]
+    Mismatch(#[from] Mismatch),
 }
 
 /// Compiles, times and checks CPU candidates for one spec and tuning shape.
@@ -349,19 +324,8 @@ impl CpuBench {
     /// [`CHECK_SEQ_LEN`] tokens) computed up front.
     pub fn new(spec: &Spec, shape: &Shape) -> Result<Self, CpuCheckError> {
         let tuning = tuning_shape(spec, shape);
-        let mut problem = Problem::batched(1, CHECK_SEQ_LEN);
-        problem.heads = Some(tuning.heads);
-        problem.head_dim = Some(shape.head_dim);
-        problem.dtype = shape.dtype;
-        let check_shape = problem
-            .resolve(spec)
-            .map_err(|e| CpuCheckError::Kernel(e.into()))?;
-        let mut cases = Vec::new();
-        for seed in CHECK_SEEDS {
-            let inputs = random_inputs(spec, &check_shape, seed);
-            let want = reference::forward(spec, &check_shape, &inputs)?;
-            cases.push(CheckCase { seed, inputs, want });
-        }
+        let check_shape = check_shape(spec, &tuning, CHECK_SEQ_LEN).map_err(Mismatch::from)?;
+        let cases = check_cases(spec, &check_shape, None).map_err(Mismatch::from)?;
         Ok(CpuBench {
             spec: spec.clone(),
             inputs: random_inputs(spec, &tuning, 0x1234),
@@ -397,37 +361,18 @@ impl CpuBench {
         case: &CheckCase,
     ) -> Result<(), CpuCheckError> {
         let got = kernel.run(&case.inputs, threads)?;
-        let seed = case.seed;
-        let want = verify::reference_for_choices(
+        let produced = Produced {
+            o: &got.o,
+            branches: &got.branches,
+            selected: &got.selected,
+        };
+        compare(
             &self.spec,
             &self.check_shape,
-            &case.inputs,
-            &case.want,
-            &got.selected,
-            verify::SCORE_TIE_TOLERANCE,
-        )
-        .map_err(|error| CpuCheckError::BadChoice { seed, error })?;
-        let compare = |tensor: &str, g: Option<&Tensor<f32>>, w: &Tensor<f64>| {
-            let error = g
-                .and_then(|g| reference::relative_error(g, w))
-                .ok_or_else(|| CpuCheckError::Shape {
-                    seed,
-                    tensor: tensor.to_string(),
-                })?;
-            // NaN fails too.
-            if error.is_nan() || error > CHECK_TOLERANCE {
-                return Err(CpuCheckError::Inaccurate {
-                    seed,
-                    tensor: tensor.to_string(),
-                    error,
-                });
-            }
-            Ok(())
-        };
-        compare("o", Some(&got.o), &want.o)?;
-        for (name, w) in &want.branches {
-            compare(&format!("o_{name}"), got.branches.get(name), w)?;
-        }
+            case,
+            produced,
+            CHECK_TOLERANCE,
+        )?;
         Ok(())
     }
 }

@@ -6,6 +6,7 @@
 //! version in one YAML file; [`tune_cached`] ties the two together (tune only on a miss).
 
 pub mod cached;
+pub mod check;
 pub mod cpu;
 pub mod db;
 pub mod file_lock;
