@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use cudarc::driver::sys::CUdevice_attribute;
 use cudarc::driver::{CudaContext, CudaModule, CudaStream};
 use cudarc::nvrtc::Ptx;
 use nsac_compiler::ptx::{Arch, GpuVariant};
@@ -10,8 +11,13 @@ use nsac_dsl::problem::Shape;
 use nsac_dsl::spec::Spec;
 
 use super::{CudaError, driver};
+use crate::tune::{GpuFingerprint, GpuLimits};
 
 type ModuleKey = (Spec, Shape, GpuVariant);
+
+/// The most registers one thread may use on every NVIDIA GPU since Kepler (the driver has no
+/// attribute for it).
+pub const MAX_REGISTERS_PER_THREAD: u32 = 255;
 
 /// One GPU with its default stream and a cache of loaded modules.
 pub struct CudaDevice {
@@ -74,6 +80,56 @@ impl CudaDevice {
     /// Compute capability (major, minor).
     pub fn capability(&self) -> (i32, i32) {
         self.capability
+    }
+
+    /// What a tuning result measured on this GPU is keyed by: name, compute capability,
+    /// multiprocessors and driver version.
+    pub fn fingerprint(&self) -> Result<GpuFingerprint, CudaError> {
+        let sm_count = self.attribute(
+            "the multiprocessor count",
+            CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+        )?;
+        let mut version = 0i32;
+        // SAFETY: cuDriverGetVersion writes one int; the driver library is loaded (a context
+        // exists).
+        let status = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut version) };
+        driver(|| "reading the driver version".into(), status.result())?;
+        Ok(GpuFingerprint {
+            name: self.name.clone(),
+            compute_capability: (
+                self.capability.0.max(0) as u32,
+                self.capability.1.max(0) as u32,
+            ),
+            sm_count,
+            driver: format!("{}.{}", version / 1000, (version % 1000) / 10),
+        })
+    }
+
+    /// The per-block limits that prune GPU Variants before they are compiled.
+    pub fn limits(&self) -> Result<GpuLimits, CudaError> {
+        use CUdevice_attribute as A;
+        Ok(GpuLimits {
+            max_threads_per_block: self.attribute(
+                "the most threads per block",
+                A::CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK,
+            )?,
+            max_shared_bytes_per_block: self
+                .attribute(
+                    "the opt-in shared memory per block",
+                    A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+                )?
+                .into(),
+            max_registers_per_block: self.attribute(
+                "the registers per block",
+                A::CU_DEVICE_ATTRIBUTE_MAX_REGISTERS_PER_BLOCK,
+            )?,
+            max_registers_per_thread: MAX_REGISTERS_PER_THREAD,
+        })
+    }
+
+    fn attribute(&self, what: &str, attribute: CUdevice_attribute) -> Result<u32, CudaError> {
+        let value = driver(|| format!("reading {what}"), self.ctx.attribute(attribute))?;
+        Ok(value.max(0) as u32)
     }
 
     /// The PTX target used for this device.

@@ -21,6 +21,13 @@ pub struct CudaOutput {
     pub selected: BTreeMap<String, Tensor<i32>>,
 }
 
+/// Device buffers laid out by one manifest, inputs uploaded: every Variant of a spec on a shape
+/// has the same buffers, so a tuner uploads once and times every candidate on them.
+pub struct DeviceBuffers {
+    layout: Vec<nsac_compiler::ptx::BufferInfo>,
+    slices: BTreeMap<String, CudaSlice<u8>>,
+}
+
 /// Median time of one kernel over timed runs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KernelTime {
@@ -129,7 +136,8 @@ impl CudaKernel {
         &self.ptx
     }
 
-    fn upload(&self, inputs: &Inputs) -> Result<BTreeMap<String, CudaSlice<u8>>, CudaError> {
+    /// Allocates this kernel's buffers and copies `inputs` (converted to the shape's dtype) in.
+    pub fn upload(&self, inputs: &Inputs) -> Result<DeviceBuffers, CudaError> {
         check_inputs(&self.spec, &self.shape, inputs)?;
         let stream = &self.device.stream;
         let mut bufs = BTreeMap::new();
@@ -159,14 +167,19 @@ impl CudaKernel {
             };
             bufs.insert(b.name.clone(), slice);
         }
-        Ok(bufs)
+        Ok(DeviceBuffers {
+            layout: self.manifest.buffers.clone(),
+            slices: bufs,
+        })
     }
 
-    fn launch_all(
-        &self,
-        bufs: &BTreeMap<String, CudaSlice<u8>>,
-        only: Option<usize>,
-    ) -> Result<(), CudaError> {
+    fn launch_all(&self, bufs: &DeviceBuffers, only: Option<usize>) -> Result<(), CudaError> {
+        if bufs.layout != self.manifest.buffers {
+            return Err(CudaError::Manifest(
+                "the buffers were uploaded for another spec or shape".into(),
+            ));
+        }
+        let bufs = &bufs.slices;
         let stream = &self.device.stream;
         for (i, (k, f)) in self
             .manifest
@@ -203,11 +216,7 @@ impl CudaKernel {
         Ok(())
     }
 
-    fn download_f32(
-        &self,
-        bufs: &BTreeMap<String, CudaSlice<u8>>,
-        name: &str,
-    ) -> Result<Tensor<f32>, CudaError> {
+    fn download_f32(&self, bufs: &DeviceBuffers, name: &str) -> Result<Tensor<f32>, CudaError> {
         let (bytes, shape) = self.download(bufs, name)?;
         let data = bytes
             .chunks_exact(4)
@@ -218,7 +227,7 @@ impl CudaKernel {
 
     fn download(
         &self,
-        bufs: &BTreeMap<String, CudaSlice<u8>>,
+        bufs: &DeviceBuffers,
         name: &str,
     ) -> Result<(Vec<u8>, Vec<usize>), CudaError> {
         let info = self
@@ -226,6 +235,7 @@ impl CudaKernel {
             .buffer(name)
             .ok_or_else(|| CudaError::Manifest(format!("no buffer `{name}`")))?;
         let b = bufs
+            .slices
             .get(name)
             .ok_or_else(|| CudaError::Manifest(format!("buffer `{name}` not allocated")))?;
         let bytes = driver(
@@ -267,6 +277,27 @@ impl CudaKernel {
         })
     }
 
+    /// Runs every kernel once on `bufs` and returns the device time in milliseconds, measured
+    /// with CUDA events on the device's stream.
+    pub fn time_once(&self, bufs: &DeviceBuffers) -> Result<f32, CudaError> {
+        self.timed(|| self.launch_all(bufs, None))
+    }
+
+    fn timed(&self, launch: impl FnOnce() -> Result<(), CudaError>) -> Result<f32, CudaError> {
+        let stream = &self.device.stream;
+        let ev = || {
+            driver(
+                || "recording an event".into(),
+                stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)),
+            )
+        };
+        let a = ev()?;
+        launch()?;
+        let b = ev()?;
+        driver(|| "waiting for a timed run".into(), b.synchronize())?;
+        driver(|| "reading an event".into(), a.elapsed_ms(&b))
+    }
+
     /// Median wall time of the whole call and of each kernel over `iters` timed runs after
     /// `warmup` runs, measured with CUDA events on the device's stream.
     pub fn time(
@@ -276,13 +307,6 @@ impl CudaKernel {
         iters: usize,
     ) -> Result<(f32, Vec<KernelTime>), CudaError> {
         let bufs = self.upload(inputs)?;
-        let stream = &self.device.stream;
-        let ev = || {
-            driver(
-                || "recording an event".into(),
-                stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)),
-            )
-        };
         for _ in 0..warmup {
             self.launch_all(&bufs, None)?;
         }
@@ -290,24 +314,14 @@ impl CudaKernel {
             v.sort_by(f32::total_cmp);
             v.get(v.len() / 2).copied().unwrap_or(0.0)
         };
-        let mut whole = Vec::new();
-        for _ in 0..iters.max(1) {
-            let a = ev()?;
-            self.launch_all(&bufs, None)?;
-            let b = ev()?;
-            driver(|| "waiting for a timed run".into(), b.synchronize())?;
-            whole.push(driver(|| "reading an event".into(), a.elapsed_ms(&b))?);
-        }
+        let whole = (0..iters.max(1))
+            .map(|_| self.time_once(&bufs))
+            .collect::<Result<Vec<f32>, _>>()?;
         let mut per = Vec::new();
         for (i, k) in self.manifest.kernels.iter().enumerate() {
-            let mut ts = Vec::new();
-            for _ in 0..iters.max(1) {
-                let a = ev()?;
-                self.launch_all(&bufs, Some(i))?;
-                let b = ev()?;
-                driver(|| "waiting for a timed kernel".into(), b.synchronize())?;
-                ts.push(driver(|| "reading an event".into(), a.elapsed_ms(&b))?);
-            }
+            let ts = (0..iters.max(1))
+                .map(|_| self.timed(|| self.launch_all(&bufs, Some(i))))
+                .collect::<Result<Vec<f32>, _>>()?;
             per.push(KernelTime {
                 kernel: k.name.clone(),
                 median_ms: median(ts),

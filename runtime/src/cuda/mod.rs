@@ -7,7 +7,7 @@ mod device;
 mod kernel;
 
 pub use device::CudaDevice;
-pub use kernel::{CudaKernel, CudaOutput, KernelTime, round_inputs};
+pub use kernel::{CudaKernel, CudaOutput, DeviceBuffers, KernelTime, round_inputs};
 
 use nsac_compiler::ptx::PtxError;
 use nsac_kernels::io::InputError;
