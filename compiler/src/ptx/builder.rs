@@ -180,6 +180,7 @@ pub struct KernelBuilder {
     next_label: u32,
     uses_dynamic_shared: bool,
     max_regs: Option<u32>,
+    max_threads: Option<u32>,
 }
 
 impl KernelBuilder {
@@ -193,6 +194,7 @@ impl KernelBuilder {
             next_label: 0,
             uses_dynamic_shared: false,
             max_regs: None,
+            max_threads: None,
         }
     }
 
@@ -209,6 +211,18 @@ impl KernelBuilder {
     /// Caps the registers per thread (`.maxnreg`), so more thread blocks fit a multiprocessor.
     pub fn max_regs(&mut self, n: u32) {
         self.max_regs = Some(n);
+    }
+
+    /// The register cap set with [`KernelBuilder::max_regs`], if any.
+    pub fn reg_cap(&self) -> Option<u32> {
+        self.max_regs
+    }
+
+    /// Declares the most threads a block of this kernel is launched with (`.maxntid n, 1, 1`),
+    /// so ptxas never uses more registers per thread than such a block can launch with (a
+    /// large block spills instead of failing to launch). Launching more threads fails.
+    pub fn max_threads(&mut self, n: u32) {
+        self.max_threads = Some(n);
     }
 
     /// Whether the kernel uses dynamic shared memory.
@@ -350,6 +364,9 @@ impl KernelBuilder {
         if let Some(n) = self.max_regs {
             let _ = writeln!(s, ".maxnreg {n}");
         }
+        if let Some(n) = self.max_threads {
+            let _ = writeln!(s, ".maxntid {n}, 1, 1");
+        }
         let _ = writeln!(s, "{{");
         for class in RegClass::ALL {
             let n = self.next_reg[class.index()];
@@ -426,5 +443,17 @@ mod tests {
         assert!(text.contains("$L0:"));
         assert!(text.contains("st.global.f32 [%rd1+4], %f0;"));
         assert_eq!(text, b.finish());
+        assert!(!text.contains(".maxnreg") && !text.contains(".maxntid"));
+        assert_eq!(b.reg_cap(), None);
+    }
+
+    #[test]
+    fn prints_register_and_thread_limits_before_the_body() {
+        let mut b = KernelBuilder::new("k");
+        b.max_regs(96);
+        b.max_threads(512);
+        assert_eq!(b.reg_cap(), Some(96));
+        let text = b.finish();
+        assert!(text.contains(")\n.maxnreg 96\n.maxntid 512, 1, 1\n{"));
     }
 }

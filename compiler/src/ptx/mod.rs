@@ -113,6 +113,9 @@ pub struct KernelInfo {
     pub grid: [u32; 3],
     pub block: [u32; 3],
     pub shared_bytes: u32,
+    /// The kernel's register cap per thread (`.maxnreg`), when it declares one.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub max_regs: Option<u32>,
     /// How the launch follows from the problem.
     pub launch: String,
 }
@@ -328,6 +331,7 @@ fn generate(program: &Program, variant: &GpuVariant) -> Vec<KernelOut> {
                 *stride,
                 *write_lse,
                 d,
+                variant,
             ),
             Stage::AttendCompressed {
                 branch,
@@ -369,6 +373,7 @@ fn generate(program: &Program, variant: &GpuVariant) -> Vec<KernelOut> {
                     max_blocks: *max_blocks,
                 },
                 d,
+                variant.score_tokens,
             ),
             Stage::AttendSelected {
                 branch,
@@ -382,6 +387,7 @@ fn generate(program: &Program, variant: &GpuVariant) -> Vec<KernelOut> {
                 *block,
                 *top,
                 d,
+                variant,
             ),
             Stage::AttendSelected {
                 branch,
@@ -446,6 +452,7 @@ pub fn emit_ptx(
             grid: [k.launch.grid, 1, 1],
             block: [k.launch.block, 1, 1],
             shared_bytes: k.launch.shared_bytes,
+            max_regs: k.max_regs,
             launch: k.launch.formula.clone(),
         })
         .collect();
@@ -487,7 +494,7 @@ pub fn supports(dtype: DType) -> bool {
 mod tests {
     use super::*;
     use nsac_dsl::problem::Problem;
-    use nsac_dsl::spec::{Combine, HeadDim, Heads, Window};
+    use nsac_dsl::spec::{Branch, Combine, HeadDim, Heads, Select, Window};
 
     fn window_spec() -> Spec {
         Spec {
@@ -559,5 +566,147 @@ mod tests {
             m.buffer("o").map(|b| b.shape.clone()),
             Some(vec![2, 13, 4, 24])
         );
+    }
+
+    /// Compressed + selected attention in bf16 with G = 4 and 64-wide heads: every stage runs
+    /// on the tensor-core kernels.
+    fn tensor_core_spec() -> Spec {
+        let branch = |name: &str, kind| Branch {
+            name: name.into(),
+            kv: KvSource::Shared,
+            kind,
+        };
+        Spec {
+            name: "tc".into(),
+            heads: Heads { q: 8, kv: 2 },
+            head_dim: HeadDim { qk: 64, v: 64 },
+            causal: true,
+            scale: None,
+            branches: vec![
+                branch(
+                    "cmp",
+                    BranchKind::Compress(Compress {
+                        block: 16,
+                        stride: 8,
+                        pool: Pool::Mean,
+                    }),
+                ),
+                branch(
+                    "slc",
+                    BranchKind::Select(Select {
+                        block: 16,
+                        top: 4,
+                        scored_by: "cmp".into(),
+                        keep_first: 1,
+                        keep_last: 1,
+                    }),
+                ),
+            ],
+            combine: Combine {
+                mode: CombineMode::Sum,
+                branches: vec!["cmp".into(), "slc".into()],
+            },
+        }
+    }
+
+    fn kernel<'a>(m: &'a Manifest, stage: &str) -> &'a KernelInfo {
+        m.kernels
+            .iter()
+            .find(|k| k.name.ends_with(stage))
+            .expect("kernel present")
+    }
+
+    #[test]
+    fn manifest_reflects_the_tensor_core_knobs() {
+        let spec = tensor_core_spec();
+        let mut p = Problem::batched(1, 77);
+        p.dtype = DType::Bf16;
+        let shape = p.resolve(&spec).expect("valid");
+        let emit = |v: GpuVariant| emit_ptx(&spec, &shape, &v, Arch::Sm90).expect("emits");
+        let (ptx0, m0) = emit(GpuVariant::default());
+        // K and V rows of 2*64+16 bytes each, per staged key, per warp
+        let row_pair = 2 * (2 * 64 + 16);
+        for (tokens, chunk) in [(8, 32), (4, 16), (16, 64), (2, 128)] {
+            let v = GpuVariant {
+                select_tokens: tokens,
+                select_chunk: chunk,
+                ..GpuVariant::default()
+            };
+            let (ptx, m) = emit(v);
+            let slc = kernel(&m, "attend_slc");
+            assert_eq!(slc.block, [32 * tokens, 1, 1], "{v}");
+            assert_eq!(slc.grid[0], 77u32.div_ceil(tokens) * 2, "{v}");
+            assert_eq!(slc.shared_bytes, tokens * chunk * row_pair, "{v}");
+            assert_eq!(slc.max_regs, None);
+            assert_eq!(
+                ptx.contains(&format!(".maxntid {}, 1, 1", 32 * tokens)),
+                tokens > 8,
+                "only blocks of more than 256 threads bound the registers: {v}"
+            );
+            // the other kernels do not depend on these knobs
+            assert_eq!(kernel(&m, "attend_cmp"), kernel(&m0, "attend_cmp"));
+            assert_eq!(kernel(&m, "topn_slc"), kernel(&m0, "topn_slc"));
+        }
+
+        let cmp0 = kernel(&m0, "attend_cmp");
+        assert_eq!(cmp0.max_regs, Some(128));
+        assert!(ptx0.contains(".maxnreg 128\n{"));
+        assert!(!ptx0.contains(".maxntid"));
+        for (tokens, regs) in [(4, 96), (16, 0), (8, 168)] {
+            let v = GpuVariant {
+                compress_tokens: tokens,
+                compress_max_regs: regs,
+                ..GpuVariant::default()
+            };
+            let (ptx, m) = emit(v);
+            let cmp = kernel(&m, "attend_cmp");
+            assert_eq!(cmp.block, [32 * tokens, 1, 1], "{v}");
+            assert_eq!(cmp.grid[0], 77u32.div_ceil(tokens) * 2, "{v}");
+            // two staging buffers of the same size, then a (start, end) pair per warp
+            assert_eq!(
+                cmp.shared_bytes,
+                cmp0.shared_bytes - 8 * 8 + 8 * tokens,
+                "{v}"
+            );
+            assert_eq!(cmp.max_regs, (regs > 0).then_some(regs), "{v}");
+            assert_eq!(ptx.contains(".maxnreg"), regs > 0, "{v}");
+            assert_eq!(ptx.contains(".maxntid 512, 1, 1"), tokens == 16, "{v}");
+            assert_eq!(
+                m.to_json().contains("\"max_regs\""),
+                regs > 0,
+                "only a declared cap appears in the manifest"
+            );
+            let back: Manifest = serde_json::from_str(&m.to_json()).expect("decodes");
+            assert_eq!(back, m);
+        }
+
+        for tokens in [1, 2, 4, 16, 32] {
+            let v = GpuVariant {
+                score_tokens: tokens,
+                ..GpuVariant::default()
+            };
+            let (ptx, m) = emit(v);
+            let topn = kernel(&m, "topn_slc");
+            // 77 tokens → 5 candidate blocks of 16: small score arrays, the whole request fits
+            assert_eq!(topn.block, [32 * tokens, 1, 1], "{v}");
+            assert_eq!(topn.grid[0], 77u32.div_ceil(tokens) * 2, "{v}");
+            assert_eq!(ptx.contains(".maxntid"), tokens > 8, "{v}");
+        }
+    }
+
+    #[test]
+    fn top_n_halves_its_tokens_until_the_scores_fit() {
+        use kernels::topn::tc_warps;
+        // default: 8 tokens, fewer when 8 score arrays do not fit beside the staging
+        assert_eq!(tc_warps(8, 1024, 20_000), 8);
+        assert_eq!(tc_warps(8, 20 * 1024, 8_000), 4);
+        assert_eq!(tc_warps(8, 40 * 1024, 8_000), 2);
+        assert_eq!(tc_warps(8, 100 * 1024, 8_000), 1);
+        assert_eq!(tc_warps(8, 200 * 1024, 8_000), 1);
+        assert_eq!(tc_warps(16, 1024, 20_000), 16);
+        assert_eq!(tc_warps(16, 9 * 1024, 8_000), 16);
+        assert_eq!(tc_warps(16, 10 * 1024, 8_000), 8);
+        assert_eq!(tc_warps(6, 30 * 1024, 8_000), 3);
+        assert_eq!(tc_warps(2, 1024, 8_000), 2);
     }
 }

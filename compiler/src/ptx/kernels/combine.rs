@@ -50,6 +50,7 @@ pub fn combine(name: &str, branches: &[String], gated: bool, dims: &Dims) -> Ker
     KernelOut {
         ptx: b.finish(),
         params,
+        max_regs: b.reg_cap(),
         launch: Launch {
             grid: total.div_ceil(256),
             block: 256,

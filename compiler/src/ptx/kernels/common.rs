@@ -1,6 +1,6 @@
 //! Code pieces shared by the kernel generators: the warp-per-row prologue, segment lookup,
-//! typed element loads (bf16/f16/f32 → f32), warp-distributed head vectors, warp reductions and
-//! counted loops.
+//! typed element loads (bf16/f16/f32 → f32), warp-distributed head vectors, warp reductions,
+//! counted loops and the register bound of large thread blocks.
 
 use nsac_dsl::problem::DType;
 
@@ -23,6 +23,20 @@ impl Elem {
             Elem::Input(d) => d.size() as u32,
             Elem::F32 => 4,
         }
+    }
+}
+
+/// Threads per block up to which every register count ptxas may choose (at most 255 per
+/// thread) still launches: 64 Ki registers per multiprocessor on sm_80 and sm_90.
+const UNBOUNDED_THREADS: u32 = 256;
+
+/// Declares `.maxntid threads` when a block of `threads` limits the registers per thread (more
+/// than [`UNBOUNDED_THREADS`]), so ptxas spills rather than produce a kernel that cannot launch.
+/// Smaller blocks declare nothing: the bound would not constrain ptxas, yet it changes its
+/// register allocation (measured with `ptxas -v`: more spills for some default kernels).
+pub fn bound_threads(b: &mut KernelBuilder, threads: u32) {
+    if threads > UNBOUNDED_THREADS {
+        b.max_threads(threads);
     }
 }
 
@@ -68,9 +82,11 @@ impl WarpRow {
         b.place(self.exit);
         b.ins("ret", []);
         let threads = warps * 32;
+        bound_threads(&mut b, threads);
         KernelOut {
             ptx: b.finish(),
             params,
+            max_regs: b.reg_cap(),
             launch: Launch {
                 grid: nrows.div_ceil(warps),
                 block: threads,

@@ -17,6 +17,8 @@ pub struct KernelOut {
     pub ptx: String,
     pub params: Vec<String>,
     pub launch: Launch,
+    /// The register cap (`.maxnreg`) the kernel declares, if any.
+    pub max_regs: Option<u32>,
 }
 
 /// A 1-D launch configuration.

@@ -1,5 +1,5 @@
-//! Compressed attention on tensor cores: a thread block of [`WARPS`] warps handles that many
-//! consecutive tokens of one kv head (one warp per token, the G ≤ 16 query heads as the rows of
+//! Compressed attention on tensor cores: a thread block of [`GpuVariant::compress_tokens`] warps
+//! handles that many consecutive tokens of one kv head (one warp per token, the G ≤ 16 query heads as the rows of
 //! the `mma.sync.m16n8k16` tiles). Neighbouring tokens see almost the same compressed tokens, so
 //! each chunk of [`CHUNK`] compressed keys and values is copied into shared memory once for the
 //! whole block with `cp.async` (from the 16-bit scratch the pool kernel writes: keys as hi + lo
@@ -7,21 +7,20 @@
 //! input dtype), double-buffered so the copy of chunk i+1 overlaps the math of chunk i. Each warp
 //! masks the keys outside its own visible range and skips chunks that hold none of them; the
 //! block visits only chunks some warp needs (`tc_common::shared_chunk_loop`), so a block whose
-//! tokens span segments skips the slots between them.
+//! tokens span segments skips the slots between them. The registers per thread are capped at
+//! [`GpuVariant::compress_max_regs`] (0: only by the block size, through `.maxntid`).
 
 use crate::ptx::builder::{KernelBuilder, ParamTy, Reg, RegClass, imm, mem, sym};
 use crate::ptx::lowering::Dims;
+use crate::ptx::variant::GpuVariant;
 
-use super::common::{segment, visible_compressed};
+use super::common::{bound_threads, segment, visible_compressed};
 use super::tc_common::{
     Attn, BlockIds, CHUNK, ChunkMath, CpRows, KeyMask, SharedChunks, block_ids, chunk_step,
     cp_stage, k_lane_offset, lanes, load_q, mma_ops, ranges_bytes, row_stride, shared_chunk_loop,
     store_o, v_lane_offset,
 };
 use super::{KernelOut, Launch};
-
-/// Tokens (warps) per thread block.
-pub const WARPS: u32 = 8;
 
 /// Bytes of one staging buffer: K hi rows, K lo rows, V rows.
 fn buf_bytes(dims: &Dims) -> u32 {
@@ -47,7 +46,8 @@ fn visible_slots(
 }
 
 /// Generates the tensor-core compressed-attention kernel of compress branch `branch` (same
-/// outputs as the scalar kernel; reads `kc16_<b>`, `vc16_<b>`).
+/// outputs as the scalar kernel; reads `kc16_<b>`, `vc16_<b>`), with `variant.compress_tokens`
+/// warps per thread block and `variant.compress_max_regs` registers per thread at most.
 pub fn attend_compressed_tc(
     name: &str,
     branch: &str,
@@ -55,12 +55,17 @@ pub fn attend_compressed_tc(
     stride: u32,
     write_lse: bool,
     dims: &Dims,
+    variant: &GpuVariant,
 ) -> KernelOut {
+    let warps = variant.compress_tokens;
     let mut b = KernelBuilder::new(name);
     b.use_dynamic_shared();
-    // Two blocks per multiprocessor instead of one (ptxas needs ~163 registers uncapped; the
-    // cap costs a few spilled bytes).
-    b.max_regs(128);
+    // The default cap of 128 fits two blocks of 8 warps per multiprocessor instead of one
+    // (ptxas needs ~163 registers uncapped; the cap costs a few spilled bytes).
+    if variant.compress_max_regs > 0 {
+        b.max_regs(variant.compress_max_regs);
+    }
+    bound_threads(&mut b, 32 * warps);
     let mut params: Vec<String> = vec![
         "seg".into(),
         "q".into(),
@@ -74,8 +79,8 @@ pub fn attend_compressed_tc(
     let syms: Vec<String> = params.iter().map(|p| b.param(p, ParamTy::Ptr)).collect();
     let (mma, cvt) = mma_ops(dims.dtype);
     let (g, hh, dqk, dv) = (dims.group, dims.h, dims.dqk, dims.dv);
-    let nblk = dims.ntok.div_ceil(WARPS);
-    let nthreads = 32 * WARPS;
+    let nblk = dims.ntok.div_ceil(warps);
+    let nthreads = 32 * warps;
 
     b.comment("block = (token block, kv head), the longest (last) token blocks first;");
     b.comment("warp w = token t0 + w (clamped to the last token, stores only when live)");
@@ -90,7 +95,7 @@ pub fn attend_compressed_tc(
         RegClass::B32,
         "mul.lo.u32",
         tb.into(),
-        imm(i64::from(WARPS)),
+        imm(i64::from(warps)),
     );
     let tw = b.op2(RegClass::B32, "add.u32", t0.into(), wib.into());
     let last = i64::from(dims.ntok - 1);
@@ -100,7 +105,7 @@ pub fn attend_compressed_tc(
         RegClass::B32,
         "add.u32",
         t0.into(),
-        imm(i64::from(WARPS - 1)),
+        imm(i64::from(warps - 1)),
     );
     let tlast = b.op2(RegClass::B32, "min.u32", tl0.into(), imm(last));
     let ptrs: Vec<Reg> = syms.iter().map(|s| b.load_ptr_param(s)).collect();
@@ -190,7 +195,7 @@ pub fn attend_compressed_tc(
             smem0.into(),
             imm(2 * i64::from(buf_bytes(dims))),
         ),
-        nwarps: WARPS,
+        nwarps: warps,
         buf_bytes: buf_bytes(dims),
         wib,
         lane,
@@ -229,12 +234,13 @@ pub fn attend_compressed_tc(
     KernelOut {
         ptx: b.finish(),
         params,
+        max_regs: b.reg_cap(),
         launch: Launch {
             grid: nblk * hh,
             block: nthreads,
-            shared_bytes: 2 * buf_bytes(dims) + ranges_bytes(WARPS),
+            shared_bytes: 2 * buf_bytes(dims) + ranges_bytes(warps),
             formula: format!(
-                "grid = ceil(B*T / {WARPS}) * H, block = {nthreads}, shared = 2*{CHUNK}*(2*(2*Dqk+16) + 2*Dv+16) + 8*{WARPS} bytes: {WARPS} consecutive tokens of one kv head per block, one warp per token, tensor cores, double-buffered cp.async chunks"
+                "grid = ceil(B*T / {warps}) * H, block = {nthreads}, shared = 2*{CHUNK}*(2*(2*Dqk+16) + 2*Dv+16) + 8*{warps} bytes: {warps} consecutive tokens of one kv head per block, one warp per token, tensor cores, double-buffered cp.async chunks"
             ),
         },
     }

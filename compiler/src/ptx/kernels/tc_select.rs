@@ -2,34 +2,30 @@
 //!
 //! One warp per (token, kv head): the G ≤ 16 query heads of the group are the 16 rows of the
 //! `mma.sync.m16n8k16` tiles (rows ≥ G are zero and never stored), so every selected key is read
-//! once per group instead of once per head. A thread block holds [`WARPS`] consecutive tokens of
-//! one kv head (independent warps) and copies with `cp.async.ca`, so the blocks several of them
+//! once per group instead of once per head. A thread block holds
+//! [`GpuVariant::select_tokens`] consecutive tokens of one kv head (independent warps, each with
+//! its own shared-memory slice) and copies with `cp.async.ca`, so the blocks several of them
 //! select (the forced first and local blocks, and neighbours' common picks) are served from L1
 //! after the first read instead of from L2 (the kernel is L2-bandwidth-bound). Keys and values
-//! of a chunk of [`CHUNK`] tokens are staged into the warp's slice of shared memory with
-//! `cp.async` (rows past the block end are zero-filled), read back with `ldmatrix` (K) and
-//! `ldmatrix.trans` (V); S = Q·Kᵀ and O += P·V run on the tensor cores and the online softmax
-//! (base 2) works on the accumulator fragments (`tc_common::chunk_step`).
+//! of a chunk of [`GpuVariant::select_chunk`] tokens (a multiple of 16; 16 keys, which leaves
+//! more of the multiprocessor's L1 to cache selected blocks, measured slower than 32 on H200 at
+//! 64k: 17.2 vs 16.8 ms) are staged into the warp's slice of shared memory with `cp.async` (rows
+//! past the block end are zero-filled), read back with `ldmatrix` (K) and `ldmatrix.trans` (V);
+//! S = Q·Kᵀ and O += P·V run on the tensor cores and the online softmax (base 2) works on the
+//! accumulator fragments (`tc_common::chunk_step`).
 
 use nsac_dsl::problem::DType;
 
 use crate::ptx::builder::{KernelBuilder, ParamTy, Reg, RegClass, imm, mem, sym};
 use crate::ptx::lowering::{Dims, KvNames};
+use crate::ptx::variant::GpuVariant;
 
-use super::common::{for_range, segment};
+use super::common::{bound_threads, for_range, segment};
 use super::tc_common::{
     Attn, BlockIds, ChunkMath, CpRows, KeyMask, block_ids, cp_stage, k_lane_offset, lanes, load_q,
     mma_ops, row_stride, store_o, v_lane_offset,
 };
 use super::{KernelOut, Launch};
-
-/// Keys staged per step (a multiple of 16). 16 keys, which leaves more of the multiprocessor's
-/// L1 to cache selected blocks, measured slower (H200, 64k: 17.2 vs 16.8 ms).
-pub const CHUNK: u32 = 32;
-
-/// Warps (consecutive tokens of one kv head) per thread block, each independent with its own
-/// shared-memory slice.
-pub const WARPS: u32 = 8;
 
 /// Whether the tensor-core kernels handle `dims` (else the scalar kernel is used).
 pub fn eligible(dims: &Dims) -> bool {
@@ -41,13 +37,14 @@ pub fn eligible(dims: &Dims) -> bool {
         && dims.dv <= 128
 }
 
-/// Shared bytes per warp.
-fn warp_bytes(dims: &Dims) -> u32 {
-    CHUNK * (row_stride(dims.dqk) + row_stride(dims.dv))
+/// Shared bytes per warp: `chunk` staged K and V rows.
+fn warp_bytes(dims: &Dims, chunk: u32) -> u32 {
+    chunk * (row_stride(dims.dqk) + row_stride(dims.dv))
 }
 
 /// Generates the tensor-core attention kernel of select branch `branch` over the chosen
-/// blocks (same parameters and outputs as the scalar kernel).
+/// blocks (same parameters and outputs as the scalar kernel), with `variant.select_tokens`
+/// warps per thread block and `variant.select_chunk` keys per staged chunk.
 pub fn attend_selected_tc(
     name: &str,
     branch: &str,
@@ -55,9 +52,12 @@ pub fn attend_selected_tc(
     block: u32,
     top: u32,
     dims: &Dims,
+    variant: &GpuVariant,
 ) -> KernelOut {
+    let (warps, chunk) = (variant.select_tokens, variant.select_chunk);
     let mut b = KernelBuilder::new(name);
     b.use_dynamic_shared();
+    bound_threads(&mut b, 32 * warps);
     let params: Vec<String> = vec![
         "seg".into(),
         "q".into(),
@@ -72,7 +72,7 @@ pub fn attend_selected_tc(
 
     b.comment("block = (token block, kv head), the last token blocks first; warp w = token t0 + w");
     b.comment("(one warp per (token, kv head); lane = 4*gq + tq)");
-    let nblk = dims.ntok.div_ceil(WARPS);
+    let nblk = dims.ntok.div_ceil(warps);
     let BlockIds {
         warp: wib,
         lane,
@@ -84,7 +84,7 @@ pub fn attend_selected_tc(
         RegClass::B32,
         "mad.lo.u32",
         tb.into(),
-        imm(i64::from(WARPS)),
+        imm(i64::from(warps)),
         wib.into(),
     );
     let exit = b.label();
@@ -111,14 +111,14 @@ pub fn attend_selected_tc(
         RegClass::B32,
         "mad.lo.u32",
         wib.into(),
-        imm(i64::from(warp_bytes(dims))),
+        imm(i64::from(warp_bytes(dims, chunk))),
         smem0.into(),
     );
     let vs = b.op2(
         RegClass::B32,
         "add.u32",
         ks.into(),
-        imm(i64::from(CHUNK * row_stride(dqk))),
+        imm(i64::from(chunk * row_stride(dqk))),
     );
 
     b.comment("Q fragments: rows gq, gq+8 of the group (0 past G), columns 2tq(+8) per k-step");
@@ -138,7 +138,7 @@ pub fn attend_selected_tc(
     let vo = v_lane_offset(&mut b, lane, row_stride(dv));
     let vaddr = b.op2(RegClass::B32, "add.u32", vs.into(), vo.into());
     let cm = ChunkMath {
-        chunk: CHUNK,
+        chunk,
         mma: &mma,
         cvt,
         qf: &qf,
@@ -149,7 +149,7 @@ pub fn attend_selected_tc(
         tq2: l.tq2,
     };
     let krows = CpRows {
-        chunk: CHUNK,
+        chunk,
         gbase: kb,
         row_mul: hh,
         sub: h,
@@ -158,7 +158,7 @@ pub fn attend_selected_tc(
         keep_l1: true,
     };
     let vrows = CpRows {
-        chunk: CHUNK,
+        chunk,
         gbase: vb,
         row_mul: hh,
         sub: h,
@@ -181,7 +181,7 @@ pub fn attend_selected_tc(
         let lo = b.op3(RegClass::B32, "mad.lo.u32", blk.into(), imm(lb), s.into());
         let hi0 = b.op2(RegClass::B32, "add.u32", lo.into(), imm(lb));
         let hi = b.op2(RegClass::B32, "min.u32", hi0.into(), end.into());
-        for_range(b, lo.into(), hi.into(), i64::from(CHUNK), |b, c0| {
+        for_range(b, lo.into(), hi.into(), i64::from(chunk), |b, c0| {
             b.comment("stage K and V rows c0 .. c0+CHUNK (zero past hi)");
             b.ins("bar.warp.sync", [imm(-1)]);
             cp_stage(b, &krows, lane, 32, c0, hi);
@@ -196,17 +196,18 @@ pub fn attend_selected_tc(
     store_o(&mut b, &st, ob, qrow, &l, dv, None);
     b.place(exit);
     b.ins("ret", []);
-    let shared = WARPS * warp_bytes(dims);
+    let shared = warps * warp_bytes(dims, chunk);
     KernelOut {
         ptx: b.finish(),
         params,
+        max_regs: b.reg_cap(),
         launch: Launch {
             grid: nblk * hh,
-            block: WARPS * 32,
+            block: warps * 32,
             shared_bytes: shared,
             formula: format!(
-                "grid = ceil(B*T / {WARPS}) * H, block = {}, shared = {WARPS}*{CHUNK}*(2*Dqk+16 + 2*Dv+16) bytes: {WARPS} consecutive tokens of one kv head per block, one warp per (token, kv head), tensor cores",
-                WARPS * 32,
+                "grid = ceil(B*T / {warps}) * H, block = {}, shared = {warps}*{chunk}*(2*Dqk+16 + 2*Dv+16) bytes: {warps} consecutive tokens of one kv head per block, one warp per (token, kv head), tensor cores",
+                warps * 32,
             ),
         },
     }

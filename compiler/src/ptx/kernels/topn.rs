@@ -2,14 +2,19 @@
 //! dynamic shared memory; they are the group-summed compressed-attention probabilities spread
 //! over the selection blocks by overlap (DESIGN §3), forced blocks score +∞, and the top n are
 //! taken by (score descending, block index ascending) — the tie rule every backend shares.
-//! With tensor-core scoring a thread block holds up to 8 consecutive tokens of one kv head (one
-//! warp and one score array each) sharing the staged compressed keys; after scoring every warp
-//! works alone (warp barriers only). The scalar fallback runs one warp per block.
+//! With tensor-core scoring a thread block holds up to [`GpuVariant::score_tokens`] consecutive
+//! tokens of one kv head (one warp and one score array each) sharing the staged compressed keys;
+//! after scoring every warp works alone (warp barriers only). The scalar fallback runs one warp
+//! per block.
+//!
+//! [`GpuVariant::score_tokens`]: crate::ptx::GpuVariant::score_tokens
 
 use crate::ptx::builder::{KernelBuilder, ParamTy, Reg, RegClass, fimm, imm, mem, sym};
 use crate::ptx::lowering::Dims;
 
-use super::common::{Elem, for_range, load, load_vec, segment, visible_compressed, warp_dot};
+use super::common::{
+    Elem, bound_threads, for_range, load, load_vec, segment, visible_compressed, warp_dot,
+};
 use super::tc_common::{BlockIds, block_ids, ranges_bytes};
 use super::{KernelOut, Launch, tc_score};
 
@@ -33,17 +38,22 @@ fn shared_addr(b: &mut KernelBuilder, base: Reg, i: Reg) -> Reg {
     b.op3(RegClass::B32, "mad.lo.u32", i.into(), imm(4), base.into())
 }
 
+/// Shared bytes a thread block of the tensor-core top-n may use.
+const SHARED_LIMIT: u32 = 160 * 1024;
+
 /// Warps per thread block of the tensor-core top-n: consecutive tokens of one kv head share the
-/// staged compressed keys; fewer when the per-warp block scores would not fit shared memory.
-fn tc_warps(scores_bytes: u32, staging: u32) -> u32 {
-    [8, 4, 2]
-        .into_iter()
-        .find(|w| w * scores_bytes + staging <= 160 * 1024)
+/// staged compressed keys. The largest of `most`, `most / 2`, …, 1 whose block scores fit
+/// [`SHARED_LIMIT`] beside the `staging` bytes (1 when none does).
+pub(crate) fn tc_warps(most: u32, scores_bytes: u32, staging: u32) -> u32 {
+    std::iter::successors(Some(most), |w| Some(w / 2))
+        .take_while(|&w| w > 0)
+        .find(|w| w * scores_bytes + staging <= SHARED_LIMIT)
         .unwrap_or(1)
 }
 
-/// Generates the top-n kernel of a select branch.
-pub fn topn(name: &str, p: &TopNParams<'_>, dims: &Dims) -> KernelOut {
+/// Generates the top-n kernel of a select branch; the tensor-core form holds up to
+/// `score_tokens` tokens per thread block.
+pub fn topn(name: &str, p: &TopNParams<'_>, dims: &Dims, score_tokens: u32) -> KernelOut {
     let mut b = KernelBuilder::new(name);
     b.use_dynamic_shared();
     let tc = tc_score::eligible(dims);
@@ -63,8 +73,9 @@ pub fn topn(name: &str, p: &TopNParams<'_>, dims: &Dims) -> KernelOut {
     let scores_bytes = (p.max_blocks * 4).next_multiple_of(16);
     let wpc = if tc {
         tc_warps(
+            score_tokens,
             scores_bytes,
-            tc_score::staging_bytes(dims) + ranges_bytes(8),
+            tc_score::staging_bytes(dims) + ranges_bytes(score_tokens),
         )
     } else {
         1
@@ -74,6 +85,9 @@ pub fn topn(name: &str, p: &TopNParams<'_>, dims: &Dims) -> KernelOut {
     } else {
         0
     };
+    if tc {
+        bound_threads(&mut b, 32 * wpc);
+    }
     let nblk = dims.ntok.div_ceil(wpc);
     b.comment("block = (token block, kv head), the last token blocks first; warp w = token t0 + w");
     b.comment("(clamped to the last token; only live warps write indices)");
@@ -288,6 +302,7 @@ pub fn topn(name: &str, p: &TopNParams<'_>, dims: &Dims) -> KernelOut {
     KernelOut {
         ptx: b.finish(),
         params,
+        max_regs: b.reg_cap(),
         launch: Launch {
             grid: nblk * dims.h,
             block: 32 * wpc,
