@@ -637,7 +637,8 @@ mod tests {
             assert_eq!(slc.block, [32 * tokens, 1, 1], "{v}");
             assert_eq!(slc.grid[0], 77u32.div_ceil(tokens) * 2, "{v}");
             assert_eq!(slc.shared_bytes, tokens * chunk * row_pair, "{v}");
-            assert_eq!(slc.max_regs, None);
+            // 512 threads launch with 128 registers each at most
+            assert_eq!(slc.max_regs, (tokens > 8).then_some(128), "{v}");
             assert_eq!(
                 ptx.contains(&format!(".maxntid {}, 1, 1", 32 * tokens)),
                 tokens > 8,
@@ -652,7 +653,14 @@ mod tests {
         assert_eq!(cmp0.max_regs, Some(128));
         assert!(ptx0.contains(".maxnreg 128\n{"));
         assert!(!ptx0.contains(".maxntid"));
-        for (tokens, regs) in [(4, 96), (16, 0), (8, 168)] {
+        // (tokens, cap asked for, cap declared): 16 warps launch with 128 registers at most
+        for (tokens, regs, declared) in [
+            (4, 96, Some(96)),
+            (16, 0, Some(128)),
+            (8, 168, Some(168)),
+            (16, 168, Some(128)),
+            (8, 0, None),
+        ] {
             let v = GpuVariant {
                 compress_tokens: tokens,
                 compress_max_regs: regs,
@@ -668,12 +676,16 @@ mod tests {
                 cmp0.shared_bytes - 8 * 8 + 8 * tokens,
                 "{v}"
             );
-            assert_eq!(cmp.max_regs, (regs > 0).then_some(regs), "{v}");
-            assert_eq!(ptx.contains(".maxnreg"), regs > 0, "{v}");
+            assert_eq!(cmp.max_regs, declared, "{v}");
+            assert_eq!(
+                ptx.contains(&format!(".maxnreg {}\n", declared.unwrap_or(0))),
+                declared.is_some(),
+                "{v}"
+            );
             assert_eq!(ptx.contains(".maxntid 512, 1, 1"), tokens == 16, "{v}");
             assert_eq!(
                 m.to_json().contains("\"max_regs\""),
-                regs > 0,
+                declared.is_some(),
                 "only a declared cap appears in the manifest"
             );
             let back: Manifest = serde_json::from_str(&m.to_json()).expect("decodes");

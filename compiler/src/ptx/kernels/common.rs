@@ -26,17 +26,31 @@ impl Elem {
     }
 }
 
-/// Threads per block up to which every register count ptxas may choose (at most 255 per
-/// thread) still launches: 64 Ki registers per multiprocessor on sm_80 and sm_90.
-const UNBOUNDED_THREADS: u32 = 256;
+/// Registers of a multiprocessor (sm_80, sm_90) and the per-thread unit they are allocated in.
+const REGISTER_FILE: u32 = 64 * 1024;
+const REGISTER_UNIT: u32 = 8;
 
-/// Declares `.maxntid threads` when a block of `threads` limits the registers per thread (more
-/// than [`UNBOUNDED_THREADS`]), so ptxas spills rather than produce a kernel that cannot launch.
-/// Smaller blocks declare nothing: the bound would not constrain ptxas, yet it changes its
-/// register allocation (measured with `ptxas -v`: more spills for some default kernels).
+/// The most registers per thread ptxas may choose (`.maxnreg` limit).
+const MAX_REGS: u32 = 255;
+
+/// The most registers per thread with which a block of `threads` still launches.
+pub fn launchable_regs(threads: u32) -> u32 {
+    let per_thread = REGISTER_FILE / threads.max(1);
+    (per_thread - per_thread % REGISTER_UNIT).min(MAX_REGS)
+}
+
+/// Bounds the registers per thread of a kernel launched with blocks of `threads` when such a
+/// block limits them (fewer than [`MAX_REGS`] launch): declares `.maxntid threads` and lowers
+/// the `.maxnreg` cap to [`launchable_regs`] (ptxas honours a higher cap over `.maxntid`, and
+/// with `.maxntid` alone it has chosen far fewer registers than allowed, spilling kilobytes).
+/// The kernel then spills rather than fail to launch. Smaller blocks (up to 256 threads) get
+/// nothing: the bound would not constrain ptxas, yet `.maxntid` changes its register allocation
+/// (seen with `ptxas -v`: more spills for some default kernels).
 pub fn bound_threads(b: &mut KernelBuilder, threads: u32) {
-    if threads > UNBOUNDED_THREADS {
+    let most = launchable_regs(threads);
+    if most < MAX_REGS {
         b.max_threads(threads);
+        b.max_regs(b.reg_cap().map_or(most, |cap| cap.min(most)));
     }
 }
 
@@ -301,4 +315,34 @@ pub fn visible_compressed(
     let p1 = b.op2(RegClass::B32, "add.u32", pos.into(), imm(1));
     let vis = count(b, p1);
     b.op2(RegClass::B32, "min.u32", vis.into(), exist.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn launchable_registers_follow_the_block_size() {
+        assert_eq!(launchable_regs(32), 255);
+        assert_eq!(launchable_regs(256), 255);
+        assert_eq!(launchable_regs(288), 224);
+        assert_eq!(launchable_regs(512), 128);
+        assert_eq!(launchable_regs(1024), 64);
+        for threads in [256, 288, 512, 1024] {
+            let mut b = KernelBuilder::new("k");
+            bound_threads(&mut b, threads);
+            assert_eq!(
+                b.finish().contains(&format!(".maxntid {threads}, 1, 1")),
+                threads > 256
+            );
+            assert_eq!(
+                b.reg_cap(),
+                (threads > 256).then(|| launchable_regs(threads))
+            );
+        }
+        let mut b = KernelBuilder::new("k");
+        b.max_regs(96);
+        bound_threads(&mut b, 512);
+        assert_eq!(b.reg_cap(), Some(96), "a lower cap stays");
+    }
 }

@@ -8,7 +8,8 @@
 //! masks the keys outside its own visible range and skips chunks that hold none of them; the
 //! block visits only chunks some warp needs (`tc_common::shared_chunk_loop`), so a block whose
 //! tokens span segments skips the slots between them. The registers per thread are capped at
-//! [`GpuVariant::compress_max_regs`] (0: only by the block size, through `.maxntid`).
+//! [`GpuVariant::compress_max_regs`] (0: only by the block size, through `.maxntid`), and never
+//! above what the block size lets launch.
 
 use crate::ptx::builder::{KernelBuilder, ParamTy, Reg, RegClass, imm, mem, sym};
 use crate::ptx::lowering::Dims;
@@ -61,7 +62,8 @@ pub fn attend_compressed_tc(
     let mut b = KernelBuilder::new(name);
     b.use_dynamic_shared();
     // The default cap of 128 fits two blocks of 8 warps per multiprocessor instead of one
-    // (ptxas needs ~163 registers uncapped; the cap costs a few spilled bytes).
+    // (ptxas needs ~163 registers uncapped; the cap costs a few spilled bytes). A cap above
+    // what the block size allows is lowered to it by `bound_threads`.
     if variant.compress_max_regs > 0 {
         b.max_regs(variant.compress_max_regs);
     }
