@@ -40,7 +40,7 @@ pub fn launchable_regs(threads: u32) -> u32 {
 }
 
 /// Bounds the registers per thread of a kernel launched with blocks of `threads` when such a
-/// block limits them (fewer than [`MAX_REGS`] launch): declares `.maxntid threads` and lowers
+/// block limits them (fewer than `MAX_REGS` launch): declares `.maxntid threads` and lowers
 /// the `.maxnreg` cap to [`launchable_regs`] (ptxas honours a higher cap over `.maxntid`, and
 /// with `.maxntid` alone it has chosen far fewer registers than allowed, spilling kilobytes).
 /// The kernel then spills rather than fail to launch. Smaller blocks (up to 256 threads) get
