@@ -4,6 +4,8 @@
 //! Variant as a [`Benchmark`]; [`tune`] prunes, searches, measures and returns a
 //! [`TuneResult`]; [`TuningDb`] keeps results per spec, shape bucket, dtype, device and nsac
 //! version in one YAML file; [`tune_cached`] ties the two together (tune only on a miss).
+//! The backends' spaces and benchmarks live in [`cpu`] and [`gpu`]; [`check`] is the oracle
+//! check both use.
 
 pub mod cached;
 pub mod check;
@@ -11,6 +13,7 @@ pub mod cpu;
 pub mod db;
 pub mod file_lock;
 pub mod fingerprint;
+pub mod gpu;
 pub mod key;
 pub mod limits;
 pub mod search;

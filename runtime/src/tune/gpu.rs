@@ -1,0 +1,477 @@
+//! The GPU backend in the tuner: its Variant space ([`GpuSpace`]), how a candidate is compiled,
+//! timed with CUDA events and checked against the f64 oracle ([`GpuBench`]), and the entry
+//! points the CLI calls ([`tune_gpu`], which tunes on a DB miss, and [`tuned_gpu_variant`], a
+//! DB lookup only).
+//!
+//! # The space
+//!
+//! A candidate is a [`GpuVariant`]; the default knob ranges ([`GpuKnobs::default`]) bracket the
+//! hand-tuned default (H200, nsa-fla at 64k) by a factor of two each way:
+//!
+//! | knob | values | kernel |
+//! |---|---|---|
+//! | `select_tokens` | 4, 8, 16 | tensor-core selected attention: tokens (warps) per block |
+//! | `select_chunk` | 16, 32, 64 | keys staged per step there |
+//! | `compress_tokens` | 4, 8, 16 | tensor-core compressed attention: tokens sharing a chunk |
+//! | `compress_max_regs` | 0 (none), 96, 128 | its register cap: blocks per multiprocessor vs spills |
+//! | `score_tokens` | 4, 8, 16 | tensor-core top-n: tokens sharing the staged keys |
+//! | `warps_per_block` | 2, 4, 8 | the scalar warp-per-row kernels (pool, combine, fallbacks) |
+//!
+//! A knob is kept only when one of its values changes the generated PTX of this problem (an
+//! f32 problem has no tensor-core kernels, a spec without a select branch no top-n), so the
+//! tuner never times two candidates that are the same code. What remains is searched
+//! exhaustively when small, else by coordinate descent ([`super::search`]); the knobs act on
+//! different kernels launched one after another, so their effects nearly add up, which is the
+//! landscape coordinate descent solves exactly.
+//!
+//! Rejected before anything is loaded, each with its reason ([`PruneReason`]):
+//! [`GpuVariant::validate`] fails; `select_chunk` other than the default does not divide a
+//! select branch's block (a chunk would straddle two blocks or stage zeros past the end); or some kernel's launch (from the manifest [`emit_ptx`]
+//! writes) needs more threads, shared memory or registers per block than the device has
+//! ([`GpuLimits`], read from the driver). Kernels without a register cap declare their block
+//! size (`.maxntid`), so ptxas fits them to it.
+//!
+//! # Timing and checking
+//!
+//! Candidates are timed on the requested problem itself (a GPU runs even 64k tokens in tens of
+//! milliseconds): its random inputs are converted and uploaded once, and every candidate runs on
+//! those buffers, timed with CUDA events around the whole call. Every candidate that would
+//! become the best is first run on a small odd-length problem long enough that the selection
+//! must choose ([`check_seq_len`] tokens, one kv head of the problem's group, its dims and dtype;
+//! two seeds) and
+//! compared with the oracle fed the same rounded inputs, at the dtype's bar of DESIGN §4
+//! ([`gpu_tolerance`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use nsac_compiler::ptx::{Arch, GpuVariant, emit_ptx};
+use nsac_dsl::Spec;
+use nsac_dsl::problem::{DType, Shape};
+use nsac_kernels::io::random_inputs;
+use serde::{Deserialize, Serialize};
+
+use super::cached::{CachedTuneError, Tuned, tune_cached};
+use super::check::{CheckCase, Mismatch, Produced, check_cases, check_shape, compare};
+use super::db::{DbWarning, Lookup, TuningDb};
+use super::fingerprint::DeviceFingerprint;
+use super::key::TuneKey;
+use super::limits::{BlockNeeds, GpuLimits};
+use super::space::{Dimension, Point, PruneReason, VariantSpace};
+use super::tuner::{BenchError, Benchmark, Progress, TuneOptions};
+use crate::cuda::{CudaDevice, CudaError, CudaKernel, DeviceBuffers};
+
+/// The values each knob may take (before pruning).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuKnobs {
+    pub warps_per_block: Vec<u32>,
+    pub select_tokens: Vec<u32>,
+    pub select_chunk: Vec<u32>,
+    pub compress_tokens: Vec<u32>,
+    pub compress_max_regs: Vec<u32>,
+    pub score_tokens: Vec<u32>,
+}
+
+impl Default for GpuKnobs {
+    /// The ranges of the module docs.
+    fn default() -> Self {
+        GpuKnobs {
+            warps_per_block: vec![2, 4, 8],
+            select_tokens: vec![4, 8, 16],
+            select_chunk: vec![16, 32, 64],
+            compress_tokens: vec![4, 8, 16],
+            compress_max_regs: vec![0, 96, 128],
+            score_tokens: vec![4, 8, 16],
+        }
+    }
+}
+
+impl GpuKnobs {
+    fn lists(&self) -> [(&'static str, &Vec<u32>); 6] {
+        [
+            ("warps_per_block", &self.warps_per_block),
+            ("select_tokens", &self.select_tokens),
+            ("select_chunk", &self.select_chunk),
+            ("compress_tokens", &self.compress_tokens),
+            ("compress_max_regs", &self.compress_max_regs),
+            ("score_tokens", &self.score_tokens),
+        ]
+    }
+
+    fn lists_mut(&mut self) -> [&mut Vec<u32>; 6] {
+        [
+            &mut self.warps_per_block,
+            &mut self.select_tokens,
+            &mut self.select_chunk,
+            &mut self.compress_tokens,
+            &mut self.compress_max_regs,
+            &mut self.score_tokens,
+        ]
+    }
+}
+
+/// Knob `index` (in [`GpuKnobs`] order) of `v`.
+fn knob_mut(v: &mut GpuVariant, index: usize) -> &mut u32 {
+    match index {
+        0 => &mut v.warps_per_block,
+        1 => &mut v.select_tokens,
+        2 => &mut v.select_chunk,
+        3 => &mut v.compress_tokens,
+        4 => &mut v.compress_max_regs,
+        _ => &mut v.score_tokens,
+    }
+}
+
+/// The GPU Variant space of one spec on one problem shape and device.
+#[derive(Debug, Clone)]
+pub struct GpuSpace {
+    knobs: GpuKnobs,
+    spec: Spec,
+    shape: Shape,
+    arch: Arch,
+    limits: GpuLimits,
+}
+
+impl GpuSpace {
+    /// The space of `knobs` for `spec` on `shape`, for a device of `arch` with `limits`: the
+    /// default's value is added to every knob, and knobs that do not change this problem's PTX
+    /// keep only the default.
+    pub fn new(spec: &Spec, shape: &Shape, arch: Arch, limits: GpuLimits, knobs: GpuKnobs) -> Self {
+        let mut knobs = knobs;
+        let default = GpuVariant::default();
+        let base = emit_ptx(spec, shape, &default, arch).ok();
+        for (index, values) in knobs.lists_mut().into_iter().enumerate() {
+            let mut d = default;
+            let own = *knob_mut(&mut d, index);
+            if !values.contains(&own) {
+                values.push(own);
+                values.sort_unstable();
+            }
+            let matters = values.iter().any(|&value| {
+                let mut v = default;
+                *knob_mut(&mut v, index) = value;
+                v.validate().is_ok() && emit_ptx(spec, shape, &v, arch).ok() != base
+            });
+            if !matters {
+                *values = vec![own];
+            }
+        }
+        GpuSpace {
+            knobs,
+            spec: spec.clone(),
+            shape: shape.clone(),
+            arch,
+            limits,
+        }
+    }
+
+    pub fn knobs(&self) -> &GpuKnobs {
+        &self.knobs
+    }
+}
+
+impl VariantSpace for GpuSpace {
+    type Variant = GpuVariant;
+
+    fn dimensions(&self) -> Vec<Dimension> {
+        self.knobs
+            .lists()
+            .iter()
+            .map(|(name, values)| Dimension::new(name, values))
+            .collect()
+    }
+
+    fn variant_at(&self, point: &[usize]) -> GpuVariant {
+        let mut v = GpuVariant::default();
+        for (index, (_, values)) in self.knobs.lists().iter().enumerate() {
+            let at = point.get(index).copied().unwrap_or(0);
+            if let Some(&value) = values.get(at) {
+                *knob_mut(&mut v, index) = value;
+            }
+        }
+        v
+    }
+
+    fn default_point(&self) -> Point {
+        let mut d = GpuVariant::default();
+        self.knobs
+            .lists()
+            .iter()
+            .enumerate()
+            .map(|(index, (_, values))| {
+                let own = *knob_mut(&mut d, index);
+                values.iter().position(|&v| v == own).unwrap_or(0)
+            })
+            .collect()
+    }
+
+    fn check(&self, v: &GpuVariant) -> Result<(), PruneReason> {
+        v.validate()
+            .map_err(|e| PruneReason::Incompatible(e.to_string()))?;
+        // The default is the baseline every problem runs, whatever its blocks.
+        let default_chunk = GpuVariant::default().select_chunk;
+        for select in self.spec.branches.iter().filter_map(|b| b.as_select()) {
+            if v.select_chunk != default_chunk && !select.block.is_multiple_of(v.select_chunk) {
+                return Err(PruneReason::NotDivisible {
+                    knob: "select_chunk".into(),
+                    value: v.select_chunk.into(),
+                    what: "the select block".into(),
+                    size: select.block.into(),
+                });
+            }
+        }
+        let (_, manifest) = emit_ptx(&self.spec, &self.shape, v, self.arch)
+            .map_err(|e| PruneReason::Incompatible(e.to_string()))?;
+        for kernel in &manifest.kernels {
+            let threads = kernel.block.iter().product::<u32>();
+            let registers_per_thread = kernel.max_regs.unwrap_or_else(|| {
+                // Without a cap, `.maxntid` makes ptxas fit the block; the most it may use:
+                (self.limits.max_registers_per_block / threads.max(1))
+                    .min(self.limits.max_registers_per_thread)
+            });
+            self.limits
+                .check_block(BlockNeeds {
+                    threads,
+                    shared_bytes: kernel.shared_bytes.into(),
+                    registers_per_thread,
+                })
+                .map_err(|reason| match reason {
+                    PruneReason::ExceedsLimit {
+                        resource,
+                        needed,
+                        available,
+                    } => PruneReason::ExceedsLimit {
+                        resource: format!("{resource} in `{}`", kernel.name),
+                        needed,
+                        available,
+                    },
+                    other => other,
+                })?;
+        }
+        Ok(())
+    }
+}
+
+/// The largest max|o−ref|/max|ref| a GPU candidate may have in `dtype` (DESIGN §4).
+pub fn gpu_tolerance(dtype: DType) -> f64 {
+    match dtype {
+        DType::Bf16 => 1e-2,
+        DType::F16 => 2e-3,
+        DType::F32 => 1e-4,
+    }
+}
+
+/// Tokens of the GPU check problem: odd, at least 203, and past two blocks more than every
+/// select branch's top-n could cover, so the top-n really chooses.
+pub fn check_seq_len(spec: &Spec) -> usize {
+    let span = spec
+        .branches
+        .iter()
+        .filter_map(|b| b.as_select())
+        .map(|s| (s.top as usize + 2) * s.block as usize + 37)
+        .max()
+        .unwrap_or(0);
+    span.max(203) | 1
+}
+
+/// Why a GPU candidate failed its oracle check (or the check could not be set up).
+#[derive(Debug, thiserror::Error)]
+pub enum GpuCheckError {
+    #[error(transparent)]
+    Cuda(#[from] CudaError),
+    #[error(transparent)]
+    Mismatch(#[from] Mismatch),
+}
+
+/// Compiles, times and checks GPU candidates of one spec on one problem and device.
+pub struct GpuBench {
+    device: Arc<CudaDevice>,
+    spec: Spec,
+    shape: Shape,
+    buffers: DeviceBuffers,
+    check_shape: Shape,
+    cases: Vec<CheckCase>,
+}
+
+impl GpuBench {
+    /// A benchmark of `spec` on `shape` (random inputs made and uploaded once, with the default
+    /// Variant's buffer layout, which every Variant shares), with the oracle's answers on the
+    /// check problem computed up front.
+    pub fn new(
+        device: &Arc<CudaDevice>,
+        spec: &Spec,
+        shape: &Shape,
+    ) -> Result<Self, GpuCheckError> {
+        let check_shape = check_shape(spec, shape, check_seq_len(spec)).map_err(Mismatch::from)?;
+        let cases = check_cases(spec, &check_shape, Some(shape.dtype)).map_err(Mismatch::from)?;
+        let layout = CudaKernel::compile(device, spec, shape, &GpuVariant::default())?;
+        let buffers = layout.upload(&random_inputs(spec, shape, 0x1234))?;
+        Ok(GpuBench {
+            device: device.clone(),
+            spec: spec.clone(),
+            shape: shape.clone(),
+            buffers,
+            check_shape,
+            cases,
+        })
+    }
+
+    /// The shape of the check problem.
+    pub fn check_shape(&self) -> &Shape {
+        &self.check_shape
+    }
+
+    /// Runs `variant` on every check seed and compares it with the oracle.
+    pub fn check_variant(&self, variant: &GpuVariant) -> Result<(), GpuCheckError> {
+        let kernel = CudaKernel::compile(&self.device, &self.spec, &self.check_shape, variant)?;
+        for case in &self.cases {
+            let got = kernel.run(&case.inputs)?;
+            let produced = Produced {
+                o: &got.o,
+                branches: &got.branches,
+                selected: &got.selected,
+            };
+            let tolerance = gpu_tolerance(self.shape.dtype);
+            compare(&self.spec, &self.check_shape, case, produced, tolerance)?;
+        }
+        Ok(())
+    }
+}
+
+impl Benchmark<GpuVariant> for GpuBench {
+    type Kernel = CudaKernel;
+
+    fn compile(&self, variant: &GpuVariant) -> Result<CudaKernel, BenchError> {
+        Ok(CudaKernel::compile(
+            &self.device,
+            &self.spec,
+            &self.shape,
+            variant,
+        )?)
+    }
+
+    fn time_once(&self, kernel: &mut CudaKernel) -> Result<Duration, BenchError> {
+        let ms = kernel.time_once(&self.buffers)?;
+        Ok(Duration::from_secs_f64(f64::from(ms) * 1e-3))
+    }
+
+    fn check(&self, variant: &GpuVariant) -> Result<(), BenchError> {
+        Ok(self.check_variant(variant)?)
+    }
+}
+
+/// How [`tune_gpu`] searches: the knob ranges and the tuner's options.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuTuneOptions {
+    pub knobs: GpuKnobs,
+    pub tune: TuneOptions,
+}
+
+impl Default for GpuTuneOptions {
+    /// The default ranges; two warm-up and five timed runs per candidate, then the four
+    /// fastest and the default confirmed over five rounds.
+    fn default() -> Self {
+        GpuTuneOptions {
+            knobs: GpuKnobs::default(),
+            tune: TuneOptions {
+                warmup: 2,
+                repeats: 5,
+                confirm_finalists: 4,
+                confirm_rounds: 5,
+                ..TuneOptions::default()
+            },
+        }
+    }
+}
+
+/// Why GPU tuning failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GpuTuneError {
+    #[error("could not read the device: {0}")]
+    Device(#[from] CudaError),
+    #[error("could not set up the benchmark or the oracle check: {0}")]
+    Check(#[from] GpuCheckError),
+    #[error(transparent)]
+    Tune(#[from] CachedTuneError),
+}
+
+/// The tuning-DB key of `spec` on `shape` on `device`.
+pub fn gpu_key(device: &CudaDevice, spec: &Spec, shape: &Shape) -> Result<TuneKey, CudaError> {
+    let fingerprint = DeviceFingerprint::Gpu(device.fingerprint()?);
+    Ok(TuneKey::for_spec(spec, shape, fingerprint))
+}
+
+/// The space of `knobs` for `spec` on `shape` on `device`.
+pub fn gpu_space(
+    device: &CudaDevice,
+    spec: &Spec,
+    shape: &Shape,
+    knobs: GpuKnobs,
+) -> Result<GpuSpace, CudaError> {
+    Ok(GpuSpace::new(
+        spec,
+        shape,
+        device.arch(),
+        device.limits()?,
+        knobs,
+    ))
+}
+
+/// The best GPU Variant for `spec` on `shape` (bucketed by T) on `device`: from `db` unless
+/// `retune` or the DB has nothing current for this GPU and nsac version; otherwise tunes and
+/// records it.
+pub fn tune_gpu(
+    device: &Arc<CudaDevice>,
+    spec: &Spec,
+    shape: &Shape,
+    db: &TuningDb,
+    options: &GpuTuneOptions,
+    retune: bool,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<(Tuned<GpuVariant>, Vec<DbWarning>), GpuTuneError> {
+    let key = gpu_key(device, spec, shape)?;
+    let space = gpu_space(device, spec, shape, options.knobs.clone())?;
+    if !retune && let Some(variant) = stored(db, &key, &space) {
+        return Ok(variant);
+    }
+    let bench = GpuBench::new(device, spec, shape)?;
+    Ok(tune_cached(
+        db,
+        &key,
+        &space,
+        &bench,
+        &options.tune,
+        retune,
+        progress,
+    )?)
+}
+
+/// A current DB entry for `key` whose Variant `space` accepts, without building a benchmark
+/// (uploading a long problem's inputs takes seconds).
+fn stored(
+    db: &TuningDb,
+    key: &TuneKey,
+    space: &GpuSpace,
+) -> Option<(Tuned<GpuVariant>, Vec<DbWarning>)> {
+    let found = db.lookup(key).ok()?;
+    let Lookup::Hit(entry) = found.value else {
+        return None;
+    };
+    let variant: GpuVariant = entry.best_variant().ok()?;
+    space.check(&variant).ok()?;
+    let best_us = entry.best_us;
+    Some((Tuned::Stored { variant, best_us }, found.warnings))
+}
+
+/// The tuned Variant the DB holds for `spec` on `shape` on `device` and this nsac version, if
+/// any (and if it still fits the device). Looks up only: never compiles or tunes.
+pub fn tuned_gpu_variant(
+    device: &CudaDevice,
+    spec: &Spec,
+    shape: &Shape,
+    db: &TuningDb,
+) -> Option<GpuVariant> {
+    let key = gpu_key(device, spec, shape).ok()?;
+    let space = gpu_space(device, spec, shape, GpuKnobs::default()).ok()?;
+    stored(db, &key, &space).map(|(tuned, _)| *tuned.variant())
+}
