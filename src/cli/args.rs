@@ -50,20 +50,25 @@ pub enum Command {
     /// The problem's sizes are compiled into the code.
     Compile(CompileArgs),
     /// Benchmark a spec on this machine: median time, achieved GFLOP/s, and (CPU) the measured
-    /// 128-bit FMA ceiling with the ratio and the speed-up over the reference.
+    /// 128-bit FMA ceiling with the ratio and the speed-up over the reference, or (GPU) each
+    /// kernel's median time, measured with CUDA events.
     ///
     /// FLOPs count 2·(Dqk+Dv) per attended key per query head. Inputs are random.
     Bench(BenchArgs),
-    /// Search the CPU kernel's Variants (tiles, unrolling, work-item size, threads) for the
-    /// fastest on this machine, checking each winner against the reference, and keep the result
+    /// Search the kernels' Variants for the fastest on this machine — on the CPU (tiles,
+    /// unrolling, work-item size, threads) or on a CUDA GPU (tokens per thread block, staging
+    /// chunks, register caps) — checking each winner against the reference, and keep the result
     /// in the tuning database; `run` and `bench` then use it.
     ///
     /// The database is one YAML file (default: the user's cache directory, `nsac/tuning.yaml`),
     /// keyed by the spec's canonical hash, the problem (T rounded up to a power of two), the
-    /// dtype, this CPU and nsac's version. Candidates are timed on a small proxy of the problem
-    /// (one kv head of the same group and dims, a length whose work is at most 3 GFLOP), so a
-    /// tune takes well under a minute at any size; the fastest few are then timed again in turn
-    /// with the default, so the result is never slower than the default.
+    /// dtype, the device (CPU model, features and cores; GPU name, compute capability, SMs and
+    /// driver) and nsac's version. CPU candidates are timed on a small proxy of the problem (one
+    /// kv head of the same group and dims, a length whose work is at most 3 GFLOP), so a tune
+    /// takes well under a minute at any size; GPU candidates on the problem itself, after
+    /// variants that exceed the device's threads, shared memory or registers per block are
+    /// pruned. The fastest few are then timed again in turn with the default, so the result is
+    /// never slower than the default.
     Tune(TuneArgs),
 }
 
@@ -189,15 +194,17 @@ pub struct RunArgs {
     /// Worker threads for `--device cpu` (default: the tuned count, else every core).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
-    /// The tuning database whose Variant to use on the CPU (default: the user's cache directory).
+    /// The tuning database whose Variant to use (default: the user's cache directory).
     #[arg(long, value_name = "FILE")]
     pub db: Option<PathBuf>,
-    /// An explicit CPU Variant, `FIELD=VALUE,…` over the defaults (fields: rows, key_vectors,
-    /// value_vectors, key_tile, unroll, query_chunk); overrides the tuning database.
+    /// An explicit Variant for the device that runs, `FIELD=VALUE,…` over the defaults; overrides
+    /// the tuning database. CPU fields: rows, key_vectors, value_vectors, key_tile, unroll,
+    /// query_chunk. GPU fields: warps_per_block, select_tokens, select_chunk, compress_tokens,
+    /// compress_max_regs, score_tokens.
     #[arg(long, value_name = "FIELDS", conflicts_with = "tune")]
     pub variant: Option<String>,
-    /// Tune the CPU kernel for this spec and shape first if the tuning database has no current
-    /// result for this machine (as `nsac tune` does, well under a minute), then run with it.
+    /// Tune the kernels of the device that runs (CPU or GPU) for this spec and shape first if the
+    /// tuning database has no current result for it (as `nsac tune` does), then run with them.
     #[arg(long)]
     pub tune: bool,
     /// Print the summary as JSON.
@@ -253,8 +260,10 @@ pub struct CompileArgs {
     /// Write to FILE instead of standard output (for PTX, also FILE's `.manifest.json`).
     #[arg(long, short = 'o', value_name = "FILE")]
     pub output: Option<PathBuf>,
-    /// The CPU Variant to compile (--target cpu), `FIELD=VALUE,…` over the defaults (fields:
-    /// rows, key_vectors, value_vectors, key_tile, unroll, query_chunk).
+    /// The Variant to compile, `FIELD=VALUE,…` over the defaults. --target cpu fields: rows,
+    /// key_vectors, value_vectors, key_tile, unroll, query_chunk. --target ptx fields:
+    /// warps_per_block, select_tokens, select_chunk, compress_tokens, compress_max_regs,
+    /// score_tokens.
     #[arg(long, value_name = "FIELDS")]
     pub variant: Option<String>,
 }
@@ -266,7 +275,7 @@ pub struct TuneArgs {
     pub spec: Option<PathBuf>,
     #[command(flatten)]
     pub problem: ProblemArgs,
-    /// Which backend to tune (the CPU for now).
+    /// Which backend to tune: cpu, cuda (GPU 0), or auto (the GPU when one is present).
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     pub device: DeviceArg,
     /// Tune again even when the database already has a result for this machine.
@@ -293,17 +302,17 @@ pub struct BenchArgs {
     pub spec: PathBuf,
     #[command(flatten)]
     pub problem: ProblemArgs,
-    /// Where to run: cpu (or auto, which picks the GPU when present).
+    /// Where to run: cpu, cuda, or auto (the GPU when one is present, else the CPU).
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     pub device: DeviceArg,
-    /// Worker threads for the CPU (default: every core).
+    /// Worker threads for the CPU (default: the tuned count, else every core).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
     /// The tuning database whose Variant to use (default: the user's cache directory).
     #[arg(long, value_name = "FILE")]
     pub db: Option<PathBuf>,
-    /// An explicit CPU Variant, `FIELD=VALUE,…` over the defaults (fields: rows, key_vectors,
-    /// value_vectors, key_tile, unroll, query_chunk); overrides the tuning database.
+    /// An explicit Variant for the device that runs, `FIELD=VALUE,…` over the defaults;
+    /// overrides the tuning database (fields: see `nsac run --help`).
     #[arg(long, value_name = "FIELDS")]
     pub variant: Option<String>,
     /// Timed runs (the median is reported) after one warm-up run.

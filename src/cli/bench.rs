@@ -1,37 +1,56 @@
 //! `nsac bench`: time a spec on this machine's CPU and put the number next to the two numbers
-//! that matter — the work (FLOPs) and the ceiling (a JIT'd 128-bit FMA loop, same run).
+//! that matter — the work (FLOPs) and the ceiling (a JIT'd 128-bit FMA loop, same run) — or on a
+//! CUDA GPU, with CUDA-event times of the whole call and of each kernel.
 
+use std::sync::Arc;
+
+use nsac_compiler::cost;
+use nsac_compiler::ptx::GpuVariant;
+use nsac_dsl::Spec;
+use nsac_dsl::problem::Shape;
+use nsac_kernels::io::random_inputs;
 use nsac_runtime::bench::{BenchOptions, bench_cpu};
+use nsac_runtime::cuda::{CudaDevice, CudaKernel};
+use serde::Serialize;
 
 use super::args::{BenchArgs, DeviceArg};
-use super::device::CpuChoice;
+use super::device::{CpuChoice, GpuChoice, VariantSource};
 use super::error::CliError;
 use super::output::{emit_json, emit_line};
-use super::problem::problem_from_args;
+use super::problem::{describe, problem_from_args};
+use super::tune::open_gpu;
 
 pub fn run(args: &BenchArgs) -> Result<(), CliError> {
     let spec = nsac_dsl::load(&args.spec)?;
     let shape = problem_from_args(&args.problem)?.resolve(&spec)?;
-    if !matches!(args.device, DeviceArg::Cpu | DeviceArg::Auto) {
-        return Err(CliError::Other(
-            "`nsac bench` measures the CPU backend; GPU benchmarks run from bench/gpu/ (see its README)".into(),
-        ));
-    }
     if args.runs == 0 {
         return Err(CliError::Other("--runs must be at least 1".into()));
+    }
+    let source = VariantSource {
+        variant: args.variant.as_deref(),
+        db: args.db.as_deref(),
+        threads: args.threads,
+    };
+    match args.device {
+        DeviceArg::Reference => {
+            return Err(CliError::Other(
+                "`nsac bench` measures a compiled backend: --device cpu, cuda or auto".into(),
+            ));
+        }
+        DeviceArg::Cuda => return bench_gpu(args, &spec, &shape, &open_gpu()?, &source),
+        DeviceArg::Auto => {
+            if let Some(gpu) = CudaDevice::open().ok().flatten() {
+                return bench_gpu(args, &spec, &shape, &gpu, &source);
+            }
+        }
+        DeviceArg::Cpu => {}
     }
     let options = BenchOptions {
         runs: args.runs,
         oracle_seq_len: (args.oracle_seq > 0).then_some(args.oracle_seq),
         ..BenchOptions::default()
     };
-    let cpu = CpuChoice::pick(
-        &spec,
-        &shape,
-        args.threads,
-        args.db.as_deref(),
-        args.variant.as_deref(),
-    )?;
+    let cpu = CpuChoice::pick(&spec, &shape, &source)?;
     if !args.json {
         eprintln!("using the {} CPU variant", cpu.origin);
     }
@@ -41,4 +60,76 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
     } else {
         emit_line(&report.to_string()).map_err(CliError::Stdout)
     }
+}
+
+/// What `bench --device cuda` reports (`--json` prints exactly this).
+#[derive(Debug, Serialize)]
+struct GpuBenchReport {
+    spec: String,
+    shape: String,
+    device: String,
+    /// `explicit`, `tuned` or `default`, and the Variant itself.
+    variant_origin: &'static str,
+    variant: GpuVariant,
+    /// Median device time of the whole call (every kernel, one stream), CUDA events.
+    median_ms: f64,
+    /// Attention FLOPs of the problem (cost model) per second.
+    gflops: f64,
+    /// Median time of each kernel launched alone, in launch order.
+    kernels: Vec<(String, f64)>,
+    runs: usize,
+}
+
+fn bench_gpu(
+    args: &BenchArgs,
+    spec: &Spec,
+    shape: &Shape,
+    gpu: &Arc<CudaDevice>,
+    source: &VariantSource<'_>,
+) -> Result<(), CliError> {
+    let choice = GpuChoice::pick(gpu, spec, shape, source)?;
+    if !args.json {
+        eprintln!(
+            "using the {} GPU variant: {}",
+            choice.origin, choice.variant
+        );
+    }
+    let kernel = CudaKernel::compile(gpu, spec, shape, &choice.variant)?;
+    let inputs = random_inputs(spec, shape, 0);
+    let (median_ms, per_kernel) = kernel.time(&inputs, 2, args.runs)?;
+    let median_ms = f64::from(median_ms);
+    let flops = cost::estimate(spec, shape)?.flops.attention;
+    let (major, minor) = gpu.capability();
+    let report = GpuBenchReport {
+        spec: spec.name.clone(),
+        shape: describe(shape),
+        device: format!("{} (sm_{major}{minor})", gpu.name()),
+        variant_origin: choice.origin,
+        variant: choice.variant,
+        median_ms,
+        gflops: flops / (median_ms / 1e3) / 1e9,
+        kernels: per_kernel
+            .into_iter()
+            .map(|k| (k.kernel, f64::from(k.median_ms)))
+            .collect(),
+        runs: args.runs,
+    };
+    if args.json {
+        return emit_json(&report).map_err(CliError::Stdout);
+    }
+    let mut text = format!(
+        "spec     {}\nproblem  {}\ndevice   {}\nvariant  {} ({})\ntime     {:.3} ms (median of {} runs, CUDA events)\nrate     {:.1} GFLOP/s\nkernels\n",
+        report.spec,
+        report.shape,
+        report.device,
+        report.variant,
+        report.variant_origin,
+        report.median_ms,
+        report.runs,
+        report.gflops
+    );
+    for (name, ms) in &report.kernels {
+        text.push_str(&format!("  {ms:9.3} ms  {name}\n"));
+    }
+    emit_line(&text).map_err(CliError::Stdout)
 }

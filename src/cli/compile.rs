@@ -3,11 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
-use nsac_compiler::ptx::{self, Arch, GpuVariant};
+use nsac_compiler::ptx::{self, Arch};
 use nsac_runtime::cpu;
 
 use super::args::{CompileArgs, Emit, Target};
-use super::device::explicit_variant;
+use super::device::{explicit_gpu_variant, explicit_variant};
 use super::error::CliError;
 use super::fmt::write_atomically;
 use super::output::emit;
@@ -42,7 +42,8 @@ pub fn run(args: &CompileArgs) -> Result<(), CliError> {
                     args.arch
                 ))
             })?;
-            let (text, manifest) = ptx::emit_ptx(&spec, &shape, &GpuVariant::default(), arch)?;
+            let variant = explicit_gpu_variant(args.variant.as_deref())?.unwrap_or_default();
+            let (text, manifest) = ptx::emit_ptx(&spec, &shape, &variant, arch)?;
             match &args.output {
                 Some(path) => {
                     let manifest_path = manifest_path(path);

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use nsac_compiler::cpu::CpuVariant;
+use nsac_compiler::ptx::GpuVariant;
 use nsac_kernels::io::Tensor;
 use nsac_runtime::cpu::CpuKernel;
 
@@ -30,14 +31,22 @@ pub struct DeviceRun {
     pub run_ms: f64,
 }
 
+/// Where the Variant of a run comes from: `--variant`, else the tuning database, else the
+/// default; and `--threads` for the CPU.
+pub struct VariantSource<'a> {
+    pub variant: Option<&'a str>,
+    pub db: Option<&'a std::path::Path>,
+    pub threads: Option<usize>,
+}
+
 /// Runs `spec` on `device` (auto: the GPU when a CUDA driver and device are present, else the
-/// CPU).
+/// CPU), with the Variant `source` picks for that device.
 pub fn run_on(
     device: DeviceArg,
     spec: &Spec,
     shape: &Shape,
     inputs: &Inputs,
-    cpu: &CpuChoice,
+    source: &VariantSource<'_>,
 ) -> Result<DeviceRun, CliError> {
     match device {
         DeviceArg::Reference => {
@@ -52,6 +61,7 @@ pub fn run_on(
             })
         }
         DeviceArg::Cpu => {
+            let cpu = CpuChoice::pick(spec, shape, source)?;
             let threads = cpu.threads;
             let kernel = CpuKernel::compile(spec, shape, &cpu.variant)?;
             let compile_ms = kernel.compile_time().as_secs_f64() * 1e3;
@@ -68,18 +78,10 @@ pub fn run_on(
                 run_ms,
             })
         }
-        DeviceArg::Cuda => {
-            let gpu = CudaDevice::open()?.ok_or_else(|| {
-                CliError::Other(
-                    "no CUDA device found (no NVIDIA driver, or no GPU visible); try --device cpu"
-                        .into(),
-                )
-            })?;
-            run_cuda(&gpu, spec, shape, inputs)
-        }
+        DeviceArg::Cuda => run_cuda(&super::tune::open_gpu()?, spec, shape, inputs, source),
         DeviceArg::Auto => match CudaDevice::open() {
-            Ok(Some(gpu)) => run_cuda(&gpu, spec, shape, inputs),
-            _ => run_on(DeviceArg::Cpu, spec, shape, inputs, cpu),
+            Ok(Some(gpu)) => run_cuda(&gpu, spec, shape, inputs, source),
+            _ => run_on(DeviceArg::Cpu, spec, shape, inputs, source),
         },
     }
 }
@@ -89,9 +91,11 @@ fn run_cuda(
     spec: &Spec,
     shape: &Shape,
     inputs: &Inputs,
+    source: &VariantSource<'_>,
 ) -> Result<DeviceRun, CliError> {
+    let choice = GpuChoice::pick(gpu, spec, shape, source)?;
     let start = Instant::now();
-    let kernel = CudaKernel::compile(gpu, spec, shape, &Default::default())?;
+    let kernel = CudaKernel::compile(gpu, spec, shape, &choice.variant)?;
     let compile_ms = ms(start);
     let start = Instant::now();
     let out = kernel.run(inputs)?;
@@ -100,9 +104,10 @@ fn run_cuda(
     let (major, minor) = gpu.capability();
     Ok(DeviceRun {
         device: format!(
-            "cuda: {} (sm_{major}{minor}, {})",
+            "cuda: {} (sm_{major}{minor}, {}, {} variant)",
             gpu.name(),
-            shape.dtype.name()
+            shape.dtype.name(),
+            choice.origin
         ),
         outputs,
         compile_ms: Some(compile_ms),
@@ -140,9 +145,15 @@ pub struct CpuChoice {
     pub origin: &'static str,
 }
 
-/// Parses a `--variant FIELD=VALUE,…` argument.
+/// Parses a `--variant FIELD=VALUE,…` argument for the CPU.
 pub fn explicit_variant(text: Option<&str>) -> Result<Option<CpuVariant>, CliError> {
     text.map(|t| CpuVariant::parse(t).map_err(|e| CliError::Other(format!("--variant: {e}"))))
+        .transpose()
+}
+
+/// Parses a `--variant FIELD=VALUE,…` argument for the GPU.
+pub fn explicit_gpu_variant(text: Option<&str>) -> Result<Option<GpuVariant>, CliError> {
+    text.map(|t| GpuVariant::parse(t).map_err(|e| CliError::Other(format!("--variant: {e}"))))
         .transpose()
 }
 
@@ -153,18 +164,17 @@ impl CpuChoice {
     pub fn pick(
         spec: &Spec,
         shape: &Shape,
-        threads: Option<usize>,
-        db: Option<&std::path::Path>,
-        variant: Option<&str>,
+        source: &VariantSource<'_>,
     ) -> Result<CpuChoice, CliError> {
-        if let Some(variant) = explicit_variant(variant)? {
+        let threads = source.threads;
+        if let Some(variant) = explicit_variant(source.variant)? {
             return Ok(CpuChoice {
                 variant,
                 threads: default_threads(threads),
                 origin: "explicit",
             });
         }
-        Ok(match super::tune::tuned_candidate(spec, shape, db) {
+        Ok(match super::tune::tuned_candidate(spec, shape, source.db) {
             Some(c) => CpuChoice {
                 variant: c.variant,
                 threads: threads.unwrap_or(c.threads),
@@ -173,6 +183,41 @@ impl CpuChoice {
             None => CpuChoice {
                 variant: CpuVariant::default(),
                 threads: default_threads(threads),
+                origin: "default",
+            },
+        })
+    }
+}
+
+/// Which GPU Variant to run, and where it came from.
+pub struct GpuChoice {
+    pub variant: GpuVariant,
+    /// `explicit` (`--variant`), `tuned` (from the tuning database) or `default`.
+    pub origin: &'static str,
+}
+
+impl GpuChoice {
+    /// The explicit Variant if given, else the tuned one when the database has one for this
+    /// spec, shape and GPU, else the default.
+    pub fn pick(
+        gpu: &CudaDevice,
+        spec: &Spec,
+        shape: &Shape,
+        source: &VariantSource<'_>,
+    ) -> Result<GpuChoice, CliError> {
+        if let Some(variant) = explicit_gpu_variant(source.variant)? {
+            return Ok(GpuChoice {
+                variant,
+                origin: "explicit",
+            });
+        }
+        Ok(match super::tune::tuned_gpu(gpu, spec, shape, source.db) {
+            Some(variant) => GpuChoice {
+                variant,
+                origin: "tuned",
+            },
+            None => GpuChoice {
+                variant: GpuVariant::default(),
                 origin: "default",
             },
         })

@@ -5,15 +5,14 @@ use nsac_kernels::io::{Tensor, check_inputs, random_inputs};
 use nsac_runtime::tensor_io::{self, HostTensor, TensorSet};
 use serde::Serialize;
 
-use clap::ValueEnum;
 use nsac_runtime::cuda::CudaDevice;
 
 use super::args::{DeviceArg, RunArgs};
-use super::device::{CpuChoice, run_on, values};
+use super::device::{VariantSource, run_on, values};
 use super::error::CliError;
 use super::output::{emit, emit_json};
 use super::problem::{describe, problem_from_args, problem_from_inputs};
-use super::tune::tune_if_missing;
+use super::tune::{open_gpu, tune_gpu_if_missing, tune_if_missing};
 
 /// What `run` prints (`--json` prints exactly this).
 #[derive(Debug, Serialize)]
@@ -78,33 +77,27 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
     }
 
     if args.tune {
+        let db = args.db.as_deref();
         match args.device {
-            DeviceArg::Auto if CudaDevice::open().ok().flatten().is_some() => {
-                eprintln!("note: --tune tunes the CPU backend; this run goes to the GPU");
-            }
-            DeviceArg::Cpu | DeviceArg::Auto => {
-                tune_if_missing(&spec, &shape, args.db.as_deref(), args.json)?;
-            }
-            DeviceArg::Cuda | DeviceArg::Reference => {
-                let device = args
-                    .device
-                    .to_possible_value()
-                    .map(|v| v.get_name().to_string())
-                    .unwrap_or_default();
-                return Err(CliError::Other(format!(
-                    "--tune tunes the CPU backend; it does not apply to --device {device}"
-                )));
+            DeviceArg::Cpu => tune_if_missing(&spec, &shape, db, args.json)?,
+            DeviceArg::Cuda => tune_gpu_if_missing(&open_gpu()?, &spec, &shape, db, args.json)?,
+            DeviceArg::Auto => match CudaDevice::open().ok().flatten() {
+                Some(gpu) => tune_gpu_if_missing(&gpu, &spec, &shape, db, args.json)?,
+                None => tune_if_missing(&spec, &shape, db, args.json)?,
+            },
+            DeviceArg::Reference => {
+                return Err(CliError::Other(
+                    "--tune does not apply to --device reference (it has no Variants)".into(),
+                ));
             }
         }
     }
-    let cpu = CpuChoice::pick(
-        &spec,
-        &shape,
-        args.threads,
-        args.db.as_deref(),
-        args.variant.as_deref(),
-    )?;
-    let run = run_on(args.device, &spec, &shape, &inputs, &cpu)?;
+    let source = VariantSource {
+        variant: args.variant.as_deref(),
+        db: args.db.as_deref(),
+        threads: args.threads,
+    };
+    let run = run_on(args.device, &spec, &shape, &inputs, &source)?;
     let written = match &args.output {
         Some(path) => {
             let mut set = run.outputs.clone();

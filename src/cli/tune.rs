@@ -1,18 +1,22 @@
-//! `nsac tune`: search the CPU kernel's Variants for this machine, keep the best in the tuning
-//! database, and share databases (`--export`, `--import`). Also the DB look-up that `run` and
-//! `bench` use to pick a tuned Variant.
+//! `nsac tune`: search the CPU or GPU kernels' Variants for this machine, keep the best in the
+//! tuning database, and share databases (`--export`, `--import`). Also the DB look-ups that
+//! `run` and `bench` use to pick a tuned Variant.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use nsac_compiler::cost;
+use nsac_compiler::ptx::GpuVariant;
 use nsac_dsl::Spec;
 use nsac_dsl::problem::Shape;
 use nsac_runtime::bench::fma_ceiling;
+use nsac_runtime::cuda::CudaDevice;
 use nsac_runtime::tune::cpu::{
     CpuCandidate, CpuTuneOptions, tune_cpu, tuned_cpu_variant, tuning_shape,
 };
-use nsac_runtime::tune::{DbWarning, Outcome, Progress, Tuned, TuningDb};
+use nsac_runtime::tune::gpu::{GpuTuneOptions, tune_gpu, tuned_gpu_variant};
+use nsac_runtime::tune::{CandidateReport, DbWarning, Outcome, Progress, Tuned, TuningDb};
 use serde::Serialize;
 
 use super::args::{DeviceArg, TuneArgs};
@@ -34,6 +38,63 @@ pub fn open_db(path: Option<&Path>) -> Result<TuningDb, CliError> {
 pub fn tuned_candidate(spec: &Spec, shape: &Shape, db: Option<&Path>) -> Option<CpuCandidate> {
     let db = open_db(db).ok()?;
     tuned_cpu_variant(spec, shape, &db)
+}
+
+/// The tuned GPU Variant for this spec, shape and GPU, if the database has a current one.
+pub fn tuned_gpu(
+    gpu: &CudaDevice,
+    spec: &Spec,
+    shape: &Shape,
+    db: Option<&Path>,
+) -> Option<GpuVariant> {
+    let db = open_db(db).ok()?;
+    tuned_gpu_variant(gpu, spec, shape, &db)
+}
+
+/// `run --tune --device cuda`: tunes `spec` on `shape` for `gpu` unless the database already has
+/// a current result, as [`tune_if_missing`] does for the CPU.
+pub fn tune_gpu_if_missing(
+    gpu: &Arc<CudaDevice>,
+    spec: &Spec,
+    shape: &Shape,
+    db: Option<&Path>,
+    quiet: bool,
+) -> Result<(), CliError> {
+    let db = open_db(db)?;
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        progress_bar()?
+    };
+    let (tuned, warnings) = tune_gpu(
+        gpu,
+        spec,
+        shape,
+        &db,
+        &GpuTuneOptions::default(),
+        false,
+        &mut |event| follow(&bar, event),
+    )
+    .map_err(|e| CliError::Other(format!("tuning failed: {e}")))?;
+    bar.finish_and_clear();
+    warn(&warnings);
+    if quiet {
+        return Ok(());
+    }
+    match &tuned {
+        Tuned::Stored { .. } => {
+            eprintln!("tuning: the database already has a result for this GPU")
+        }
+        Tuned::Fresh(result) => eprintln!(
+            "tuning: {} of {} variants measured; best {} ({:.2}× the default), saved to {}",
+            result.measured(),
+            result.space,
+            result.best,
+            result.speedup_over_default().unwrap_or(1.0),
+            db.path().display()
+        ),
+    }
+    Ok(())
 }
 
 /// `run --tune`: tunes `spec` on `shape` for this CPU unless the database already has a current
@@ -172,13 +233,22 @@ pub fn run(args: &TuneArgs) -> Result<(), CliError> {
             "nothing to tune: give a SPEC (or --export / --import)".into(),
         ));
     };
-    if !matches!(args.device, DeviceArg::Cpu | DeviceArg::Auto) {
-        return Err(CliError::Other(
-            "the tuner searches the CPU backend's Variants for now (--device cpu)".into(),
-        ));
-    }
     let spec = nsac_dsl::load(spec_path)?;
     let shape = problem_from_args(&args.problem)?.resolve(&spec)?;
+    match args.device {
+        DeviceArg::Cpu => {}
+        DeviceArg::Reference => {
+            return Err(CliError::Other(
+                "the reference has nothing to tune; use --device cpu or --device cuda".into(),
+            ));
+        }
+        DeviceArg::Cuda => return run_gpu(args, &spec, &shape, &db, &open_gpu()?),
+        DeviceArg::Auto => {
+            if let Some(gpu) = CudaDevice::open().ok().flatten() {
+                return run_gpu(args, &spec, &shape, &db, &gpu);
+            }
+        }
+    }
     let bar = progress_bar()?;
     let mut progress = |event: Progress| follow(&bar, event);
     let (tuned, warnings) = tune_cpu(
@@ -222,23 +292,7 @@ pub fn run(args: &TuneArgs) -> Result<(), CliError> {
             summary.speedup_over_default = result.speedup_over_default();
             summary.measured = Some(result.measured());
             summary.space = Some(result.space);
-            let failed: Vec<String> = result
-                .candidates
-                .iter()
-                .filter_map(|c| match &c.outcome {
-                    Outcome::CompileFailed { error } | Outcome::RunFailed { error } => {
-                        Some(error.clone())
-                    }
-                    _ => None,
-                })
-                .collect();
-            if !failed.is_empty() {
-                eprintln!(
-                    "note: {} candidate(s) failed and were skipped (first: {})",
-                    failed.len(),
-                    failed[0]
-                );
-            }
+            note_failures(&result.candidates);
         }
     }
     summary.gflops = flops / (summary.best_ms / 1e3) / 1e9;
@@ -279,6 +333,139 @@ pub fn run(args: &TuneArgs) -> Result<(), CliError> {
     }
     text.push_str(&format!("  database  {}\n", summary.db));
     emit_line(&text).map_err(CliError::Stdout)
+}
+
+/// GPU 0, or an error saying there is none.
+pub fn open_gpu() -> Result<Arc<CudaDevice>, CliError> {
+    CudaDevice::open()?.ok_or_else(|| {
+        CliError::Other(
+            "no CUDA device found (no NVIDIA driver, or no GPU visible); try --device cpu".into(),
+        )
+    })
+}
+
+/// What `tune --device cuda --json` prints.
+#[derive(Debug, Serialize)]
+struct GpuTuneSummary {
+    spec: String,
+    seq_len: usize,
+    device: String,
+    /// `stored` (the DB already had it) or `tuned` (measured now).
+    source: &'static str,
+    best: GpuVariant,
+    best_ms: f64,
+    /// Attention FLOPs of the problem (cost model) per second of the best Variant.
+    gflops: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    default_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    speedup_over_default: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    measured: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pruned: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    space: Option<usize>,
+    db: String,
+}
+
+fn run_gpu(
+    args: &TuneArgs,
+    spec: &Spec,
+    shape: &Shape,
+    db: &TuningDb,
+    gpu: &Arc<CudaDevice>,
+) -> Result<(), CliError> {
+    let bar = progress_bar()?;
+    let (tuned, warnings) = tune_gpu(
+        gpu,
+        spec,
+        shape,
+        db,
+        &GpuTuneOptions::default(),
+        args.retune,
+        &mut |event| follow(&bar, event),
+    )
+    .map_err(|e| CliError::Other(format!("tuning failed: {e}")))?;
+    bar.finish_and_clear();
+    warn(&warnings);
+    let (major, minor) = gpu.capability();
+    let mut summary = GpuTuneSummary {
+        spec: spec.name.clone(),
+        seq_len: shape.seq_len,
+        device: format!("{} (sm_{major}{minor})", gpu.name()),
+        source: "stored",
+        best: *tuned.variant(),
+        best_ms: 0.0,
+        gflops: 0.0,
+        default_ms: None,
+        speedup_over_default: None,
+        measured: None,
+        pruned: None,
+        space: None,
+        db: db.path().display().to_string(),
+    };
+    match &tuned {
+        Tuned::Stored { best_us, .. } => summary.best_ms = best_us / 1e3,
+        Tuned::Fresh(result) => {
+            summary.source = "tuned";
+            summary.best_ms = result.best_time.as_secs_f64() * 1e3;
+            summary.default_ms = result.default_time.map(|t| t.as_secs_f64() * 1e3);
+            summary.speedup_over_default = result.speedup_over_default();
+            summary.measured = Some(result.measured());
+            summary.pruned = Some(result.candidates.len() - result.measured());
+            summary.space = Some(result.space);
+            note_failures(&result.candidates);
+        }
+    }
+    let flops = cost::estimate(spec, shape)?.flops.attention;
+    summary.gflops = flops / (summary.best_ms / 1e3) / 1e9;
+    if args.json {
+        return emit_json(&summary).map_err(CliError::Stdout);
+    }
+    let mut text = format!(
+        "{} at T={} on {} ({}):\n  best      {}\n  time      {:.3} ms   {:.1} GFLOP/s\n",
+        summary.spec,
+        summary.seq_len,
+        summary.device,
+        if summary.source == "tuned" {
+            "tuned now"
+        } else {
+            "from the tuning database"
+        },
+        summary.best,
+        summary.best_ms,
+        summary.gflops,
+    );
+    if let (Some(d), Some(s)) = (summary.default_ms, summary.speedup_over_default) {
+        text.push_str(&format!(
+            "  default   {d:.3} ms   → tuned is {s:.2}× the default's speed\n"
+        ));
+    }
+    if let (Some(m), Some(p), Some(sp)) = (summary.measured, summary.pruned, summary.space) {
+        text.push_str(&format!(
+            "  searched  {m} of {sp} variants ({p} pruned by the device's limits or the spec)\n"
+        ));
+    }
+    text.push_str(&format!("  database  {}\n", summary.db));
+    emit_line(&text).map_err(CliError::Stdout)
+}
+
+/// Says on standard error how many candidates failed to compile or run, and the first error.
+fn note_failures<V>(candidates: &[CandidateReport<V>]) {
+    let failed: Vec<&String> = candidates
+        .iter()
+        .filter_map(|c| match &c.outcome {
+            Outcome::CompileFailed { error } | Outcome::RunFailed { error } => Some(error),
+            _ => None,
+        })
+        .collect();
+    if let Some(first) = failed.first() {
+        eprintln!(
+            "note: {} candidate(s) failed and were skipped (first: {first})",
+            failed.len()
+        );
+    }
 }
 
 fn warn(warnings: &[DbWarning]) {

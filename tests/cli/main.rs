@@ -394,7 +394,12 @@ fn run_tune_tunes_once_then_reuses_and_variant_overrides() {
         "unknown variant field `tiles`",
     );
     assert_reported_failure(&run(&["--variant", "rows"]), "not FIELD=NUMBER");
-    // --tune applies to the CPU only.
+    // GPU fields are not CPU fields.
+    assert_reported_failure(
+        &run(&["--variant", "select_tokens=4"]),
+        "unknown variant field `select_tokens`",
+    );
+    // The reference has nothing to tune.
     let mut args = vec![
         "run",
         "kernels/nsa-fla.nsa",
@@ -403,5 +408,59 @@ fn run_tune_tunes_once_then_reuses_and_variant_overrides() {
         "--tune",
     ];
     args.extend(problem);
-    assert_reported_failure(&nsac(&args), "--tune tunes the CPU backend");
+    assert_reported_failure(&nsac(&args), "--tune does not apply to --device reference");
+}
+
+#[test]
+fn gpu_variants_compile_and_gpu_commands_need_a_gpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let ptx = dir.path().join("fla.ptx");
+    let compile = |variant: &str| {
+        nsac(&[
+            "compile",
+            "kernels/nsa-fla.nsa",
+            "--seq",
+            "300",
+            "--target",
+            "ptx",
+            "--dtype",
+            "bf16",
+            "--variant",
+            variant,
+            "-o",
+            ptx.to_str().unwrap(),
+        ])
+    };
+    let selected_block = || {
+        let manifest: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join("fla.manifest.json")).unwrap(),
+        )
+        .unwrap();
+        manifest["kernels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["name"].as_str().unwrap().ends_with("attend_slc"))
+            .map(|k| k["block"][0].as_u64().unwrap())
+            .unwrap()
+    };
+    let out = compile("select_tokens=16");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(selected_block(), 16 * 32);
+    let out = compile("select_tokens=4");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(selected_block(), 4 * 32);
+    assert_reported_failure(&compile("select_chunk=24"), "`select_chunk` = 24");
+    assert_reported_failure(&compile("rows=2"), "unknown GPU variant field `rows`");
+    // Without a GPU, tuning or benchmarking on one is a clear error (CI has none; where a GPU
+    // is present these succeed and are covered by tests/tests/gpu_tune.rs).
+    let problem = ["kernels/nsa-fla.nsa", "--device", "cuda", "--seq", "300"];
+    for command in ["tune", "bench"] {
+        let mut args = vec![command];
+        args.extend(problem);
+        let out = nsac(&args);
+        if !out.status.success() {
+            assert_reported_failure(&out, "no CUDA device found");
+        }
+    }
 }
