@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# One device call: GPU-vs-oracle tests, memcheck and racecheck on the library specs, the Python PTX example
-# and the benchmark. Expects .devbin/ with gpu_oracle (test binary), emit/ (from gpu_emit),
-# py/ (bench/gpu/*.py) and fla/ (the fla-core wheel, unpacked). Logs go to $OUT.
+# One device call: GPU-vs-oracle tests, memcheck and racecheck on the library specs and on the
+# tuner's non-default Variants, the Python PTX example, the benchmark, and the tuner (`tune T`:
+# the GPU tuner test, then `nsac tune` of nsa_fla at T with tuned-vs-default `nsac bench`).
+# Expects .devbin/ with gpu_oracle and gpu_tune (test binaries), nsac (the CLI), emit/ (from
+# gpu_emit), py/ (bench/gpu/*.py) and fla/ (the fla-core wheel, unpacked). Logs go to $OUT.
 set -u
 D=.devbin
 OUT=${OUT:-/tmp/out}
@@ -13,6 +15,22 @@ if [[ $MODE == all || $MODE == test ]]; then
   echo "memcheck exit $?"; grep -E "ERROR SUMMARY|test result" "$OUT/memcheck.log"
   timeout 150 compute-sanitizer --tool racecheck --error-exitcode 9 $D/gpu_oracle library_specs --test-threads 1 > "$OUT/racecheck.log" 2>&1
   echo "racecheck exit $?"; grep -E "RACECHECK SUMMARY|test result" "$OUT/racecheck.log"
+  for tool in memcheck racecheck; do
+    timeout 240 compute-sanitizer --tool $tool --error-exitcode 9 $D/gpu_oracle tuner_variants --test-threads 1 > "$OUT/$tool-variants.log" 2>&1
+    echo "$tool (tuner variants) exit $?"; grep -E "SUMMARY|test result" "$OUT/$tool-variants.log"
+  done
+fi
+if [[ $MODE == tune ]]; then
+  T=${2:-65536}
+  timeout 240 $D/gpu_tune --nocapture 2>&1 | tee "$OUT/gpu_tune.log" | grep -E "device|test result|panicked|SKIPPED"
+  P="kernels/nsa-fla.nsa --device cuda --seq $T --dtype bf16 --db $OUT/tuning.yaml"
+  /usr/bin/time -f "tune wall %e s" timeout 400 $D/nsac tune $P 2>&1 | tee "$OUT/tune.log"
+  $D/nsac tune $P --json > "$OUT/tune.json" 2>/dev/null
+  for round in 1 2; do
+    $D/nsac bench $P --runs 20 --variant "" 2>&1 | tee -a "$OUT/bench-default.log" | grep -E "variant|time"
+    $D/nsac bench $P --runs 20 2>&1 | tee -a "$OUT/bench-tuned.log" | grep -E "variant|time"
+  done
+  exit 0
 fi
 export PYTHONPATH=$D/py:$D/fla PYTHONUNBUFFERED=1
 if [[ $MODE == all || $MODE == example ]]; then

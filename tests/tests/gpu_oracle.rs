@@ -1,5 +1,7 @@
 //! The GPU backend against the f64 oracle on a real GPU: every library spec and 60 random specs
-//! × shapes, bf16 and f16. Skips with a printed reason when no CUDA driver or device is present.
+//! × shapes, bf16 and f16, with the default Variant; and the library specs plus 24 random cases
+//! under the non-default Variants the tuner may pick (every knob's extreme values and mixes).
+//! Skips with a printed reason when no CUDA driver or device is present.
 //!
 //! Bars (DESIGN §4): max|out − ref| / max|ref| ≤ 1e-2 for bf16, ≤ 2e-3 for f16, for `o` and
 //! every branch output. The inputs are rounded to the dtype first and the oracle is fed the
@@ -124,11 +126,11 @@ fn run_case(
     spec: &Spec,
     shape: &Shape,
     seed: u64,
+    variant: &GpuVariant,
 ) -> Result<String, String> {
     let raw = random_inputs(spec, shape, seed);
     let inputs = round_inputs(&raw, shape.dtype);
-    let kernel =
-        CudaKernel::compile(dev, spec, shape, &GpuVariant::default()).map_err(|e| e.to_string())?;
+    let kernel = CudaKernel::compile(dev, spec, shape, variant).map_err(|e| e.to_string())?;
     let got = kernel.run(&inputs).map_err(|e| e.to_string())?;
     let want = reference::forward(spec, shape, &inputs).map_err(|e| e.to_string())?;
     let (hq, h, dv) = (
@@ -227,14 +229,24 @@ fn device() -> Option<std::sync::Arc<CudaDevice>> {
 }
 
 fn run_all(cases: Vec<(Spec, Shape, u64)>) {
+    let default = GpuVariant::default();
+    run_variants(
+        cases
+            .into_iter()
+            .map(|(spec, shape, seed)| (spec, shape, seed, default))
+            .collect(),
+    );
+}
+
+fn run_variants(cases: Vec<(Spec, Shape, u64, GpuVariant)>) {
     let Some(dev) = device() else { return };
     let mut failures = Vec::new();
-    for (spec, shape, seed) in &cases {
-        match run_case(&dev, spec, shape, *seed) {
-            Ok(s) => println!("ok   {s}"),
+    for (spec, shape, seed, variant) in &cases {
+        match run_case(&dev, spec, shape, *seed, variant) {
+            Ok(s) => println!("ok   {s} [{variant}]"),
             Err(e) => {
-                println!("FAIL {}: {e}", spec.name);
-                failures.push(format!("{} (seed {seed}): {e}", spec.name));
+                println!("FAIL {} [{variant}]: {e}", spec.name);
+                failures.push(format!("{} (seed {seed}) [{variant}]: {e}", spec.name));
             }
         }
     }
@@ -276,4 +288,78 @@ fn random_specs_match_oracle() {
         })
         .collect();
     run_all(cases);
+}
+
+/// Non-default Variants: each knob at the ends of the tuner's ranges, and mixes of them (all
+/// within an H100's shared memory for the test shapes).
+fn tuner_variants() -> Vec<GpuVariant> {
+    let d = GpuVariant::default();
+    vec![
+        GpuVariant {
+            select_tokens: 4,
+            select_chunk: 16,
+            ..d
+        },
+        GpuVariant {
+            select_tokens: 16,
+            select_chunk: 64,
+            ..d
+        },
+        GpuVariant {
+            compress_tokens: 4,
+            compress_max_regs: 0,
+            ..d
+        },
+        GpuVariant {
+            compress_tokens: 16,
+            compress_max_regs: 96,
+            ..d
+        },
+        GpuVariant {
+            score_tokens: 4,
+            warps_per_block: 2,
+            ..d
+        },
+        GpuVariant {
+            score_tokens: 16,
+            warps_per_block: 8,
+            ..d
+        },
+        GpuVariant {
+            warps_per_block: 1,
+            select_tokens: 1,
+            select_chunk: 48,
+            compress_tokens: 3,
+            compress_max_regs: 168,
+            score_tokens: 1,
+        },
+    ]
+}
+
+#[test]
+fn tuner_variants_match_oracle() {
+    let mut cases = Vec::new();
+    for spec in gpu_common::library_specs() {
+        for (i, variant) in tuner_variants().into_iter().enumerate() {
+            let dtype = if i % 2 == 0 { DType::Bf16 } else { DType::F16 };
+            let mut p = if i % 3 == 0 {
+                Problem::varlen(vec![0, 77, 410])
+            } else {
+                Problem::batched(2, 301)
+            };
+            p.dtype = dtype;
+            cases.push((
+                spec.clone(),
+                p.resolve(&spec).expect("valid"),
+                40 + i as u64,
+                variant,
+            ));
+        }
+    }
+    let variants = tuner_variants();
+    for seed in 0..24u64 {
+        let (spec, shape) = gpu_common::random_case(2000 + seed);
+        cases.push((spec, shape, seed, variants[seed as usize % variants.len()]));
+    }
+    run_variants(cases);
 }

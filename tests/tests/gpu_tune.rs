@@ -1,0 +1,86 @@
+//! The GPU tuner on a real GPU: a tune of a small problem measures, checks and records a Variant
+//! under this GPU's fingerprint, and the next call reuses it without measuring. Skips with a
+//! printed reason when no CUDA driver or device is present.
+
+use nsac_dsl::problem::{DType, Problem};
+use nsac_runtime::cuda::CudaDevice;
+use nsac_runtime::tune::gpu::{GpuKnobs, GpuTuneOptions, tune_gpu, tuned_gpu_variant};
+use nsac_runtime::tune::{Outcome, Tuned, TuningDb};
+
+mod gpu_common;
+
+#[test]
+fn tuning_records_a_checked_variant_and_reuses_it() {
+    let gpu = match CudaDevice::open() {
+        Ok(Some(gpu)) => gpu,
+        Ok(None) => return eprintln!("SKIPPED: no CUDA driver or device found"),
+        Err(e) => return eprintln!("SKIPPED: CUDA could not be opened: {e}"),
+    };
+    let spec = gpu_common::library_specs()
+        .into_iter()
+        .find(|s| s.name == "nsa_fla")
+        .expect("nsa_fla is in the library");
+    let mut problem = Problem::batched(1, 4099);
+    problem.dtype = DType::Bf16;
+    let shape = problem.resolve(&spec).expect("valid");
+    let dir = std::env::temp_dir().join(format!("nsac_gpu_tune_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let db = TuningDb::open(dir.join("tuning.yaml"));
+    let mut options = GpuTuneOptions {
+        knobs: GpuKnobs {
+            warps_per_block: vec![4],
+            select_tokens: vec![4, 8, 16],
+            select_chunk: vec![32, 64],
+            compress_tokens: vec![8],
+            compress_max_regs: vec![0, 128],
+            score_tokens: vec![8],
+        },
+        ..GpuTuneOptions::default()
+    };
+    options.tune.confirm_rounds = 3;
+    let mut events = 0;
+    let (first, _) = tune_gpu(&gpu, &spec, &shape, &db, &options, false, &mut |_| {
+        events += 1
+    })
+    .expect("tunes");
+    let Tuned::Fresh(result) = &first else {
+        panic!("an empty database cannot hold a result");
+    };
+    println!(
+        "device {}: best {} {:.3} ms, default {:?}, {} measured of {}",
+        gpu.name(),
+        result.best,
+        result.best_time.as_secs_f64() * 1e3,
+        result.default_time,
+        result.measured(),
+        result.space
+    );
+    assert!(events > 0);
+    assert_eq!(result.space, 12);
+    assert!(result.measured() >= 2);
+    assert!(result.default_time.is_some());
+    assert!(
+        result
+            .candidates
+            .iter()
+            .any(|c| c.variant == result.best && matches!(c.outcome, Outcome::Measured { .. }))
+    );
+    // The next call finds it under this GPU's fingerprint.
+    let (again, _) = tune_gpu(&gpu, &spec, &shape, &db, &options, false, &mut |_| {
+        panic!("a stored result must not be measured again")
+    })
+    .expect("looks up");
+    assert!(matches!(again, Tuned::Stored { variant, .. } if variant == result.best));
+    assert_eq!(
+        tuned_gpu_variant(&gpu, &spec, &shape, &db),
+        Some(result.best)
+    );
+    let text = std::fs::read_to_string(db.path()).expect("db written");
+    let fingerprint = gpu.fingerprint().expect("fingerprint");
+    assert!(text.contains(&fingerprint.name), "{text}");
+    assert!(
+        text.contains(&format!("sm_count: {}", fingerprint.sm_count)),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
