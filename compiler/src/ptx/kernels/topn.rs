@@ -255,6 +255,9 @@ pub fn topn(name: &str, p: &TopNParams<'_>, dims: &Dims, score_tokens: u32) -> K
             b.ins("selp.f32", [bv.into(), ovf.into(), bv.into(), take.into()]);
             b.ins("selp.u32", [bi.into(), oi.into(), bi.into(), take.into()]);
         }
+        // Every lane's reads of this round are done before lane 0 marks the winner (the
+        // shuffles order them in practice, the memory model only through a barrier).
+        b.ins("bar.warp.sync", [imm(-1)]);
         let a = shared_addr(b, sbase, bi);
         b.ins_if(lane0, false, "st.shared.f32", [mem(a, 0), fimm(TAKEN)]);
         b.ins("bar.warp.sync", [imm(-1)]);
