@@ -297,12 +297,12 @@ fn tuner_variants() -> Vec<GpuVariant> {
     vec![
         GpuVariant {
             select_tokens: 4,
-            select_chunk: 16,
+            select_chunk: 64,
             ..d
         },
         GpuVariant {
             select_tokens: 16,
-            select_chunk: 64,
+            select_chunk: 16,
             ..d
         },
         GpuVariant {
