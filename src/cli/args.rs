@@ -281,6 +281,10 @@ pub struct TuneArgs {
     /// Tune again even when the database already has a result for this machine.
     #[arg(long)]
     pub retune: bool,
+    /// Measure every variant that fits instead of searching (coordinate descent takes over
+    /// above 48 variants); slower, and how the search's answer was compared with the true best.
+    #[arg(long)]
+    pub exhaustive: bool,
     /// The tuning database file (default: the user's cache directory).
     #[arg(long, value_name = "FILE")]
     pub db: Option<PathBuf>,

@@ -16,7 +16,9 @@ use nsac_runtime::tune::cpu::{
     CpuCandidate, CpuTuneOptions, tune_cpu, tuned_cpu_variant, tuning_shape,
 };
 use nsac_runtime::tune::gpu::{GpuTuneOptions, tune_gpu, tuned_gpu_variant};
-use nsac_runtime::tune::{CandidateReport, DbWarning, Outcome, Progress, Tuned, TuningDb};
+use nsac_runtime::tune::{
+    CandidateReport, DbWarning, Outcome, Progress, TuneOptions, Tuned, TuningDb,
+};
 use serde::Serialize;
 
 use super::args::{DeviceArg, TuneArgs};
@@ -255,7 +257,11 @@ pub fn run(args: &TuneArgs) -> Result<(), CliError> {
         &spec,
         &shape,
         &db,
-        &CpuTuneOptions::for_spec(&spec),
+        &{
+            let mut options = CpuTuneOptions::for_spec(&spec);
+            exhaustive_if(args, &mut options.tune);
+            options
+        },
         args.retune,
         &mut progress,
     )
@@ -335,6 +341,14 @@ pub fn run(args: &TuneArgs) -> Result<(), CliError> {
     emit_line(&text).map_err(CliError::Stdout)
 }
 
+/// `--exhaustive`: every valid variant is measured.
+fn exhaustive_if(args: &TuneArgs, options: &mut TuneOptions) {
+    if args.exhaustive {
+        options.search.exhaustive_limit = usize::MAX;
+        options.search.max_measurements = usize::MAX;
+    }
+}
+
 /// GPU 0, or an error saying there is none.
 pub fn open_gpu() -> Result<Arc<CudaDevice>, CliError> {
     CudaDevice::open()?.ok_or_else(|| {
@@ -382,7 +396,11 @@ fn run_gpu(
         spec,
         shape,
         db,
-        &GpuTuneOptions::default(),
+        &{
+            let mut options = GpuTuneOptions::default();
+            exhaustive_if(args, &mut options.tune);
+            options
+        },
         args.retune,
         &mut |event| follow(&bar, event),
     )
