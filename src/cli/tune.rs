@@ -63,11 +63,7 @@ pub fn tune_gpu_if_missing(
     quiet: bool,
 ) -> Result<(), CliError> {
     let db = open_db(db)?;
-    let bar = if quiet {
-        ProgressBar::hidden()
-    } else {
-        progress_bar()?
-    };
+    let bar = progress_bar_unless(quiet)?;
     let (tuned, warnings) = tune_gpu(
         gpu,
         spec,
@@ -114,11 +110,7 @@ pub fn tune_if_missing(
         }
         return Ok(());
     }
-    let bar = if quiet {
-        ProgressBar::hidden()
-    } else {
-        progress_bar()?
-    };
+    let bar = progress_bar_unless(quiet)?;
     let (tuned, warnings) = tune_cpu(
         spec,
         shape,
@@ -142,6 +134,15 @@ pub fn tune_if_missing(
         );
     }
     Ok(())
+}
+
+/// The tuning progress bar, or a hidden one when `quiet`.
+fn progress_bar_unless(quiet: bool) -> Result<ProgressBar, CliError> {
+    if quiet {
+        Ok(ProgressBar::hidden())
+    } else {
+        progress_bar()
+    }
 }
 
 fn progress_bar() -> Result<ProgressBar, CliError> {
@@ -183,22 +184,87 @@ struct TuneSummary {
     /// The length candidates were timed at (a proxy of `seq_len` with the same GQA group and
     /// dims; times and GFLOP/s below are of this problem).
     timed_seq_len: usize,
+    best: CpuCandidate,
+    #[serde(flatten)]
+    outcome: TuneOutcome,
+    gflops: f64,
+    fma_ceiling_gflops: f64,
+    ceiling_ratio: f64,
+    db: String,
+}
+
+/// Where a tuned Variant came from and how it compared (both devices' `tune --json`).
+#[derive(Debug, Serialize)]
+struct TuneOutcome {
     /// `stored` (the DB already had it) or `tuned` (measured now).
     source: &'static str,
-    best: CpuCandidate,
     best_ms: f64,
-    gflops: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     default_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     speedup_over_default: Option<f64>,
-    fma_ceiling_gflops: f64,
-    ceiling_ratio: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     measured: Option<usize>,
+    /// Variants rejected before compiling (device limits, the spec's blocks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pruned: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     space: Option<usize>,
-    db: String,
+}
+
+impl TuneOutcome {
+    /// The outcome of `tuned`; notes failed candidates on standard error.
+    fn of<V>(tuned: &Tuned<V>) -> TuneOutcome {
+        match tuned {
+            Tuned::Stored { best_us, .. } => TuneOutcome {
+                source: "stored",
+                best_ms: best_us / 1e3,
+                default_ms: None,
+                speedup_over_default: None,
+                measured: None,
+                pruned: None,
+                space: None,
+            },
+            Tuned::Fresh(result) => {
+                note_failures(&result.candidates);
+                TuneOutcome {
+                    source: "tuned",
+                    best_ms: result.best_time.as_secs_f64() * 1e3,
+                    default_ms: result.default_time.map(|t| t.as_secs_f64() * 1e3),
+                    speedup_over_default: result.speedup_over_default(),
+                    measured: Some(result.measured()),
+                    pruned: Some(result.candidates.len() - result.measured()),
+                    space: Some(result.space),
+                }
+            }
+        }
+    }
+
+    /// "tuned now" or "from the tuning database".
+    fn origin(&self) -> &'static str {
+        if self.source == "tuned" {
+            "tuned now"
+        } else {
+            "from the tuning database"
+        }
+    }
+
+    /// The report's `default`, `searched` and `database` lines.
+    fn tail(&self, db: &str) -> String {
+        let mut text = String::new();
+        if let (Some(d), Some(s)) = (self.default_ms, self.speedup_over_default) {
+            text.push_str(&format!(
+                "  default   {d:.3} ms   → tuned is {s:.2}× the default's speed\n"
+            ));
+        }
+        if let (Some(m), Some(p), Some(sp)) = (self.measured, self.pruned, self.space) {
+            text.push_str(&format!(
+                "  searched  {m} of {sp} variants ({p} pruned before compiling)\n"
+            ));
+        }
+        text.push_str(&format!("  database  {db}\n"));
+        text
+    }
 }
 
 pub fn run(args: &TuneArgs) -> Result<(), CliError> {
@@ -273,36 +339,19 @@ pub fn run(args: &TuneArgs) -> Result<(), CliError> {
     let timing = tuning_shape(&spec, &shape);
     let flops = cost::estimate(&spec, &timing)?.flops.attention;
     let ceiling = fma_ceiling(best.threads)?;
-    let mut summary = TuneSummary {
+    let outcome = TuneOutcome::of(&tuned);
+    let gflops = flops / (outcome.best_ms / 1e3) / 1e9;
+    let summary = TuneSummary {
         spec: spec.name.clone(),
         seq_len: shape.seq_len,
         timed_seq_len: timing.seq_len,
-        source: "stored",
         best,
-        best_ms: 0.0,
-        gflops: 0.0,
-        default_ms: None,
-        speedup_over_default: None,
+        outcome,
+        gflops,
         fma_ceiling_gflops: ceiling,
-        ceiling_ratio: 0.0,
-        measured: None,
-        space: None,
+        ceiling_ratio: gflops / ceiling,
         db: db.path().display().to_string(),
     };
-    match &tuned {
-        Tuned::Stored { best_us, .. } => summary.best_ms = best_us / 1e3,
-        Tuned::Fresh(result) => {
-            summary.source = "tuned";
-            summary.best_ms = result.best_time.as_secs_f64() * 1e3;
-            summary.default_ms = result.default_time.map(|t| t.as_secs_f64() * 1e3);
-            summary.speedup_over_default = result.speedup_over_default();
-            summary.measured = Some(result.measured());
-            summary.space = Some(result.space);
-            note_failures(&result.candidates);
-        }
-    }
-    summary.gflops = flops / (summary.best_ms / 1e3) / 1e9;
-    summary.ceiling_ratio = summary.gflops / ceiling;
     if args.json {
         return emit_json(&summary).map_err(CliError::Stdout);
     }
@@ -311,11 +360,7 @@ pub fn run(args: &TuneArgs) -> Result<(), CliError> {
         "{} at T={} ({}, timed at T={}):\n  best      rows {} key_vectors {} value_vectors {} key_tile {} unroll {} query_chunk {}, {} threads\n  time      {:.3} ms   {:.2} GFLOP/s   {:.0}% of the 128-bit FMA ceiling ({:.1} GFLOP/s, measured now)\n",
         summary.spec,
         summary.seq_len,
-        if summary.source == "tuned" {
-            "tuned now"
-        } else {
-            "from the tuning database"
-        },
+        summary.outcome.origin(),
         summary.timed_seq_len,
         v.rows,
         v.key_vectors,
@@ -324,20 +369,12 @@ pub fn run(args: &TuneArgs) -> Result<(), CliError> {
         v.unroll,
         v.query_chunk,
         summary.best.threads,
-        summary.best_ms,
+        summary.outcome.best_ms,
         summary.gflops,
         100.0 * summary.ceiling_ratio,
         ceiling
     );
-    if let (Some(d), Some(s)) = (summary.default_ms, summary.speedup_over_default) {
-        text.push_str(&format!(
-            "  default   {d:.3} ms   → tuned is {s:.2}× the default's speed\n"
-        ));
-    }
-    if let (Some(m), Some(sp)) = (summary.measured, summary.space) {
-        text.push_str(&format!("  searched  {m} of {sp} variants\n"));
-    }
-    text.push_str(&format!("  database  {}\n", summary.db));
+    text.push_str(&summary.outcome.tail(&summary.db));
     emit_line(&text).map_err(CliError::Stdout)
 }
 
@@ -364,22 +401,11 @@ struct GpuTuneSummary {
     spec: String,
     seq_len: usize,
     device: String,
-    /// `stored` (the DB already had it) or `tuned` (measured now).
-    source: &'static str,
     best: GpuVariant,
-    best_ms: f64,
+    #[serde(flatten)]
+    outcome: TuneOutcome,
     /// Attention FLOPs of the problem (cost model) per second of the best Variant.
     gflops: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    default_ms: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    speedup_over_default: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    measured: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pruned: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    space: Option<usize>,
     db: String,
 }
 
@@ -408,36 +434,17 @@ fn run_gpu(
     bar.finish_and_clear();
     warn(&warnings);
     let (major, minor) = gpu.capability();
-    let mut summary = GpuTuneSummary {
+    let outcome = TuneOutcome::of(&tuned);
+    let flops = cost::estimate(spec, shape)?.flops.attention;
+    let summary = GpuTuneSummary {
         spec: spec.name.clone(),
         seq_len: shape.seq_len,
         device: format!("{} (sm_{major}{minor})", gpu.name()),
-        source: "stored",
         best: *tuned.variant(),
-        best_ms: 0.0,
-        gflops: 0.0,
-        default_ms: None,
-        speedup_over_default: None,
-        measured: None,
-        pruned: None,
-        space: None,
+        gflops: flops / (outcome.best_ms / 1e3) / 1e9,
+        outcome,
         db: db.path().display().to_string(),
     };
-    match &tuned {
-        Tuned::Stored { best_us, .. } => summary.best_ms = best_us / 1e3,
-        Tuned::Fresh(result) => {
-            summary.source = "tuned";
-            summary.best_ms = result.best_time.as_secs_f64() * 1e3;
-            summary.default_ms = result.default_time.map(|t| t.as_secs_f64() * 1e3);
-            summary.speedup_over_default = result.speedup_over_default();
-            summary.measured = Some(result.measured());
-            summary.pruned = Some(result.candidates.len() - result.measured());
-            summary.space = Some(result.space);
-            note_failures(&result.candidates);
-        }
-    }
-    let flops = cost::estimate(spec, shape)?.flops.attention;
-    summary.gflops = flops / (summary.best_ms / 1e3) / 1e9;
     if args.json {
         return emit_json(&summary).map_err(CliError::Stdout);
     }
@@ -446,26 +453,12 @@ fn run_gpu(
         summary.spec,
         summary.seq_len,
         summary.device,
-        if summary.source == "tuned" {
-            "tuned now"
-        } else {
-            "from the tuning database"
-        },
+        summary.outcome.origin(),
         summary.best,
-        summary.best_ms,
+        summary.outcome.best_ms,
         summary.gflops,
     );
-    if let (Some(d), Some(s)) = (summary.default_ms, summary.speedup_over_default) {
-        text.push_str(&format!(
-            "  default   {d:.3} ms   → tuned is {s:.2}× the default's speed\n"
-        ));
-    }
-    if let (Some(m), Some(p), Some(sp)) = (summary.measured, summary.pruned, summary.space) {
-        text.push_str(&format!(
-            "  searched  {m} of {sp} variants ({p} pruned by the device's limits or the spec)\n"
-        ));
-    }
-    text.push_str(&format!("  database  {}\n", summary.db));
+    text.push_str(&summary.outcome.tail(&summary.db));
     emit_line(&text).map_err(CliError::Stdout)
 }
 

@@ -5,7 +5,7 @@
 //! a stale entry, or a stored Variant that no longer decodes (the backend's Variant type
 //! changed) tunes afresh and records the result.
 
-use super::db::{DbError, DbWarning, Entry, Lookup, TuningDb};
+use super::db::{DbError, DbWarning, Entry, Lookup, TuningDb, Warned};
 use super::key::TuneKey;
 use super::space::VariantSpace;
 use super::tuner::{Benchmark, Progress, TuneError, TuneOptions, TuneResult, tune};
@@ -38,6 +38,34 @@ pub enum CachedTuneError {
     Tune(#[from] TuneError),
 }
 
+/// The current entry of `db` for `key`, if there is one whose Variant still decodes and passes
+/// `space`'s check (never compiles or tunes), with the warnings the DB produced.
+pub fn stored<S>(
+    db: &TuningDb,
+    key: &TuneKey,
+    space: &S,
+) -> Result<Warned<Option<Tuned<S::Variant>>>, DbError>
+where
+    S: VariantSpace + ?Sized,
+{
+    let found = db.lookup(key)?;
+    let value = match found.value {
+        Lookup::Hit(entry) => entry
+            .best_variant::<S::Variant>()
+            .ok()
+            .filter(|variant| space.check(variant).is_ok())
+            .map(|variant| Tuned::Stored {
+                variant,
+                best_us: entry.best_us,
+            }),
+        _ => None,
+    };
+    Ok(Warned {
+        value,
+        warnings: found.warnings,
+    })
+}
+
 /// The answer for `key`: from `db` unless `retune` is set or the DB has nothing current;
 /// otherwise tunes with `bench` over `space` and records the result.
 /// Returns the warnings the DB produced along the way (a corrupt file set aside, …).
@@ -56,14 +84,10 @@ where
 {
     let mut warnings = Vec::new();
     if !retune {
-        let found = db.lookup(key)?;
+        let found = stored(db, key, space)?;
         warnings.extend(found.warnings);
-        if let Lookup::Hit(entry) = found.value
-            && let Ok(variant) = entry.best_variant::<S::Variant>()
-            && space.check(&variant).is_ok()
-        {
-            let best_us = entry.best_us;
-            return Ok((Tuned::Stored { variant, best_us }, warnings));
+        if let Some(stored) = found.value {
+            return Ok((stored, warnings));
         }
     }
     let result = tune(space, bench, options, progress)?;

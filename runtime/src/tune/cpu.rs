@@ -43,9 +43,9 @@
 //! and compared with the f64 oracle there: max|o−ref|/max|ref| ≤ [`CHECK_TOLERANCE`] for `o` and
 //! every branch, selected blocks the oracle's or a valid near-tie choice.
 
-use super::cached::{CachedTuneError, Tuned, tune_cached};
+use super::cached::{CachedTuneError, Tuned, stored, tune_cached};
 use super::check::{CheckCase, Mismatch, Produced, check_cases, check_shape, compare};
-use super::db::{DbWarning, Lookup, TuningDb};
+use super::db::{DbWarning, TuningDb};
 use super::fingerprint::DeviceFingerprint;
 use super::key::TuneKey;
 use super::space::{Dimension, Point, PruneReason, VariantSpace};
@@ -494,12 +494,7 @@ pub fn tune_cpu_for_key(
 /// The tuned candidate the DB holds for `spec` on `shape` on this CPU and nsac version, if any
 /// (and if it still fits this machine). Looks up only: never compiles or tunes.
 pub fn tuned_cpu_variant(spec: &Spec, shape: &Shape, db: &TuningDb) -> Option<CpuCandidate> {
-    let found = db.lookup(&cpu_key(spec, shape)).ok()?;
-    let Lookup::Hit(entry) = found.value else {
-        return None;
-    };
-    let candidate: CpuCandidate = entry.best_variant().ok()?;
     let space = CpuSpace::new(shape, CpuKnobs::default());
-    space.check(&candidate).ok()?;
-    Some(candidate)
+    let found = stored(db, &cpu_key(spec, shape), &space).ok()?;
+    found.value.map(|tuned| *tuned.variant())
 }

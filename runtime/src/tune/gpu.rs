@@ -55,9 +55,9 @@ use nsac_dsl::problem::{DType, Shape};
 use nsac_kernels::io::random_inputs;
 use serde::{Deserialize, Serialize};
 
-use super::cached::{CachedTuneError, Tuned, tune_cached};
+use super::cached::{CachedTuneError, Tuned, stored, tune_cached};
 use super::check::{CheckCase, Mismatch, Produced, check_cases, check_shape, compare};
-use super::db::{DbWarning, Lookup, TuningDb};
+use super::db::{DbWarning, TuningDb};
 use super::fingerprint::DeviceFingerprint;
 use super::key::TuneKey;
 use super::limits::{BlockNeeds, GpuLimits};
@@ -435,8 +435,12 @@ pub fn tune_gpu(
 ) -> Result<(Tuned<GpuVariant>, Vec<DbWarning>), GpuTuneError> {
     let key = gpu_key(device, spec, shape)?;
     let space = gpu_space(device, spec, shape, options.knobs.clone())?;
-    if !retune && let Some(variant) = stored(db, &key, &space) {
-        return Ok(variant);
+    // A stored result needs no benchmark (uploading a long problem's inputs takes seconds).
+    if !retune {
+        let found = stored(db, &key, &space).map_err(CachedTuneError::from)?;
+        if let Some(tuned) = found.value {
+            return Ok((tuned, found.warnings));
+        }
     }
     let bench = GpuBench::new(device, spec, shape)?;
     Ok(tune_cached(
@@ -450,23 +454,6 @@ pub fn tune_gpu(
     )?)
 }
 
-/// A current DB entry for `key` whose Variant `space` accepts, without building a benchmark
-/// (uploading a long problem's inputs takes seconds).
-fn stored(
-    db: &TuningDb,
-    key: &TuneKey,
-    space: &GpuSpace,
-) -> Option<(Tuned<GpuVariant>, Vec<DbWarning>)> {
-    let found = db.lookup(key).ok()?;
-    let Lookup::Hit(entry) = found.value else {
-        return None;
-    };
-    let variant: GpuVariant = entry.best_variant().ok()?;
-    space.check(&variant).ok()?;
-    let best_us = entry.best_us;
-    Some((Tuned::Stored { variant, best_us }, found.warnings))
-}
-
 /// The tuned Variant the DB holds for `spec` on `shape` on `device` and this nsac version, if
 /// any (and if it still fits the device). Looks up only: never compiles or tunes.
 pub fn tuned_gpu_variant(
@@ -477,5 +464,6 @@ pub fn tuned_gpu_variant(
 ) -> Option<GpuVariant> {
     let key = gpu_key(device, spec, shape).ok()?;
     let space = gpu_space(device, spec, shape, GpuKnobs::default()).ok()?;
-    stored(db, &key, &space).map(|(tuned, _)| *tuned.variant())
+    let found = stored(db, &key, &space).ok()?;
+    found.value.map(|tuned| *tuned.variant())
 }
