@@ -30,21 +30,22 @@
 //!
 //! Rejected before anything is loaded, each with its reason ([`PruneReason`]):
 //! [`GpuVariant::validate`] fails; `select_chunk` other than the default does not divide a
-//! select branch's block (a chunk would straddle two blocks or stage zeros past the end); or some kernel's launch (from the manifest [`emit_ptx`]
-//! writes) needs more threads, shared memory or registers per block than the device has
-//! ([`GpuLimits`], read from the driver). Kernels without a register cap declare their block
-//! size (`.maxntid`), so ptxas fits them to it.
-//!
+//! select branch's block (a chunk would straddle two blocks or stage zeros past the end); or
+//! some kernel's launch (from the manifest [`emit_ptx`] writes) needs more threads, shared
+//! memory or registers per block than the device has ([`GpuLimits`], read from the driver).
+//! Blocks of more than 256 threads carry a register cap that fits them (`.maxntid` and a
+//! lowered `.maxnreg`, in the manifest's `max_regs`); smaller blocks launch with any register
+//! count ptxas picks.
+
 //! # Timing and checking
 //!
 //! Candidates are timed on the requested problem itself (a GPU runs even 64k tokens in tens of
 //! milliseconds): its random inputs are converted and uploaded once, and every candidate runs on
 //! those buffers, timed with CUDA events around the whole call. Every candidate that would
 //! become the best is first run on a small odd-length problem long enough that the selection
-//! must choose ([`check_seq_len`] tokens, one kv head of the problem's group, its dims and dtype;
-//! two seeds) and
-//! compared with the oracle fed the same rounded inputs, at the dtype's bar of DESIGN §4
-//! ([`gpu_tolerance`]).
+//! must choose ([`check_seq_len`] tokens, one kv head of the problem's group, its dims and
+//! dtype; two seeds) and compared with the oracle fed the same rounded inputs, at the dtype's
+//! bar of DESIGN §4 ([`gpu_tolerance`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -229,7 +230,8 @@ impl VariantSpace for GpuSpace {
         for kernel in &manifest.kernels {
             let threads = kernel.block.iter().product::<u32>();
             let registers_per_thread = kernel.max_regs.unwrap_or_else(|| {
-                // Without a cap, `.maxntid` makes ptxas fit the block; the most it may use:
+                // No cap: a block of at most 256 threads, which launches with whatever ptxas
+                // picks (at most this):
                 (self.limits.max_registers_per_block / threads.max(1))
                     .min(self.limits.max_registers_per_thread)
             });
