@@ -17,12 +17,11 @@ use nsac_dsl::problem::DType;
 use crate::ptx::builder::{KernelBuilder, Reg, RegClass, fimm, imm, mem};
 use crate::ptx::lowering::Dims;
 
-use super::common::for_range;
 use super::tc_common::{
     CHUNK, CpRows, Lanes, SharedChunks, cp_stage, k_lane_offset, lanes, load_q, mma_ops, qk_tiles,
     row_stride, shared_chunk_loop,
 };
-use super::topn::TopNParams;
+use super::topn::{TopNParams, spread_over_blocks};
 
 /// Whether the tensor-core scoring handles `dims`.
 pub fn eligible(dims: &Dims) -> bool {
@@ -196,11 +195,6 @@ fn score_chunk(
         return;
     }
     b.comment("add each key's score to its blocks in key order (lane 0 alone)");
-    let (cl, cd, lb) = (
-        i64::from(p.cmp_block),
-        i64::from(p.cmp_stride),
-        i64::from(p.block),
-    );
     for k in 0..CHUNK {
         let src = colsum[(k / 8) as usize][(k % 2) as usize];
         let bits = b.op1(RegClass::B32, "mov.b32", src.into());
@@ -224,38 +218,7 @@ fn score_chunk(
         let other = b.op1(RegClass::Pred, "not.pred", c.lane0.into());
         let leave = b.op2(RegClass::Pred, "or.pred", past.into(), other.into());
         b.bra_if(leave, false, skip);
-        let k0 = b.op2(RegClass::B32, "mul.lo.u32", j.into(), imm(cd));
-        let k1 = b.op2(RegClass::B32, "add.u32", k0.into(), imm(cl));
-        let ilo = b.op2(RegClass::B32, "div.u32", k0.into(), imm(lb));
-        let last = b.op2(RegClass::B32, "sub.u32", k1.into(), imm(1));
-        let ihi0 = b.op2(RegClass::B32, "div.u32", last.into(), imm(lb));
-        let ihi1 = b.op2(RegClass::B32, "add.u32", ihi0.into(), imm(1));
-        let ihi = b.op2(RegClass::B32, "min.u32", ihi1.into(), c.nbc.into());
-        for_range(b, ilo.into(), ihi.into(), 1, |b, i| {
-            let b0 = b.op2(RegClass::B32, "mul.lo.u32", i.into(), imm(lb));
-            let b1 = b.op2(RegClass::B32, "add.u32", b0.into(), imm(lb));
-            let lo = b.op2(RegClass::B32, "max.u32", b0.into(), k0.into());
-            let hi = b.op2(RegClass::B32, "min.u32", b1.into(), k1.into());
-            let ov = b.op2(RegClass::B32, "sub.u32", hi.into(), lo.into());
-            let ovf = b.op1(RegClass::F32, "cvt.rn.f32.u32", ov.into());
-            let a = b.op3(
-                RegClass::B32,
-                "mad.lo.u32",
-                i.into(),
-                imm(4),
-                c.scores.into(),
-            );
-            let cur = b.reg(RegClass::F32);
-            b.ins("ld.shared.f32", [cur.into(), mem(a, 0)]);
-            let nv = b.op3(
-                RegClass::F32,
-                "fma.rn.f32",
-                pw.into(),
-                ovf.into(),
-                cur.into(),
-            );
-            b.ins("st.shared.f32", [mem(a, 0), nv.into()]);
-        });
+        spread_over_blocks(b, p, j, pw, c.nbc, c.scores);
         b.place(skip);
     }
 }

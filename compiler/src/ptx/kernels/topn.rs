@@ -51,6 +51,50 @@ pub(crate) fn tc_warps(most: u32, scores_bytes: u32, staging: u32) -> u32 {
         .unwrap_or(1)
 }
 
+/// `scores[i] += pw · overlap(j, i)` for every selection block `i < nbc` that compressed token
+/// `j` overlaps (DESIGN §3), on the score array at shared address `scores`. One thread runs it:
+/// its loads and stores of the scores are not ordered with other lanes'.
+pub(super) fn spread_over_blocks(
+    b: &mut KernelBuilder,
+    p: &TopNParams<'_>,
+    j: Reg,
+    pw: Reg,
+    nbc: Reg,
+    scores: Reg,
+) {
+    let (cl, cd, lb) = (
+        i64::from(p.cmp_block),
+        i64::from(p.cmp_stride),
+        i64::from(p.block),
+    );
+    let k0 = b.op2(RegClass::B32, "mul.lo.u32", j.into(), imm(cd));
+    let k1 = b.op2(RegClass::B32, "add.u32", k0.into(), imm(cl));
+    let ilo = b.op2(RegClass::B32, "div.u32", k0.into(), imm(lb));
+    let last = b.op2(RegClass::B32, "sub.u32", k1.into(), imm(1));
+    let ihi0 = b.op2(RegClass::B32, "div.u32", last.into(), imm(lb));
+    let ihi1 = b.op2(RegClass::B32, "add.u32", ihi0.into(), imm(1));
+    let ihi = b.op2(RegClass::B32, "min.u32", ihi1.into(), nbc.into());
+    for_range(b, ilo.into(), ihi.into(), 1, |b, i| {
+        let b0 = b.op2(RegClass::B32, "mul.lo.u32", i.into(), imm(lb));
+        let b1 = b.op2(RegClass::B32, "add.u32", b0.into(), imm(lb));
+        let lo = b.op2(RegClass::B32, "max.u32", b0.into(), k0.into());
+        let hi = b.op2(RegClass::B32, "min.u32", b1.into(), k1.into());
+        let ov = b.op2(RegClass::B32, "sub.u32", hi.into(), lo.into());
+        let ovf = b.op1(RegClass::F32, "cvt.rn.f32.u32", ov.into());
+        let a = shared_addr(b, scores, i);
+        let cur = b.reg(RegClass::F32);
+        b.ins("ld.shared.f32", [cur.into(), mem(a, 0)]);
+        let nv = b.op3(
+            RegClass::F32,
+            "fma.rn.f32",
+            pw.into(),
+            ovf.into(),
+            cur.into(),
+        );
+        b.ins("st.shared.f32", [mem(a, 0), nv.into()]);
+    });
+}
+
 /// Generates the top-n kernel of a select branch; the tensor-core form holds up to
 /// `score_tokens` tokens per thread block.
 pub fn topn(name: &str, p: &TopNParams<'_>, dims: &Dims, score_tokens: u32) -> KernelOut {
@@ -357,8 +401,6 @@ fn scalar_scores(b: &mut KernelBuilder, p: &TopNParams<'_>, dims: &Dims, c: &Sca
         lane0,
     } = *c;
     let (hh, g) = (i64::from(dims.h), i64::from(dims.group));
-    let lb = i64::from(p.block);
-    let (cl, cd) = (i64::from(p.cmp_block), i64::from(p.cmp_stride));
     let inv_d = 1.0 / p.cmp_stride as f32;
     b.comment("scores[i] += p_c(t,h,j) * overlap(j,i) / d, summed over the group");
     for_range(b, imm(0), imm(g), 1, |b, gi| {
@@ -398,32 +440,7 @@ fn scalar_scores(b: &mut KernelBuilder, p: &TopNParams<'_>, dims: &Dims, c: &Sca
             let pw = b.op2(RegClass::F32, "mul.f32", pr.into(), fimm(inv_d));
             let skip = b.label();
             b.bra_if(lane0, true, skip);
-            let k0 = b.op2(RegClass::B32, "mul.lo.u32", j.into(), imm(cd));
-            let k1 = b.op2(RegClass::B32, "add.u32", k0.into(), imm(cl));
-            let ilo = b.op2(RegClass::B32, "div.u32", k0.into(), imm(lb));
-            let last = b.op2(RegClass::B32, "sub.u32", k1.into(), imm(1));
-            let ihi0 = b.op2(RegClass::B32, "div.u32", last.into(), imm(lb));
-            let ihi1 = b.op2(RegClass::B32, "add.u32", ihi0.into(), imm(1));
-            let ihi = b.op2(RegClass::B32, "min.u32", ihi1.into(), nbc.into());
-            for_range(b, ilo.into(), ihi.into(), 1, |b, i| {
-                let b0 = b.op2(RegClass::B32, "mul.lo.u32", i.into(), imm(lb));
-                let b1 = b.op2(RegClass::B32, "add.u32", b0.into(), imm(lb));
-                let lo = b.op2(RegClass::B32, "max.u32", b0.into(), k0.into());
-                let hi = b.op2(RegClass::B32, "min.u32", b1.into(), k1.into());
-                let ov = b.op2(RegClass::B32, "sub.u32", hi.into(), lo.into());
-                let ovf = b.op1(RegClass::F32, "cvt.rn.f32.u32", ov.into());
-                let a = shared_addr(b, sbase, i);
-                let cur = b.reg(RegClass::F32);
-                b.ins("ld.shared.f32", [cur.into(), mem(a, 0)]);
-                let nv = b.op3(
-                    RegClass::F32,
-                    "fma.rn.f32",
-                    pw.into(),
-                    ovf.into(),
-                    cur.into(),
-                );
-                b.ins("st.shared.f32", [mem(a, 0), nv.into()]);
-            });
+            spread_over_blocks(b, p, j, pw, nbc, sbase);
             b.place(skip);
         });
     });
