@@ -50,6 +50,47 @@ pub fn block_ids(b: &mut KernelBuilder, heads: u32, nblk: u32) -> BlockIds {
     }
 }
 
+/// The token of a warp whose block holds `warps` consecutive tokens (warp w = token t0 + w).
+pub struct WarpToken {
+    /// The block's first token.
+    pub t0: Reg,
+    /// Whether the warp's token exists (blocks past the last token hold clamped warps).
+    pub live: Reg,
+    /// The warp's token, clamped to the last one.
+    pub tok: Reg,
+}
+
+/// The [`WarpToken`] of warp `ids.warp` in token block `ids.token_block` of `ntok` tokens.
+pub fn warp_token(b: &mut KernelBuilder, ids: &BlockIds, warps: u32, ntok: u32) -> WarpToken {
+    let t0 = b.op2(
+        RegClass::B32,
+        "mul.lo.u32",
+        ids.token_block.into(),
+        imm(i64::from(warps)),
+    );
+    let tw = b.op2(RegClass::B32, "add.u32", t0.into(), ids.warp.into());
+    let last = i64::from(ntok - 1);
+    let live = b.setp("le.u32", tw.into(), imm(last));
+    let tok = b.op2(RegClass::B32, "min.u32", tw.into(), imm(last));
+    WarpToken { t0, live, tok }
+}
+
+/// The last token of the block starting at `t0` (of `warps` tokens, clamped to `ntok − 1`).
+pub fn block_last_token(b: &mut KernelBuilder, t0: Reg, warps: u32, ntok: u32) -> Reg {
+    let tl0 = b.op2(
+        RegClass::B32,
+        "add.u32",
+        t0.into(),
+        imm(i64::from(warps - 1)),
+    );
+    b.op2(
+        RegClass::B32,
+        "min.u32",
+        tl0.into(),
+        imm(i64::from(ntok - 1)),
+    )
+}
+
 /// Whether the pool kernel also writes the 16-bit compressed scratch (`kc16_<b>`: hi and lo
 /// rows of every compressed key, `vc16_<b>`: values rounded to the input dtype) that the
 /// tensor-core kernels copy with `cp.async`.

@@ -17,9 +17,9 @@ use crate::ptx::variant::GpuVariant;
 
 use super::common::{bound_threads, segment, visible_compressed};
 use super::tc_common::{
-    Attn, BlockIds, CHUNK, ChunkMath, CpRows, KeyMask, SharedChunks, block_ids, chunk_step,
-    cp_stage, k_lane_offset, lanes, load_q, mma_ops, ranges_bytes, row_stride, shared_chunk_loop,
-    store_o, v_lane_offset,
+    Attn, CHUNK, ChunkMath, CpRows, KeyMask, SharedChunks, WarpToken, block_ids, block_last_token,
+    chunk_step, cp_stage, k_lane_offset, lanes, load_q, mma_ops, ranges_bytes, row_stride,
+    shared_chunk_loop, store_o, v_lane_offset, warp_token,
 };
 use super::{KernelOut, Launch};
 
@@ -86,30 +86,10 @@ pub fn attend_compressed_tc(
 
     b.comment("block = (token block, kv head), the longest (last) token blocks first;");
     b.comment("warp w = token t0 + w (clamped to the last token, stores only when live)");
-    let BlockIds {
-        tid,
-        warp: wib,
-        lane,
-        h,
-        token_block: tb,
-    } = block_ids(&mut b, hh, nblk);
-    let t0 = b.op2(
-        RegClass::B32,
-        "mul.lo.u32",
-        tb.into(),
-        imm(i64::from(warps)),
-    );
-    let tw = b.op2(RegClass::B32, "add.u32", t0.into(), wib.into());
-    let last = i64::from(dims.ntok - 1);
-    let live = b.setp("le.u32", tw.into(), imm(last));
-    let tok = b.op2(RegClass::B32, "min.u32", tw.into(), imm(last));
-    let tl0 = b.op2(
-        RegClass::B32,
-        "add.u32",
-        t0.into(),
-        imm(i64::from(warps - 1)),
-    );
-    let tlast = b.op2(RegClass::B32, "min.u32", tl0.into(), imm(last));
+    let ids = block_ids(&mut b, hh, nblk);
+    let (tid, wib, lane, h) = (ids.tid, ids.warp, ids.lane, ids.h);
+    let WarpToken { t0, live, tok } = warp_token(&mut b, &ids, warps, dims.ntok);
+    let tlast = block_last_token(&mut b, t0, warps, dims.ntok);
     let ptrs: Vec<Reg> = syms.iter().map(|s| b.load_ptr_param(s)).collect();
     let (seg, qb, kb, vb, ob) = (ptrs[0], ptrs[1], ptrs[2], ptrs[3], ptrs[4]);
     b.comment("this warp's visible slots s .. wend; hi = the block's last (largest) end");

@@ -15,7 +15,7 @@ use crate::ptx::lowering::Dims;
 use super::common::{
     Elem, bound_threads, for_range, load, load_vec, segment, visible_compressed, warp_dot,
 };
-use super::tc_common::{BlockIds, block_ids, ranges_bytes};
+use super::tc_common::{WarpToken, block_ids, block_last_token, ranges_bytes, warp_token};
 use super::{KernelOut, Launch, tc_score};
 
 /// Parameters of one select branch as the kernel needs them.
@@ -135,19 +135,10 @@ pub fn topn(name: &str, p: &TopNParams<'_>, dims: &Dims, score_tokens: u32) -> K
     let nblk = dims.ntok.div_ceil(wpc);
     b.comment("block = (token block, kv head), the last token blocks first; warp w = token t0 + w");
     b.comment("(clamped to the last token; only live warps write indices)");
-    let BlockIds {
-        tid,
-        warp: wib,
-        lane,
-        h,
-        token_block: tb,
-    } = block_ids(&mut b, dims.h, nblk);
+    let ids = block_ids(&mut b, dims.h, nblk);
+    let (tid, wib, lane, h) = (ids.tid, ids.warp, ids.lane, ids.h);
     let hh = i64::from(dims.h);
-    let t0 = b.op2(RegClass::B32, "mul.lo.u32", tb.into(), imm(i64::from(wpc)));
-    let tw = b.op2(RegClass::B32, "add.u32", t0.into(), wib.into());
-    let lastt = i64::from(dims.ntok - 1);
-    let live = b.setp("le.u32", tw.into(), imm(lastt));
-    let tok = b.op2(RegClass::B32, "min.u32", tw.into(), imm(lastt));
+    let WarpToken { t0, live, tok } = warp_token(&mut b, &ids, wpc, dims.ntok);
     let row = b.op3(RegClass::B32, "mad.lo.u32", tok.into(), imm(hh), h.into());
     let ptrs: Vec<Reg> = syms.iter().map(|s| b.load_ptr_param(s)).collect();
     let (seg, qb, kcb, lseb, idxb) = (ptrs[0], ptrs[1], ptrs[2], ptrs[3], ptrs[4]);
@@ -180,8 +171,7 @@ pub fn topn(name: &str, p: &TopNParams<'_>, dims: &Dims, score_tokens: u32) -> K
     let nvis = visible_compressed(&mut b, pos, len, p.cmp_block, p.cmp_stride, dims.causal);
     if tc {
         b.comment("one past the block's last visible slot: the last token's end");
-        let tl0 = b.op2(RegClass::B32, "add.u32", t0.into(), imm(i64::from(wpc - 1)));
-        let tlast = b.op2(RegClass::B32, "min.u32", tl0.into(), imm(lastt));
+        let tlast = block_last_token(&mut b, t0, wpc, dims.ntok);
         let (sl, el) = segment(&mut b, seg, tlast);
         let posl = b.op2(RegClass::B32, "sub.u32", tlast.into(), sl.into());
         let lenl = b.op2(RegClass::B32, "sub.u32", el.into(), sl.into());
