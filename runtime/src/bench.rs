@@ -237,7 +237,7 @@ pub fn fma_ceiling(threads: usize) -> Result<f64, BenchError> {
 }
 
 /// The upper median of a non-empty list.
-fn median<T: Copy + PartialOrd>(mut xs: Vec<T>) -> T {
+pub(crate) fn median<T: Copy + PartialOrd>(mut xs: Vec<T>) -> T {
     xs.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     xs[xs.len() / 2]
 }

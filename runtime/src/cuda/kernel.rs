@@ -12,6 +12,7 @@ use nsac_dsl::spec::Spec;
 use nsac_kernels::io::{Inputs, Tensor, check_inputs};
 
 use super::{CudaDevice, CudaError, driver};
+use crate::bench::median;
 
 /// What one GPU call produces (f32 outputs, int32 indices).
 #[derive(Debug, Clone, PartialEq)]
@@ -310,10 +311,6 @@ impl CudaKernel {
         for _ in 0..warmup {
             self.launch_all(&bufs, None)?;
         }
-        let median = |mut v: Vec<f32>| {
-            v.sort_by(f32::total_cmp);
-            v.get(v.len() / 2).copied().unwrap_or(0.0)
-        };
         let whole = (0..iters.max(1))
             .map(|_| self.time_once(&bufs))
             .collect::<Result<Vec<f32>, _>>()?;
