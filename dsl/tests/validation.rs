@@ -207,8 +207,8 @@ fn canonical_text_and_hash_are_stable() {
 
 #[test]
 fn load_reports_io_and_extension_problems() {
-    let dir = std::env::temp_dir().join(format!("nsac-dsl-load-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
     let missing = nsac_dsl::load(&dir.join("absent.nsa")).unwrap_err();
     assert!(
         matches!(missing, nsac_dsl::LoadError::Io { .. }),
@@ -228,5 +228,4 @@ fn load_reports_io_and_extension_problems() {
     let good = dir.join("good.yml");
     std::fs::write(&good, include_str!("../../kernels/nsa-paper.yaml")).unwrap();
     assert_eq!(nsac_dsl::load(&good).unwrap(), parse_text(PAPER).unwrap());
-    std::fs::remove_dir_all(&dir).unwrap();
 }

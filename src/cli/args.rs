@@ -200,7 +200,7 @@ pub struct RunArgs {
     /// An explicit Variant for the device that runs, `FIELD=VALUE,…` over the defaults; overrides
     /// the tuning database. CPU fields: rows, key_vectors, value_vectors, key_tile, unroll,
     /// query_chunk. GPU fields: warps_per_block, select_tokens, select_chunk, compress_tokens,
-    /// compress_max_regs, score_tokens.
+    /// compress_max_regs, score_tokens, compress_stages, fuse_combine.
     #[arg(long, value_name = "FIELDS", conflicts_with = "tune")]
     pub variant: Option<String>,
     /// Tune the kernels of the device that runs (CPU or GPU) for this spec and shape first if the
@@ -263,7 +263,7 @@ pub struct CompileArgs {
     /// The Variant to compile, `FIELD=VALUE,…` over the defaults. --target cpu fields: rows,
     /// key_vectors, value_vectors, key_tile, unroll, query_chunk. --target ptx fields:
     /// warps_per_block, select_tokens, select_chunk, compress_tokens, compress_max_regs,
-    /// score_tokens.
+    /// score_tokens, compress_stages, fuse_combine.
     #[arg(long, value_name = "FIELDS")]
     pub variant: Option<String>,
 }

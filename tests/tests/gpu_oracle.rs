@@ -332,6 +332,16 @@ fn tuner_variants() -> Vec<GpuVariant> {
             compress_tokens: 3,
             compress_max_regs: 168,
             score_tokens: 1,
+            compress_stages: 3,
+            fuse_combine: 1,
+        },
+        GpuVariant {
+            compress_stages: 3,
+            ..d
+        },
+        GpuVariant {
+            fuse_combine: 1,
+            ..d
         },
     ]
 }

@@ -14,8 +14,9 @@ use nsac_dsl::problem::DType;
 use nsac_dsl::spec::HeadDim;
 
 fn assemble(ptxas: &std::path::Path, name: &str, ptx: &str, arch: Arch) -> Result<String, String> {
-    let dir = std::env::temp_dir().join(format!("nsac_ptxas_{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    // Removed when `dir` drops, so a run leaves nothing behind.
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let dir = dir.path();
     let src = dir.join(format!("{name}_{}.ptx", arch.target()));
     let obj = dir.join(format!("{name}_{}.cubin", arch.target()));
     std::fs::write(&src, ptx).map_err(|e| e.to_string())?;
@@ -145,7 +146,7 @@ fn kernel_uses(log: &str) -> Vec<KernelUse> {
 /// The non-default Variants assembled: every knob varied alone from the default over the values
 /// the GPU tuner uses (plus select chunks of 48 and 128), then mixes, the last at every knob's
 /// upper end.
-const VARIANTS: [&str; 20] = [
+const VARIANTS: [&str; 22] = [
     "select_tokens=4",
     "select_tokens=16",
     "select_chunk=16",
@@ -162,10 +163,12 @@ const VARIANTS: [&str; 20] = [
     "score_tokens=16",
     "warps_per_block=2",
     "warps_per_block=8",
+    "compress_stages=3",
+    "fuse_combine=1",
     "compress_tokens=16,compress_max_regs=0",
-    "select_tokens=16,select_chunk=64,compress_tokens=16,compress_max_regs=168,score_tokens=16,warps_per_block=8",
-    "select_tokens=4,select_chunk=16,compress_tokens=4,compress_max_regs=96,score_tokens=2,warps_per_block=2",
-    "select_tokens=32,select_chunk=128,compress_tokens=32,compress_max_regs=255,score_tokens=32,warps_per_block=32",
+    "select_tokens=16,select_chunk=64,compress_tokens=16,compress_max_regs=168,score_tokens=16,warps_per_block=8,compress_stages=3,fuse_combine=1",
+    "select_tokens=4,select_chunk=16,compress_tokens=4,compress_max_regs=96,score_tokens=2,warps_per_block=2,fuse_combine=1",
+    "select_tokens=32,select_chunk=128,compress_tokens=32,compress_max_regs=255,score_tokens=32,warps_per_block=32,compress_stages=3,fuse_combine=1",
 ];
 
 /// Whether the default and [`VARIANTS`] together hold every value the tuner tries.
@@ -186,13 +189,15 @@ fn variants_cover_the_tuner_values() {
                 .collect::<Vec<_>>()
         })
         .collect();
-    let wanted: [(&str, &[u32]); 6] = [
+    let wanted: [(&str, &[u32]); 8] = [
         ("select_tokens", &[4, 8, 16]),
         ("select_chunk", &[16, 32, 64]),
         ("compress_tokens", &[4, 8, 16]),
         ("compress_max_regs", &[0, 96, 128, 168]),
         ("score_tokens", &[2, 4, 8, 16]),
         ("warps_per_block", &[2, 4, 8]),
+        ("compress_stages", &[2, 3]),
+        ("fuse_combine", &[0, 1]),
     ];
     for (field, values) in wanted {
         for x in values {

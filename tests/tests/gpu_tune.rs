@@ -23,8 +23,8 @@ fn tuning_records_a_checked_variant_and_reuses_it() {
     let mut problem = Problem::batched(1, 4099);
     problem.dtype = DType::Bf16;
     let shape = problem.resolve(&spec).expect("valid");
-    let dir = std::env::temp_dir().join(format!("nsac_gpu_tune_{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = dir.path();
     let db = TuningDb::open(dir.join("tuning.yaml"));
     let mut options = GpuTuneOptions {
         knobs: GpuKnobs {
@@ -34,6 +34,8 @@ fn tuning_records_a_checked_variant_and_reuses_it() {
             compress_tokens: vec![8],
             compress_max_regs: vec![0, 128],
             score_tokens: vec![8],
+            compress_stages: vec![2],
+            fuse_combine: vec![0, 1],
         },
         ..GpuTuneOptions::default()
     };
@@ -82,5 +84,4 @@ fn tuning_records_a_checked_variant_and_reuses_it() {
         text.contains(&format!("sm_count: {}", fingerprint.sm_count)),
         "{text}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -28,6 +28,14 @@ pub struct GpuVariant {
     /// The most consecutive tokens per thread block of the tensor-core top-n scoring (fewer
     /// when their block scores would not fit shared memory): 1..=32.
     pub score_tokens: u32,
+    /// Pipeline depth of the shared compressed-key chunks (tensor-core compressed attention and
+    /// top-n scoring): chunks in flight with `cp.async` while one is consumed; 2 (double
+    /// buffering) ..= 3.
+    pub compress_stages: u32,
+    /// 1: the gated/summed combine runs in the epilogue of the last branch's kernel (which reads
+    /// the other branches' outputs and writes the final output), where that kernel supports it;
+    /// 0: a separate combine kernel.
+    pub fuse_combine: u32,
 }
 
 impl Default for GpuVariant {
@@ -39,25 +47,29 @@ impl Default for GpuVariant {
             compress_tokens: 8,
             compress_max_regs: 128,
             score_tokens: 8,
+            compress_stages: 2,
+            fuse_combine: 0,
         }
     }
 }
 
 /// The field names `FIELD=VALUE` may use, in order.
-pub const GPU_VARIANT_FIELDS: [&str; 6] = [
+pub const GPU_VARIANT_FIELDS: [&str; 8] = [
     "warps_per_block",
     "select_tokens",
     "select_chunk",
     "compress_tokens",
     "compress_max_regs",
     "score_tokens",
+    "compress_stages",
+    "fuse_combine",
 ];
 
 /// Why a GPU variant is not valid.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GpuVariantError {
     #[error(
-        "unknown GPU variant field `{0}` (fields: warps_per_block, select_tokens, select_chunk, compress_tokens, compress_max_regs, score_tokens)"
+        "unknown GPU variant field `{0}` (fields: warps_per_block, select_tokens, select_chunk, compress_tokens, compress_max_regs, score_tokens, compress_stages, fuse_combine)"
     )]
     UnknownField(String),
     #[error("variant setting `{0}` is not FIELD=NUMBER")]
@@ -73,16 +85,11 @@ pub enum GpuVariantError {
 impl std::fmt::Display for GpuVariant {
     /// The `FIELD=VALUE,…` form [`GpuVariant::parse`] reads.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "warps_per_block={},select_tokens={},select_chunk={},compress_tokens={},compress_max_regs={},score_tokens={}",
-            self.warps_per_block,
-            self.select_tokens,
-            self.select_chunk,
-            self.compress_tokens,
-            self.compress_max_regs,
-            self.score_tokens
-        )
+        for (i, name) in GPU_VARIANT_FIELDS.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "," };
+            write!(f, "{sep}{name}={}", self.get(name).unwrap_or_default())?;
+        }
+        Ok(())
     }
 }
 
@@ -99,19 +106,35 @@ impl GpuVariant {
                 .trim()
                 .parse()
                 .map_err(|_| GpuVariantError::Malformed(item.to_string()))?;
-            let field = match name.trim() {
-                "warps_per_block" => &mut v.warps_per_block,
-                "select_tokens" => &mut v.select_tokens,
-                "select_chunk" => &mut v.select_chunk,
-                "compress_tokens" => &mut v.compress_tokens,
-                "compress_max_regs" => &mut v.compress_max_regs,
-                "score_tokens" => &mut v.score_tokens,
-                other => return Err(GpuVariantError::UnknownField(other.to_string())),
-            };
+            let name = name.trim();
+            let field = v
+                .field_mut(name)
+                .ok_or_else(|| GpuVariantError::UnknownField(name.to_string()))?;
             *field = value;
         }
         v.validate()?;
         Ok(v)
+    }
+
+    /// The value of field `name` (one of [`GPU_VARIANT_FIELDS`]).
+    pub fn get(&self, name: &str) -> Option<u32> {
+        let mut copy = *self;
+        copy.field_mut(name).map(|f| *f)
+    }
+
+    /// Field `name` (one of [`GPU_VARIANT_FIELDS`]), to set.
+    pub fn field_mut(&mut self, name: &str) -> Option<&mut u32> {
+        Some(match name {
+            "warps_per_block" => &mut self.warps_per_block,
+            "select_tokens" => &mut self.select_tokens,
+            "select_chunk" => &mut self.select_chunk,
+            "compress_tokens" => &mut self.compress_tokens,
+            "compress_max_regs" => &mut self.compress_max_regs,
+            "score_tokens" => &mut self.score_tokens,
+            "compress_stages" => &mut self.compress_stages,
+            "fuse_combine" => &mut self.fuse_combine,
+            _ => return None,
+        })
     }
 
     /// Checks every field against its documented range.
@@ -132,6 +155,18 @@ impl GpuVariant {
             self.compress_max_regs,
             self.compress_max_regs == 0 || (32..=255).contains(&self.compress_max_regs),
             "0 (no cap) or 32..=255",
+        )?;
+        check(
+            "compress_stages",
+            self.compress_stages,
+            (2..=3).contains(&self.compress_stages),
+            "2..=3",
+        )?;
+        check(
+            "fuse_combine",
+            self.fuse_combine,
+            self.fuse_combine <= 1,
+            "0 (separate kernel) or 1 (fused)",
         )?;
         Ok(())
     }
@@ -184,6 +219,17 @@ mod tests {
         ));
         assert!(GpuVariant::parse("compress_max_regs=16").is_err());
         assert!(GpuVariant::parse("score_tokens=33").is_err());
+        assert!(GpuVariant::parse("compress_stages=1").is_err());
+        assert!(GpuVariant::parse("fuse_combine=2").is_err());
+        let every = GpuVariant::parse("compress_stages=3,fuse_combine=1").expect("valid");
+        assert_eq!((every.compress_stages, every.fuse_combine), (3, 1));
+        for name in GPU_VARIANT_FIELDS {
+            assert!(v.get(name).is_some(), "{name} has no accessor");
+            assert!(
+                v.to_string().contains(&format!("{name}=")),
+                "{name} not printed"
+            );
+        }
     }
 
     #[test]

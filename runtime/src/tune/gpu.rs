@@ -16,6 +16,8 @@
 //! | `compress_max_regs` | 0 (none), 96, 128 | its register cap: blocks per multiprocessor vs spills |
 //! | `score_tokens` | 4, 8, 16 | tensor-core top-n: tokens sharing the staged keys |
 //! | `warps_per_block` | 2, 4, 8 | the scalar warp-per-row kernels (pool, combine, fallbacks) |
+//! | `compress_stages` | 2, 3 | compressed chunks in flight (compressed attention, top-n) |
+//! | `fuse_combine` | 0, 1 | the combine in the last branch kernel's epilogue, or its own kernel |
 //!
 //! A knob is kept only when one of its values changes the generated PTX of this problem (an
 //! f32 problem has no tensor-core kernels, a spec without a select branch no top-n), so the
@@ -75,6 +77,8 @@ pub struct GpuKnobs {
     pub compress_tokens: Vec<u32>,
     pub compress_max_regs: Vec<u32>,
     pub score_tokens: Vec<u32>,
+    pub compress_stages: Vec<u32>,
+    pub fuse_combine: Vec<u32>,
 }
 
 impl Default for GpuKnobs {
@@ -87,12 +91,15 @@ impl Default for GpuKnobs {
             compress_tokens: vec![4, 8, 16],
             compress_max_regs: vec![0, 96, 128],
             score_tokens: vec![4, 8, 16],
+            compress_stages: vec![2, 3],
+            fuse_combine: vec![0, 1],
         }
     }
 }
 
 impl GpuKnobs {
-    fn lists(&self) -> [(&'static str, &Vec<u32>); 6] {
+    /// Each knob's values with its [`GpuVariant`] field name.
+    fn lists(&self) -> [(&'static str, &Vec<u32>); 8] {
         [
             ("warps_per_block", &self.warps_per_block),
             ("select_tokens", &self.select_tokens),
@@ -100,31 +107,31 @@ impl GpuKnobs {
             ("compress_tokens", &self.compress_tokens),
             ("compress_max_regs", &self.compress_max_regs),
             ("score_tokens", &self.score_tokens),
+            ("compress_stages", &self.compress_stages),
+            ("fuse_combine", &self.fuse_combine),
         ]
     }
 
-    fn lists_mut(&mut self) -> [&mut Vec<u32>; 6] {
+    fn lists_mut(&mut self) -> [(&'static str, &mut Vec<u32>); 8] {
         [
-            &mut self.warps_per_block,
-            &mut self.select_tokens,
-            &mut self.select_chunk,
-            &mut self.compress_tokens,
-            &mut self.compress_max_regs,
-            &mut self.score_tokens,
+            ("warps_per_block", &mut self.warps_per_block),
+            ("select_tokens", &mut self.select_tokens),
+            ("select_chunk", &mut self.select_chunk),
+            ("compress_tokens", &mut self.compress_tokens),
+            ("compress_max_regs", &mut self.compress_max_regs),
+            ("score_tokens", &mut self.score_tokens),
+            ("compress_stages", &mut self.compress_stages),
+            ("fuse_combine", &mut self.fuse_combine),
         ]
     }
 }
 
-/// Knob `index` (in [`GpuKnobs`] order) of `v`.
-fn knob_mut(v: &mut GpuVariant, index: usize) -> &mut u32 {
-    match index {
-        0 => &mut v.warps_per_block,
-        1 => &mut v.select_tokens,
-        2 => &mut v.select_chunk,
-        3 => &mut v.compress_tokens,
-        4 => &mut v.compress_max_regs,
-        _ => &mut v.score_tokens,
+/// `variant` with knob `name` set to `value`.
+fn with_knob(mut variant: GpuVariant, name: &str, value: u32) -> GpuVariant {
+    if let Some(field) = variant.field_mut(name) {
+        *field = value;
     }
+    variant
 }
 
 /// The GPU Variant space of one spec on one problem shape and device.
@@ -145,16 +152,14 @@ impl GpuSpace {
         let mut knobs = knobs;
         let default = GpuVariant::default();
         let base = emit_ptx(spec, shape, &default, arch).ok();
-        for (index, values) in knobs.lists_mut().into_iter().enumerate() {
-            let mut d = default;
-            let own = *knob_mut(&mut d, index);
+        for (name, values) in knobs.lists_mut() {
+            let own = default.get(name).unwrap_or_default();
             if !values.contains(&own) {
                 values.push(own);
                 values.sort_unstable();
             }
             let matters = values.iter().any(|&value| {
-                let mut v = default;
-                *knob_mut(&mut v, index) = value;
+                let v = with_knob(default, name, value);
                 v.validate().is_ok() && emit_ptx(spec, shape, &v, arch).ok() != base
             });
             if !matters {
@@ -188,23 +193,22 @@ impl VariantSpace for GpuSpace {
 
     fn variant_at(&self, point: &[usize]) -> GpuVariant {
         let mut v = GpuVariant::default();
-        for (index, (_, values)) in self.knobs.lists().iter().enumerate() {
+        for (index, (name, values)) in self.knobs.lists().iter().enumerate() {
             let at = point.get(index).copied().unwrap_or(0);
             if let Some(&value) = values.get(at) {
-                *knob_mut(&mut v, index) = value;
+                v = with_knob(v, name, value);
             }
         }
         v
     }
 
     fn default_point(&self) -> Point {
-        let mut d = GpuVariant::default();
+        let default = GpuVariant::default();
         self.knobs
             .lists()
             .iter()
-            .enumerate()
-            .map(|(index, (_, values))| {
-                let own = *knob_mut(&mut d, index);
+            .map(|(name, values)| {
+                let own = default.get(name).unwrap_or_default();
                 values.iter().position(|&v| v == own).unwrap_or(0)
             })
             .collect()
