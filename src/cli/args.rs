@@ -51,13 +51,14 @@ pub enum Command {
     Compile(CompileArgs),
     /// Benchmark a spec on this machine: median time, achieved GFLOP/s, and (CPU) the measured
     /// 128-bit FMA ceiling with the ratio and the speed-up over the reference, or (GPU) each
-    /// kernel's median time, measured with CUDA events.
+    /// kernel's median time, measured with CUDA events, and the ratio to this GPU's ceiling for
+    /// the problem's arithmetic (tensor-core `mma.sync` or f32 FMA, measured in the same run).
     ///
     /// FLOPs count 2·(Dqk+Dv) per attended key per query head. Inputs are random.
     Bench(BenchArgs),
     /// Search the kernels' Variants for the fastest on this machine — on the CPU (tiles,
     /// unrolling, work-item size, threads) or on a CUDA GPU (tokens per thread block, staging
-    /// chunks, register caps) — checking each winner against the reference, and keep the result
+    /// chunks, register caps, pipeline stages, combine fusion) — checking each winner against the reference, and keep the result
     /// in the tuning database; `run` and `bench` then use it.
     ///
     /// The database is one YAML file (default: the user's cache directory, `nsac/tuning.yaml`),

@@ -10,11 +10,11 @@ use nsac_dsl::Spec;
 use nsac_dsl::problem::Shape;
 use nsac_kernels::io::random_inputs;
 use nsac_runtime::bench::{BenchOptions, bench_cpu};
-use nsac_runtime::cuda::{CudaDevice, CudaKernel};
+use nsac_runtime::cuda::{CudaDevice, CudaKernel, GpuCeiling};
 use serde::Serialize;
 
 use super::args::{BenchArgs, DeviceArg};
-use super::device::{CpuChoice, GpuChoice, VariantSource};
+use super::device::{CpuChoice, GpuChoice, VariantSource, gpu_ceiling};
 use super::error::CliError;
 use super::output::{emit_json, emit_line};
 use super::problem::{describe, problem_from_args};
@@ -75,6 +75,9 @@ struct GpuBenchReport {
     median_ms: f64,
     /// Attention FLOPs of the problem (cost model) per second.
     gflops: f64,
+    /// This GPU's measured ceiling for the problem's arithmetic, and `gflops` over it.
+    ceiling: GpuCeiling,
+    ceiling_ratio: f64,
     /// Median time of each kernel launched alone, in launch order.
     kernels: Vec<(String, f64)>,
     runs: usize,
@@ -99,6 +102,8 @@ fn bench_gpu(
     let (median_ms, per_kernel) = kernel.time(&inputs, 2, args.runs)?;
     let median_ms = f64::from(median_ms);
     let flops = cost::estimate(spec, shape)?.flops.attention;
+    let gflops = flops / (median_ms / 1e3) / 1e9;
+    let ceiling = gpu_ceiling(gpu, spec, shape)?;
     let (major, minor) = gpu.capability();
     let report = GpuBenchReport {
         spec: spec.name.clone(),
@@ -107,7 +112,9 @@ fn bench_gpu(
         variant_origin: choice.origin,
         variant: choice.variant,
         median_ms,
-        gflops: flops / (median_ms / 1e3) / 1e9,
+        gflops,
+        ceiling_ratio: gflops / ceiling.gflops,
+        ceiling,
         kernels: per_kernel
             .into_iter()
             .map(|k| (k.kernel, f64::from(k.median_ms)))
@@ -118,7 +125,7 @@ fn bench_gpu(
         return emit_json(&report).map_err(CliError::Stdout);
     }
     let mut text = format!(
-        "spec     {}\nproblem  {}\ndevice   {}\nvariant  {} ({})\ntime     {:.3} ms (median of {} runs, CUDA events)\nrate     {:.1} GFLOP/s\nkernels\n",
+        "spec     {}\nproblem  {}\ndevice   {}\nvariant  {} ({})\ntime     {:.3} ms (median of {} runs, CUDA events)\nrate     {:.1} GFLOP/s\nceiling  {:.1} GFLOP/s ({}, measured) -> {:.1}%\nkernels\n",
         report.spec,
         report.shape,
         report.device,
@@ -126,7 +133,10 @@ fn bench_gpu(
         report.variant_origin,
         report.median_ms,
         report.runs,
-        report.gflops
+        report.gflops,
+        report.ceiling.gflops,
+        report.ceiling.probe,
+        100.0 * report.ceiling_ratio
     );
     for (name, ms) in &report.kernels {
         text.push_str(&format!("  {ms:9.3} ms  {name}\n"));

@@ -229,6 +229,18 @@ fn ms(start: Instant) -> f64 {
 }
 
 /// The values of a floating-point output as f64 (empty for integer tensors).
+/// This GPU's measured ceiling for the arithmetic `spec` on `shape` runs on (tensor-core
+/// `mma.sync` of its dtype, or f32 FMA), for the ratio `bench` and `tune` report.
+pub fn gpu_ceiling(
+    gpu: &CudaDevice,
+    spec: &Spec,
+    shape: &Shape,
+) -> Result<nsac_runtime::cuda::GpuCeiling, CliError> {
+    let probe = nsac_compiler::ptx::ceiling_probe(spec, shape)
+        .map_err(|e| CliError::Other(e.to_string()))?;
+    Ok(gpu.ceiling(probe)?)
+}
+
 pub fn values(t: &HostTensor) -> Vec<f64> {
     match t {
         HostTensor::F64(t) => t.data.clone(),

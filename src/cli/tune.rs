@@ -11,7 +11,7 @@ use nsac_compiler::ptx::GpuVariant;
 use nsac_dsl::Spec;
 use nsac_dsl::problem::Shape;
 use nsac_runtime::bench::fma_ceiling;
-use nsac_runtime::cuda::CudaDevice;
+use nsac_runtime::cuda::{CudaDevice, GpuCeiling};
 use nsac_runtime::tune::cpu::{
     CpuCandidate, CpuTuneOptions, tune_cpu, tuned_cpu_variant, tuning_shape,
 };
@@ -22,6 +22,7 @@ use nsac_runtime::tune::{
 use serde::Serialize;
 
 use super::args::{DeviceArg, TuneArgs};
+use super::device::gpu_ceiling;
 use super::error::CliError;
 use super::output::{emit_json, emit_line};
 use super::problem::problem_from_args;
@@ -406,6 +407,9 @@ struct GpuTuneSummary {
     outcome: TuneOutcome,
     /// Attention FLOPs of the problem (cost model) per second of the best Variant.
     gflops: f64,
+    /// This GPU's measured ceiling for the problem's arithmetic, and `gflops` over it.
+    ceiling: GpuCeiling,
+    ceiling_ratio: f64,
     db: String,
 }
 
@@ -436,12 +440,16 @@ fn run_gpu(
     let (major, minor) = gpu.capability();
     let outcome = TuneOutcome::of(&tuned);
     let flops = cost::estimate(spec, shape)?.flops.attention;
+    let gflops = flops / (outcome.best_ms / 1e3) / 1e9;
+    let ceiling = gpu_ceiling(gpu, spec, shape)?;
     let summary = GpuTuneSummary {
         spec: spec.name.clone(),
         seq_len: shape.seq_len,
         device: format!("{} (sm_{major}{minor})", gpu.name()),
         best: *tuned.variant(),
-        gflops: flops / (outcome.best_ms / 1e3) / 1e9,
+        gflops,
+        ceiling_ratio: gflops / ceiling.gflops,
+        ceiling,
         outcome,
         db: db.path().display().to_string(),
     };
@@ -449,7 +457,7 @@ fn run_gpu(
         return emit_json(&summary).map_err(CliError::Stdout);
     }
     let mut text = format!(
-        "{} at T={} on {} ({}):\n  best      {}\n  time      {:.3} ms   {:.1} GFLOP/s\n",
+        "{} at T={} on {} ({}):\n  best      {}\n  time      {:.3} ms   {:.1} GFLOP/s\n  ceiling   {:.1} GFLOP/s ({}, measured) → {:.1}% of it\n",
         summary.spec,
         summary.seq_len,
         summary.device,
@@ -457,6 +465,9 @@ fn run_gpu(
         summary.best,
         summary.outcome.best_ms,
         summary.gflops,
+        summary.ceiling.gflops,
+        summary.ceiling.probe,
+        100.0 * summary.ceiling_ratio,
     );
     text.push_str(&summary.outcome.tail(&summary.db));
     emit_line(&text).map_err(CliError::Stdout)

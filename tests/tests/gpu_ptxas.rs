@@ -326,3 +326,32 @@ fn tuner_variants_assemble_and_can_launch() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// The ceiling probes assemble for sm_80 and sm_90 without spills (a spilling probe would
+/// measure memory, not arithmetic), and their blocks can launch `BLOCKS_PER_SM` at a time.
+#[test]
+fn ceiling_probes_assemble_without_spills() {
+    use nsac_compiler::ptx::probe::{BLOCKS_PER_SM, Probe};
+    let Some(ptxas) = ptxas_or_skip() else {
+        return;
+    };
+    for probe in [Probe::Ffma, Probe::Mma(DType::Bf16), Probe::Mma(DType::F16)] {
+        for arch in [Arch::Sm80, Arch::Sm90] {
+            let k = probe.kernel(arch, 108);
+            let log = assemble(&ptxas, &k.name, &k.ptx, arch)
+                .unwrap_or_else(|log| panic!("{} {}: ptxas failed:\n{log}", k.name, arch.target()));
+            let uses = kernel_uses(&log);
+            assert_eq!(uses.len(), 1, "{log}");
+            let u = &uses[0];
+            println!("{} {}: {} registers", k.name, arch.target(), u.registers);
+            assert_eq!((u.spill_stores, u.spill_loads), (0, 0), "{log}");
+            assert!(
+                u.registers.next_multiple_of(REGISTER_UNIT) * k.block * BLOCKS_PER_SM
+                    <= REGISTER_FILE,
+                "{} needs {} registers: fewer than {BLOCKS_PER_SM} blocks fit",
+                k.name,
+                u.registers
+            );
+        }
+    }
+}

@@ -85,3 +85,34 @@ fn tuning_records_a_checked_variant_and_reuses_it() {
         "{text}"
     );
 }
+
+/// The ceiling probes run on every multiprocessor and give rates a GPU can have: tensor-core
+/// `mma.sync` several times the f32 FMA rate (at least 4× since Ampere: 16× dense on A100), and
+/// FMA no faster than every CUDA core retiring one FMA per cycle at 3 GHz.
+#[test]
+fn ceiling_probes_measure_plausible_rates() {
+    use nsac_compiler::ptx::probe::Probe;
+    let gpu = match CudaDevice::open() {
+        Ok(Some(gpu)) => gpu,
+        Ok(None) => return eprintln!("SKIPPED: no CUDA driver or device found"),
+        Err(e) => return eprintln!("SKIPPED: CUDA could not be opened: {e}"),
+    };
+    let sms = gpu.fingerprint().expect("fingerprint").sm_count;
+    let ffma = gpu.ceiling(Probe::Ffma).expect("ffma probe");
+    let bf16 = gpu.ceiling(Probe::Mma(DType::Bf16)).expect("bf16 probe");
+    let f16 = gpu.ceiling(Probe::Mma(DType::F16)).expect("f16 probe");
+    eprintln!(
+        "{}: f32 FMA {:.0}, mma.sync bf16 {:.0}, f16 {:.0} GFLOP/s",
+        gpu.name(),
+        ffma.gflops,
+        bf16.gflops,
+        f16.gflops
+    );
+    let fma_bound = f64::from(sms) * 128.0 * 2.0 * 3.0;
+    assert!(
+        ffma.gflops > 0.05 * fma_bound && ffma.gflops < fma_bound,
+        "{ffma:?}"
+    );
+    assert!(bf16.gflops > 4.0 * ffma.gflops, "{bf16:?} vs {ffma:?}");
+    assert!(f16.gflops > 4.0 * ffma.gflops, "{f16:?} vs {ffma:?}");
+}

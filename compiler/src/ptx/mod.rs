@@ -10,6 +10,7 @@
 pub mod builder;
 pub mod kernels;
 pub mod lowering;
+pub mod probe;
 pub mod variant;
 
 use nsac_dsl::problem::{DType, Shape};
@@ -483,6 +484,17 @@ pub fn segment_table(shape: &Shape) -> Vec<i32> {
         }
     }
     out
+}
+
+/// The ceiling probe of the arithmetic `spec` on `shape` runs on: tensor-core `mma` when its
+/// attention kernels use them, else f32 FMA.
+pub fn ceiling_probe(spec: &Spec, shape: &Shape) -> Result<probe::Probe, PtxError> {
+    let plan = Plan::new(spec, shape)?;
+    let program = lowering::lower(&plan)?;
+    Ok(probe::Probe::for_kernels(
+        shape.dtype,
+        tc_select::eligible(&program.dims),
+    ))
 }
 
 /// Whether `dtype` is one the PTX kernels read.

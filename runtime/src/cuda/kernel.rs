@@ -4,14 +4,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use cudarc::driver::sys::{CUevent_flags, CUfunction_attribute};
+use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
 use nsac_compiler::ptx::{BufferRole, GpuVariant, Manifest, emit_ptx, segment_table};
 use nsac_dsl::problem::{DType, Shape};
 use nsac_dsl::spec::Spec;
 use nsac_kernels::io::{Inputs, Tensor, check_inputs};
 
-use super::{CudaDevice, CudaError, driver};
+use super::{CudaDevice, CudaError, driver, time_on_stream};
 use crate::bench::median;
 
 /// What one GPU call produces (f32 outputs, int32 indices).
@@ -285,18 +285,7 @@ impl CudaKernel {
     }
 
     fn timed(&self, launch: impl FnOnce() -> Result<(), CudaError>) -> Result<f32, CudaError> {
-        let stream = &self.device.stream;
-        let ev = || {
-            driver(
-                || "recording an event".into(),
-                stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)),
-            )
-        };
-        let a = ev()?;
-        launch()?;
-        let b = ev()?;
-        driver(|| "waiting for a timed run".into(), b.synchronize())?;
-        driver(|| "reading an event".into(), a.elapsed_ms(&b))
+        time_on_stream(&self.device.stream, launch)
     }
 
     /// Median wall time of the whole call and of each kernel over `iters` timed runs after

@@ -3,9 +3,11 @@
 //! (spec, shape, variant) on the device. Every CUDA call is checked; errors name the kernel and
 //! its launch configuration.
 
+mod ceiling;
 mod device;
 mod kernel;
 
+pub use ceiling::GpuCeiling;
 pub use device::CudaDevice;
 pub use kernel::{CudaKernel, CudaOutput, DeviceBuffers, KernelTime, round_inputs};
 
@@ -38,6 +40,28 @@ pub enum CudaError {
     Input(#[from] InputError),
     #[error("the PTX manifest is inconsistent: {0}")]
     Manifest(String),
+    #[error("the ceiling probe failed: {0}")]
+    Probe(String),
+}
+
+/// The device time in milliseconds of what `launch` enqueues on `stream`, between two CUDA
+/// events; a failed launch or kernel surfaces as the error of the wait.
+pub(crate) fn time_on_stream(
+    stream: &cudarc::driver::CudaStream,
+    launch: impl FnOnce() -> Result<(), CudaError>,
+) -> Result<f32, CudaError> {
+    use cudarc::driver::sys::CUevent_flags;
+    let ev = || {
+        driver(
+            || "recording an event".into(),
+            stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)),
+        )
+    };
+    let a = ev()?;
+    launch()?;
+    let b = ev()?;
+    driver(|| "waiting for a timed run".into(), b.synchronize())?;
+    driver(|| "reading an event".into(), a.elapsed_ms(&b))
 }
 
 pub(crate) fn driver<T>(
