@@ -7,6 +7,7 @@
 //! memory limits read from the device, divisibility by the spec's block sizes), with a reason
 //! that the tuner reports. The grid form lets the search move one knob at a time.
 
+use rayon::prelude::*;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
@@ -125,11 +126,20 @@ pub fn enumerate<S: VariantSpace + ?Sized>(space: &S) -> Result<Enumerated, Spac
     if !in_bounds(&shape, &default) {
         return Err(SpaceError::BadDefault { point: default });
     }
+    // Checks may generate code (the GPU space reads launch needs from the PTX manifest), so
+    // points are checked in parallel; the order stays row-major.
+    let checked: Vec<(Point, Result<(), PruneReason>)> = (0..total)
+        .into_par_iter()
+        .map(|index| {
+            let point = unflatten(&shape, index);
+            let verdict = space.check(&space.variant_at(&point));
+            (point, verdict)
+        })
+        .collect();
     let mut valid = Vec::new();
     let mut pruned = Vec::new();
-    for index in 0..total {
-        let point = unflatten(&shape, index);
-        match space.check(&space.variant_at(&point)) {
+    for (point, verdict) in checked {
+        match verdict {
             Ok(()) => valid.push(point),
             Err(reason) => pruned.push((point, reason)),
         }
