@@ -18,8 +18,8 @@ use crate::ptx::variant::GpuVariant;
 use super::common::{bound_threads, segment, visible_compressed};
 use super::tc_common::{
     Attn, CHUNK, ChunkMath, CpRows, KeyMask, SharedChunks, WarpToken, block_ids, block_last_token,
-    chunk_step, cp_stage, k_lane_offset, lanes, load_q, mma_ops, ranges_bytes, row_stride,
-    shared_chunk_loop, store_o, v_lane_offset, warp_token,
+    buffering, chunk_step, cp_stage, k_lane_offset, lanes, load_q, mma_ops, ranges_bytes,
+    row_stride, shared_chunk_loop, store_o, v_lane_offset, warp_token,
 };
 use super::{KernelOut, Launch};
 
@@ -59,6 +59,7 @@ pub fn attend_compressed_tc(
     variant: &GpuVariant,
 ) -> KernelOut {
     let warps = variant.compress_tokens;
+    let stages = variant.compress_stages;
     let mut b = KernelBuilder::new(name);
     b.use_dynamic_shared();
     // The default cap of 128 fits two blocks of 8 warps per multiprocessor instead of one
@@ -175,16 +176,25 @@ pub fn attend_compressed_tc(
             RegClass::B32,
             "add.u32",
             smem0.into(),
-            imm(2 * i64::from(buf_bytes(dims))),
+            imm(i64::from(stages * buf_bytes(dims))),
         ),
         nwarps: warps,
         buf_bytes: buf_bytes(dims),
+        stages,
         wib,
         lane,
         s,
         wend,
     };
-    b.comment("double-buffered chunks: copy the next needed chunk while computing this one");
+    let ahead = if stages == 2 {
+        "the next needed chunk".to_string()
+    } else {
+        format!("the next {} needed chunks", stages - 1)
+    };
+    b.comment(&format!(
+        "{} chunks: copy {ahead} while computing this one",
+        buffering(stages)
+    ));
     shared_chunk_loop(&mut b, &sc, stage, |b, c0, bufoff| {
         let ka = b.op2(RegClass::B32, "add.u32", kaddr0.into(), bufoff.into());
         let va = b.op2(RegClass::B32, "add.u32", vaddr0.into(), bufoff.into());
@@ -220,9 +230,10 @@ pub fn attend_compressed_tc(
         launch: Launch {
             grid: nblk * hh,
             block: nthreads,
-            shared_bytes: 2 * buf_bytes(dims) + ranges_bytes(warps),
+            shared_bytes: stages * buf_bytes(dims) + ranges_bytes(warps),
             formula: format!(
-                "grid = ceil(B*T / {warps}) * H, block = {nthreads}, shared = 2*{CHUNK}*(2*(2*Dqk+16) + 2*Dv+16) + 8*{warps} bytes: {warps} consecutive tokens of one kv head per block, one warp per token, tensor cores, double-buffered cp.async chunks"
+                "grid = ceil(B*T / {warps}) * H, block = {nthreads}, shared = {stages}*{CHUNK}*(2*(2*Dqk+16) + 2*Dv+16) + 8*{warps} bytes: {warps} consecutive tokens of one kv head per block, one warp per token, tensor cores, {} cp.async chunks",
+                buffering(stages)
             ),
         },
     }
