@@ -1,6 +1,12 @@
 //! Pieces shared by the tensor-core kernels (`tc_select`, `tc_compress`, `tc_score`): Q
 //! fragments of a (token, kv head) group, `cp.async` staging of 16-bit rows into shared memory,
-//! `ldmatrix` lane offsets, S = Q·Kᵀ tiles and the online-softmax + O += P·V step on one chunk.
+//! `ldmatrix` lane offsets, S = Q·Kᵀ tiles and the online-softmax + O += P·V step on one chunk,
+//! and the block-wide pipelined loop over shared chunks of compressed keys
+//! ([`shared_chunk_loop`]) whose depth is [`GpuVariant::compress_stages`]: S staging buffers in
+//! a ring, S − 1 chunks copied ahead while one is computed (2: double buffering, the default;
+//! 3: one more buffer of shared memory per block for one more chunk in flight).
+//!
+//! [`GpuVariant::compress_stages`]: crate::ptx::GpuVariant::compress_stages
 //!
 //! Fragment layout (PTX ISA, m16n8k16): lane = 4·g + t; A holds rows g, g+8 and columns
 //! 2t, 2t+1 (+8); B holds column g and rows 2t, 2t+1 (+8); C holds rows g, g+8, columns 2t, 2t+1.

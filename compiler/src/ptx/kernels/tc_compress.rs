@@ -4,7 +4,9 @@
 //! each chunk of [`CHUNK`] compressed keys and values is copied into shared memory once for the
 //! whole block with `cp.async` (from the 16-bit scratch the pool kernel writes: keys as hi + lo
 //! halves so the log-sum-exp that scores the selection stays f32-accurate, values rounded to the
-//! input dtype), double-buffered so the copy of chunk i+1 overlaps the math of chunk i. Each warp
+//! input dtype), into a ring of [`GpuVariant::compress_stages`] buffers so the copies of the next
+//! S − 1 chunks overlap the math of chunk i (S = 2, the default: double buffering; S = 3 costs
+//! one more buffer, `CHUNK·(2·(2·Dqk+16) + 2·Dv+16)` bytes, of shared memory). Each warp
 //! masks the keys outside its own visible range and skips chunks that hold none of them; the
 //! block visits only chunks some warp needs (`tc_common::shared_chunk_loop`), so a block whose
 //! tokens span segments skips the slots between them. The registers per thread are capped at
