@@ -374,7 +374,7 @@ fn generate(program: &Program, variant: &GpuVariant) -> Vec<KernelOut> {
                     max_blocks: *max_blocks,
                 },
                 d,
-                variant.score_tokens,
+                variant,
             ),
             Stage::AttendSelected {
                 branch,
@@ -715,6 +715,60 @@ mod tests {
             assert_eq!(topn.block, [32 * tokens, 1, 1], "{v}");
             assert_eq!(topn.grid[0], 77u32.div_ceil(tokens) * 2, "{v}");
             assert_eq!(ptx.contains(".maxntid"), tokens > 8, "{v}");
+        }
+    }
+
+    #[test]
+    fn a_third_compress_stage_adds_one_chunk_buffer_and_waits_for_two_groups() {
+        let spec = tensor_core_spec();
+        let mut p = Problem::batched(1, 77);
+        p.dtype = DType::Bf16;
+        let shape = p.resolve(&spec).expect("valid");
+        let emit = |v: GpuVariant| emit_ptx(&spec, &shape, &v, Arch::Sm90).expect("emits");
+        let (ptx2, m2) = emit(GpuVariant::default());
+        let (ptx3, m3) = emit(GpuVariant {
+            compress_stages: 3,
+            ..GpuVariant::default()
+        });
+        // one staging buffer of 32 keys: K hi, K lo and V rows of 2*64+16 bytes (attention),
+        // K hi and lo rows (top-n scoring)
+        let row = 2 * 64 + 16;
+        let (attn_buf, score_buf) = (32 * 3 * row, 32 * 2 * row);
+        let (a2, a3) = (kernel(&m2, "attend_cmp"), kernel(&m3, "attend_cmp"));
+        assert_eq!(a2.shared_bytes, 2 * attn_buf + 8 * 8);
+        assert_eq!(a3.shared_bytes, a2.shared_bytes + attn_buf);
+        assert!(a3.launch.contains("shared = 3*32*(") && a3.launch.contains("triple-buffered"));
+        let (t2, t3) = (kernel(&m2, "topn_slc"), kernel(&m3, "topn_slc"));
+        assert_eq!(
+            t3.block, t2.block,
+            "8 score arrays still fit beside 3 buffers"
+        );
+        assert_eq!(t3.shared_bytes, t2.shared_bytes + score_buf);
+        // the other kernels do not depend on the knob
+        assert_eq!(kernel(&m3, "attend_slc"), kernel(&m2, "attend_slc"));
+
+        // S buffers: wait until only the S - 1 newest groups are pending; the prologue commits
+        // S - 1 groups and each loop step one (attention and top-n hold one loop each)
+        let count = |ptx: &str, s: &str| ptx.matches(s).count();
+        assert_eq!(count(&ptx2, "cp.async.wait_group 1;"), 2);
+        assert_eq!(count(&ptx2, "cp.async.wait_group 2;"), 0);
+        assert_eq!(count(&ptx3, "cp.async.wait_group 1;"), 0);
+        assert_eq!(count(&ptx3, "cp.async.wait_group 2;"), 2);
+        assert_eq!(
+            count(&ptx3, "cp.async.commit_group;"),
+            count(&ptx2, "cp.async.commit_group;") + 2,
+            "one more prologue group in each of the two loops"
+        );
+        // the step's copies go to the buffer before the current one in the ring, which then
+        // advances by one buffer and wraps after three
+        let has = |ptx: &str, op: &str, x: u32| {
+            ptx.lines()
+                .any(|l| l.trim().starts_with(op) && l.ends_with(&format!(", {x};")))
+        };
+        for buf in [attn_buf, score_buf] {
+            assert!(has(&ptx3, "add.u32", 2 * buf), "{buf}");
+            assert!(has(&ptx3, "setp.eq.u32", 3 * buf), "{buf}");
+            assert!(!has(&ptx2, "setp.eq.u32", 3 * buf), "{buf}");
         }
     }
 

@@ -1,6 +1,12 @@
 //! Pieces shared by the tensor-core kernels (`tc_select`, `tc_compress`, `tc_score`): Q
 //! fragments of a (token, kv head) group, `cp.async` staging of 16-bit rows into shared memory,
-//! `ldmatrix` lane offsets, S = Q·Kᵀ tiles and the online-softmax + O += P·V step on one chunk.
+//! `ldmatrix` lane offsets, S = Q·Kᵀ tiles and the online-softmax + O += P·V step on one chunk,
+//! and the block-wide pipelined loop over shared chunks of compressed keys
+//! ([`shared_chunk_loop`]) whose depth is [`GpuVariant::compress_stages`]: S staging buffers in
+//! a ring, S − 1 chunks copied ahead while one is computed (2: double buffering, the default;
+//! 3: one more buffer of shared memory per block for one more chunk in flight).
+//!
+//! [`GpuVariant::compress_stages`]: crate::ptx::GpuVariant::compress_stages
 //!
 //! Fragment layout (PTX ISA, m16n8k16): lane = 4·g + t; A holds rows g, g+8 and columns
 //! 2t, 2t+1 (+8); B holds column g and rows 2t, 2t+1 (+8); C holds rows g, g+8, columns 2t, 2t+1.
@@ -564,15 +570,20 @@ const NO_SLOT: i64 = 0xffff_ffff;
 /// A thread block's loop over chunks of compressed slots that its warps share: each warp needs
 /// the slots `s .. wend` of its own token; the block visits, in ascending order, only chunks
 /// that some warp needs (a block whose tokens span segments skips the slots between them), each
-/// copied once for all warps into one of two buffers while the previous chunk is computed.
+/// copied once for all warps into one of `stages` buffers (a ring) while the chunks before it
+/// are computed: `stages − 1` chunks are in flight ahead of the one being computed.
 pub struct SharedChunks {
     /// Keys per chunk.
     pub chunk: u32,
     /// Shared address of `nwarps` (start, end) u32 pairs ([`ranges_bytes`]).
     pub ranges: Reg,
     pub nwarps: u32,
-    /// Bytes of one staging buffer; the second follows it.
+    /// Bytes of one staging buffer; the others follow it.
     pub buf_bytes: u32,
+    /// Staging buffers (pipeline depth): [`GpuVariant::compress_stages`], 2 or more.
+    ///
+    /// [`GpuVariant::compress_stages`]: crate::ptx::GpuVariant::compress_stages
+    pub stages: u32,
     pub wib: Reg,
     pub lane: Reg,
     pub s: Reg,
@@ -582,6 +593,15 @@ pub struct SharedChunks {
 /// Shared bytes of the warps' slot ranges.
 pub fn ranges_bytes(nwarps: u32) -> u32 {
     8 * nwarps
+}
+
+/// How a kernel's comments and launch formula name `stages` staging buffers.
+pub fn buffering(stages: u32) -> String {
+    match stages {
+        2 => "double-buffered".into(),
+        3 => "triple-buffered".into(),
+        n => format!("{n}-buffered"),
+    }
 }
 
 /// The smallest slot ≥ `x` that some warp needs, or `NO_SLOT` (the same in every thread).
@@ -606,10 +626,43 @@ fn next_needed(b: &mut KernelBuilder, sc: &SharedChunks, x: Reg) -> Reg {
     res
 }
 
-/// Emits the block-wide double-buffered loop: `stage(b, c0, bufoff)` issues the copies of the
-/// chunk starting at slot `c0` into the buffer at byte offset `bufoff` (all threads; committed
-/// here), `compute(b, c0, bufoff)` runs in the warps that need some slot of the chunk. Every
-/// warp of the block must reach this loop (it holds block-wide barriers).
+/// The first needed slot of the chunk after the one starting at `c` (`NO_SLOT` after
+/// `NO_SLOT`: `c + chunk` wraps there, and `max` with `c` keeps it `NO_SLOT`, which no warp
+/// needs).
+fn needed_after(b: &mut KernelBuilder, sc: &SharedChunks, c: Reg) -> Reg {
+    let cn = b.op2(RegClass::B32, "add.u32", c.into(), imm(i64::from(sc.chunk)));
+    let from = b.op2(RegClass::B32, "max.u32", cn.into(), c.into());
+    next_needed(b, sc, from)
+}
+
+/// Stages chunk `c` into the buffer at byte offset `off` unless `c` is `NO_SLOT`, then commits
+/// the group (an empty one when nothing was staged, so every loop step commits exactly one).
+fn stage_and_commit(
+    b: &mut KernelBuilder,
+    stage: &impl Fn(&mut KernelBuilder, Reg, Reg),
+    c: Reg,
+    off: Reg,
+) {
+    let nostage = b.label();
+    let none = b.setp("eq.u32", c.into(), imm(NO_SLOT));
+    b.bra_if(none, false, nostage);
+    stage(b, c, off);
+    b.place(nostage);
+    b.ins("cp.async.commit_group", []);
+}
+
+/// Emits the block-wide pipelined loop over the needed chunks: `stage(b, c0, bufoff)` issues
+/// the copies of the chunk starting at slot `c0` into the buffer at byte offset `bufoff` (all
+/// threads; committed here), `compute(b, c0, bufoff)` runs in the warps that need some slot of
+/// the chunk. Every warp of the block must reach this loop (it holds block-wide barriers).
+///
+/// Schedule with S = `sc.stages` buffers, the k-th visited chunk in buffer k mod S: the
+/// prologue stages chunks 0 .. S−2, one `cp.async` group each. Step i stages chunk i+S−1 into
+/// buffer (i−1) mod S (the one chunk i−1 used; the closing `bar.sync` of step i−1 ordered
+/// every warp's reads of it before), commits one group (empty past the last chunk), waits
+/// with `cp.async.wait_group S−1` (this thread's copies of chunk i done: the S−1 newer groups
+/// may still run), `bar.sync` (every thread's copies of chunk i visible), computes chunk i and
+/// closes with a `bar.sync`.
 pub fn shared_chunk_loop(
     b: &mut KernelBuilder,
     sc: &SharedChunks,
@@ -641,6 +694,17 @@ pub fn shared_chunk_loop(
     b.bra_if(none, false, done);
     stage(b, c0, bufoff);
     b.ins("cp.async.commit_group", []);
+    // Deeper pipelines: `ahead[k]` is the chunk k+1 after the one computed (NO_SLOT past the
+    // last); the prologue stages chunks 1 .. S−2 into buffers 1 .. S−2.
+    let mut ahead = Vec::new();
+    for k in 1..sc.stages.saturating_sub(1) {
+        let prev = ahead.last().copied().unwrap_or(c0);
+        let ck = needed_after(b, sc, prev);
+        let cr = b.op1(RegClass::B32, "mov.u32", ck.into());
+        let off = b.op1(RegClass::B32, "mov.u32", imm(i64::from(k * sc.buf_bytes)));
+        stage_and_commit(b, &stage, cr, off);
+        ahead.push(cr);
+    }
     let head = b.label();
     b.place(head);
     let fin = b.setp("eq.u32", c0.into(), imm(NO_SLOT));
@@ -651,20 +715,48 @@ pub fn shared_chunk_loop(
         c0.into(),
         imm(i64::from(sc.chunk)),
     );
-    let nxt = next_needed(b, sc, cn);
-    let nbuf = b.op2(
-        RegClass::B32,
-        "sub.u32",
-        imm(i64::from(sc.buf_bytes)),
-        bufoff.into(),
+    let ring = sc.stages * sc.buf_bytes;
+    let (nxt, nbuf) = match ahead.last() {
+        // double buffering: the chunk after c0 (c0 is a real slot here), into the other buffer
+        None => {
+            let nxt = next_needed(b, sc, cn);
+            let nbuf = b.op2(
+                RegClass::B32,
+                "sub.u32",
+                imm(i64::from(sc.buf_bytes)),
+                bufoff.into(),
+            );
+            (nxt, nbuf)
+        }
+        // the chunk after the last one in flight, into the buffer before c0's in the ring
+        Some(&last) => {
+            let nxt = needed_after(b, sc, last);
+            let up = b.op2(
+                RegClass::B32,
+                "add.u32",
+                bufoff.into(),
+                imm(i64::from(ring - sc.buf_bytes)),
+            );
+            let down = b.op2(
+                RegClass::B32,
+                "sub.u32",
+                bufoff.into(),
+                imm(i64::from(sc.buf_bytes)),
+            );
+            let wraps = b.setp("lt.u32", bufoff.into(), imm(i64::from(sc.buf_bytes)));
+            let nbuf = b.reg(RegClass::B32);
+            b.ins(
+                "selp.u32",
+                [nbuf.into(), up.into(), down.into(), wraps.into()],
+            );
+            (nxt, nbuf)
+        }
+    };
+    stage_and_commit(b, &stage, nxt, nbuf);
+    b.ins(
+        "cp.async.wait_group",
+        [imm(i64::from(sc.stages.max(2) - 1))],
     );
-    let nostage = b.label();
-    let last = b.setp("eq.u32", nxt.into(), imm(NO_SLOT));
-    b.bra_if(last, false, nostage);
-    stage(b, nxt, nbuf);
-    b.place(nostage);
-    b.ins("cp.async.commit_group", []);
-    b.ins("cp.async.wait_group", [imm(1)]);
     b.ins("bar.sync", [imm(0)]);
     b.comment("skip a chunk that holds none of this warp's slots");
     let skip = b.label();
@@ -675,8 +767,30 @@ pub fn shared_chunk_loop(
     compute(b, c0, bufoff);
     b.place(skip);
     b.ins("bar.sync", [imm(0)]);
-    b.ins("mov.u32", [c0.into(), nxt.into()]);
-    b.ins("mov.u32", [bufoff.into(), nbuf.into()]);
+    match ahead.split_first() {
+        None => {
+            b.ins("mov.u32", [c0.into(), nxt.into()]);
+            b.ins("mov.u32", [bufoff.into(), nbuf.into()]);
+        }
+        Some((&first_ahead, rest)) => {
+            b.ins("mov.u32", [c0.into(), first_ahead.into()]);
+            let mut prev = first_ahead;
+            for &r in rest {
+                b.ins("mov.u32", [prev.into(), r.into()]);
+                prev = r;
+            }
+            b.ins("mov.u32", [prev.into(), nxt.into()]);
+            b.comment("the next buffer in the ring");
+            let inc = b.op2(
+                RegClass::B32,
+                "add.u32",
+                bufoff.into(),
+                imm(i64::from(sc.buf_bytes)),
+            );
+            let end = b.setp("eq.u32", inc.into(), imm(i64::from(ring)));
+            b.ins("selp.u32", [bufoff.into(), imm(0), inc.into(), end.into()]);
+        }
+    }
     b.bra(head);
     b.place(done);
 }

@@ -4,7 +4,9 @@
 //! each chunk of [`CHUNK`] compressed keys and values is copied into shared memory once for the
 //! whole block with `cp.async` (from the 16-bit scratch the pool kernel writes: keys as hi + lo
 //! halves so the log-sum-exp that scores the selection stays f32-accurate, values rounded to the
-//! input dtype), double-buffered so the copy of chunk i+1 overlaps the math of chunk i. Each warp
+//! input dtype), into a ring of [`GpuVariant::compress_stages`] buffers so the copies of the next
+//! S − 1 chunks overlap the math of chunk i (S = 2, the default: double buffering; S = 3 costs
+//! one more buffer, `CHUNK·(2·(2·Dqk+16) + 2·Dv+16)` bytes, of shared memory). Each warp
 //! masks the keys outside its own visible range and skips chunks that hold none of them; the
 //! block visits only chunks some warp needs (`tc_common::shared_chunk_loop`), so a block whose
 //! tokens span segments skips the slots between them. The registers per thread are capped at
@@ -18,8 +20,8 @@ use crate::ptx::variant::GpuVariant;
 use super::common::{bound_threads, segment, visible_compressed};
 use super::tc_common::{
     Attn, CHUNK, ChunkMath, CpRows, KeyMask, SharedChunks, WarpToken, block_ids, block_last_token,
-    chunk_step, cp_stage, k_lane_offset, lanes, load_q, mma_ops, ranges_bytes, row_stride,
-    shared_chunk_loop, store_o, v_lane_offset, warp_token,
+    buffering, chunk_step, cp_stage, k_lane_offset, lanes, load_q, mma_ops, ranges_bytes,
+    row_stride, shared_chunk_loop, store_o, v_lane_offset, warp_token,
 };
 use super::{KernelOut, Launch};
 
@@ -59,6 +61,7 @@ pub fn attend_compressed_tc(
     variant: &GpuVariant,
 ) -> KernelOut {
     let warps = variant.compress_tokens;
+    let stages = variant.compress_stages;
     let mut b = KernelBuilder::new(name);
     b.use_dynamic_shared();
     // The default cap of 128 fits two blocks of 8 warps per multiprocessor instead of one
@@ -175,16 +178,25 @@ pub fn attend_compressed_tc(
             RegClass::B32,
             "add.u32",
             smem0.into(),
-            imm(2 * i64::from(buf_bytes(dims))),
+            imm(i64::from(stages * buf_bytes(dims))),
         ),
         nwarps: warps,
         buf_bytes: buf_bytes(dims),
+        stages,
         wib,
         lane,
         s,
         wend,
     };
-    b.comment("double-buffered chunks: copy the next needed chunk while computing this one");
+    let ahead = if stages == 2 {
+        "the next needed chunk".to_string()
+    } else {
+        format!("the next {} needed chunks", stages - 1)
+    };
+    b.comment(&format!(
+        "{} chunks: copy {ahead} while computing this one",
+        buffering(stages)
+    ));
     shared_chunk_loop(&mut b, &sc, stage, |b, c0, bufoff| {
         let ka = b.op2(RegClass::B32, "add.u32", kaddr0.into(), bufoff.into());
         let va = b.op2(RegClass::B32, "add.u32", vaddr0.into(), bufoff.into());
@@ -220,9 +232,10 @@ pub fn attend_compressed_tc(
         launch: Launch {
             grid: nblk * hh,
             block: nthreads,
-            shared_bytes: 2 * buf_bytes(dims) + ranges_bytes(warps),
+            shared_bytes: stages * buf_bytes(dims) + ranges_bytes(warps),
             formula: format!(
-                "grid = ceil(B*T / {warps}) * H, block = {nthreads}, shared = 2*{CHUNK}*(2*(2*Dqk+16) + 2*Dv+16) + 8*{warps} bytes: {warps} consecutive tokens of one kv head per block, one warp per token, tensor cores, double-buffered cp.async chunks"
+                "grid = ceil(B*T / {warps}) * H, block = {nthreads}, shared = {stages}*{CHUNK}*(2*(2*Dqk+16) + 2*Dv+16) + 8*{warps} bytes: {warps} consecutive tokens of one kv head per block, one warp per token, tensor cores, {} cp.async chunks",
+                buffering(stages)
             ),
         },
     }

@@ -6,11 +6,15 @@
 //! as a high and a low 16-bit part (k̃ = hi + lo, about 16 significant bits), so S = Q·hiᵀ +
 //! Q·loᵀ keeps the selection's ranking as exact as the scalar kernel's (Q is an input, exact in
 //! its dtype). The warps of a thread block score consecutive tokens of one kv head and share
-//! each chunk of [`CHUNK`] compressed keys, copied once with `cp.async` into a double buffer
-//! (chunk i+1 in flight while chunk i is scored) and read with `ldmatrix`. Column sums over the
-//! heads are formed with quad shuffles and added to the warp's block scores in ascending key
-//! order by lane 0 (or stored directly when compressed and selection blocks coincide), so the
-//! result is deterministic.
+//! each chunk of [`CHUNK`] compressed keys, copied once with `cp.async` into a ring of
+//! [`GpuVariant::compress_stages`] buffers (the next S − 1 chunks in flight while chunk i is
+//! scored; S = 2 by default, S = 3 adds one buffer of `2·CHUNK·(2·Dqk+16)` shared bytes, which
+//! the top-n counts before it halves its tokens to fit) and read with `ldmatrix`. Column sums
+//! over the heads are formed with quad shuffles and added to the warp's block scores in
+//! ascending key order by lane 0 (or stored directly when compressed and selection blocks
+//! coincide), so the result is deterministic.
+//!
+//! [`GpuVariant::compress_stages`]: crate::ptx::GpuVariant::compress_stages
 
 use nsac_dsl::problem::DType;
 
@@ -18,8 +22,8 @@ use crate::ptx::builder::{KernelBuilder, Reg, RegClass, fimm, imm, mem};
 use crate::ptx::lowering::Dims;
 
 use super::tc_common::{
-    CHUNK, CpRows, Lanes, SharedChunks, cp_stage, k_lane_offset, lanes, load_q, mma_ops, qk_tiles,
-    row_stride, shared_chunk_loop,
+    CHUNK, CpRows, Lanes, SharedChunks, buffering, cp_stage, k_lane_offset, lanes, load_q, mma_ops,
+    qk_tiles, row_stride, shared_chunk_loop,
 };
 use super::topn::{TopNParams, spread_over_blocks};
 
@@ -33,9 +37,12 @@ fn buf_bytes(dims: &Dims) -> u32 {
     2 * CHUNK * row_stride(dims.dqk)
 }
 
-/// Shared bytes the staging needs (two buffers); the warps' slot ranges follow them.
-pub fn staging_bytes(dims: &Dims) -> u32 {
-    2 * buf_bytes(dims)
+/// Shared bytes the staging needs (`stages` buffers: [`GpuVariant::compress_stages`]); the
+/// warps' slot ranges follow them.
+///
+/// [`GpuVariant::compress_stages`]: crate::ptx::GpuVariant::compress_stages
+pub fn staging_bytes(dims: &Dims, stages: u32) -> u32 {
+    stages * buf_bytes(dims)
 }
 
 /// The registers and addresses the scoring needs from the top-n kernel.
@@ -53,6 +60,8 @@ pub struct ScoreCtx {
     /// Thread index in the block, and the block's thread count.
     pub tid: Reg,
     pub nthreads: u32,
+    /// Staging buffers (the pipeline depth of the chunk loop).
+    pub stages: u32,
     /// `tok·H + h`.
     pub row: Reg,
     pub h: Reg,
@@ -279,16 +288,20 @@ pub fn tc_block_scores(b: &mut KernelBuilder, c: &ScoreCtx, p: &TopNParams<'_>, 
             RegClass::B32,
             "add.u32",
             c.stage.into(),
-            imm(i64::from(staging_bytes(dims))),
+            imm(i64::from(staging_bytes(dims, c.stages))),
         ),
         nwarps: c.nthreads / 32,
         buf_bytes: buf_bytes(dims),
+        stages: c.stages,
         wib: b.op2(RegClass::B32, "shr.u32", c.tid.into(), imm(5)),
         lane: c.lane,
         s: c.s,
         wend,
     };
-    b.comment("double-buffered chunks of slots, shared by the block's warps");
+    b.comment(&format!(
+        "{} chunks of slots, shared by the block's warps",
+        buffering(c.stages)
+    ));
     shared_chunk_loop(b, &sc, stage, |b, c0, bufoff| {
         let kaddr = b.op2(RegClass::B32, "add.u32", kaddr0.into(), bufoff.into());
         let cs = ChunkScore {

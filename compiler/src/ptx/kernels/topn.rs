@@ -11,11 +11,14 @@
 
 use crate::ptx::builder::{KernelBuilder, ParamTy, Reg, RegClass, fimm, imm, mem, sym};
 use crate::ptx::lowering::Dims;
+use crate::ptx::variant::GpuVariant;
 
 use super::common::{
     Elem, bound_threads, for_range, load, load_vec, segment, visible_compressed, warp_dot,
 };
-use super::tc_common::{WarpToken, block_ids, block_last_token, ranges_bytes, warp_token};
+use super::tc_common::{
+    WarpToken, block_ids, block_last_token, buffering, ranges_bytes, warp_token,
+};
 use super::{KernelOut, Launch, tc_score};
 
 /// Parameters of one select branch as the kernel needs them.
@@ -96,8 +99,10 @@ pub(super) fn spread_over_blocks(
 }
 
 /// Generates the top-n kernel of a select branch; the tensor-core form holds up to
-/// `score_tokens` tokens per thread block.
-pub fn topn(name: &str, p: &TopNParams<'_>, dims: &Dims, score_tokens: u32) -> KernelOut {
+/// `variant.score_tokens` tokens per thread block and stages the compressed keys in
+/// `variant.compress_stages` buffers.
+pub fn topn(name: &str, p: &TopNParams<'_>, dims: &Dims, variant: &GpuVariant) -> KernelOut {
+    let (score_tokens, stages) = (variant.score_tokens, variant.compress_stages);
     let mut b = KernelBuilder::new(name);
     b.use_dynamic_shared();
     let tc = tc_score::eligible(dims);
@@ -119,13 +124,13 @@ pub fn topn(name: &str, p: &TopNParams<'_>, dims: &Dims, score_tokens: u32) -> K
         tc_warps(
             score_tokens,
             scores_bytes,
-            tc_score::staging_bytes(dims) + ranges_bytes(score_tokens),
+            tc_score::staging_bytes(dims, stages) + ranges_bytes(score_tokens),
         )
     } else {
         1
     };
     let staging = if tc {
-        tc_score::staging_bytes(dims) + ranges_bytes(wpc)
+        tc_score::staging_bytes(dims, stages) + ranges_bytes(wpc)
     } else {
         0
     };
@@ -192,6 +197,7 @@ pub fn topn(name: &str, p: &TopNParams<'_>, dims: &Dims, score_tokens: u32) -> K
             lane,
             tid,
             nthreads: 32 * wpc,
+            stages,
             row,
             h,
             s,
@@ -346,9 +352,10 @@ pub fn topn(name: &str, p: &TopNParams<'_>, dims: &Dims, score_tokens: u32) -> K
             shared_bytes: wpc * scores_bytes + staging,
             formula: if tc {
                 format!(
-                    "grid = ceil(B*T / {wpc}) * H, block = {}, shared = {wpc}*align16(4*ceil(max_len/{})) + {staging} bytes (staging + warp ranges): {wpc} consecutive tokens of one kv head per block, one warp per token, tensor-core scoring on shared double-buffered chunks",
+                    "grid = ceil(B*T / {wpc}) * H, block = {}, shared = {wpc}*align16(4*ceil(max_len/{})) + {staging} bytes (staging + warp ranges): {wpc} consecutive tokens of one kv head per block, one warp per token, tensor-core scoring on shared {} chunks",
                     32 * wpc,
                     p.block,
+                    buffering(stages),
                 )
             } else {
                 format!(
