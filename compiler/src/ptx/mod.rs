@@ -293,13 +293,42 @@ fn kernel_name(spec: &str, stage: &str) -> String {
     format!("nsac_{clean}_{stage}")
 }
 
+/// The combine to compute in the epilogue of the last branch kernel, when `variant` asks for it
+/// (`fuse_combine = 1`) and that kernel can: the tensor-core selected attention. The stages run
+/// in order on one stream and the plan puts every branch stage before the combine, so the other
+/// branches' outputs are complete when the last branch kernel starts; only the combine reads
+/// branch outputs, so the combine kernel is then dropped.
+fn fused_combine(program: &Program, variant: &GpuVariant) -> Option<combine::Fused> {
+    if variant.fuse_combine != 1 {
+        return None;
+    }
+    let [.., last, Stage::Combine { branches, gated }] = program.stages.as_slice() else {
+        return None;
+    };
+    match last {
+        Stage::AttendSelected { branch, .. }
+            if tc_select::eligible(&program.dims) && branches.contains(branch) =>
+        {
+            Some(combine::Fused {
+                into: branch.clone(),
+                branches: branches.clone(),
+                gated: *gated,
+            })
+        }
+        _ => None,
+    }
+}
+
 fn generate(program: &Program, variant: &GpuVariant) -> Vec<KernelOut> {
     let d = &program.dims;
     let w = variant.warps_per_block;
     let nm = |s: &str| kernel_name(&program.name, s);
+    let fused = fused_combine(program, variant);
+    let fused_into = |branch: &str| fused.as_ref().filter(|f| f.into == branch);
     program
         .stages
         .iter()
+        .filter(|stage| !(fused.is_some() && matches!(stage, Stage::Combine { .. })))
         .map(|stage| match stage {
             Stage::Pool {
                 branch,
@@ -380,15 +409,24 @@ fn generate(program: &Program, variant: &GpuVariant) -> Vec<KernelOut> {
                 kv,
                 block,
                 top,
-            } if tc_select::eligible(d) => tc_select::attend_selected_tc(
-                &nm(&format!("attend_{branch}")),
-                branch,
-                kv,
-                *block,
-                *top,
-                d,
-                variant,
-            ),
+            } if tc_select::eligible(d) => {
+                let fused = fused_into(branch);
+                let stage = if fused.is_some() {
+                    format!("attend_{branch}_combine")
+                } else {
+                    format!("attend_{branch}")
+                };
+                tc_select::attend_selected_tc(
+                    &nm(&stage),
+                    branch,
+                    kv,
+                    *block,
+                    *top,
+                    d,
+                    variant,
+                    fused,
+                )
+            }
             Stage::AttendSelected {
                 branch,
                 kv,
@@ -435,7 +473,7 @@ pub fn emit_ptx(
     let outs = generate(&program, variant);
     let texts: Vec<String> = outs.iter().map(|k| k.ptx.clone()).collect();
     let ptx = builder::module(arch.target(), &texts);
-    let names = outs.iter().zip(&program.stages).map(|(k, _)| {
+    let names = outs.iter().map(|k| {
         k.ptx
             .lines()
             .next()

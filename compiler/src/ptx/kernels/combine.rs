@@ -1,10 +1,46 @@
-//! Combine kernel: one thread per output element, o = Σ_b g_b · o_b (all gates 1 for `sum`).
+//! Combine kernel: one thread per output element, o = Σ_b g_b · o_b (all gates 1 for `sum`),
+//! accumulated from 0 with one `fma` per branch in the combine's order.
+//!
+//! With `GpuVariant::fuse_combine = 1` the backend may instead compute the combine in the
+//! epilogue of the last branch kernel ([`Fused`]; today the tensor-core selected attention,
+//! `tc_select`): that kernel reads the other branches' outputs and the gates, performs the same
+//! operations in the same order, and writes `o` itself, so this kernel is not launched and the
+//! last branch's output is not re-read.
 
 use crate::ptx::builder::{KernelBuilder, ParamTy, Reg, RegClass, fimm, imm, mem, sym};
 use crate::ptx::lowering::Dims;
 
 use super::common::{Elem, load};
 use super::{KernelOut, Launch};
+
+/// The combine computed in the epilogue of the kernel of branch `into` (`fuse_combine = 1`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fused {
+    /// The branch whose kernel computes the combine (the last branch stage).
+    pub into: String,
+    /// The combined branches, in the combine's order.
+    pub branches: Vec<String>,
+    pub gated: bool,
+}
+
+impl Fused {
+    /// The pointer parameters the fused kernel takes after its own: the other branches'
+    /// outputs `o_<b>` and then (gated only) every branch's gate `g_<b>`, both in the combine's
+    /// order, then `o`.
+    pub fn params(&self) -> Vec<String> {
+        let mut params: Vec<String> = self
+            .branches
+            .iter()
+            .filter(|n| **n != self.into)
+            .map(|n| format!("o_{n}"))
+            .collect();
+        if self.gated {
+            params.extend(self.branches.iter().map(|n| format!("g_{n}")));
+        }
+        params.push("o".into());
+        params
+    }
+}
 
 /// Generates the combine kernel.
 pub fn combine(name: &str, branches: &[String], gated: bool, dims: &Dims) -> KernelOut {
