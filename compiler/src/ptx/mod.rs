@@ -744,6 +744,130 @@ mod tests {
         }
     }
 
+    /// The manifests of `spec` on 77 tokens with the default variant and with `fuse_combine=1`.
+    fn unfused_and_fused(spec: &Spec, dtype: DType) -> ((String, Manifest), (String, Manifest)) {
+        let mut p = Problem::batched(1, 77);
+        p.dtype = dtype;
+        let shape = p.resolve(spec).expect("valid");
+        let emit = |v: &GpuVariant| emit_ptx(spec, &shape, v, Arch::Sm90).expect("emits");
+        let fused = GpuVariant {
+            fuse_combine: 1,
+            ..GpuVariant::default()
+        };
+        (emit(&GpuVariant::default()), emit(&fused))
+    }
+
+    /// The `.entry` of kernel `name` in `ptx`.
+    fn entry<'a>(ptx: &'a str, name: &str) -> &'a str {
+        let start = ptx
+            .find(&format!(".visible .entry {name}("))
+            .expect("kernel present");
+        let rest = &ptx[start + 1..];
+        &ptx[start..start + 1 + rest.find(".visible .entry").unwrap_or(rest.len())]
+    }
+
+    #[test]
+    fn fused_combine_moves_into_the_tensor_core_select_kernel() {
+        let strs = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let own = ["seg", "q", "k", "v", "idx_slc", "o_slc"];
+        // (combine mode, combine order, the fused kernel's extra parameters)
+        let cases = [
+            (
+                CombineMode::Gate,
+                ["cmp", "slc"],
+                strs(&["o_cmp", "g_cmp", "g_slc", "o"]),
+            ),
+            (
+                CombineMode::Gate,
+                ["slc", "cmp"],
+                strs(&["o_cmp", "g_slc", "g_cmp", "o"]),
+            ),
+            (CombineMode::Sum, ["cmp", "slc"], strs(&["o_cmp", "o"])),
+        ];
+        for (mode, order, extra) in cases {
+            let mut spec = tensor_core_spec();
+            spec.combine = Combine {
+                mode,
+                branches: strs(&order),
+            };
+            for dtype in [DType::Bf16, DType::F16] {
+                let ((ptx0, m0), (ptx1, m1)) = unfused_and_fused(&spec, dtype);
+                // same buffers: the select branch's own output is still written
+                assert_eq!(m1.buffers, m0.buffers);
+                assert!(m0.kernels.iter().any(|k| k.name == "nsac_tc_combine"));
+                let names: Vec<&str> = m1.kernels.iter().map(|k| k.name.as_str()).collect();
+                assert_eq!(
+                    names,
+                    [
+                        "nsac_tc_pool_cmp",
+                        "nsac_tc_attend_cmp",
+                        "nsac_tc_topn_slc",
+                        "nsac_tc_attend_slc_combine"
+                    ]
+                );
+                assert_eq!(m1.kernels[..3], m0.kernels[..3]);
+                let slc = &m1.kernels[3];
+                let mut want = strs(&own);
+                want.extend(extra.iter().cloned());
+                assert_eq!(slc.params, want, "{mode:?} {order:?}");
+                let slc0 = kernel(&m0, "attend_slc");
+                assert_eq!(
+                    (slc.grid, slc.block, slc.shared_bytes, slc.max_regs),
+                    (slc0.grid, slc0.block, slc0.shared_bytes, slc0.max_regs)
+                );
+                assert!(ptx1.contains(".visible .entry nsac_tc_attend_slc_combine("));
+                assert!(!ptx1.contains(".visible .entry nsac_tc_combine("));
+                // the combine's arithmetic: per stored pair of elements, one fma (gated) or
+                // add (sum) per branch and element
+                let op = match mode {
+                    CombineMode::Gate => "fma.rn.f32",
+                    CombineMode::Sum => "add.f32",
+                };
+                let per = 2 * 2;
+                let (k0, k1) = (
+                    entry(&ptx0, "nsac_tc_attend_slc"),
+                    entry(&ptx1, "nsac_tc_attend_slc_combine"),
+                );
+                let count = |k: &str, op: &str| k.matches(op).count();
+                // rows gq and gq+8, Dv/8 column pairs each, also written to o
+                let stores = count(k1, "st.global.v2.f32") - count(k0, "st.global.v2.f32");
+                assert_eq!(stores, 2 * 64 / 8);
+                // the other branch's pair read for each
+                let loads = count(k1, "ld.global.v2.f32") - count(k0, "ld.global.v2.f32");
+                assert_eq!(loads, stores);
+                assert_eq!(count(k1, op) - count(k0, op), stores * per);
+            }
+        }
+    }
+
+    #[test]
+    fn fused_combine_collapses_where_the_last_branch_kernel_cannot_fuse() {
+        let mut gated = tensor_core_spec();
+        gated.combine.mode = CombineMode::Gate;
+        // f32: the scalar select kernel
+        let (a, b) = unfused_and_fused(&gated, DType::F32);
+        assert_eq!(a, b);
+        // G = 32 > 16 heads per kv head: the scalar select kernel
+        let mut wide = gated.clone();
+        wide.heads = Heads { q: 64, kv: 2 };
+        let (a, b) = unfused_and_fused(&wide, DType::Bf16);
+        assert_eq!(a, b);
+        // a window branch runs last
+        let mut windowed = gated.clone();
+        windowed.branches.push(Branch {
+            name: "win".into(),
+            kv: KvSource::Shared,
+            kind: BranchKind::Window(Window { size: 9 }),
+        });
+        windowed.combine.branches.push("win".into());
+        let (a, b) = unfused_and_fused(&windowed, DType::Bf16);
+        assert!(a.1.kernels.iter().any(|k| k.name == "nsac_tc_combine"));
+        assert_eq!(a, b);
+        // only a compress branch
+        let (a, b) = unfused_and_fused(&window_spec(), DType::Bf16);
+        assert_eq!(a, b);
+    }
+
     #[test]
     fn top_n_halves_its_tokens_until_the_scores_fit() {
         use kernels::topn::tc_warps;
