@@ -294,10 +294,11 @@ fn kernel_name(spec: &str, stage: &str) -> String {
 }
 
 /// The combine to compute in the epilogue of the last branch kernel, when `variant` asks for it
-/// (`fuse_combine = 1`) and that kernel can: the tensor-core selected attention. The stages run
-/// in order on one stream and the plan puts every branch stage before the combine, so the other
-/// branches' outputs are complete when the last branch kernel starts; only the combine reads
-/// branch outputs, so the combine kernel is then dropped.
+/// (`fuse_combine = 1`) and that kernel can: the tensor-core selected attention or the window
+/// attention (the scalar selected and compressed attention kernels are not fused). The stages
+/// run in order on one stream and the plan puts every branch stage before the combine, so the
+/// other branches' outputs are complete when the last branch kernel starts; only the combine
+/// reads branch outputs, so the combine kernel is then dropped.
 fn fused_combine(program: &Program, variant: &GpuVariant) -> Option<combine::Fused> {
     if variant.fuse_combine != 1 {
         return None;
@@ -305,17 +306,25 @@ fn fused_combine(program: &Program, variant: &GpuVariant) -> Option<combine::Fus
     let [.., last, Stage::Combine { branches, gated }] = program.stages.as_slice() else {
         return None;
     };
-    match last {
-        Stage::AttendSelected { branch, .. }
-            if tc_select::eligible(&program.dims) && branches.contains(branch) =>
-        {
-            Some(combine::Fused {
-                into: branch.clone(),
-                branches: branches.clone(),
-                gated: *gated,
-            })
-        }
-        _ => None,
+    let into = match last {
+        Stage::AttendSelected { branch, .. } if tc_select::eligible(&program.dims) => branch,
+        Stage::AttendWindow { branch, .. } => branch,
+        _ => return None,
+    };
+    branches.contains(into).then(|| combine::Fused {
+        into: into.clone(),
+        branches: branches.clone(),
+        gated: *gated,
+    })
+}
+
+/// The stage part of an attention kernel's name: `attend_<b>`, `attend_<b>_combine` when the
+/// combine is fused into it.
+fn attend_stage(branch: &str, fused: bool) -> String {
+    if fused {
+        format!("attend_{branch}_combine")
+    } else {
+        format!("attend_{branch}")
     }
 }
 
@@ -377,6 +386,7 @@ fn generate(program: &Program, variant: &GpuVariant) -> Vec<KernelOut> {
                 },
                 d,
                 w,
+                None,
             ),
             Stage::TopN {
                 branch,
@@ -411,13 +421,8 @@ fn generate(program: &Program, variant: &GpuVariant) -> Vec<KernelOut> {
                 top,
             } if tc_select::eligible(d) => {
                 let fused = fused_into(branch);
-                let stage = if fused.is_some() {
-                    format!("attend_{branch}_combine")
-                } else {
-                    format!("attend_{branch}")
-                };
                 tc_select::attend_selected_tc(
-                    &nm(&stage),
+                    &nm(&attend_stage(branch, fused.is_some())),
                     branch,
                     kv,
                     *block,
@@ -442,14 +447,19 @@ fn generate(program: &Program, variant: &GpuVariant) -> Vec<KernelOut> {
                 },
                 d,
                 w,
+                None,
             ),
-            Stage::AttendWindow { branch, kv, size } => attend::attend(
-                &nm(&format!("attend_{branch}")),
-                branch,
-                attend::Keys::Window { kv, size: *size },
-                d,
-                w,
-            ),
+            Stage::AttendWindow { branch, kv, size } => {
+                let fused = fused_into(branch);
+                attend::attend(
+                    &nm(&attend_stage(branch, fused.is_some())),
+                    branch,
+                    attend::Keys::Window { kv, size: *size },
+                    d,
+                    w,
+                    fused,
+                )
+            }
             Stage::Combine { branches, gated } => {
                 combine::combine(&nm("combine"), branches, *gated, d)
             }
@@ -821,7 +831,7 @@ mod tests {
                 // add (sum) per branch and element
                 let op = match mode {
                     CombineMode::Gate => "fma.rn.f32",
-                    CombineMode::Sum => "add.f32",
+                    CombineMode::Sum => "add.rn.f32",
                 };
                 let per = 2 * 2;
                 let (k0, k1) = (
@@ -852,20 +862,73 @@ mod tests {
         wide.heads = Heads { q: 64, kv: 2 };
         let (a, b) = unfused_and_fused(&wide, DType::Bf16);
         assert_eq!(a, b);
-        // a window branch runs last
-        let mut windowed = gated.clone();
-        windowed.branches.push(Branch {
+        // only a compress branch
+        let mut compress_only = gated.clone();
+        compress_only.branches.truncate(1);
+        compress_only.combine.branches.truncate(1);
+        for dtype in [DType::Bf16, DType::F32] {
+            let (a, b) = unfused_and_fused(&compress_only, dtype);
+            assert!(a.1.kernels.iter().any(|k| k.name == "nsac_tc_combine"));
+            assert_eq!(a, b);
+        }
+    }
+
+    #[test]
+    fn fused_combine_moves_into_the_window_kernel_when_it_runs_last() {
+        let mut spec = tensor_core_spec();
+        spec.branches.push(Branch {
             name: "win".into(),
             kv: KvSource::Shared,
             kind: BranchKind::Window(Window { size: 9 }),
         });
-        windowed.combine.branches.push("win".into());
-        let (a, b) = unfused_and_fused(&windowed, DType::Bf16);
-        assert!(a.1.kernels.iter().any(|k| k.name == "nsac_tc_combine"));
-        assert_eq!(a, b);
-        // only a compress branch
-        let (a, b) = unfused_and_fused(&window_spec(), DType::Bf16);
-        assert_eq!(a, b);
+        spec.combine = Combine {
+            mode: CombineMode::Gate,
+            branches: ["win", "cmp", "slc"].map(String::from).to_vec(),
+        };
+        // the window kernel is scalar in every dtype
+        for dtype in [DType::Bf16, DType::F32] {
+            let ((_, m0), (ptx1, m1)) = unfused_and_fused(&spec, dtype);
+            assert_eq!(m1.buffers, m0.buffers);
+            let names: Vec<&str> = m1.kernels.iter().map(|k| k.name.as_str()).collect();
+            assert_eq!(names.last(), Some(&"nsac_tc_attend_win_combine"));
+            assert_eq!(m1.kernels.len() + 1, m0.kernels.len());
+            assert_eq!(
+                m1.kernels[..4],
+                m0.kernels[..4],
+                "the select kernel is not fused"
+            );
+            let win = &m1.kernels[4];
+            assert_eq!(
+                win.params,
+                [
+                    "seg", "q", "k", "v", "o_win", "o_cmp", "o_slc", "g_win", "g_cmp", "g_slc", "o"
+                ]
+            );
+            assert_eq!(
+                (win.grid, win.block),
+                (m0.kernels[4].grid, m0.kernels[4].block)
+            );
+            // three gates, then per lane and 32-wide chunk of Dv = 64: two loads of other
+            // branches, three fmas and one store to o
+            let k1 = entry(&ptx1, "nsac_tc_attend_win_combine");
+            let tail = &k1[k1.find("combine fused").expect("epilogue")..];
+            // (16-bit gates load as b16, f32 gates as f32)
+            let f32_gates = if dtype == DType::F32 { 3 } else { 0 };
+            assert_eq!(tail.matches("ld.global.b16").count(), 3 - f32_gates);
+            assert_eq!(tail.matches("ld.global.f32").count(), 2 * 2 + f32_gates);
+            assert_eq!(tail.matches("fma.rn.f32").count(), 2 * 3);
+            assert_eq!(tail.matches("st.global.f32").count(), 2);
+        }
+        // sum: adds instead, no gates
+        spec.combine.mode = CombineMode::Sum;
+        let (_, (ptx1, m1)) = unfused_and_fused(&spec, DType::F16);
+        let win = m1.kernels.last().expect("kernels");
+        assert_eq!(
+            win.params,
+            ["seg", "q", "k", "v", "o_win", "o_cmp", "o_slc", "o"]
+        );
+        let k1 = entry(&ptx1, "nsac_tc_attend_win_combine");
+        assert_eq!(k1.matches("add.rn.f32").count(), 2 * 3);
     }
 
     #[test]

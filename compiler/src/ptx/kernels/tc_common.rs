@@ -664,7 +664,8 @@ pub fn store_o_combined(
                             "fma.rn.f32",
                             [c[j].into(), (*g).into(), v[j].into(), c[j].into()],
                         ),
-                        None => b.ins("add.f32", [c[j].into(), c[j].into(), v[j].into()]),
+                        // `.rn`: ptxas must not contract the own term's `mul` into this add
+                        None => b.ins("add.rn.f32", [c[j].into(), c[j].into(), v[j].into()]),
                     }
                 }
             }

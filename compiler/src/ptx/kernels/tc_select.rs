@@ -29,8 +29,8 @@ use crate::ptx::variant::GpuVariant;
 use super::combine::Fused;
 use super::common::{bound_threads, for_range, segment};
 use super::tc_common::{
-    Attn, BlockIds, ChunkMath, CpRows, FusedTerms, KeyMask, block_ids, cp_stage, k_lane_offset,
-    lanes, load_q, mma_ops, row_stride, store_o, store_o_combined, v_lane_offset,
+    Attn, BlockIds, ChunkMath, CpRows, KeyMask, block_ids, cp_stage, k_lane_offset, lanes, load_q,
+    mma_ops, row_stride, store_o, store_o_combined, v_lane_offset,
 };
 use super::{KernelOut, Launch};
 
@@ -76,8 +76,9 @@ pub fn attend_selected_tc(
         format!("idx_{branch}"),
         format!("o_{branch}"),
     ];
-    params.extend(fused.map(Fused::params).unwrap_or_default());
     let syms: Vec<String> = params.iter().map(|p| b.param(p, ParamTy::Ptr)).collect();
+    let fused_params = fused.map(|f| f.declare(&mut b, dims));
+    params.extend(fused.map(Fused::params).unwrap_or_default());
     let (mma, cvt) = mma_ops(dims.dtype);
     let (g, hh, dqk, dv) = (dims.group, dims.h, dims.dqk, dims.dv);
 
@@ -108,8 +109,7 @@ pub fn attend_selected_tc(
         imm(i64::from(hh)),
         h.into(),
     );
-    // the fused combine's pointers are loaded in the epilogue, not kept through the loop
-    let ptrs: Vec<Reg> = syms[..6].iter().map(|s| b.load_ptr_param(s)).collect();
+    let ptrs: Vec<Reg> = syms.iter().map(|s| b.load_ptr_param(s)).collect();
     let (seg, qb, kb, vb, ib, ob) = (ptrs[0], ptrs[1], ptrs[2], ptrs[3], ptrs[4], ptrs[5]);
     let (s, e) = segment(&mut b, seg, tok);
     let end = if dims.causal {
@@ -205,31 +205,13 @@ pub fn attend_selected_tc(
         });
         b.place(skip);
     });
-    match fused {
+    match &fused_params {
         None => {
             store_o(&mut b, &st, ob, qrow, &l, dv, None);
         }
-        Some(f) => {
-            // syms[6..]: the other branches' outputs, the gates (gated only), then `o`
-            let extra: Vec<Reg> = syms[6..].iter().map(|s| b.load_ptr_param(s)).collect();
-            let o = extra[extra.len() - 1];
-            let mut extra = extra.into_iter();
-            let outs: Vec<Option<Reg>> = f
-                .branches
-                .iter()
-                .map(|n| if *n == f.into { None } else { extra.next() })
-                .collect();
-            let gates: Vec<Reg> = if f.gated {
-                extra.by_ref().take(f.branches.len()).collect()
-            } else {
-                Vec::new()
-            };
-            let terms = FusedTerms {
-                outs,
-                gates,
-                o,
-                dtype: dims.dtype,
-            };
+        Some(fp) => {
+            // the combine's pointers are loaded here, not kept through the loop
+            let terms = fp.load(&mut b);
             store_o_combined(&mut b, &st, ob, qrow, &l, dv, None, &terms);
         }
     }
