@@ -6,6 +6,15 @@
 //! `seg` [B·T, 2] int32 (each token's segment start and end in flattened tokens), f32 scratch
 //! (`kc_<b>`, `vc_<b>`, `lse_<b>`; `kc16_<b>`, `vc16_<b>` in the input dtype for the tensor-core
 //! kernels), outputs `o`, `o_<b>` in f32 and `idx_<b>` in int32.
+//!
+//! Kernels: one per plan stage, in the plan's order, on one stream. With
+//! [`GpuVariant::fuse_combine`] = 1 and a last branch kernel that can fuse (the tensor-core
+//! selected attention or the window attention), that kernel, renamed `…_attend_<b>_combine`,
+//! also computes `o` in its epilogue and takes the other branches' outputs, the gates (gated
+//! combines) and `o` as extra parameters after its own; the combine kernel is then left out. The
+//! buffers are the same either way (`o_<b>` of the fused branch is still written: it is a
+//! result of the call, and the tuner runs every Variant on one upload). Otherwise fusion
+//! changes nothing and the knob collapses.
 
 pub mod builder;
 pub mod kernels;
