@@ -577,7 +577,7 @@ pub struct FusedTerms {
 
 /// [`store_o`] followed by the combine: normalises and stores the rows < G of O into the
 /// branch's own output `ob` (row `qrow`, an empty row yields 0) under `live`, and into `o` the
-/// element-wise `acc = 0; acc = fma(g_b, o_b, acc)` over `terms` in order (`add` for `sum`), the
+/// element-wise `acc = 0; acc = fma(g_b, o_b, acc)` over `terms` in order (`add.rn` for `sum`), the
 /// own term taken from the stored values: the separate combine kernel's operations in its
 /// order, so `o` is the same bit for bit. A lane stores, and reads the other branches' elements
 /// and the gates of, exactly the elements [`store_o`] stores: rows (q heads) gq and gq + 8 of
