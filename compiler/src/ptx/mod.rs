@@ -6,6 +6,15 @@
 //! `seg` [B·T, 2] int32 (each token's segment start and end in flattened tokens), f32 scratch
 //! (`kc_<b>`, `vc_<b>`, `lse_<b>`; `kc16_<b>`, `vc16_<b>` in the input dtype for the tensor-core
 //! kernels), outputs `o`, `o_<b>` in f32 and `idx_<b>` in int32.
+//!
+//! Kernels: one per plan stage, in the plan's order, on one stream. With
+//! [`GpuVariant::fuse_combine`] = 1 and a last branch kernel that can fuse (the tensor-core
+//! selected attention or the window attention), that kernel, renamed `…_attend_<b>_combine`,
+//! also computes `o` in its epilogue and takes the other branches' outputs, the gates (gated
+//! combines) and `o` as extra parameters after its own; the combine kernel is then left out. The
+//! buffers are the same either way (`o_<b>` of the fused branch is still written: it is a
+//! result of the call, and the tuner runs every Variant on one upload). Otherwise fusion
+//! changes nothing and the knob collapses.
 
 pub mod builder;
 pub mod kernels;
@@ -294,13 +303,51 @@ fn kernel_name(spec: &str, stage: &str) -> String {
     format!("nsac_{clean}_{stage}")
 }
 
+/// The combine to compute in the epilogue of the last branch kernel, when `variant` asks for it
+/// (`fuse_combine = 1`) and that kernel can: the tensor-core selected attention or the window
+/// attention (the scalar selected and compressed attention kernels are not fused). The stages
+/// run in order on one stream and the plan puts every branch stage before the combine, so the
+/// other branches' outputs are complete when the last branch kernel starts; only the combine
+/// reads branch outputs, so the combine kernel is then dropped.
+fn fused_combine(program: &Program, variant: &GpuVariant) -> Option<combine::Fused> {
+    if variant.fuse_combine != 1 {
+        return None;
+    }
+    let [.., last, Stage::Combine { branches, gated }] = program.stages.as_slice() else {
+        return None;
+    };
+    let into = match last {
+        Stage::AttendSelected { branch, .. } if tc_select::eligible(&program.dims) => branch,
+        Stage::AttendWindow { branch, .. } => branch,
+        _ => return None,
+    };
+    branches.contains(into).then(|| combine::Fused {
+        into: into.clone(),
+        branches: branches.clone(),
+        gated: *gated,
+    })
+}
+
+/// The stage part of an attention kernel's name: `attend_<b>`, `attend_<b>_combine` when the
+/// combine is fused into it.
+fn attend_stage(branch: &str, fused: bool) -> String {
+    if fused {
+        format!("attend_{branch}_combine")
+    } else {
+        format!("attend_{branch}")
+    }
+}
+
 fn generate(program: &Program, variant: &GpuVariant) -> Vec<KernelOut> {
     let d = &program.dims;
     let w = variant.warps_per_block;
     let nm = |s: &str| kernel_name(&program.name, s);
+    let fused = fused_combine(program, variant);
+    let fused_into = |branch: &str| fused.as_ref().filter(|f| f.into == branch);
     program
         .stages
         .iter()
+        .filter(|stage| !(fused.is_some() && matches!(stage, Stage::Combine { .. })))
         .map(|stage| match stage {
             Stage::Pool {
                 branch,
@@ -349,6 +396,7 @@ fn generate(program: &Program, variant: &GpuVariant) -> Vec<KernelOut> {
                 },
                 d,
                 w,
+                None,
             ),
             Stage::TopN {
                 branch,
@@ -381,15 +429,19 @@ fn generate(program: &Program, variant: &GpuVariant) -> Vec<KernelOut> {
                 kv,
                 block,
                 top,
-            } if tc_select::eligible(d) => tc_select::attend_selected_tc(
-                &nm(&format!("attend_{branch}")),
-                branch,
-                kv,
-                *block,
-                *top,
-                d,
-                variant,
-            ),
+            } if tc_select::eligible(d) => {
+                let fused = fused_into(branch);
+                tc_select::attend_selected_tc(
+                    &nm(&attend_stage(branch, fused.is_some())),
+                    branch,
+                    kv,
+                    *block,
+                    *top,
+                    d,
+                    variant,
+                    fused,
+                )
+            }
             Stage::AttendSelected {
                 branch,
                 kv,
@@ -405,14 +457,19 @@ fn generate(program: &Program, variant: &GpuVariant) -> Vec<KernelOut> {
                 },
                 d,
                 w,
+                None,
             ),
-            Stage::AttendWindow { branch, kv, size } => attend::attend(
-                &nm(&format!("attend_{branch}")),
-                branch,
-                attend::Keys::Window { kv, size: *size },
-                d,
-                w,
-            ),
+            Stage::AttendWindow { branch, kv, size } => {
+                let fused = fused_into(branch);
+                attend::attend(
+                    &nm(&attend_stage(branch, fused.is_some())),
+                    branch,
+                    attend::Keys::Window { kv, size: *size },
+                    d,
+                    w,
+                    fused,
+                )
+            }
             Stage::Combine { branches, gated } => {
                 combine::combine(&nm("combine"), branches, *gated, d)
             }
@@ -436,7 +493,7 @@ pub fn emit_ptx(
     let outs = generate(&program, variant);
     let texts: Vec<String> = outs.iter().map(|k| k.ptx.clone()).collect();
     let ptx = builder::module(arch.target(), &texts);
-    let names = outs.iter().zip(&program.stages).map(|(k, _)| {
+    let names = outs.iter().map(|k| {
         k.ptx
             .lines()
             .next()
@@ -716,6 +773,183 @@ mod tests {
             assert_eq!(topn.grid[0], 77u32.div_ceil(tokens) * 2, "{v}");
             assert_eq!(ptx.contains(".maxntid"), tokens > 8, "{v}");
         }
+    }
+
+    /// The manifests of `spec` on 77 tokens with the default variant and with `fuse_combine=1`.
+    fn unfused_and_fused(spec: &Spec, dtype: DType) -> ((String, Manifest), (String, Manifest)) {
+        let mut p = Problem::batched(1, 77);
+        p.dtype = dtype;
+        let shape = p.resolve(spec).expect("valid");
+        let emit = |v: &GpuVariant| emit_ptx(spec, &shape, v, Arch::Sm90).expect("emits");
+        let fused = GpuVariant {
+            fuse_combine: 1,
+            ..GpuVariant::default()
+        };
+        (emit(&GpuVariant::default()), emit(&fused))
+    }
+
+    /// The `.entry` of kernel `name` in `ptx`.
+    fn entry<'a>(ptx: &'a str, name: &str) -> &'a str {
+        let start = ptx
+            .find(&format!(".visible .entry {name}("))
+            .expect("kernel present");
+        let rest = &ptx[start + 1..];
+        &ptx[start..start + 1 + rest.find(".visible .entry").unwrap_or(rest.len())]
+    }
+
+    #[test]
+    fn fused_combine_moves_into_the_tensor_core_select_kernel() {
+        let strs = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let own = ["seg", "q", "k", "v", "idx_slc", "o_slc"];
+        // (combine mode, combine order, the fused kernel's extra parameters)
+        let cases = [
+            (
+                CombineMode::Gate,
+                ["cmp", "slc"],
+                strs(&["o_cmp", "g_cmp", "g_slc", "o"]),
+            ),
+            (
+                CombineMode::Gate,
+                ["slc", "cmp"],
+                strs(&["o_cmp", "g_slc", "g_cmp", "o"]),
+            ),
+            (CombineMode::Sum, ["cmp", "slc"], strs(&["o_cmp", "o"])),
+        ];
+        for (mode, order, extra) in cases {
+            let mut spec = tensor_core_spec();
+            spec.combine = Combine {
+                mode,
+                branches: strs(&order),
+            };
+            for dtype in [DType::Bf16, DType::F16] {
+                let ((ptx0, m0), (ptx1, m1)) = unfused_and_fused(&spec, dtype);
+                // same buffers: the select branch's own output is still written
+                assert_eq!(m1.buffers, m0.buffers);
+                assert!(m0.kernels.iter().any(|k| k.name == "nsac_tc_combine"));
+                let names: Vec<&str> = m1.kernels.iter().map(|k| k.name.as_str()).collect();
+                assert_eq!(
+                    names,
+                    [
+                        "nsac_tc_pool_cmp",
+                        "nsac_tc_attend_cmp",
+                        "nsac_tc_topn_slc",
+                        "nsac_tc_attend_slc_combine"
+                    ]
+                );
+                assert_eq!(m1.kernels[..3], m0.kernels[..3]);
+                let slc = &m1.kernels[3];
+                let mut want = strs(&own);
+                want.extend(extra.iter().cloned());
+                assert_eq!(slc.params, want, "{mode:?} {order:?}");
+                let slc0 = kernel(&m0, "attend_slc");
+                assert_eq!(
+                    (slc.grid, slc.block, slc.shared_bytes, slc.max_regs),
+                    (slc0.grid, slc0.block, slc0.shared_bytes, slc0.max_regs)
+                );
+                assert!(ptx1.contains(".visible .entry nsac_tc_attend_slc_combine("));
+                assert!(!ptx1.contains(".visible .entry nsac_tc_combine("));
+                // the combine's arithmetic: per stored pair of elements, one fma (gated) or
+                // add (sum) per branch and element
+                let op = match mode {
+                    CombineMode::Gate => "fma.rn.f32",
+                    CombineMode::Sum => "add.rn.f32",
+                };
+                let per = 2 * 2;
+                let (k0, k1) = (
+                    entry(&ptx0, "nsac_tc_attend_slc"),
+                    entry(&ptx1, "nsac_tc_attend_slc_combine"),
+                );
+                let count = |k: &str, op: &str| k.matches(op).count();
+                // rows gq and gq+8, Dv/8 column pairs each, also written to o
+                let stores = count(k1, "st.global.v2.f32") - count(k0, "st.global.v2.f32");
+                assert_eq!(stores, 2 * 64 / 8);
+                // the other branch's pair read for each
+                let loads = count(k1, "ld.global.v2.f32") - count(k0, "ld.global.v2.f32");
+                assert_eq!(loads, stores);
+                assert_eq!(count(k1, op) - count(k0, op), stores * per);
+            }
+        }
+    }
+
+    #[test]
+    fn fused_combine_collapses_where_the_last_branch_kernel_cannot_fuse() {
+        let mut gated = tensor_core_spec();
+        gated.combine.mode = CombineMode::Gate;
+        // f32: the scalar select kernel
+        let (a, b) = unfused_and_fused(&gated, DType::F32);
+        assert_eq!(a, b);
+        // G = 32 > 16 heads per kv head: the scalar select kernel
+        let mut wide = gated.clone();
+        wide.heads = Heads { q: 64, kv: 2 };
+        let (a, b) = unfused_and_fused(&wide, DType::Bf16);
+        assert_eq!(a, b);
+        // only a compress branch
+        let mut compress_only = gated.clone();
+        compress_only.branches.truncate(1);
+        compress_only.combine.branches.truncate(1);
+        for dtype in [DType::Bf16, DType::F32] {
+            let (a, b) = unfused_and_fused(&compress_only, dtype);
+            assert!(a.1.kernels.iter().any(|k| k.name == "nsac_tc_combine"));
+            assert_eq!(a, b);
+        }
+    }
+
+    #[test]
+    fn fused_combine_moves_into_the_window_kernel_when_it_runs_last() {
+        let mut spec = tensor_core_spec();
+        spec.branches.push(Branch {
+            name: "win".into(),
+            kv: KvSource::Shared,
+            kind: BranchKind::Window(Window { size: 9 }),
+        });
+        spec.combine = Combine {
+            mode: CombineMode::Gate,
+            branches: ["win", "cmp", "slc"].map(String::from).to_vec(),
+        };
+        // the window kernel is scalar in every dtype
+        for dtype in [DType::Bf16, DType::F32] {
+            let ((_, m0), (ptx1, m1)) = unfused_and_fused(&spec, dtype);
+            assert_eq!(m1.buffers, m0.buffers);
+            let names: Vec<&str> = m1.kernels.iter().map(|k| k.name.as_str()).collect();
+            assert_eq!(names.last(), Some(&"nsac_tc_attend_win_combine"));
+            assert_eq!(m1.kernels.len() + 1, m0.kernels.len());
+            assert_eq!(
+                m1.kernels[..4],
+                m0.kernels[..4],
+                "the select kernel is not fused"
+            );
+            let win = &m1.kernels[4];
+            assert_eq!(
+                win.params,
+                [
+                    "seg", "q", "k", "v", "o_win", "o_cmp", "o_slc", "g_win", "g_cmp", "g_slc", "o"
+                ]
+            );
+            assert_eq!(
+                (win.grid, win.block),
+                (m0.kernels[4].grid, m0.kernels[4].block)
+            );
+            // three gates, then per lane and 32-wide chunk of Dv = 64: two loads of other
+            // branches, three fmas and one store to o
+            let k1 = entry(&ptx1, "nsac_tc_attend_win_combine");
+            let tail = &k1[k1.find("combine fused").expect("epilogue")..];
+            // (16-bit gates load as b16, f32 gates as f32)
+            let f32_gates = if dtype == DType::F32 { 3 } else { 0 };
+            assert_eq!(tail.matches("ld.global.b16").count(), 3 - f32_gates);
+            assert_eq!(tail.matches("ld.global.f32").count(), 2 * 2 + f32_gates);
+            assert_eq!(tail.matches("fma.rn.f32").count(), 2 * 3);
+            assert_eq!(tail.matches("st.global.f32").count(), 2);
+        }
+        // sum: adds instead, no gates
+        spec.combine.mode = CombineMode::Sum;
+        let (_, (ptx1, m1)) = unfused_and_fused(&spec, DType::F16);
+        let win = m1.kernels.last().expect("kernels");
+        assert_eq!(
+            win.params,
+            ["seg", "q", "k", "v", "o_win", "o_cmp", "o_slc", "o"]
+        );
+        let k1 = entry(&ptx1, "nsac_tc_attend_win_combine");
+        assert_eq!(k1.matches("add.rn.f32").count(), 2 * 3);
     }
 
     #[test]

@@ -1,11 +1,16 @@
 //! Attention kernels for the three branch kinds (compressed tokens, selected blocks, sliding
 //! window): one warp per (token, query head), lanes spread over the head dimension, online
 //! softmax in base 2 with f32 accumulation, an empty row yields 0.
+//!
+//! Fused combine (`GpuVariant::fuse_combine = 1`, when the window attention is the last branch
+//! stage): after storing its row, the warp also computes `o = Σ_b g_b·o_b` for the same elements
+//! (`combine::store_combined_vec`) and writes `o`; the combine kernel is then not launched.
 
 use crate::ptx::builder::{KernelBuilder, ParamTy, Reg, RegClass, fimm, imm, mem};
 use crate::ptx::lowering::{Dims, KvNames};
 
 use super::KernelOut;
+use super::combine::{Fused, store_combined_vec};
 use super::common::{
     Elem, chunks, for_range, load_vec, segment, store_vec, visible_compressed, warp_dot, warp_row,
 };
@@ -71,8 +76,16 @@ fn step(
     b.ins("mov.f32", [st.m.into(), mnew.into()]);
 }
 
-/// Generates the attention kernel of `branch`.
-pub fn attend(name: &str, branch: &str, keys: Keys<'_>, dims: &Dims, warps: u32) -> KernelOut {
+/// Generates the attention kernel of `branch`; with `fused`, it also computes the combine
+/// after storing its row (extra parameters [`Fused::params`]).
+pub fn attend(
+    name: &str,
+    branch: &str,
+    keys: Keys<'_>,
+    dims: &Dims,
+    warps: u32,
+    fused: Option<&Fused>,
+) -> KernelOut {
     let mut b = KernelBuilder::new(name);
     let mut params: Vec<String> = vec!["seg".into(), "q".into()];
     let (kname, vname, kelem) = match &keys {
@@ -98,6 +111,8 @@ pub fn attend(name: &str, branch: &str, keys: Keys<'_>, dims: &Dims, warps: u32)
         params.push(format!("lse_{branch}"));
     }
     let syms: Vec<String> = params.iter().map(|p| b.param(p, ParamTy::Ptr)).collect();
+    let fused_params = fused.map(|f| f.declare(&mut b, dims));
+    params.extend(fused.map(Fused::params).unwrap_or_default());
     let nrows = dims.ntok * dims.hq;
     let wr = warp_row(&mut b, nrows);
     let ptrs: Vec<Reg> = syms.iter().map(|s| b.load_ptr_param(s)).collect();
@@ -237,6 +252,10 @@ pub fn attend(name: &str, branch: &str, keys: Keys<'_>, dims: &Dims, warps: u32)
         imm(i64::from(dims.dv)),
     );
     store_vec(&mut b, ob, ooff, wr.lane, dims.dv, &out);
+    if let Some(fp) = &fused_params {
+        let terms = fp.load(&mut b);
+        store_combined_vec(&mut b, &terms, wr.row, wr.lane, dims.dv, &out);
+    }
     if write_lse {
         b.comment("lse in base 2 (-inf for an empty row), written by lane 0");
         let lb = ptrs[ptrs.len() - 1];
@@ -246,5 +265,10 @@ pub fn attend(name: &str, branch: &str, keys: Keys<'_>, dims: &Dims, warps: u32)
         let a = b.addr(lb, wr.row, 4);
         b.ins_if(lane0, false, "st.global.f32", [mem(a, 0), lse.into()]);
     }
-    wr.finish(b, params, (nrows, warps), "B*T*HQ", "(token, query head)")
+    let row = if fused.is_some() {
+        "(token, query head); epilogue: o = sum of g_b*o_b over the combined branches (combine fused)"
+    } else {
+        "(token, query head)"
+    };
+    wr.finish(b, params, (nrows, warps), "B*T*HQ", row)
 }

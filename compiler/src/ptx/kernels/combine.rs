@@ -1,10 +1,152 @@
-//! Combine kernel: one thread per output element, o = Σ_b g_b · o_b (all gates 1 for `sum`).
+//! Combine kernel: one thread per output element, o = Σ_b g_b · o_b (all gates 1 for `sum`),
+//! accumulated from 0 with one `fma` per branch in the combine's order.
+//!
+//! With `GpuVariant::fuse_combine = 1` the backend may instead compute the combine in the
+//! epilogue of the last branch kernel ([`Fused`]: the tensor-core selected attention, `tc_select`,
+//! or the window attention, `attend`): that kernel reads the other branches' outputs and the
+//! gates, performs the same operations in the same order on the values it stores, and writes `o`
+//! itself, so this kernel is not launched and the last branch's output is not re-read (it is
+//! still written: `o_<b>` is a result of the call).
+
+use nsac_dsl::problem::DType;
 
 use crate::ptx::builder::{KernelBuilder, ParamTy, Reg, RegClass, fimm, imm, mem, sym};
 use crate::ptx::lowering::Dims;
 
-use super::common::{Elem, load};
+use super::common::{Elem, chunk_guard, load, load_if};
+use super::tc_common::FusedTerms;
 use super::{KernelOut, Launch};
+
+/// The combine computed in the epilogue of the kernel of branch `into` (`fuse_combine = 1`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fused {
+    /// The branch whose kernel computes the combine (the last branch stage).
+    pub into: String,
+    /// The combined branches, in the combine's order.
+    pub branches: Vec<String>,
+    pub gated: bool,
+}
+
+impl Fused {
+    /// The pointer parameters the fused kernel takes after its own: the other branches'
+    /// outputs `o_<b>` and then (gated only) every branch's gate `g_<b>`, both in the combine's
+    /// order, then `o`.
+    pub fn params(&self) -> Vec<String> {
+        let mut params: Vec<String> = self
+            .branches
+            .iter()
+            .filter(|n| **n != self.into)
+            .map(|n| format!("o_{n}"))
+            .collect();
+        if self.gated {
+            params.extend(self.branches.iter().map(|n| format!("g_{n}")));
+        }
+        params.push("o".into());
+        params
+    }
+
+    /// Declares the parameters of [`Fused::params`] (after the kernel's own) in `b`.
+    pub fn declare(&self, b: &mut KernelBuilder, dims: &Dims) -> FusedParams {
+        let mut ptr = |name: String| b.param(&name, ParamTy::Ptr);
+        let outs: Vec<Option<String>> = self
+            .branches
+            .iter()
+            .map(|n| (*n != self.into).then(|| ptr(format!("o_{n}"))))
+            .collect();
+        let gates: Vec<String> = if self.gated {
+            self.branches
+                .iter()
+                .map(|n| ptr(format!("g_{n}")))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let o = ptr("o".into());
+        FusedParams {
+            outs,
+            gates,
+            o,
+            dtype: dims.dtype,
+        }
+    }
+}
+
+/// The fused combine's parameter symbols in a kernel ([`Fused::declare`]).
+pub struct FusedParams {
+    outs: Vec<Option<String>>,
+    gates: Vec<String>,
+    o: String,
+    dtype: DType,
+}
+
+impl FusedParams {
+    /// Loads the parameters' pointers: the combine's terms.
+    pub fn load(&self, b: &mut KernelBuilder) -> FusedTerms {
+        FusedTerms {
+            outs: self
+                .outs
+                .iter()
+                .map(|s| s.as_ref().map(|s| b.load_ptr_param(s)))
+                .collect(),
+            gates: self.gates.iter().map(|s| b.load_ptr_param(s)).collect(),
+            o: b.load_ptr_param(&self.o),
+            dtype: self.dtype,
+        }
+    }
+}
+
+/// Stores a warp-distributed row of the last branch's output (lane holds elements
+/// `lane + 32·m` of row `row`, values `own`, as `common::store_vec` writes them) combined with
+/// the other branches' rows into `o`: per element `acc = 0; acc = fma(g_b, o_b, acc)` over the
+/// terms in order (`add.rn` for `sum`), the combine kernel's operations in its order. `row` is the
+/// flattened (token, q head) index of the gates.
+pub fn store_combined_vec(
+    b: &mut KernelBuilder,
+    terms: &FusedTerms,
+    row: Reg,
+    lane: Reg,
+    dv: u32,
+    own: &[Reg],
+) {
+    b.comment("combine fused: o = sum of g_b * o_b in the combine's order");
+    let gates: Vec<Reg> = terms
+        .gates
+        .iter()
+        .map(|&g| load(b, g, row, Elem::Input(terms.dtype)))
+        .collect();
+    let ooff = b.op2(RegClass::B32, "mul.lo.u32", row.into(), imm(i64::from(dv)));
+    let start = b.op2(RegClass::B32, "add.u32", ooff.into(), lane.into());
+    for (m, x) in own.iter().enumerate() {
+        let m = m as u32;
+        let guard = chunk_guard(b, lane, m, dv);
+        let idx = b.op2(
+            RegClass::B32,
+            "add.u32",
+            start.into(),
+            imm(i64::from(m * 32)),
+        );
+        let acc = b.reg(RegClass::F32);
+        b.ins("mov.f32", [acc.into(), fimm(0.0)]);
+        for (i, src) in terms.outs.iter().enumerate() {
+            let v = match src {
+                None => *x,
+                Some(p) => load_if(b, *p, idx, Elem::F32, guard),
+            };
+            match gates.get(i) {
+                Some(g) => b.ins(
+                    "fma.rn.f32",
+                    [acc.into(), (*g).into(), v.into(), acc.into()],
+                ),
+                None => b.ins("add.rn.f32", [acc.into(), acc.into(), v.into()]),
+            }
+        }
+        let a = b.addr(terms.o, idx, 4);
+        match guard {
+            Some(p) => b.ins_if(p, false, "st.global.f32", [mem(a, 0), acc.into()]),
+            None => b.ins("st.global.f32", [mem(a, 0), acc.into()]),
+        }
+    }
+}
 
 /// Generates the combine kernel.
 pub fn combine(name: &str, branches: &[String], gated: bool, dims: &Dims) -> KernelOut {

@@ -16,6 +16,8 @@ use nsac_dsl::problem::DType;
 use crate::ptx::builder::{KernelBuilder, Operand, Reg, RegClass, fimm, imm, mem, sym};
 use crate::ptx::lowering::Dims;
 
+use super::common::{Elem, load_if};
+
 /// Keys staged per step of the compressed-token kernels (a multiple of 16).
 pub const CHUNK: u32 = 32;
 
@@ -559,6 +561,121 @@ pub fn store_o(
                 "st.global.v2.f32",
                 [mem(oa, off), vec_op(&[x, y])],
             );
+        }
+        sum
+    })
+}
+
+/// The combine `o = Σ_b g_b·o_b` computed in a branch kernel's epilogue (`fuse_combine = 1`):
+/// one term per combined branch, in the combine's order.
+pub struct FusedTerms {
+    /// Per combined branch: the base of its f32 output `o_<b>` `[B·T, HQ, Dv]`, or `None` for
+    /// the kernel's own branch (whose values are in registers).
+    pub outs: Vec<Option<Reg>>,
+    /// Per combined branch: the base of its gate `g_<b>` `[B·T, HQ]` in the input dtype; empty
+    /// for a `sum` combine.
+    pub gates: Vec<Reg>,
+    /// The base of the final output `o` `[B·T, HQ, Dv]` (f32).
+    pub o: Reg,
+    /// The input dtype (of the gates).
+    pub dtype: DType,
+}
+
+/// [`store_o`] followed by the combine: normalises and stores the rows < G of O into the
+/// branch's own output `ob` (row `qrow`, an empty row yields 0) under `live`, and into `o` the
+/// element-wise `acc = 0; acc = fma(g_b, o_b, acc)` over `terms` in order (`add.rn` for `sum`), the
+/// own term taken from the stored values: the separate combine kernel's operations in its
+/// order, so `o` is the same bit for bit. A lane stores, and reads the other branches' elements
+/// and the gates of, exactly the elements [`store_o`] stores: rows (q heads) gq and gq + 8 of
+/// the group where they are < G, columns 8·nt + 2·tq, +1; nothing for padding rows or dead
+/// warps. Returns the quad-reduced row sums.
+#[allow(clippy::too_many_arguments)]
+pub fn store_o_combined(
+    b: &mut KernelBuilder,
+    st: &Attn,
+    ob: Reg,
+    qrow: Reg,
+    l: &Lanes,
+    dv: u32,
+    live: Option<Reg>,
+    terms: &FusedTerms,
+) -> [Reg; 2] {
+    b.comment("normalise (an empty row yields 0), store rows < G and combine them into o");
+    let oe = b.op3(
+        RegClass::B32,
+        "mad.lo.u32",
+        qrow.into(),
+        imm(i64::from(dv)),
+        l.tq2.into(),
+    );
+    let oa = b.addr(ob, oe, 4);
+    let other: Vec<Option<Reg>> = terms
+        .outs
+        .iter()
+        .map(|p| p.map(|p| b.addr(p, oe, 4)))
+        .collect();
+    let fa = b.addr(terms.o, oe, 4);
+    [0, 1].map(|half| {
+        let sum = quad_reduce(b, st.l[half], "add.f32");
+        let empty = b.setp("eq.f32", sum.into(), fimm(0.0));
+        let r = b.op1(RegClass::F32, "rcp.rn.f32", sum.into());
+        let inv = b.reg(RegClass::F32);
+        b.ins("selp.f32", [inv.into(), fimm(0.0), r.into(), empty.into()]);
+        let ok = match live {
+            Some(lv) => b.op2(RegClass::Pred, "and.pred", l.rowok[half].into(), lv.into()),
+            None => l.rowok[half],
+        };
+        b.comment("gates of this row's (token, q head)");
+        let grow = if half == 0 {
+            qrow
+        } else {
+            b.op2(RegClass::B32, "add.u32", qrow.into(), imm(8))
+        };
+        let gates: Vec<Reg> = terms
+            .gates
+            .iter()
+            .map(|&g| load_if(b, g, grow, Elem::Input(terms.dtype), Some(ok)))
+            .collect();
+        for (nt, a) in st.acc.iter().enumerate() {
+            let x = b.op2(RegClass::F32, "mul.f32", a[2 * half].into(), inv.into());
+            let y = b.op2(RegClass::F32, "mul.f32", a[2 * half + 1].into(), inv.into());
+            let off = (half as i64) * i64::from(8 * dv * 4) + 32 * nt as i64;
+            b.ins_if(
+                ok,
+                false,
+                "st.global.v2.f32",
+                [mem(oa, off), vec_op(&[x, y])],
+            );
+            let c = [0, 1].map(|_| {
+                let r = b.reg(RegClass::F32);
+                b.ins("mov.f32", [r.into(), fimm(0.0)]);
+                r
+            });
+            for (i, src) in other.iter().enumerate() {
+                let v = match src {
+                    None => [x, y],
+                    Some(p) => {
+                        let v = [0, 1].map(|_| {
+                            let r = b.reg(RegClass::F32);
+                            b.ins("mov.f32", [r.into(), fimm(0.0)]);
+                            r
+                        });
+                        b.ins_if(ok, false, "ld.global.v2.f32", [vec_op(&v), mem(*p, off)]);
+                        v
+                    }
+                };
+                for j in 0..2 {
+                    match gates.get(i) {
+                        Some(g) => b.ins(
+                            "fma.rn.f32",
+                            [c[j].into(), (*g).into(), v[j].into(), c[j].into()],
+                        ),
+                        // `.rn`: ptxas must not contract the own term's `mul` into this add
+                        None => b.ins("add.rn.f32", [c[j].into(), c[j].into(), v[j].into()]),
+                    }
+                }
+            }
+            b.ins_if(ok, false, "st.global.v2.f32", [mem(fa, off), vec_op(&c)]);
         }
         sum
     })

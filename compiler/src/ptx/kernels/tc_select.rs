@@ -13,6 +13,12 @@
 //! past the block end are zero-filled), read back with `ldmatrix` (K) and `ldmatrix.trans` (V);
 //! S = Q·Kᵀ and O += P·V run on the tensor cores and the online softmax (base 2) works on the
 //! accumulator fragments (`tc_common::chunk_step`).
+//!
+//! Fused combine (`GpuVariant::fuse_combine = 1`, when this is the last branch stage): the
+//! epilogue also computes `o = Σ_b g_b·o_b` for the elements the warp stores
+//! (`tc_common::store_o_combined`), reading the other branches' outputs (written by earlier
+//! kernels of the stream) and the gates, and writes `o`; the separate combine kernel is then not
+//! launched. The branch's own output `o_<b>` is still written (it is a result of the call).
 
 use nsac_dsl::problem::DType;
 
@@ -20,10 +26,11 @@ use crate::ptx::builder::{KernelBuilder, ParamTy, Reg, RegClass, imm, mem, sym};
 use crate::ptx::lowering::{Dims, KvNames};
 use crate::ptx::variant::GpuVariant;
 
+use super::combine::Fused;
 use super::common::{bound_threads, for_range, segment};
 use super::tc_common::{
     Attn, BlockIds, ChunkMath, CpRows, KeyMask, block_ids, cp_stage, k_lane_offset, lanes, load_q,
-    mma_ops, row_stride, store_o, v_lane_offset,
+    mma_ops, row_stride, store_o, store_o_combined, v_lane_offset,
 };
 use super::{KernelOut, Launch};
 
@@ -44,7 +51,9 @@ fn warp_bytes(dims: &Dims, chunk: u32) -> u32 {
 
 /// Generates the tensor-core attention kernel of select branch `branch` over the chosen
 /// blocks (same parameters and outputs as the scalar kernel), with `variant.select_tokens`
-/// warps per thread block and `variant.select_chunk` keys per staged chunk.
+/// warps per thread block and `variant.select_chunk` keys per staged chunk; with `fused`, the
+/// kernel also computes the combine in its epilogue (extra parameters [`Fused::params`]).
+#[allow(clippy::too_many_arguments)]
 pub fn attend_selected_tc(
     name: &str,
     branch: &str,
@@ -53,12 +62,13 @@ pub fn attend_selected_tc(
     top: u32,
     dims: &Dims,
     variant: &GpuVariant,
+    fused: Option<&Fused>,
 ) -> KernelOut {
     let (warps, chunk) = (variant.select_tokens, variant.select_chunk);
     let mut b = KernelBuilder::new(name);
     b.use_dynamic_shared();
     bound_threads(&mut b, 32 * warps);
-    let params: Vec<String> = vec![
+    let mut params: Vec<String> = vec![
         "seg".into(),
         "q".into(),
         kv.k.clone(),
@@ -67,6 +77,8 @@ pub fn attend_selected_tc(
         format!("o_{branch}"),
     ];
     let syms: Vec<String> = params.iter().map(|p| b.param(p, ParamTy::Ptr)).collect();
+    let fused_params = fused.map(|f| f.declare(&mut b, dims));
+    params.extend(fused.map(Fused::params).unwrap_or_default());
     let (mma, cvt) = mma_ops(dims.dtype);
     let (g, hh, dqk, dv) = (dims.group, dims.h, dims.dqk, dims.dv);
 
@@ -193,10 +205,24 @@ pub fn attend_selected_tc(
         });
         b.place(skip);
     });
-    store_o(&mut b, &st, ob, qrow, &l, dv, None);
+    match &fused_params {
+        None => {
+            store_o(&mut b, &st, ob, qrow, &l, dv, None);
+        }
+        Some(fp) => {
+            // the combine's pointers are loaded here, not kept through the loop
+            let terms = fp.load(&mut b);
+            store_o_combined(&mut b, &st, ob, qrow, &l, dv, None, &terms);
+        }
+    }
     b.place(exit);
     b.ins("ret", []);
     let shared = warps * warp_bytes(dims, chunk);
+    let epilogue = if fused.is_some() {
+        "; epilogue: o = sum of g_b*o_b over the combined branches (combine fused)"
+    } else {
+        ""
+    };
     KernelOut {
         ptx: b.finish(),
         params,
@@ -206,7 +232,7 @@ pub fn attend_selected_tc(
             block: warps * 32,
             shared_bytes: shared,
             formula: format!(
-                "grid = ceil(B*T / {warps}) * H, block = {}, shared = {warps}*{chunk}*(2*Dqk+16 + 2*Dv+16) bytes: {warps} consecutive tokens of one kv head per block, one warp per (token, kv head), tensor cores",
+                "grid = ceil(B*T / {warps}) * H, block = {}, shared = {warps}*{chunk}*(2*Dqk+16 + 2*Dv+16) bytes: {warps} consecutive tokens of one kv head per block, one warp per (token, kv head), tensor cores{epilogue}",
                 warps * 32,
             ),
         },
