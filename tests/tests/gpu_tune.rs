@@ -58,7 +58,7 @@ fn tuning_records_a_checked_variant_and_reuses_it() {
         result.space
     );
     assert!(events > 0);
-    assert_eq!(result.space, 12);
+    assert_eq!(result.space, 24);
     assert!(result.measured() >= 2);
     assert!(result.default_time.is_some());
     assert!(

@@ -636,34 +636,44 @@ pub fn store_o_combined(
             .iter()
             .map(|&g| load_if(b, g, grow, Elem::Input(terms.dtype), Some(ok)))
             .collect();
+        let off = |nt: usize| (half as i64) * i64::from(8 * dv * 4) + 32 * nt as i64;
+        // Every load of the other branches' elements comes before the first store: ptxas may
+        // not move a load past a store that could alias it, and loads issued one store apart
+        // each wait a full memory round trip (the select kernel has few warps to hide it).
+        let loaded: Vec<Vec<Option<[Reg; 2]>>> = (0..st.acc.len())
+            .map(|nt| {
+                other
+                    .iter()
+                    .map(|src| {
+                        src.map(|p| {
+                            let v = [0, 1].map(|_| {
+                                let r = b.reg(RegClass::F32);
+                                b.ins("mov.f32", [r.into(), fimm(0.0)]);
+                                r
+                            });
+                            b.ins_if(ok, false, "ld.global.v2.f32", [vec_op(&v), mem(p, off(nt))]);
+                            v
+                        })
+                    })
+                    .collect()
+            })
+            .collect();
         for (nt, a) in st.acc.iter().enumerate() {
             let x = b.op2(RegClass::F32, "mul.f32", a[2 * half].into(), inv.into());
             let y = b.op2(RegClass::F32, "mul.f32", a[2 * half + 1].into(), inv.into());
-            let off = (half as i64) * i64::from(8 * dv * 4) + 32 * nt as i64;
             b.ins_if(
                 ok,
                 false,
                 "st.global.v2.f32",
-                [mem(oa, off), vec_op(&[x, y])],
+                [mem(oa, off(nt)), vec_op(&[x, y])],
             );
             let c = [0, 1].map(|_| {
                 let r = b.reg(RegClass::F32);
                 b.ins("mov.f32", [r.into(), fimm(0.0)]);
                 r
             });
-            for (i, src) in other.iter().enumerate() {
-                let v = match src {
-                    None => [x, y],
-                    Some(p) => {
-                        let v = [0, 1].map(|_| {
-                            let r = b.reg(RegClass::F32);
-                            b.ins("mov.f32", [r.into(), fimm(0.0)]);
-                            r
-                        });
-                        b.ins_if(ok, false, "ld.global.v2.f32", [vec_op(&v), mem(*p, off)]);
-                        v
-                    }
-                };
+            for (i, src) in loaded[nt].iter().enumerate() {
+                let v = src.unwrap_or([x, y]);
                 for j in 0..2 {
                     match gates.get(i) {
                         Some(g) => b.ins(
@@ -675,7 +685,12 @@ pub fn store_o_combined(
                     }
                 }
             }
-            b.ins_if(ok, false, "st.global.v2.f32", [mem(fa, off), vec_op(&c)]);
+            b.ins_if(
+                ok,
+                false,
+                "st.global.v2.f32",
+                [mem(fa, off(nt)), vec_op(&c)],
+            );
         }
         sum
     })
