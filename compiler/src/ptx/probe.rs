@@ -17,7 +17,8 @@
 use nsac_dsl::problem::DType;
 
 use super::Arch;
-use super::builder::{self, KernelBuilder, ParamTy, Reg, RegClass, fimm, imm, mem, sym};
+use super::builder::{self, KernelBuilder, ParamTy, Reg, RegClass, fimm, imm, mem};
+use super::kernels::common::global_thread;
 use super::kernels::tc_common::{mma_ops, vec_op};
 
 /// Independent accumulator chains per warp (mma) or thread (ffma).
@@ -108,16 +109,7 @@ impl Probe {
 
 /// The global thread index as u32 and as f32 (a value ptxas cannot know).
 fn thread_index(b: &mut KernelBuilder) -> (Reg, Reg) {
-    let tid = b.op1(RegClass::B32, "mov.u32", sym("%tid.x"));
-    let cta = b.op1(RegClass::B32, "mov.u32", sym("%ctaid.x"));
-    let ntid = b.op1(RegClass::B32, "mov.u32", sym("%ntid.x"));
-    let n = b.op3(
-        RegClass::B32,
-        "mad.lo.u32",
-        cta.into(),
-        ntid.into(),
-        tid.into(),
-    );
+    let (_, n) = global_thread(b);
     let x = b.op1(RegClass::F32, "cvt.rn.f32.u32", n.into());
     (n, x)
 }

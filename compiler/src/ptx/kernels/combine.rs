@@ -10,10 +10,10 @@
 
 use nsac_dsl::problem::DType;
 
-use crate::ptx::builder::{KernelBuilder, ParamTy, Reg, RegClass, fimm, imm, mem, sym};
+use crate::ptx::builder::{KernelBuilder, ParamTy, Reg, RegClass, fimm, imm, mem};
 use crate::ptx::lowering::Dims;
 
-use super::common::{Elem, chunk_guard, load, load_if};
+use super::common::{Elem, chunk_guard, global_thread, load, load_if};
 use super::tc_common::FusedTerms;
 use super::{KernelOut, Launch};
 
@@ -158,16 +158,7 @@ pub fn combine(name: &str, branches: &[String], gated: bool, dims: &Dims) -> Ker
     params.push("o".into());
     let syms: Vec<String> = params.iter().map(|p| b.param(p, ParamTy::Ptr)).collect();
     let total = dims.ntok * dims.hq * dims.dv;
-    let tid = b.op1(RegClass::B32, "mov.u32", sym("%tid.x"));
-    let cta = b.op1(RegClass::B32, "mov.u32", sym("%ctaid.x"));
-    let ntid = b.op1(RegClass::B32, "mov.u32", sym("%ntid.x"));
-    let n = b.op3(
-        RegClass::B32,
-        "mad.lo.u32",
-        cta.into(),
-        ntid.into(),
-        tid.into(),
-    );
+    let (_, n) = global_thread(&mut b);
     let exit = b.label();
     let p = b.setp("ge.u32", n.into(), imm(i64::from(total)));
     b.bra_if(p, false, exit);

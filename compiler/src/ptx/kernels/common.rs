@@ -61,8 +61,8 @@ pub struct WarpRow {
     pub exit: Label,
 }
 
-/// `row = global thread / 32`, `lane = tid & 31`; warps past `nrows` jump to `exit`.
-pub fn warp_row(b: &mut KernelBuilder, nrows: u32) -> WarpRow {
+/// `(%tid.x, the global thread index %ctaid.x·%ntid.x + %tid.x)` of a 1-D launch.
+pub fn global_thread(b: &mut KernelBuilder) -> (Reg, Reg) {
     let tid = b.op1(RegClass::B32, "mov.u32", sym("%tid.x"));
     let cta = b.op1(RegClass::B32, "mov.u32", sym("%ctaid.x"));
     let ntid = b.op1(RegClass::B32, "mov.u32", sym("%ntid.x"));
@@ -73,6 +73,12 @@ pub fn warp_row(b: &mut KernelBuilder, nrows: u32) -> WarpRow {
         ntid.into(),
         tid.into(),
     );
+    (tid, gt)
+}
+
+/// `row = global thread / 32`, `lane = tid & 31`; warps past `nrows` jump to `exit`.
+pub fn warp_row(b: &mut KernelBuilder, nrows: u32) -> WarpRow {
+    let (tid, gt) = global_thread(b);
     let row = b.op2(RegClass::B32, "shr.u32", gt.into(), imm(5));
     let lane = b.op2(RegClass::B32, "and.b32", tid.into(), imm(31));
     let exit = b.label();

@@ -521,6 +521,38 @@ pub fn chunk_step(
     }
 }
 
+/// The flat element index `qrow·Dv + 2·tq` of a lane's first output column in row `qrow`.
+fn fragment_element(b: &mut KernelBuilder, qrow: Reg, l: &Lanes, dv: u32) -> Reg {
+    b.op3(
+        RegClass::B32,
+        "mad.lo.u32",
+        qrow.into(),
+        imm(i64::from(dv)),
+        l.tq2.into(),
+    )
+}
+
+/// For row half `half` of O: the quad-reduced row sum, its reciprocal (0 for an empty row,
+/// which then yields 0) and whether the lane's row is stored (a row < G, and `live`).
+fn row_scale(
+    b: &mut KernelBuilder,
+    st: &Attn,
+    l: &Lanes,
+    half: usize,
+    live: Option<Reg>,
+) -> (Reg, Reg, Reg) {
+    let sum = quad_reduce(b, st.l[half], "add.f32");
+    let empty = b.setp("eq.f32", sum.into(), fimm(0.0));
+    let r = b.op1(RegClass::F32, "rcp.rn.f32", sum.into());
+    let inv = b.reg(RegClass::F32);
+    b.ins("selp.f32", [inv.into(), fimm(0.0), r.into(), empty.into()]);
+    let ok = match live {
+        Some(lv) => b.op2(RegClass::Pred, "and.pred", l.rowok[half].into(), lv.into()),
+        None => l.rowok[half],
+    };
+    (sum, inv, ok)
+}
+
 /// Normalises and stores the rows < G of O (f32, row `qrow`, an empty row yields 0) under
 /// `live`; returns the quad-reduced row sums.
 pub fn store_o(
@@ -533,24 +565,10 @@ pub fn store_o(
     live: Option<Reg>,
 ) -> [Reg; 2] {
     b.comment("normalise (an empty row yields 0) and store rows < G");
-    let oe = b.op3(
-        RegClass::B32,
-        "mad.lo.u32",
-        qrow.into(),
-        imm(i64::from(dv)),
-        l.tq2.into(),
-    );
+    let oe = fragment_element(b, qrow, l, dv);
     let oa = b.addr(ob, oe, 4);
     [0, 1].map(|half| {
-        let sum = quad_reduce(b, st.l[half], "add.f32");
-        let empty = b.setp("eq.f32", sum.into(), fimm(0.0));
-        let r = b.op1(RegClass::F32, "rcp.rn.f32", sum.into());
-        let inv = b.reg(RegClass::F32);
-        b.ins("selp.f32", [inv.into(), fimm(0.0), r.into(), empty.into()]);
-        let ok = match live {
-            Some(lv) => b.op2(RegClass::Pred, "and.pred", l.rowok[half].into(), lv.into()),
-            None => l.rowok[half],
-        };
+        let (sum, inv, ok) = row_scale(b, st, l, half, live);
         for (nt, a) in st.acc.iter().enumerate() {
             let x = b.op2(RegClass::F32, "mul.f32", a[2 * half].into(), inv.into());
             let y = b.op2(RegClass::F32, "mul.f32", a[2 * half + 1].into(), inv.into());
@@ -601,13 +619,7 @@ pub fn store_o_combined(
     terms: &FusedTerms,
 ) -> [Reg; 2] {
     b.comment("normalise (an empty row yields 0), store rows < G and combine them into o");
-    let oe = b.op3(
-        RegClass::B32,
-        "mad.lo.u32",
-        qrow.into(),
-        imm(i64::from(dv)),
-        l.tq2.into(),
-    );
+    let oe = fragment_element(b, qrow, l, dv);
     let oa = b.addr(ob, oe, 4);
     let other: Vec<Option<Reg>> = terms
         .outs
@@ -616,15 +628,7 @@ pub fn store_o_combined(
         .collect();
     let fa = b.addr(terms.o, oe, 4);
     [0, 1].map(|half| {
-        let sum = quad_reduce(b, st.l[half], "add.f32");
-        let empty = b.setp("eq.f32", sum.into(), fimm(0.0));
-        let r = b.op1(RegClass::F32, "rcp.rn.f32", sum.into());
-        let inv = b.reg(RegClass::F32);
-        b.ins("selp.f32", [inv.into(), fimm(0.0), r.into(), empty.into()]);
-        let ok = match live {
-            Some(lv) => b.op2(RegClass::Pred, "and.pred", l.rowok[half].into(), lv.into()),
-            None => l.rowok[half],
-        };
+        let (sum, inv, ok) = row_scale(b, st, l, half, live);
         b.comment("gates of this row's (token, q head)");
         let grow = if half == 0 {
             qrow
