@@ -40,6 +40,11 @@ fn entry(key: TuneKey, q_tile: u32) -> Entry {
                 error: "a reason: with a colon\nand a newline".into(),
             },
         }],
+        pruned: vec![nsac_runtime::tune::db::PrunedGroup {
+            reason: "needs 9 registers, the device has 8".into(),
+            count: 3,
+            example: serde_json::to_value(variant(q_tile + 1)).unwrap(),
+        }],
     }
 }
 
@@ -89,7 +94,30 @@ fn a_tuning_result_round_trips_through_the_yaml_file() {
         panic!("expected a hit, got {found:?}")
     };
     assert_eq!(hit.best_variant::<ToyVariant>().unwrap(), result.best);
-    assert_eq!(hit.candidates.len(), result.candidates.len());
+    // Compiled candidates one by one, pruned ones counted per reason: nothing is lost.
+    let pruned = result
+        .candidates
+        .iter()
+        .filter(|c| matches!(c.outcome, Outcome::Pruned { .. }))
+        .count();
+    assert!(pruned > 0, "the toy space prunes some candidates");
+    assert_eq!(hit.candidates.len(), result.candidates.len() - pruned);
+    assert!(
+        hit.candidates
+            .iter()
+            .all(|c| !matches!(c.outcome, Outcome::Pruned { .. }))
+    );
+    assert_eq!(hit.pruned.iter().map(|g| g.count).sum::<usize>(), pruned);
+    for g in &hit.pruned {
+        assert!(
+            result.candidates.iter().any(|c| c.outcome
+                == Outcome::Pruned {
+                    reason: g.reason.clone()
+                }
+                && serde_json::to_value(&c.variant).unwrap() == g.example),
+            "{g:?} is not one of the pruned candidates"
+        );
+    }
     assert_eq!(hit.best_us, result.best_time.as_secs_f64() * 1e6);
 
     // The same key again replaces the entry rather than adding one.
@@ -391,13 +419,47 @@ fn a_hand_written_file_in_the_documented_format_loads() {
     assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
     let entry = &loaded.value.entries[0];
     assert_eq!(entry.key.shape.seq_len, 8192);
-    assert_eq!(entry.candidates.len(), 2);
+    assert_eq!(entry.candidates.len(), 1);
+    assert_eq!(
+        entry.candidates[0].outcome.median().map(|t| t.as_micros()),
+        Some(14002)
+    );
+    assert_eq!(entry.pruned.len(), 1);
+    assert_eq!(entry.pruned[0].count, 12);
+    assert!(entry.pruned[0].reason.contains("registers, the device"));
+    assert_eq!(entry.pruned[0].example["rows"], 3);
+}
+
+#[test]
+fn files_that_list_pruned_candidates_one_by_one_still_load() {
+    // How entries were written before pruned candidates were counted per reason.
+    let yaml = r#"schema: 1
+entries:
+- key:
+    spec: 3f9c0a1b22d4e5f6
+    shape: {layout: batched, batch: 1, seq_len: 8192, heads_q: 64, heads_kv: 4, dim_qk: 192, dim_v: 128}
+    dtype: f32
+    device:
+      cpu: {model: AMD EPYC, arch: x86_64, features: [sse4.1, avx, avx2, fma], cores: 2}
+    nsac: "0.1.0"
+  best: {rows: 4, key_vectors: 2, threads: 2}
+  best_us: 8123.4
+  default: {rows: 1, key_vectors: 1, threads: 2}
+  default_us: 15890.2
+  strategy: coordinate_descent
+  candidates:
+  - variant: {rows: 3, key_vectors: 4, threads: 2}
+    outcome: {pruned: {reason: "needs 20 F32X4 registers, the device has 16"}}
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let db = db_in(dir.path());
+    std::fs::write(db.path(), yaml).unwrap();
+    let loaded = db.load().unwrap();
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let entry = &loaded.value.entries[0];
+    assert!(entry.pruned.is_empty());
     assert!(matches!(
         &entry.candidates[0].outcome,
         Outcome::Pruned { reason } if reason.contains("registers, the device")
     ));
-    assert_eq!(
-        entry.candidates[1].outcome.median().map(|t| t.as_micros()),
-        Some(14002)
-    );
 }

@@ -5,8 +5,9 @@
 //! [`super::file_lock`]), so two processes tuning at once both keep their entries. A file that
 //! does not parse, or has another schema version, is set aside as `tuning.yaml.corrupt-<n>` and
 //! reported as a [`DbWarning`]; the DB then starts empty. Variants are stored as plain YAML
-//! values so one file holds the entries of every backend. A file looks like this (one entry,
-//! candidates shortened):
+//! values so one file holds the entries of every backend. Candidates rejected before compiling
+//! are not listed one by one (a GPU space prunes about a thousand); `pruned` counts them per
+//! reason, with one example each. A file looks like this (one entry, candidates shortened):
 //!
 //! ```yaml
 //! schema: 1
@@ -24,10 +25,12 @@
 //!   default_us: 15890.2
 //!   strategy: coordinate_descent
 //!   candidates:
-//!   - variant: {rows: 3, key_vectors: 4, threads: 2}
-//!     outcome: {pruned: {reason: "needs 20 F32X4 registers, the device has 16"}}
 //!   - variant: {rows: 2, key_vectors: 2, threads: 1}
 //!     outcome: {measured: {median_us: 14002.5, runs: 5}}
+//!   pruned:
+//!   - reason: "needs 20 F32X4 registers, the device has 16"
+//!     count: 12
+//!     example: {rows: 3, key_vectors: 4, threads: 2}
 //! ```
 
 use super::file_lock::{lock_exclusive, write_atomic};
@@ -67,8 +70,43 @@ pub struct Entry {
     pub default: serde_json::Value,
     pub default_us: Option<f64>,
     pub strategy: Strategy,
-    /// Every candidate, with its time or why it failed or was pruned.
+    /// Every candidate that was compiled, with its time or why it failed. (Files written
+    /// before `pruned` existed list pruned candidates here too.)
     pub candidates: Vec<RecordedCandidate>,
+    /// The candidates rejected before compiling, counted per reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pruned: Vec<PrunedGroup>,
+}
+
+/// Candidates pruned for one reason.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrunedGroup {
+    pub reason: String,
+    pub count: usize,
+    /// The first of them, as the backend serializes it.
+    pub example: serde_json::Value,
+}
+
+/// The pruned candidates of `result` grouped by reason, in order of first appearance.
+fn pruned_groups<V>(
+    result: &TuneResult<V>,
+    value: impl Fn(&V) -> Result<serde_json::Value, DbError>,
+) -> Result<Vec<PrunedGroup>, DbError> {
+    let mut groups: Vec<PrunedGroup> = Vec::new();
+    for c in &result.candidates {
+        let Outcome::Pruned { reason } = &c.outcome else {
+            continue;
+        };
+        match groups.iter_mut().find(|g| &g.reason == reason) {
+            Some(g) => g.count += 1,
+            None => groups.push(PrunedGroup {
+                reason: reason.clone(),
+                count: 1,
+                example: value(&c.variant)?,
+            }),
+        }
+    }
+    Ok(groups)
 }
 
 /// One candidate as stored.
@@ -95,6 +133,7 @@ impl Entry {
             candidates: result
                 .candidates
                 .iter()
+                .filter(|c| !matches!(c.outcome, Outcome::Pruned { .. }))
                 .map(|c| {
                     Ok(RecordedCandidate {
                         variant: value(&c.variant)?,
@@ -102,6 +141,7 @@ impl Entry {
                     })
                 })
                 .collect::<Result<_, DbError>>()?,
+            pruned: pruned_groups(result, value)?,
         })
     }
 
