@@ -13,7 +13,7 @@ use nsac_dsl::problem::DType;
 use crate::ptx::builder::{KernelBuilder, ParamTy, Reg, RegClass, fimm, imm, mem};
 use crate::ptx::lowering::Dims;
 
-use super::common::{Elem, chunk_guard, global_thread, load, load_if};
+use super::common::{Elem, global_thread, lane_element, load, load_if, store_f32_if};
 use super::tc_common::FusedTerms;
 use super::{KernelOut, Launch};
 
@@ -117,14 +117,7 @@ pub fn store_combined_vec(
     let ooff = b.op2(RegClass::B32, "mul.lo.u32", row.into(), imm(i64::from(dv)));
     let start = b.op2(RegClass::B32, "add.u32", ooff.into(), lane.into());
     for (m, x) in own.iter().enumerate() {
-        let m = m as u32;
-        let guard = chunk_guard(b, lane, m, dv);
-        let idx = b.op2(
-            RegClass::B32,
-            "add.u32",
-            start.into(),
-            imm(i64::from(m * 32)),
-        );
+        let (idx, guard) = lane_element(b, start, lane, m as u32, dv);
         let acc = b.reg(RegClass::F32);
         b.ins("mov.f32", [acc.into(), fimm(0.0)]);
         for (i, src) in terms.outs.iter().enumerate() {
@@ -132,19 +125,19 @@ pub fn store_combined_vec(
                 None => *x,
                 Some(p) => load_if(b, *p, idx, Elem::F32, guard),
             };
-            match gates.get(i) {
-                Some(g) => b.ins(
-                    "fma.rn.f32",
-                    [acc.into(), (*g).into(), v.into(), acc.into()],
-                ),
-                None => b.ins("add.rn.f32", [acc.into(), acc.into(), v.into()]),
-            }
+            add_term(b, acc, gates.get(i).copied(), v);
         }
-        let a = b.addr(terms.o, idx, 4);
-        match guard {
-            Some(p) => b.ins_if(p, false, "st.global.f32", [mem(a, 0), acc.into()]),
-            None => b.ins("st.global.f32", [mem(a, 0), acc.into()]),
-        }
+        store_f32_if(b, terms.o, idx, acc, guard);
+    }
+}
+
+/// One term of a fused combine: `acc = fma(gate, v, acc)`, or `acc += v` without gates
+/// (`add.rn`, so ptxas cannot contract a preceding `mul` of `v` into it and change the
+/// rounding the separate combine kernel has).
+pub fn add_term(b: &mut KernelBuilder, acc: Reg, gate: Option<Reg>, v: Reg) {
+    match gate {
+        Some(g) => b.ins("fma.rn.f32", [acc.into(), g.into(), v.into(), acc.into()]),
+        None => b.ins("add.rn.f32", [acc.into(), acc.into(), v.into()]),
     }
 }
 

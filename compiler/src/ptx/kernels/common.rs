@@ -196,6 +196,34 @@ pub fn chunk_guard(b: &mut KernelBuilder, lane: Reg, m: u32, dim: u32) -> Option
     Some(b.setp("lt.u32", d.into(), imm(i64::from(dim))))
 }
 
+/// The index `start + 32·m` of a lane's element in chunk `m` of a warp-distributed row whose
+/// lane-0 element is at `start − lane`, with its [`chunk_guard`].
+pub fn lane_element(
+    b: &mut KernelBuilder,
+    start: Reg,
+    lane: Reg,
+    m: u32,
+    dim: u32,
+) -> (Reg, Option<Reg>) {
+    let g = chunk_guard(b, lane, m, dim);
+    let idx = b.op2(
+        RegClass::B32,
+        "add.u32",
+        start.into(),
+        imm(i64::from(m * 32)),
+    );
+    (idx, g)
+}
+
+/// Stores f32 `value` at element `idx` of `base`, under `guard` when there is one.
+pub fn store_f32_if(b: &mut KernelBuilder, base: Reg, idx: Reg, value: Reg, guard: Option<Reg>) {
+    let a = b.addr(base, idx, 4);
+    match guard {
+        Some(p) => b.ins_if(p, false, "st.global.f32", [mem(a, 0), value.into()]),
+        None => b.ins("st.global.f32", [mem(a, 0), value.into()]),
+    }
+}
+
 /// Loads the warp-distributed vector at element offset `row_off` of `base`: lane holds
 /// elements `lane + 32·m`, one register per chunk, 0 past `dim`.
 pub fn load_vec(
@@ -209,13 +237,7 @@ pub fn load_vec(
     let start = b.op2(RegClass::B32, "add.u32", row_off.into(), lane.into());
     (0..chunks(dim))
         .map(|m| {
-            let g = chunk_guard(b, lane, m, dim);
-            let idx = b.op2(
-                RegClass::B32,
-                "add.u32",
-                start.into(),
-                imm(i64::from(m * 32)),
-            );
+            let (idx, g) = lane_element(b, start, lane, m, dim);
             load_if(b, base, idx, elem, g)
         })
         .collect()
@@ -225,19 +247,8 @@ pub fn load_vec(
 pub fn store_vec(b: &mut KernelBuilder, base: Reg, row_off: Reg, lane: Reg, dim: u32, v: &[Reg]) {
     let start = b.op2(RegClass::B32, "add.u32", row_off.into(), lane.into());
     for (m, r) in v.iter().enumerate() {
-        let m = m as u32;
-        let g = chunk_guard(b, lane, m, dim);
-        let idx = b.op2(
-            RegClass::B32,
-            "add.u32",
-            start.into(),
-            imm(i64::from(m * 32)),
-        );
-        let a = b.addr(base, idx, 4);
-        match g {
-            Some(p) => b.ins_if(p, false, "st.global.f32", [mem(a, 0), (*r).into()]),
-            None => b.ins("st.global.f32", [mem(a, 0), (*r).into()]),
-        }
+        let (idx, g) = lane_element(b, start, lane, m as u32, dim);
+        store_f32_if(b, base, idx, *r, g);
     }
 }
 

@@ -16,6 +16,7 @@ use nsac_dsl::problem::DType;
 use crate::ptx::builder::{KernelBuilder, Operand, Reg, RegClass, fimm, imm, mem, sym};
 use crate::ptx::lowering::Dims;
 
+use super::combine::add_term;
 use super::common::{Elem, load_if};
 
 /// Keys staged per step of the compressed-token kernels (a multiple of 16).
@@ -679,14 +680,7 @@ pub fn store_o_combined(
             for (i, src) in loaded[nt].iter().enumerate() {
                 let v = src.unwrap_or([x, y]);
                 for j in 0..2 {
-                    match gates.get(i) {
-                        Some(g) => b.ins(
-                            "fma.rn.f32",
-                            [c[j].into(), (*g).into(), v[j].into(), c[j].into()],
-                        ),
-                        // `.rn`: ptxas must not contract the own term's `mul` into this add
-                        None => b.ins("add.rn.f32", [c[j].into(), c[j].into(), v[j].into()]),
-                    }
+                    add_term(b, c[j], gates.get(i).copied(), v[j]);
                 }
             }
             b.ins_if(
