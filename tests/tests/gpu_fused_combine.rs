@@ -78,16 +78,8 @@ fn fits(dev: &CudaDevice, spec: &Spec, shape: &Shape, v: &GpuVariant) -> bool {
 
 #[test]
 fn fused_combine_equals_unfused_bit_for_bit() {
-    let dev = match CudaDevice::open() {
-        Ok(Some(d)) => d,
-        Ok(None) => {
-            eprintln!("SKIPPED: no CUDA driver or device found");
-            return;
-        }
-        Err(e) => {
-            eprintln!("SKIPPED: CUDA could not be opened: {e}");
-            return;
-        }
+    let Some(dev) = gpu_common::device() else {
+        return;
     };
     let bases = [
         GpuVariant::default(),

@@ -206,28 +206,6 @@ fn run_case(
     Ok(summary)
 }
 
-fn device() -> Option<std::sync::Arc<CudaDevice>> {
-    match CudaDevice::open() {
-        Ok(Some(d)) => {
-            println!(
-                "device: {} (sm_{}{})",
-                d.name(),
-                d.capability().0,
-                d.capability().1
-            );
-            Some(d)
-        }
-        Ok(None) => {
-            eprintln!("SKIPPED: no CUDA driver or device found");
-            None
-        }
-        Err(e) => {
-            eprintln!("SKIPPED: CUDA could not be opened: {e}");
-            None
-        }
-    }
-}
-
 fn run_all(cases: Vec<(Spec, Shape, u64)>) {
     let default = GpuVariant::default();
     run_variants(
@@ -239,7 +217,9 @@ fn run_all(cases: Vec<(Spec, Shape, u64)>) {
 }
 
 fn run_variants(cases: Vec<(Spec, Shape, u64, GpuVariant)>) {
-    let Some(dev) = device() else { return };
+    let Some(dev) = gpu_common::device() else {
+        return;
+    };
     let mut failures = Vec::new();
     for (spec, shape, seed, variant) in &cases {
         match run_case(&dev, spec, shape, *seed, variant) {

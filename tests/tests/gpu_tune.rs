@@ -3,7 +3,6 @@
 //! printed reason when no CUDA driver or device is present.
 
 use nsac_dsl::problem::{DType, Problem};
-use nsac_runtime::cuda::CudaDevice;
 use nsac_runtime::tune::gpu::{GpuKnobs, GpuTuneOptions, tune_gpu, tuned_gpu_variant};
 use nsac_runtime::tune::{Outcome, Tuned, TuningDb};
 
@@ -11,10 +10,8 @@ mod gpu_common;
 
 #[test]
 fn tuning_records_a_checked_variant_and_reuses_it() {
-    let gpu = match CudaDevice::open() {
-        Ok(Some(gpu)) => gpu,
-        Ok(None) => return eprintln!("SKIPPED: no CUDA driver or device found"),
-        Err(e) => return eprintln!("SKIPPED: CUDA could not be opened: {e}"),
+    let Some(gpu) = gpu_common::device() else {
+        return;
     };
     let spec = gpu_common::library_specs()
         .into_iter()
@@ -92,10 +89,8 @@ fn tuning_records_a_checked_variant_and_reuses_it() {
 #[test]
 fn ceiling_probes_measure_plausible_rates() {
     use nsac_compiler::ptx::probe::Probe;
-    let gpu = match CudaDevice::open() {
-        Ok(Some(gpu)) => gpu,
-        Ok(None) => return eprintln!("SKIPPED: no CUDA driver or device found"),
-        Err(e) => return eprintln!("SKIPPED: CUDA could not be opened: {e}"),
+    let Some(gpu) = gpu_common::device() else {
+        return;
     };
     let sms = gpu.fingerprint().expect("fingerprint").sm_count;
     let ffma = gpu.ceiling(Probe::Ffma).expect("ffma probe");

@@ -1,5 +1,6 @@
 //! Helpers shared by the GPU backend's tests: the library specs built directly as `Spec`
-//! values (until the parser's library lands), random specs and shapes, and finding `ptxas`.
+//! values (until the parser's library lands), random specs and shapes, finding `ptxas`, and
+//! opening the GPU or saying why a test is skipped.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
@@ -10,6 +11,7 @@ use nsac_dsl::spec::{
     Branch, BranchKind, Combine, CombineMode, Compress, HeadDim, Heads, KvSource, Pool, Select,
     Spec, Window,
 };
+use nsac_runtime::cuda::CudaDevice;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -173,4 +175,28 @@ pub fn find_ptxas() -> Option<PathBuf> {
 /// Whether a missing tool must fail the test (CI) rather than skip it.
 pub fn must_run() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// GPU 0 (its name printed), or `None` after printing why the test is skipped: no driver or
+/// device, or CUDA failed to open.
+pub fn device() -> Option<std::sync::Arc<CudaDevice>> {
+    match CudaDevice::open() {
+        Ok(Some(d)) => {
+            println!(
+                "device: {} (sm_{}{})",
+                d.name(),
+                d.capability().0,
+                d.capability().1
+            );
+            Some(d)
+        }
+        Ok(None) => {
+            eprintln!("SKIPPED: no CUDA driver or device found");
+            None
+        }
+        Err(e) => {
+            eprintln!("SKIPPED: CUDA could not be opened: {e}");
+            None
+        }
+    }
 }
