@@ -3,6 +3,7 @@
 
 pub mod cost;
 pub mod cpu;
+pub mod ir;
 pub mod plan;
 pub mod ptx;
 

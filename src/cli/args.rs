@@ -223,6 +223,8 @@ pub enum Target {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Emit {
+    /// The verified Plan, the IR every backend reads (no --target needed).
+    Plan,
     /// Cranelift IR (--target cpu): deterministic, independent of the host CPU.
     Clif,
     /// The host machine code as Cranelift's lowered instruction listing (--target cpu).
@@ -235,6 +237,7 @@ impl Emit {
     /// The flag value.
     pub fn name(self) -> &'static str {
         match self {
+            Emit::Plan => "plan",
             Emit::Clif => "clif",
             Emit::Asm => "asm",
             Emit::Ptx => "ptx",
@@ -249,10 +252,12 @@ pub struct CompileArgs {
     pub spec: PathBuf,
     #[command(flatten)]
     pub problem: ProblemArgs,
-    /// What to generate code for.
+    /// What to generate code for (implied by --emit clif|asm (cpu) and ptx (ptx); not needed
+    /// for --emit plan).
     #[arg(long, value_enum)]
-    pub target: Target,
-    /// Which text to show (default: the target's natural output).
+    pub target: Option<Target>,
+    /// Which text to show (default: the target's natural output). `plan` prints the verified
+    /// Plan: the tensors and ops every backend reads, independent of --seq/--batch/--cu-seqlens.
     #[arg(long, value_enum)]
     pub emit: Option<Emit>,
     /// GPU architecture for --target ptx: sm_80 (Ampere) or sm_90 (Hopper).

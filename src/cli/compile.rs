@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use nsac_compiler::ir::Plan;
 use nsac_compiler::ptx::{self, Arch};
 use nsac_runtime::cpu;
 
@@ -16,18 +17,32 @@ use super::problem::problem_from_args;
 pub fn run(args: &CompileArgs) -> Result<(), CliError> {
     let spec = nsac_dsl::load(&args.spec)?;
     let shape = problem_from_args(&args.problem)?.resolve(&spec)?;
-    match args.target {
+    let target = match (args.target, args.emit) {
+        (_, Some(Emit::Plan)) => {
+            let text = Plan::for_shape(&spec, &shape)?.text();
+            return write_text(args.output.as_deref(), &text);
+        }
+        (Some(t), _) => t,
+        (None, Some(Emit::Clif | Emit::Asm)) => Target::Cpu,
+        (None, Some(Emit::Ptx)) => Target::Ptx,
+        (None, None) => {
+            return Err(CliError::Other(
+                "say what to compile for: --target cpu|ptx, or --emit plan|clif|asm|ptx".into(),
+            ));
+        }
+    };
+    match target {
         Target::Cpu => {
             let variant = explicit_variant(args.variant.as_deref())?.unwrap_or_default();
             let text = match args.emit.unwrap_or(Emit::Clif) {
                 Emit::Clif => cpu::emit_clif(&spec, &shape, &variant)?,
                 Emit::Asm => cpu::emit_asm(&spec, &shape, &variant)?,
-                Emit::Ptx => return Err(CliError::Other("`--emit ptx` needs --target ptx".into())),
+                // (`--emit plan` returned above.)
+                Emit::Ptx | Emit::Plan => {
+                    return Err(CliError::Other("`--emit ptx` needs --target ptx".into()));
+                }
             };
-            match &args.output {
-                Some(path) => write_atomically(path, &text)?,
-                None => emit(&text).map_err(CliError::Stdout)?,
-            }
+            write_text(args.output.as_deref(), &text)?;
         }
         Target::Ptx => {
             if let Some(e) = args.emit.filter(|e| *e != Emit::Ptx) {
@@ -56,6 +71,14 @@ pub fn run(args: &CompileArgs) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// Writes `text` to `path` (atomically), or to standard output.
+fn write_text(path: Option<&Path>, text: &str) -> Result<(), CliError> {
+    match path {
+        Some(path) => write_atomically(path, text),
+        None => emit(text).map_err(CliError::Stdout),
+    }
 }
 
 /// `out.ptx` → `out.manifest.json`.

@@ -40,6 +40,8 @@ pub enum CliError {
     Cuda(#[from] nsac_runtime::cuda::CudaError),
     #[error(transparent)]
     Ptx(#[from] nsac_compiler::ptx::PtxError),
+    #[error("cannot lower the spec: {0}")]
+    Lower(#[from] nsac_compiler::ir::LowerError),
     #[error("cannot write to standard output: {0}")]
     Stdout(#[source] std::io::Error),
     #[error("{0}")]

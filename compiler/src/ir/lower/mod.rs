@@ -1,0 +1,27 @@
+//! Lowerings from a `Spec` onto the plan vocabulary: `forward` today; backward and decode
+//! lowerings add their ops and tensors beside it.
+
+mod forward;
+
+pub use forward::forward;
+
+use super::VerifyError;
+
+/// Why a spec cannot be lowered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LowerError {
+    #[error("branch `{branch}`: parameter `{param}` must be positive")]
+    ZeroParameter { branch: String, param: &'static str },
+    #[error("select branch `{branch}` is scored by `{by}`, which is not a compress branch")]
+    BadScoredBy { branch: String, by: String },
+    #[error("combine names `{0}`, which is not a branch")]
+    UnknownCombineBranch(String),
+    #[error("branch `{0}` is declared twice or missing from combine")]
+    CombineMismatch(String),
+    #[error("heads {q}/{kv}: query heads must be a positive multiple of kv heads")]
+    BadHeads { q: u32, kv: u32 },
+    #[error("head dims must be positive")]
+    BadHeadDim,
+    #[error("the lowered plan breaks the IR contract (a compiler bug): {0}")]
+    Verify(#[from] VerifyError),
+}

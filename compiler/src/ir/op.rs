@@ -1,0 +1,229 @@
+//! The op vocabulary of a [`super::Plan`]: a few general operations (pool, score, top-k, attend,
+//! combine) that every branch kind lowers onto, each naming the tensors it reads and writes.
+//! What each op computes is stated exactly in its docs, with the positional rules of
+//! [`super::rules`]; together they restate the semantics of the oracle (`kernels::reference`).
+
+use super::tensor::TensorId;
+
+/// How a pool op reduces a block of keys (or values) to one compressed token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PoolKind {
+    /// `K̃_j = (1/l)·Σ_i K[j·d+i]`.
+    Mean,
+    /// `K̃_j = Σ_i w[h,i]·K[j·d+i]` with one weight tensor `[H, l]` for keys and values.
+    Weighted,
+    /// `K̃_j[e] = Σ_{i,x} K[j·d+i, x]·wk[h, i·Dqk + x, e]`, `Ṽ` with `wv` and Dv.
+    Linear,
+}
+
+impl PoolKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            PoolKind::Mean => "mean",
+            PoolKind::Weighted => "weighted",
+            PoolKind::Linear => "linear",
+        }
+    }
+}
+
+/// Which keys of its key tensor a query position attends to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum KeySet {
+    /// Every key the query may see: raw keys `k ≤ t` ([`super::rules::causal_keys`]).
+    Causal,
+    /// Every compressed token the query sees: token `j` (covering raw keys `[j·d, j·d+l)`) iff
+    /// `j·d + l − 1 ≤ t` ([`super::rules::visible_compressed`]).
+    Compressed { block: usize, stride: usize },
+    /// The keys of a sliding window ([`super::rules::window_keys`]).
+    Window { size: usize },
+    /// The keys of the blocks (of `granularity` keys; 1 = single tokens) listed per query and kv
+    /// head in an index tensor `[B, Tq, H, n]` (ascending, −1 padded), restricted to the keys
+    /// the query may see ([`super::rules::block_keys`]).
+    Gather { idx: TensorId, granularity: usize },
+}
+
+/// Softmax attention: for every query position `t` and query head `hq` (kv head `hq / G`),
+/// `out[t,hq] = Σ_k p_k·V[k]` with `p = softmax_k(scale·q[t,hq]·K[k])` over the keys of
+/// `keys`; 0 when there is none. With `lse`, also writes `log Σ_k exp(scale·q·K[k])` per
+/// (t, hq), −∞ for an empty row.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Attend {
+    pub branch: String,
+    pub keys: KeySet,
+    pub q: TensorId,
+    pub k: TensorId,
+    pub v: TensorId,
+    pub out: TensorId,
+    pub lse: Option<TensorId>,
+}
+
+/// Pools blocks of `block` keys (and values), `stride` apart, into compressed tokens, per
+/// segment: token `j` covers keys `[j·d, j·d + l)` and exists iff `j·d + l ≤ L`
+/// ([`super::rules::compressed_tokens`]); the segments' tokens follow each other in `kc`/`vc`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Pool {
+    pub branch: String,
+    pub kind: PoolKind,
+    pub block: usize,
+    pub stride: usize,
+    pub k: TensorId,
+    pub v: TensorId,
+    /// `[w]` for weighted, `[wk, wv]` for linear, empty for mean.
+    pub weights: Vec<TensorId>,
+    pub kc: TensorId,
+    pub vc: TensorId,
+}
+
+/// Where a score op takes its scores from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ScoreSource {
+    /// A compress branch's attention probabilities `p_c(t,hq,j) = exp(scale·q·K̃_j − lse)`
+    /// (0 for invisible tokens), summed over the query heads of a kv head and spread over the
+    /// blocks each compressed token overlaps, weighted by the overlap over the stride
+    /// ([`super::rules::overlap`]).
+    Compressed {
+        branch: String,
+        block: usize,
+        stride: usize,
+        q: TensorId,
+        kc: TensorId,
+        lse: TensorId,
+    },
+}
+
+/// Scores the blocks of `granularity` keys per (query position, kv head): writes `out`
+/// `[B, Tq, H, NB]` (0 for a block no compressed token overlaps).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Score {
+    pub branch: String,
+    pub source: ScoreSource,
+    pub granularity: usize,
+    pub out: TensorId,
+}
+
+/// The members a top-k always takes (their score counts as +∞).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Forced {
+    /// Blocks `0 .. first`.
+    pub first: usize,
+    /// The `last` blocks ending at the query's own block.
+    pub last: usize,
+}
+
+/// How a top-k orders equal scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Tie {
+    /// The lower index wins, identically on every backend.
+    LowerIndex,
+}
+
+/// Picks, per (query position, kv head), the first `min(k, #candidates)` candidates ordered by
+/// (score descending, tie rule) — candidates are the blocks of `block` keys the query may see
+/// ([`super::rules::candidate_blocks`]), forced ones first ([`super::rules::is_forced`]) — and
+/// writes them to `idx` `[B, Tq, H, k]` in ascending order, padded with −1.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TopK {
+    pub branch: String,
+    pub k: usize,
+    pub block: usize,
+    pub forced: Forced,
+    pub tie: Tie,
+    pub scores: TensorId,
+    pub idx: TensorId,
+}
+
+/// How a combine mixes branch outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CombineMode {
+    /// `o = Σ_b g_b·o_b` with one gate tensor `[B, Tq, HQ]` per branch, used as given.
+    Gate,
+    /// `o = Σ_b o_b`.
+    Sum,
+}
+
+/// One branch output of a combine, with its gate (`None` for `sum`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Term {
+    pub branch: String,
+    pub out: TensorId,
+    pub gate: Option<TensorId>,
+}
+
+/// `out[t,hq] = Σ_terms g(t,hq)·o_b(t,hq)` in term order (gates 1 for `sum`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Combine {
+    pub mode: CombineMode,
+    pub terms: Vec<Term>,
+    pub out: TensorId,
+}
+
+/// One operation of a plan.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Op {
+    Pool(Pool),
+    Score(Score),
+    TopK(TopK),
+    Attend(Attend),
+    Combine(Combine),
+}
+
+impl Op {
+    /// The lower-case name of the text form.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Pool(_) => "pool",
+            Op::Score(_) => "score",
+            Op::TopK(_) => "topk",
+            Op::Attend(_) => "attend",
+            Op::Combine(_) => "combine",
+        }
+    }
+
+    /// The tensors the op reads, in a fixed order.
+    pub fn reads(&self) -> Vec<TensorId> {
+        match self {
+            Op::Pool(p) => [p.k, p.v]
+                .into_iter()
+                .chain(p.weights.iter().copied())
+                .collect(),
+            Op::Score(s) => match &s.source {
+                ScoreSource::Compressed { q, kc, lse, .. } => vec![*q, *kc, *lse],
+            },
+            Op::TopK(t) => vec![t.scores],
+            Op::Attend(a) => {
+                let mut r = vec![a.q, a.k, a.v];
+                if let KeySet::Gather { idx, .. } = a.keys {
+                    r.push(idx);
+                }
+                r
+            }
+            Op::Combine(c) => c
+                .terms
+                .iter()
+                .flat_map(|t| std::iter::once(t.out).chain(t.gate))
+                .collect(),
+        }
+    }
+
+    /// The tensors the op writes, in a fixed order.
+    pub fn writes(&self) -> Vec<TensorId> {
+        match self {
+            Op::Pool(p) => vec![p.kc, p.vc],
+            Op::Score(s) => vec![s.out],
+            Op::TopK(t) => vec![t.idx],
+            Op::Attend(a) => std::iter::once(a.out).chain(a.lse).collect(),
+            Op::Combine(c) => vec![c.out],
+        }
+    }
+
+    /// The branch the op belongs to (`None` for the combine).
+    pub fn branch(&self) -> Option<&str> {
+        match self {
+            Op::Pool(p) => Some(&p.branch),
+            Op::Score(s) => Some(&s.branch),
+            Op::TopK(t) => Some(&t.branch),
+            Op::Attend(a) => Some(&a.branch),
+            Op::Combine(_) => None,
+        }
+    }
+}

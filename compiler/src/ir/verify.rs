@@ -1,0 +1,304 @@
+//! `Plan::verify`: the contract every lowering must meet and every backend may rely on.
+//!
+//! Checked: names are unique and ids in range; every tensor the caller does not provide has
+//! exactly one producing op, and provided ones (`In`, `State`) none; every op reads only
+//! provided tensors or tensors an earlier op produced; every `Out`/`Saved`/`Grad` tensor is
+//! produced and every `Scratch` tensor is read; each op's operands have the extents and element
+//! types it needs (q `[B,Tq,HQ,DQK]`, keys `[B,Tk|NC,H,DQK]`, …); op parameters are positive.
+
+use super::Plan;
+use super::op::{KeySet, Op, ScoreSource};
+use super::tensor::{Elem, Extent, Role, TensorId};
+
+/// A broken contract: which op or tensor, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error("op {op} names tensor {id}, but the plan declares {count} tensors")]
+    UnknownTensor {
+        op: usize,
+        id: TensorId,
+        count: usize,
+    },
+    #[error("tensor `{0}` is declared twice")]
+    DuplicateName(String),
+    #[error("tensor `{name}` ({role}) is written by op {op}, but the caller provides it")]
+    WritesProvided {
+        name: String,
+        role: &'static str,
+        op: usize,
+    },
+    #[error("tensor `{name}` is written by ops {first} and {second}")]
+    TwoProducers {
+        name: String,
+        first: usize,
+        second: usize,
+    },
+    #[error("op {op} reads `{name}` before any op produces it")]
+    ReadBeforeWrite { name: String, op: usize },
+    #[error("tensor `{name}` ({role}) is never produced")]
+    NeverProduced { name: String, role: &'static str },
+    #[error("scratch tensor `{0}` is produced but never read")]
+    UnusedScratch(String),
+    #[error("op {op} ({what}): `{name}` has shape [{got}], expected [{want}]")]
+    Shape {
+        op: usize,
+        what: &'static str,
+        name: String,
+        got: String,
+        want: String,
+    },
+    #[error("op {op} ({what}): `{name}` is {got}, expected {want}")]
+    Elem {
+        op: usize,
+        what: &'static str,
+        name: String,
+        got: &'static str,
+        want: &'static str,
+    },
+    #[error("op {op}: parameter `{param}` must be positive")]
+    ZeroParameter { op: usize, param: &'static str },
+    #[error("op {op}: a compressed key set ({want}) does not match its pool ({got})")]
+    PoolMismatch {
+        op: usize,
+        want: String,
+        got: String,
+    },
+}
+
+fn list(shape: &[Extent]) -> String {
+    shape
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+struct Checker<'a> {
+    plan: &'a Plan,
+    op: usize,
+    what: &'static str,
+}
+
+impl Checker<'_> {
+    fn shape(&self, id: TensorId, want: &[Extent]) -> Result<(), VerifyError> {
+        let t = self.plan.tensor(id);
+        if t.shape != want {
+            return Err(VerifyError::Shape {
+                op: self.op,
+                what: self.what,
+                name: t.name.clone(),
+                got: list(&t.shape),
+                want: list(want),
+            });
+        }
+        Ok(())
+    }
+
+    fn elem(&self, id: TensorId, want: Elem) -> Result<(), VerifyError> {
+        let t = self.plan.tensor(id);
+        if t.elem != want {
+            return Err(VerifyError::Elem {
+                op: self.op,
+                what: self.what,
+                name: t.name.clone(),
+                got: t.elem.name(),
+                want: want.name(),
+            });
+        }
+        Ok(())
+    }
+
+    fn positive(&self, v: usize, param: &'static str) -> Result<(), VerifyError> {
+        if v == 0 {
+            return Err(VerifyError::ZeroParameter { op: self.op, param });
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn verify(plan: &Plan) -> Result<(), VerifyError> {
+    let n = plan.tensors.len();
+    for (i, t) in plan.tensors.iter().enumerate() {
+        if plan.tensors[..i].iter().any(|o| o.name == t.name) {
+            return Err(VerifyError::DuplicateName(t.name.clone()));
+        }
+    }
+    let mut producer: Vec<Option<usize>> = vec![None; n];
+    for (i, op) in plan.ops.iter().enumerate() {
+        for id in op.reads().into_iter().chain(op.writes()) {
+            if id.0 >= n {
+                return Err(VerifyError::UnknownTensor {
+                    op: i,
+                    id,
+                    count: n,
+                });
+            }
+        }
+        for id in op.reads() {
+            let t = plan.tensor(id);
+            if !t.role.is_provided() && producer[id.0].is_none() {
+                return Err(VerifyError::ReadBeforeWrite {
+                    name: t.name.clone(),
+                    op: i,
+                });
+            }
+        }
+        for id in op.writes() {
+            let t = plan.tensor(id);
+            if t.role.is_provided() {
+                return Err(VerifyError::WritesProvided {
+                    name: t.name.clone(),
+                    role: t.role.name(),
+                    op: i,
+                });
+            }
+            if let Some(first) = producer[id.0] {
+                return Err(VerifyError::TwoProducers {
+                    name: t.name.clone(),
+                    first,
+                    second: i,
+                });
+            }
+            producer[id.0] = Some(i);
+        }
+        check_op(plan, i, op)?;
+    }
+    for (i, t) in plan.tensors.iter().enumerate() {
+        if !t.role.is_provided() && producer[i].is_none() {
+            return Err(VerifyError::NeverProduced {
+                name: t.name.clone(),
+                role: t.role.name(),
+            });
+        }
+        if t.role == Role::Scratch && plan.consumers(TensorId(i)).next().is_none() {
+            return Err(VerifyError::UnusedScratch(t.name.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// The extents and element types each op needs of its operands.
+fn check_op(plan: &Plan, i: usize, op: &Op) -> Result<(), VerifyError> {
+    use Extent::{Batch as B, Dqk, Dv, HeadsKv as H, HeadsQ as HQ, Keys as TK, Queries as TQ};
+    let act = Elem::of(plan.consts.dtype);
+    let c = Checker {
+        plan,
+        op: i,
+        what: op.name(),
+    };
+    match op {
+        Op::Pool(p) => {
+            c.positive(p.block, "block")?;
+            c.positive(p.stride, "stride")?;
+            c.shape(p.k, &[B, TK, H, Dqk])?;
+            c.shape(p.v, &[B, TK, H, Dv])?;
+            let nc = Extent::Compressed(p.branch.clone());
+            c.shape(p.kc, &[B, nc.clone(), H, Dqk])?;
+            c.shape(p.vc, &[B, nc, H, Dv])?;
+            for id in [p.k, p.v].into_iter().chain(p.weights.iter().copied()) {
+                c.elem(id, act)?;
+            }
+            c.elem(p.kc, Elem::F32)?;
+            c.elem(p.vc, Elem::F32)?;
+        }
+        Op::Attend(a) => {
+            c.shape(a.q, &[B, TQ, HQ, Dqk])?;
+            c.shape(a.out, &[B, TQ, HQ, Dv])?;
+            c.elem(a.q, act)?;
+            c.elem(a.out, Elem::F32)?;
+            if let Some(lse) = a.lse {
+                c.shape(lse, &[B, TQ, HQ])?;
+                c.elem(lse, Elem::F32)?;
+            }
+            let keys = match &a.keys {
+                KeySet::Compressed { block, stride } => {
+                    c.positive(*block, "block")?;
+                    c.positive(*stride, "stride")?;
+                    let pool = plan.producer(a.k).and_then(|(_, op)| match op {
+                        Op::Pool(p) => Some(p),
+                        _ => None,
+                    });
+                    match pool {
+                        Some(p) if (p.block, p.stride) == (*block, *stride) => {}
+                        other => {
+                            return Err(VerifyError::PoolMismatch {
+                                op: i,
+                                want: format!("block {block}, stride {stride}"),
+                                got: other.map_or("no pool op".into(), |p| {
+                                    format!("block {}, stride {}", p.block, p.stride)
+                                }),
+                            });
+                        }
+                    }
+                    c.elem(a.k, Elem::F32)?;
+                    c.elem(a.v, Elem::F32)?;
+                    plan.tensor(a.k).shape[1].clone()
+                }
+                KeySet::Gather { idx, granularity } => {
+                    c.positive(*granularity, "granularity")?;
+                    let top = match plan.tensor(*idx).shape.get(3) {
+                        Some(Extent::Const(n)) => *n,
+                        _ => 0,
+                    };
+                    c.positive(top, "index width")?;
+                    c.shape(*idx, &[B, TQ, H, Extent::Const(top)])?;
+                    c.elem(*idx, Elem::I32)?;
+                    c.elem(a.k, act)?;
+                    c.elem(a.v, act)?;
+                    TK
+                }
+                KeySet::Causal | KeySet::Window { .. } => {
+                    c.elem(a.k, act)?;
+                    c.elem(a.v, act)?;
+                    TK
+                }
+            };
+            c.shape(a.k, &[B, keys.clone(), H, Dqk])?;
+            c.shape(a.v, &[B, keys, H, Dv])?;
+        }
+        Op::Score(s) => {
+            c.positive(s.granularity, "granularity")?;
+            match &s.source {
+                ScoreSource::Compressed {
+                    branch,
+                    block,
+                    stride,
+                    q,
+                    kc,
+                    lse,
+                } => {
+                    c.positive(*block, "block")?;
+                    c.positive(*stride, "stride")?;
+                    c.shape(*q, &[B, TQ, HQ, Dqk])?;
+                    c.shape(*kc, &[B, Extent::Compressed(branch.clone()), H, Dqk])?;
+                    c.shape(*lse, &[B, TQ, HQ])?;
+                    c.elem(*kc, Elem::F32)?;
+                    c.elem(*lse, Elem::F32)?;
+                }
+            }
+            c.shape(s.out, &[B, TQ, H, Extent::Blocks(s.granularity)])?;
+            c.elem(s.out, Elem::F32)?;
+        }
+        Op::TopK(t) => {
+            c.positive(t.k, "k")?;
+            c.positive(t.block, "block")?;
+            c.shape(t.scores, &[B, TQ, H, Extent::Blocks(t.block)])?;
+            c.shape(t.idx, &[B, TQ, H, Extent::Const(t.k)])?;
+            c.elem(t.scores, Elem::F32)?;
+            c.elem(t.idx, Elem::I32)?;
+        }
+        Op::Combine(cb) => {
+            c.shape(cb.out, &[B, TQ, HQ, Dv])?;
+            c.elem(cb.out, Elem::F32)?;
+            for term in &cb.terms {
+                c.shape(term.out, &[B, TQ, HQ, Dv])?;
+                c.elem(term.out, Elem::F32)?;
+                if let Some(g) = term.gate {
+                    c.shape(g, &[B, TQ, HQ])?;
+                    c.elem(g, act)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
