@@ -1,0 +1,307 @@
+//! A spec prepared for one device: the device chosen, the Variant taken (explicit, tuned or
+//! default) and the compiled kernels kept for reuse, so a program compiles once and calls many
+//! times.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nsac_compiler::cpu::CpuVariant;
+use nsac_compiler::ptx::GpuVariant;
+use nsac_dsl::Spec;
+use nsac_dsl::problem::{DType, Problem, Sequences, Shape};
+use nsac_dsl::spec::{HeadDim, Heads};
+use nsac_kernels::io::{Inputs, Tensor};
+use nsac_runtime::cpu::CpuKernel;
+use nsac_runtime::cuda::{CudaDevice, CudaKernel};
+use nsac_runtime::tensor_io::{HostTensor, TensorSet, reference_outputs};
+use nsac_runtime::tune::cpu::tuned_cpu_variant;
+use nsac_runtime::tune::db::TuningDb;
+use nsac_runtime::tune::gpu::tuned_gpu_variant;
+
+use super::Error;
+
+/// Where to run.
+#[derive(Debug, Clone, Default)]
+pub enum Device {
+    /// The f64 oracle: slow, the definition of the semantics.
+    Reference,
+    /// This machine's CPU (Cranelift JIT, f32).
+    Cpu,
+    /// The first CUDA device (PTX we generate, loaded through the driver).
+    Cuda,
+    /// The GPU when a CUDA driver and device are present, else the CPU.
+    #[default]
+    Auto,
+}
+
+/// What a compile binds besides the spec, and how to pick the Variant.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Overrides the spec's heads.
+    pub heads: Option<Heads>,
+    /// Overrides the spec's head dims.
+    pub head_dim: Option<HeadDim>,
+    /// The tensors' element type (default f32).
+    pub dtype: DType,
+    /// CPU worker threads (default: every core, or the tuned count).
+    pub threads: Option<usize>,
+    /// An explicit Variant, `FIELD=VALUE,…` over the defaults (CPU or GPU fields).
+    pub variant: Option<String>,
+    /// The tuning database to look the Variant up in (default: the user's cache); with
+    /// `no_tuned`, the default Variant is taken without looking.
+    pub db: Option<PathBuf>,
+    pub no_tuned: bool,
+}
+
+/// Where a run's Variant came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VariantOrigin {
+    /// `Options::variant`.
+    Explicit,
+    /// The tuning database's result for this spec, problem and machine.
+    Tuned,
+    Default,
+    /// The reference has no Variant.
+    None,
+}
+
+impl VariantOrigin {
+    pub fn name(self) -> &'static str {
+        match self {
+            VariantOrigin::Explicit => "explicit",
+            VariantOrigin::Tuned => "tuned",
+            VariantOrigin::Default => "default",
+            VariantOrigin::None => "none",
+        }
+    }
+}
+
+/// What one call produced.
+#[derive(Debug, Clone)]
+pub struct Run {
+    /// `o`, every branch output `o_<b>` and every select branch's `idx_<b>`, under those names.
+    pub outputs: TensorSet,
+    /// The device, as shown to a person.
+    pub device: String,
+    pub origin: VariantOrigin,
+    /// Code generation / module load time when this call compiled.
+    pub compile: Option<Duration>,
+    /// Time of the computation alone.
+    pub time: Duration,
+}
+
+enum Backend {
+    Reference,
+    Cpu,
+    Cuda(Arc<CudaDevice>),
+}
+
+/// A spec prepared for a device. Kernels are compiled on first use for each problem bucket and
+/// kept; [`Compiled::run`] can be called from several threads.
+pub struct Compiled {
+    spec: Spec,
+    options: Options,
+    backend: Backend,
+    cpu: Mutex<HashMap<Shape, Arc<(CpuKernel, usize, VariantOrigin)>>>,
+    cuda: Mutex<HashMap<Shape, Arc<(CudaKernel, VariantOrigin)>>>,
+}
+
+impl std::fmt::Debug for Compiled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Compiled")
+            .field("spec", &self.spec.name)
+            .field("device", &self.device())
+            .finish()
+    }
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+impl Compiled {
+    pub(super) fn new(spec: Spec, device: &Device, options: &Options) -> Result<Compiled, Error> {
+        let backend = match device {
+            Device::Reference => Backend::Reference,
+            Device::Cpu => Backend::Cpu,
+            Device::Cuda => Backend::Cuda(CudaDevice::open()?.ok_or(Error::NoGpu)?),
+            Device::Auto => match CudaDevice::open() {
+                Ok(Some(gpu)) => Backend::Cuda(gpu),
+                _ => Backend::Cpu,
+            },
+        };
+        if let (Backend::Reference, Some(_)) = (&backend, &options.variant) {
+            return Err(Error::Variant(
+                "the reference device has no Variant to choose".into(),
+            ));
+        }
+        Ok(Compiled {
+            spec,
+            options: options.clone(),
+            backend,
+            cpu: Mutex::new(HashMap::new()),
+            cuda: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The device kind: `reference`, `cpu` or `cuda`.
+    pub fn device(&self) -> &'static str {
+        match self.backend {
+            Backend::Reference => "reference",
+            Backend::Cpu => "cpu",
+            Backend::Cuda(_) => "cuda",
+        }
+    }
+
+    /// The problem of `sequences` with this compile's heads, head dims and dtype.
+    pub fn problem(&self, sequences: Sequences) -> Problem {
+        Problem {
+            sequences,
+            heads: self.options.heads,
+            head_dim: self.options.head_dim,
+            dtype: self.options.dtype,
+        }
+    }
+
+    fn db(&self) -> Option<TuningDb> {
+        if self.options.no_tuned {
+            return None;
+        }
+        match &self.options.db {
+            Some(p) => Some(TuningDb::open(p)),
+            None => TuningDb::open_default().ok(),
+        }
+    }
+
+    fn cpu_kernel(
+        &self,
+        shape: &Shape,
+    ) -> Result<(Arc<(CpuKernel, usize, VariantOrigin)>, Option<Duration>), Error> {
+        let mut cache = self.cpu.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(k) = cache.get(shape) {
+            return Ok((k.clone(), None));
+        }
+        let threads = self.options.threads;
+        let (variant, threads, origin) = match &self.options.variant {
+            Some(text) => (
+                CpuVariant::parse(text).map_err(|e| Error::Variant(e.to_string()))?,
+                threads.unwrap_or_else(default_threads),
+                VariantOrigin::Explicit,
+            ),
+            None => match self
+                .db()
+                .and_then(|db| tuned_cpu_variant(&self.spec, shape, &db))
+            {
+                Some(c) => (c.variant, threads.unwrap_or(c.threads), VariantOrigin::Tuned),
+                None => (
+                    CpuVariant::default(),
+                    threads.unwrap_or_else(default_threads),
+                    VariantOrigin::Default,
+                ),
+            },
+        };
+        let kernel = CpuKernel::compile(&self.spec, shape, &variant)?;
+        let compile = kernel.compile_time();
+        let entry = Arc::new((kernel, threads, origin));
+        cache.insert(shape.clone(), entry.clone());
+        Ok((entry, Some(compile)))
+    }
+
+    fn cuda_kernel(
+        &self,
+        gpu: &Arc<CudaDevice>,
+        shape: &Shape,
+    ) -> Result<(Arc<(CudaKernel, VariantOrigin)>, Option<Duration>), Error> {
+        let mut cache = self.cuda.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(k) = cache.get(shape) {
+            return Ok((k.clone(), None));
+        }
+        let (variant, origin) = match &self.options.variant {
+            Some(text) => (
+                GpuVariant::parse(text).map_err(|e| Error::Variant(e.to_string()))?,
+                VariantOrigin::Explicit,
+            ),
+            None => match self
+                .db()
+                .and_then(|db| tuned_gpu_variant(gpu, &self.spec, shape, &db))
+            {
+                Some(v) => (v, VariantOrigin::Tuned),
+                None => (GpuVariant::default(), VariantOrigin::Default),
+            },
+        };
+        let start = Instant::now();
+        let kernel = CudaKernel::compile(gpu, &self.spec, shape, &variant)?;
+        let entry = Arc::new((kernel, origin));
+        cache.insert(shape.clone(), entry.clone());
+        Ok((entry, Some(start.elapsed())))
+    }
+
+    /// Runs on `inputs` (the README's tensor names and layouts) for the sequences of `problem`
+    /// (its heads, head dims and dtype must be this compile's: see [`Compiled::problem`]).
+    pub fn run(&self, problem: &Problem, inputs: &Inputs) -> Result<Run, Error> {
+        let shape = problem.resolve(&self.spec)?;
+        match &self.backend {
+            Backend::Reference => {
+                let start = Instant::now();
+                let out = nsac_kernels::reference::forward(&self.spec, &shape, inputs)?;
+                Ok(Run {
+                    outputs: reference_outputs(&out),
+                    device: "reference (f64)".into(),
+                    origin: VariantOrigin::None,
+                    compile: None,
+                    time: start.elapsed(),
+                })
+            }
+            Backend::Cpu => {
+                let (entry, compile) = self.cpu_kernel(&shape)?;
+                let (kernel, threads, origin) = &*entry;
+                let start = Instant::now();
+                let out = kernel.run(inputs, *threads)?;
+                Ok(Run {
+                    outputs: collect(out.o, out.branches, out.selected),
+                    device: format!("cpu ({threads} threads, Cranelift JIT, f32)"),
+                    origin: *origin,
+                    compile,
+                    time: start.elapsed(),
+                })
+            }
+            Backend::Cuda(gpu) => {
+                let (entry, compile) = self.cuda_kernel(gpu, &shape)?;
+                let (kernel, origin) = &*entry;
+                let start = Instant::now();
+                let out = kernel.run(inputs)?;
+                let (major, minor) = gpu.capability();
+                Ok(Run {
+                    outputs: collect(out.o, out.branches, out.selected),
+                    device: format!(
+                        "cuda: {} (sm_{major}{minor}, {})",
+                        gpu.name(),
+                        shape.dtype.name()
+                    ),
+                    origin: *origin,
+                    compile,
+                    time: start.elapsed(),
+                })
+            }
+        }
+    }
+}
+
+/// A device's outputs under the oracle's names.
+pub(crate) fn collect(
+    o: Tensor<f32>,
+    branches: BTreeMap<String, Tensor<f32>>,
+    selected: BTreeMap<String, Tensor<i32>>,
+) -> TensorSet {
+    let mut outputs = TensorSet::new();
+    outputs.insert("o".into(), HostTensor::from(o));
+    for (b, t) in branches {
+        outputs.insert(format!("o_{b}"), HostTensor::from(t));
+    }
+    for (b, t) in selected {
+        outputs.insert(format!("idx_{b}"), HostTensor::from(t));
+    }
+    outputs
+}
