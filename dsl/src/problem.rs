@@ -118,7 +118,7 @@ pub enum ProblemError {
         value: u32,
         max: u32,
     },
-    #[error("the problem is too large: {what} would hold {elements} elements (the limit is {max})")]
+    #[error("{what} would be {elements}, over the limit of {max}")]
     TooLarge {
         what: &'static str,
         elements: u128,
@@ -249,7 +249,10 @@ fn check_elements(
     let dim = u128::from(head_dim.qk.max(head_dim.v));
     let checks = [
         ("the token count B·T", tokens),
-        ("q or o [B, T, HQ, D]", tokens * u128::from(heads.q) * dim),
+        (
+            "the elements of q or o (B·T·HQ·D)",
+            tokens * u128::from(heads.q) * dim,
+        ),
     ];
     for (what, elements) in checks {
         if elements > MAX_ELEMENTS {

@@ -27,10 +27,12 @@
 //! The per-segment sums are closed forms ([`sums`]), so the cost of any length — 10¹² tokens
 //! included — is computed at once, without a step per position.
 
+mod footprint;
 pub mod keys;
 mod report;
 mod sums;
 
+pub use footprint::{Footprint, footprint};
 pub use sums::{segment_keys, segment_score_units};
 
 use nsac_dsl::problem::Shape;
