@@ -14,7 +14,16 @@
 //!   k_<b>, or K̃), so every product, partial sum and scaled score is finite;
 //! - values: the longest segment × max|V| ≤ LIMIT (the unnormalised accumulator Σ p·v);
 //! - combine: Σ_b max|g_b|·max|V_b| ≤ LIMIT (a branch output is a convex mix of its values);
-//! - 16-bit inputs (GPU): every input and K̃, Ṽ within the dtype's largest finite value.
+//! - 16-bit inputs (GPU): every input and K̃, Ṽ within the dtype's largest finite value;
+//! - conditioning: scale·max‖q‖·max‖K‖ ≤ `SCORE_LIMIT` = 256 (row norms over the head dim;
+//!   by Cauchy–Schwarz the largest |score| possible; ‖K̃‖ bounded through the pool). An f32
+//!   score carries an error of a few ulps of that, and softmax turns a score error δ into a
+//!   relative output error of about δ, so larger scores could miss the CPU's 1e-5 bar. Standard
+//!   normal activations give about √Dqk + 6 (≈ 17 at Dqk = 128);
+//! - underflow: a branch's values (max|V|, and max|g_b|·max|V_b| when gated) are 0 or at least
+//!   `TINY` = 2⁻⁹⁰, so that the products of the value path (v·w in pooling, g·o) stay normal
+//!   f32 numbers and subnormal rounding stays far below the bar; tiny queries and keys are
+//!   harmless (a score's error is absolute).
 //!
 //! These are sufficient conditions for the arithmetic to stay finite; inside them an f32
 //! backend matches the oracle within its bar, outside them the caller gets a [`GuardError`]
@@ -27,14 +36,39 @@ use nsac_kernels::io::Inputs;
 /// Headroom below f32::MAX that every bounded intermediate keeps.
 pub const LIMIT: f64 = f32::MAX as f64 / 1024.0;
 
-/// An input too large for the device's arithmetic.
+/// The largest scale·max‖q‖·max‖K‖ (see the module doc).
+pub const SCORE_LIMIT: f64 = 256.0;
+
+/// The largest Euclidean norm of the rows of `dim` consecutive values of `data`.
+fn max_row_norm(data: &[f32], dim: usize) -> f64 {
+    if dim == 0 {
+        return 0.0;
+    }
+    data.chunks(dim)
+        .map(|row| {
+            row.iter()
+                .map(|&x| f64::from(x) * f64::from(x))
+                .sum::<f64>()
+                .sqrt()
+        })
+        .fold(0.0, f64::max)
+}
+
+/// The smallest non-zero magnitude of a branch's values (see the module doc).
+pub const TINY: f64 = 1.0 / (1u128 << 90) as f64;
+
+/// An input outside what the device's arithmetic represents.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error(
-    "input `{tensor}` is too large for {arithmetic} arithmetic: {what} = {value:.3e} exceeds {bound:.3e}; scale the inputs down (or run on --device reference, which computes in f64)"
+    "`{tensor}` is too {direction} for {arithmetic} arithmetic: {what} = {value:.3e} {relation} {bound:.3e}; rescale the inputs (or run on --device reference, which computes in f64)"
 )]
 pub struct GuardError {
-    /// The tensor to blame (the largest factor of the bound).
+    /// The input tensor to blame (the largest factor of the bound), or `scale`.
     pub tensor: String,
+    /// `large` (an overflow bound) or `small` (an underflow bound).
+    pub direction: &'static str,
+    /// `exceeds` or `is below`.
+    pub relation: &'static str,
     /// `f32`, `f16` or `bf16`.
     pub arithmetic: &'static str,
     /// The quantity bounded, as a formula over max |x| of the tensors.
@@ -82,6 +116,8 @@ pub fn check(
     };
     let fail = |tensor: &str, what: String, value: f64, bound: f64| GuardError {
         tensor: tensor.to_string(),
+        direction: "large",
+        relation: "exceeds",
         arithmetic: name,
         what,
         value,
@@ -96,10 +132,8 @@ pub fn check(
         }
     };
     if storage_max < f64::from(f32::MAX) {
-        for (t, x) in inputs {
-            let m = max(t);
-            within(t, &|| format!("max|{t}|"), m, storage_max)?;
-            let _ = x;
+        for t in inputs.keys() {
+            within(t, &|| format!("max|{t}|"), max(t), storage_max)?;
         }
     }
     let dqk = f64::from(shape.head_dim.qk);
@@ -107,6 +141,9 @@ pub fn check(
     let scale = spec.scale_for(shape.head_dim.qk);
     let longest = shape.segments.iter().map(|(s, e)| e - s).max().unwrap_or(0) as f64;
     let q = max("q");
+    let dqk_n = shape.head_dim.qk as usize;
+    let norm = |t: &str| inputs.get(t).map_or(0.0, |t| max_row_norm(&t.data, dqk_n));
+    let qn = norm("q");
     let mut combined = 0.0f64;
     for br in &spec.branches {
         let (kn, vn) = match br.kv {
@@ -114,6 +151,7 @@ pub fn check(
             KvSource::Own => (format!("k_{}", br.name), format!("v_{}", br.name)),
         };
         let (mut kmax, mut vmax) = (max(&kn), max(&vn));
+        let mut kn_norm = norm(&kn);
         if let BranchKind::Compress(c) = &br.kind {
             let l = f64::from(c.block);
             let (kp, vp, kw, vw) = match c.pool {
@@ -149,17 +187,42 @@ pub fn check(
             if c.pool != Pool::Mean {
                 (kmax, vmax) = (kp, vp);
             }
+            // ‖K̃‖: a mean stays within the largest row; a weighted sum within l·max|w| rows;
+            // the linear map within ‖W‖_F·‖block‖ ≤ √(l·D·D)·max|wk| · √l·max‖k‖.
+            kn_norm *= match c.pool {
+                Pool::Mean => 1.0,
+                Pool::Weighted => l * wkm,
+                Pool::Linear => (l * dqk * dqk).sqrt() * wkm * l.sqrt(),
+            };
             let tilde = |x: &str| format!("max|{x}| pooled by `{}`", br.name);
             within(&kn, &|| tilde(&kn), kmax, storage_max)?;
             within(&vn, &|| tilde(&vn), vmax, storage_max)?;
         }
         let scores = scale.max(1.0) * dqk * q * kmax;
-        let blame = if q >= kmax { "q" } else { kn.as_str() };
+        let blame = if scale >= q.max(kmax) {
+            "scale"
+        } else if q >= kmax {
+            "q"
+        } else {
+            kn.as_str()
+        };
         within(
             blame,
             &|| format!("max(scale, 1)·Dqk·max|q|·max|{kn}| in branch `{}`", br.name),
             scores,
             LIMIT,
+        )?;
+        let conditioned = scale * qn * kn_norm;
+        within(
+            if qn >= kn_norm { "q" } else { kn.as_str() },
+            &|| {
+                format!(
+                    "the largest score scale·max‖q‖·max‖{kn}‖ of branch `{}` (softmax over scores this large is too sensitive to f32 rounding for the 1e-5 bar)",
+                    br.name
+                )
+            },
+            conditioned,
+            SCORE_LIMIT,
         )?;
         within(
             &vn,
@@ -172,6 +235,27 @@ pub fn check(
             CombineMode::Sum => 1.0,
         };
         combined += gate * vmax;
+        let tiny = |tensor: &str, what: String, value: f64| {
+            if value == 0.0 || value >= TINY {
+                Ok(())
+            } else {
+                Err(GuardError {
+                    tensor: tensor.to_string(),
+                    direction: "small",
+                    relation: "is below",
+                    arithmetic: name,
+                    what,
+                    value,
+                    bound: TINY,
+                })
+            }
+        };
+        tiny(&vn, format!("max|{vn}| as `{}` reads it", br.name), vmax)?;
+        if spec.combine.mode == CombineMode::Gate {
+            let g = format!("g_{}", br.name);
+            let blame = if gate < vmax { g.as_str() } else { vn.as_str() };
+            tiny(blame, format!("max|{g}|·max|{vn}|"), gate * vmax)?;
+        }
         let gn = match spec.combine.mode {
             CombineMode::Gate => format!("g_{}", br.name),
             CombineMode::Sum => vn.clone(),
