@@ -27,7 +27,7 @@
 //!
 //! These are sufficient conditions for the arithmetic to stay finite; inside them an f32
 //! backend matches the oracle within its bar, outside them the caller gets a [`GuardError`]
-//! naming the tensor and the bound.
+//! naming the tensor and the bound (boxed: it is large next to the callers' other errors).
 
 use nsac_dsl::problem::{DType, Shape};
 use nsac_dsl::spec::{BranchKind, CombineMode, KvSource, Pool, Spec};
@@ -102,7 +102,7 @@ pub fn check(
     shape: &Shape,
     inputs: &Inputs,
     arith: Arithmetic,
-) -> Result<(), GuardError> {
+) -> Result<(), Box<GuardError>> {
     let (name, storage_max) = match arith {
         Arithmetic::F32 => ("f32", dtype_max(DType::F32)),
         Arithmetic::Inputs(d) => (d.name(), dtype_max(d)),
@@ -128,7 +128,7 @@ pub fn check(
         if value <= bound {
             Ok(())
         } else {
-            Err(fail(tensor, what(), value, bound))
+            Err(Box::new(fail(tensor, what(), value, bound)))
         }
     };
     if storage_max < f64::from(f32::MAX) {
@@ -239,7 +239,7 @@ pub fn check(
             if value == 0.0 || value >= TINY {
                 Ok(())
             } else {
-                Err(GuardError {
+                Err(Box::new(GuardError {
                     tensor: tensor.to_string(),
                     direction: "small",
                     relation: "is below",
@@ -247,7 +247,7 @@ pub fn check(
                     what,
                     value,
                     bound: TINY,
-                })
+                }))
             }
         };
         tiny(&vn, format!("max|{vn}| as `{}` reads it", br.name), vmax)?;

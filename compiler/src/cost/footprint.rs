@@ -73,7 +73,7 @@ pub fn footprint(spec: &Spec, shape: &Shape, threads: usize) -> Result<Footprint
         .map(|(s, e)| e.saturating_sub(*s) as u64)
         .max()
         .unwrap_or(0);
-    let group = if h == 0 { 0 } else { hq / h };
+    let group = hq.checked_div(h).unwrap_or(0);
     let mut scratch = 0u128;
     let mut row = 256u128;
     let mut compress_branches = 0u128;

@@ -198,7 +198,7 @@ proptest! {
         let c = Compress { block: l, stride: d, pool: Pool::Mean };
         let s = Select { block: lb, top, scored_by: "c".into(), keep_first: first, keep_last: last };
         for kind in [
-            BranchKind::Compress(c.clone()),
+            BranchKind::Compress(c),
             BranchKind::Select(s),
             BranchKind::Window(Window { size: w }),
         ] {

@@ -30,7 +30,7 @@ pub enum CpuKernelError {
     #[error(transparent)]
     Input(#[from] InputError),
     #[error(transparent)]
-    Guard(#[from] crate::guard::GuardError),
+    Guard(#[from] Box<crate::guard::GuardError>),
     #[error("threads must be at least 1")]
     NoThreads,
     #[error("could not start the thread pool: {0}")]

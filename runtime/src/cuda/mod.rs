@@ -39,7 +39,7 @@ pub enum CudaError {
     #[error(transparent)]
     Input(#[from] InputError),
     #[error(transparent)]
-    Guard(#[from] crate::guard::GuardError),
+    Guard(#[from] Box<crate::guard::GuardError>),
     #[error("the PTX manifest is inconsistent: {0}")]
     Manifest(String),
     #[error("the ceiling probe failed: {0}")]
