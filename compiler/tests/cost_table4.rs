@@ -262,7 +262,14 @@ fn absurd_sizes_are_an_overflow_error_not_a_panic() {
         qk: u32::MAX,
         v: u32::MAX,
     });
-    let shape = p.resolve(&s).unwrap();
+    // Problem::resolve refuses such dims (at most MAX_HEAD_DIM) …
+    assert!(p.resolve(&s).is_err());
+    // … and a Shape built by hand gets a typed overflow from the cost model, not a panic.
+    let mut shape = Problem::batched(1, 100).resolve(&s).unwrap();
+    shape.head_dim = HeadDim {
+        qk: u32::MAX,
+        v: u32::MAX,
+    };
     assert!(matches!(estimate(&s, &shape), Err(CostError::Overflow)));
 }
 

@@ -3,8 +3,33 @@
 //! These are call parameters, never spec parameters (DESIGN §2): the same `Spec` runs on any
 //! sequence length. A `Problem` is checked against its `Spec` by [`Problem::resolve`], which
 //! yields the concrete sizes every backend, the oracle and the cost model work from.
+//!
+//! It also owns the size limits of the language ([`MAX_HEADS`], [`MAX_HEAD_DIM`],
+//! [`MAX_EXTENT`]; `dsl/LANGUAGE.md` documents them): validation reports a spec over them (E023),
+//! `resolve` rejects head overrides over them and a problem whose element counts do not fit
+//! the address space, so no caller ever sizes a buffer from an overflowed product.
 
-use crate::spec::{HeadDim, Heads, Spec};
+use crate::spec::{BranchKind, HeadDim, Heads, Spec};
+
+/// The most query heads (and key/value heads) a spec or a problem may have.
+pub const MAX_HEADS: u32 = 4096;
+/// The largest head dimension (query-key or value).
+pub const MAX_HEAD_DIM: u32 = 1024;
+/// The largest block, stride, top, window size, `keep_first` or `keep_last` (2^24).
+pub const MAX_EXTENT: u32 = 1 << 24;
+/// The most tokens B·T, and the most elements of `q` or `o` (B·T·HQ·D), of a problem (2^56):
+/// far above any memory budget (the cost model still counts such problems), and small enough
+/// that element counts times 8 bytes never overflow 64 bits.
+pub const MAX_ELEMENTS: u128 = 1 << 56;
+
+/// The limit of the spec key `key` (`heads`, `head_dim`, or a branch size).
+pub fn limit_of(key: &str) -> u32 {
+    match key {
+        "heads" => MAX_HEADS,
+        "head_dim" => MAX_HEAD_DIM,
+        _ => MAX_EXTENT,
+    }
+}
 
 /// The element type of the tensors a kernel reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -82,6 +107,23 @@ pub enum ProblemError {
     BadHeads { q: u32, kv: u32 },
     #[error("head dims must be positive (got {qk}/{v})")]
     BadHeadDim { qk: u32, v: u32 },
+    #[error("heads {q}/{kv} exceed the limit of {max} heads")]
+    TooManyHeads { q: u32, kv: u32, max: u32 },
+    #[error("head dims {qk}/{v} exceed the limit of {max}")]
+    HeadDimTooLarge { qk: u32, v: u32, max: u32 },
+    #[error("`{key}` = {value} of branch `{branch}` exceeds the limit of {max}")]
+    ExtentTooLarge {
+        branch: String,
+        key: &'static str,
+        value: u32,
+        max: u32,
+    },
+    #[error("{what} would be {elements}, over the limit of {max}")]
+    TooLarge {
+        what: &'static str,
+        elements: u128,
+        max: u128,
+    },
 }
 
 impl Problem {
@@ -114,6 +156,13 @@ impl Problem {
                 kv: heads.kv,
             });
         }
+        if heads.q > MAX_HEADS || heads.kv > MAX_HEADS {
+            return Err(ProblemError::TooManyHeads {
+                q: heads.q,
+                kv: heads.kv,
+                max: MAX_HEADS,
+            });
+        }
         let head_dim = self.head_dim.unwrap_or(spec.head_dim);
         if head_dim.qk == 0 || head_dim.v == 0 {
             return Err(ProblemError::BadHeadDim {
@@ -121,6 +170,14 @@ impl Problem {
                 v: head_dim.v,
             });
         }
+        if head_dim.qk > MAX_HEAD_DIM || head_dim.v > MAX_HEAD_DIM {
+            return Err(ProblemError::HeadDimTooLarge {
+                qk: head_dim.qk,
+                v: head_dim.v,
+                max: MAX_HEAD_DIM,
+            });
+        }
+        check_extents(spec)?;
         let (batch, seq_len, segments) = match &self.sequences {
             Sequences::Batched { batch, len } => {
                 if *batch == 0 {
@@ -142,6 +199,7 @@ impl Problem {
                 (1, cu_seqlens[cu_seqlens.len() - 1], segments)
             }
         };
+        check_elements(batch, seq_len, heads, head_dim)?;
         Ok(Shape {
             batch,
             seq_len,
@@ -151,6 +209,61 @@ impl Problem {
             dtype: self.dtype,
         })
     }
+}
+
+/// Every branch size of `spec` within [`MAX_EXTENT`] (validation guarantees it for parsed
+/// specs; a `Spec` built in code is checked here).
+fn check_extents(spec: &Spec) -> Result<(), ProblemError> {
+    for br in &spec.branches {
+        let sizes: &[(&'static str, u32)] = match &br.kind {
+            BranchKind::Compress(c) => &[("block", c.block), ("stride", c.stride)],
+            BranchKind::Select(s) => &[
+                ("block", s.block),
+                ("top", s.top),
+                ("keep_first", s.keep_first),
+                ("keep_last", s.keep_last),
+            ],
+            BranchKind::Window(w) => &[("size", w.size)],
+        };
+        if let Some(&(key, value)) = sizes.iter().find(|(_, v)| *v > MAX_EXTENT) {
+            return Err(ProblemError::ExtentTooLarge {
+                branch: br.name.clone(),
+                key,
+                value,
+                max: MAX_EXTENT,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The token count B·T and the largest tensors (B·T·HQ·D) within [`MAX_ELEMENTS`], computed
+/// without overflow.
+fn check_elements(
+    batch: usize,
+    seq_len: usize,
+    heads: Heads,
+    head_dim: HeadDim,
+) -> Result<(), ProblemError> {
+    let tokens = (batch as u128) * (seq_len as u128);
+    let dim = u128::from(head_dim.qk.max(head_dim.v));
+    let checks = [
+        ("the token count B·T", tokens),
+        (
+            "the elements of q or o (B·T·HQ·D)",
+            tokens * u128::from(heads.q) * dim,
+        ),
+    ];
+    for (what, elements) in checks {
+        if elements > MAX_ELEMENTS {
+            return Err(ProblemError::TooLarge {
+                what,
+                elements,
+                max: MAX_ELEMENTS,
+            });
+        }
+    }
+    Ok(())
 }
 
 impl Shape {

@@ -165,7 +165,8 @@ impl Validator {
         ));
     }
 
-    /// An integer literal as u32; `positive` rejects zero. Reports and returns `None` if bad.
+    /// An integer literal as u32 within its key's limit ([`crate::problem::limit_of`]);
+    /// `positive` rejects zero. Reports and returns `None` if bad.
     fn int_literal(&mut self, key: &str, text: &str, span: &Span, positive: bool) -> Option<u32> {
         let negative = text.starts_with('-');
         let digits = text.trim_start_matches('-');
@@ -195,14 +196,15 @@ impl Validator {
             ));
             return None;
         }
+        let max = crate::problem::limit_of(key);
         match digits.parse::<u32>() {
-            Ok(n) => Some(n),
-            Err(_) => {
+            Ok(n) if n <= max => Some(n),
+            _ => {
                 self.push(Diagnostic::new(
                     DiagnosticKind::TooLarge {
                         key: key.to_string(),
                         value: text.to_string(),
-                        max: u32::MAX,
+                        max,
                     },
                     span.clone(),
                 ));

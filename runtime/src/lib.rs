@@ -3,5 +3,6 @@
 pub mod bench;
 pub mod cpu;
 pub mod cuda;
+pub mod guard;
 pub mod tensor_io;
 pub mod tune;

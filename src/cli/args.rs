@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use clap::builder::{EnumValueParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// nsac compiles sparse-attention specs (Native Sparse Attention and relatives) into kernels.
@@ -80,15 +81,9 @@ pub struct ProblemArgs {
     /// (for `run`) the inputs file fixes it.
     #[arg(long, short = 's', value_name = "N")]
     pub seq: Option<usize>,
-    /// Batch size B.
-    #[arg(
-        long,
-        short = 'b',
-        value_name = "B",
-        default_value_t = 1,
-        conflicts_with = "cu_seqlens"
-    )]
-    pub batch: usize,
+    /// Batch size B (default 1; with `--inputs`, the file's B, which a given value must match).
+    #[arg(long, short = 'b', value_name = "B", conflicts_with = "cu_seqlens")]
+    pub batch: Option<usize>,
     /// Variable-length segments packed into one row: ascending offsets starting at 0, e.g.
     /// `0,100,357` (two segments of 100 and 257 tokens).
     #[arg(
@@ -163,6 +158,42 @@ pub enum DeviceArg {
     Cuda,
 }
 
+/// The devices `bench` and `tune` measure: a compiled backend, never the reference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompiledDevice {
+    /// The GPU when a CUDA driver and device are present, else the CPU.
+    Auto,
+    /// This machine's CPU: code JIT-compiled by Cranelift.
+    Cpu,
+    /// An NVIDIA GPU through the CUDA driver.
+    Cuda,
+}
+
+impl From<CompiledDevice> for DeviceArg {
+    fn from(d: CompiledDevice) -> Self {
+        match d {
+            CompiledDevice::Auto => DeviceArg::Auto,
+            CompiledDevice::Cpu => DeviceArg::Cpu,
+            CompiledDevice::Cuda => DeviceArg::Cuda,
+        }
+    }
+}
+
+/// `--device` of `bench` and `tune`: only the compiled backends are offered (and accepted).
+fn compiled_device() -> impl TypedValueParser<Value = DeviceArg> {
+    EnumValueParser::<CompiledDevice>::new().map(DeviceArg::from)
+}
+
+/// The memory budget of the commands that allocate the problem's tensors.
+#[derive(Debug, Args)]
+pub struct BudgetArgs {
+    /// The most bytes of host memory the problem may need (inputs, outputs and scratch, counted
+    /// from the shape before anything is allocated), e.g. `16GiB`, `500M` or `1000000`
+    /// (K/M/G/T are powers of 1024). Default: 8 GiB, or half of this machine's memory if less.
+    #[arg(long, value_name = "BYTES", env = "NSAC_MAX_BYTES", value_parser = parse_bytes)]
+    pub max_bytes: Option<u64>,
+}
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// The spec file.
@@ -170,7 +201,10 @@ pub struct RunArgs {
     pub spec: PathBuf,
     #[command(flatten)]
     pub problem: ProblemArgs,
-    /// Where to run.
+    #[command(flatten)]
+    pub budget: BudgetArgs,
+    /// Where to run. The reference computes in f64 from f32 inputs, so it takes `--dtype f32`
+    /// only.
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,
     /// Read inputs from a `.safetensors` file or a directory of `.npy` files (names: q, k, v,
@@ -192,7 +226,8 @@ pub struct RunArgs {
     /// Seed for random inputs.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Worker threads for `--device cpu` (default: the tuned count, else every core).
+    /// Worker threads for `--device cpu`, at most 4 × the cores (default: the tuned count, else
+    /// every core).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
     /// The tuning database whose Variant to use (default: the user's cache directory).
@@ -281,8 +316,10 @@ pub struct TuneArgs {
     pub spec: Option<PathBuf>,
     #[command(flatten)]
     pub problem: ProblemArgs,
+    #[command(flatten)]
+    pub budget: BudgetArgs,
     /// Which backend to tune: cpu, cuda (GPU 0), or auto (the GPU when one is present).
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    #[arg(long, default_value = "cpu", value_parser = compiled_device())]
     pub device: DeviceArg,
     /// Tune again even when the database already has a result for this machine.
     #[arg(long)]
@@ -312,10 +349,13 @@ pub struct BenchArgs {
     pub spec: PathBuf,
     #[command(flatten)]
     pub problem: ProblemArgs,
+    #[command(flatten)]
+    pub budget: BudgetArgs,
     /// Where to run: cpu, cuda, or auto (the GPU when one is present, else the CPU).
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    #[arg(long, default_value = "cpu", value_parser = compiled_device())]
     pub device: DeviceArg,
-    /// Worker threads for the CPU (default: the tuned count, else every core).
+    /// Worker threads for the CPU, at most 4 × the cores (default: the tuned count, else every
+    /// core).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
     /// The tuning database whose Variant to use (default: the user's cache directory).
@@ -355,4 +395,26 @@ fn parse_pair(text: &str) -> Result<(u32, u32), String> {
             Ok((n, n))
         }
     }
+}
+
+/// Parses a byte count: digits with an optional K, M, G or T suffix (powers of 1024; `KiB`,
+/// `KB`, `k` … are the same).
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{t}` is not a byte count (e.g. 8GiB, 500M, 1000000)"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        other => return Err(format!("unknown unit `{other}` (use K, M, G or T)")),
+    };
+    n.checked_mul(1u64 << shift)
+        .filter(|&b| b > 0)
+        .ok_or_else(|| format!("`{t}` must be at least 1 byte and below 16 EiB"))
 }

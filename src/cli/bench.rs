@@ -7,14 +7,17 @@ use std::sync::Arc;
 use nsac_compiler::cost;
 use nsac_compiler::ptx::GpuVariant;
 use nsac_dsl::Spec;
-use nsac_dsl::problem::Shape;
+use nsac_dsl::problem::{Sequences, Shape};
 use nsac_kernels::io::random_inputs;
 use nsac_runtime::bench::{BenchOptions, bench_cpu};
 use nsac_runtime::cuda::{CudaDevice, CudaKernel, GpuCeiling};
 use serde::Serialize;
 
 use super::args::{BenchArgs, DeviceArg};
-use super::device::{CpuChoice, GpuChoice, VariantSource, gpu_ceiling};
+use super::budget;
+use super::device::{
+    CpuChoice, GpuChoice, VariantSource, checked_threads, default_threads, gpu_ceiling,
+};
 use super::error::CliError;
 use super::output::{emit_json, emit_line};
 use super::problem::{describe, problem_from_args};
@@ -23,6 +26,19 @@ use super::tune::open_gpu;
 pub fn run(args: &BenchArgs) -> Result<(), CliError> {
     let spec = nsac_dsl::load(&args.spec)?;
     let shape = problem_from_args(&args.problem)?.resolve(&spec)?;
+    let threads = default_threads(checked_threads(args.threads)?);
+    budget::check(&spec, &shape, threads, false, &args.budget)?;
+    if args.oracle_seq > 0 {
+        // The reference is timed on its own problem (same B, heads and dims): budget it too.
+        let mut oracle = problem_from_args(&args.problem)?;
+        oracle.sequences = Sequences::Batched {
+            batch: shape.batch,
+            len: args.oracle_seq,
+        };
+        oracle.heads = Some(shape.heads);
+        oracle.head_dim = Some(shape.head_dim);
+        budget::check(&spec, &oracle.resolve(&spec)?, 1, true, &args.budget)?;
+    }
     if args.runs == 0 {
         return Err(CliError::Other("--runs must be at least 1".into()));
     }

@@ -61,6 +61,12 @@ pub fn run_on(
             })
         }
         DeviceArg::Cpu => {
+            if shape.dtype != nsac_dsl::problem::DType::F32 {
+                return Err(CliError::Other(format!(
+                    "the CPU backend computes in f32 only (got --dtype {}): pass --dtype f32, or run on --device cuda",
+                    shape.dtype.name()
+                )));
+            }
             let cpu = CpuChoice::pick(spec, shape, source)?;
             let threads = cpu.threads;
             let kernel = CpuKernel::compile(spec, shape, &cpu.variant)?;
@@ -132,9 +138,48 @@ fn collect(
     outputs
 }
 
+/// The cores of this machine.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// Every core of this machine, the default for `--threads`.
 pub fn default_threads(threads: Option<usize>) -> usize {
-    threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    threads.unwrap_or_else(cores)
+}
+
+/// `--threads` within 1 ..= 4 × the cores (more only adds contention and stacks).
+pub fn checked_threads(threads: Option<usize>) -> Result<Option<usize>, CliError> {
+    let max = 4 * cores();
+    match threads {
+        Some(0) => Err(CliError::Other("--threads must be at least 1".into())),
+        Some(n) if n > max => Err(CliError::Other(format!(
+            "--threads {n} is more than 4 × the {} cores of this machine (at most {max})",
+            cores()
+        ))),
+        other => Ok(other),
+    }
+}
+
+/// A `--variant` text well formed as a list: not empty, no empty field, no field twice.
+fn check_fields(text: &str) -> Result<(), CliError> {
+    let bad = |why: String| Err(CliError::Other(format!("--variant `{text}`: {why}")));
+    if text.trim().is_empty() {
+        return bad("is empty; give FIELD=VALUE,… or leave --variant out".into());
+    }
+    let mut seen: Vec<&str> = Vec::new();
+    for item in text.split(',') {
+        let item = item.trim();
+        if item.is_empty() {
+            return bad("has an empty field (a stray comma)".into());
+        }
+        let name = item.split_once('=').map_or(item, |(n, _)| n).trim();
+        if seen.contains(&name) {
+            return bad(format!("gives `{name}` twice"));
+        }
+        seen.push(name);
+    }
+    Ok(())
 }
 
 /// Which CPU Variant and thread count to run, and where they came from.
@@ -147,14 +192,20 @@ pub struct CpuChoice {
 
 /// Parses a `--variant FIELD=VALUE,…` argument for the CPU.
 pub fn explicit_variant(text: Option<&str>) -> Result<Option<CpuVariant>, CliError> {
-    text.map(|t| CpuVariant::parse(t).map_err(|e| CliError::Other(format!("--variant: {e}"))))
-        .transpose()
+    text.map(|t| {
+        check_fields(t)?;
+        CpuVariant::parse(t).map_err(|e| CliError::Other(format!("--variant: {e}")))
+    })
+    .transpose()
 }
 
 /// Parses a `--variant FIELD=VALUE,…` argument for the GPU.
 pub fn explicit_gpu_variant(text: Option<&str>) -> Result<Option<GpuVariant>, CliError> {
-    text.map(|t| GpuVariant::parse(t).map_err(|e| CliError::Other(format!("--variant: {e}"))))
-        .transpose()
+    text.map(|t| {
+        check_fields(t)?;
+        GpuVariant::parse(t).map_err(|e| CliError::Other(format!("--variant: {e}")))
+    })
+    .transpose()
 }
 
 impl CpuChoice {
@@ -166,7 +217,7 @@ impl CpuChoice {
         shape: &Shape,
         source: &VariantSource<'_>,
     ) -> Result<CpuChoice, CliError> {
-        let threads = source.threads;
+        let threads = checked_threads(source.threads)?;
         if let Some(variant) = explicit_variant(source.variant)? {
             return Ok(CpuChoice {
                 variant,

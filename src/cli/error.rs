@@ -44,6 +44,10 @@ pub enum CliError {
     Lower(#[from] nsac_compiler::ir::LowerError),
     #[error("cannot write to standard output: {0}")]
     Stdout(#[source] std::io::Error),
+    #[error(
+        "the problem needs about {needed} of memory (inputs, outputs and scratch), over the budget of {limit}; raise it with --max-bytes (or NSAC_MAX_BYTES), or make the problem smaller"
+    )]
+    Budget { needed: String, limit: String },
     #[error("{0}")]
     Other(String),
     /// Problems already reported to the user (e.g. by `check` on several files).

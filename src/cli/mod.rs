@@ -2,6 +2,7 @@
 
 pub mod args;
 mod bench;
+mod budget;
 mod check;
 mod compile;
 mod cost;

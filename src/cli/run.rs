@@ -7,8 +7,11 @@ use serde::Serialize;
 
 use nsac_runtime::cuda::CudaDevice;
 
-use super::args::{DeviceArg, RunArgs};
-use super::device::{VariantSource, run_on, values};
+use nsac_dsl::problem::DType;
+
+use super::args::{DTypeArg, DeviceArg, RunArgs};
+use super::budget;
+use super::device::{VariantSource, checked_threads, default_threads, run_on, values};
 use super::error::CliError;
 use super::output::{emit, emit_json};
 use super::problem::{describe, problem_from_args, problem_from_inputs};
@@ -38,15 +41,35 @@ pub struct RunSummary {
 
 pub fn run(args: &RunArgs) -> Result<(), CliError> {
     let spec = nsac_dsl::load(&args.spec)?;
+    if args.device == DeviceArg::Reference {
+        if args.variant.is_some() {
+            return Err(CliError::Other(
+                "--variant does not apply to --device reference (it has no Variants)".into(),
+            ));
+        }
+        if args.problem.dtype != DTypeArg::F32 {
+            return Err(CliError::Other(format!(
+                "--device reference computes in f64 from f32 inputs and would ignore --dtype {}: drop --dtype (or use --dtype f32), or run the 16-bit kernels on --device cuda",
+                DType::from(args.problem.dtype).name()
+            )));
+        }
+    }
+    let threads = match args.device {
+        DeviceArg::Reference => 1,
+        _ => default_threads(checked_threads(args.threads)?),
+    };
+    let reference = args.device == DeviceArg::Reference;
     let (shape, inputs) = match &args.inputs {
         Some(path) => {
             let file = tensor_io::read_kernel_inputs(path)?;
-            let problem = problem_from_inputs(&args.problem, &file.inputs, file.cu_seqlens)?;
+            let problem = problem_from_inputs(&args.problem, &spec, &file.inputs, file.cu_seqlens)?;
             let shape = problem.resolve(&spec)?;
+            budget::check(&spec, &shape, threads, reference, &args.budget)?;
             (shape, file.inputs)
         }
         None => {
             let shape = problem_from_args(&args.problem)?.resolve(&spec)?;
+            budget::check(&spec, &shape, threads, reference, &args.budget)?;
             let inputs = random_inputs(&spec, &shape, args.seed);
             (shape, inputs)
         }
@@ -98,6 +121,15 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         threads: args.threads,
     };
     let run = run_on(args.device, &spec, &shape, &inputs, &source)?;
+    for (name, t) in &run.outputs {
+        let bad = values(t).iter().filter(|x| !x.is_finite()).count();
+        if bad > 0 {
+            return Err(CliError::Other(format!(
+                "the output `{name}` holds {bad} NaN or infinite values: the computation overflowed on {} (a device bug the magnitude guard missed); the summary would mislead, so nothing is reported",
+                run.device
+            )));
+        }
+    }
     let written = match &args.output {
         Some(path) => {
             let mut set = run.outputs.clone();

@@ -304,6 +304,7 @@ pub fn run(args: &TuneArgs) -> Result<(), CliError> {
     };
     let spec = nsac_dsl::load(spec_path)?;
     let shape = problem_from_args(&args.problem)?.resolve(&spec)?;
+    super::budget::check(&spec, &shape, 1, false, &args.budget)?;
     match args.device {
         DeviceArg::Cpu => {}
         DeviceArg::Reference => {

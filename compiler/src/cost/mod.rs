@@ -24,10 +24,16 @@
 //!   indices (int32, `top` per query and kv head), each written once and read once.
 //! - **intensity** = total FLOPs / (input + output bytes); a second figure adds intermediates.
 //!
-//! The work is one O(1) step per position and branch, so any real length is cheap.
+//! The per-segment sums are closed forms ([`sums`]), so the cost of any length — 10¹² tokens
+//! included — is computed at once, without a step per position.
 
+mod footprint;
 pub mod keys;
 mod report;
+mod sums;
+
+pub use footprint::{Footprint, footprint};
+pub use sums::{segment_keys, segment_score_units};
 
 use nsac_dsl::problem::Shape;
 use nsac_dsl::spec::{Branch, BranchKind, Compress, Pool, Spec};
@@ -95,9 +101,10 @@ pub fn estimate(spec: &Spec, shape: &Shape) -> Result<CostReport, CostError> {
         let scorer = scorer_of(spec, br)?;
         for &(s, e) in &shape.segments {
             let len = (e - s) as u64;
-            key_sum += segment_keys(&br.kind, len, spec.causal);
+            key_sum = add(key_sum, sums::segment_keys(&br.kind, len, spec.causal)?)?;
             if let (Some(c), BranchKind::Select(sel)) = (scorer, &br.kind) {
-                score_units += segment_score_units(c, sel.block, len, spec.causal);
+                let units = sums::segment_score_units(c, sel.block, len, spec.causal)?;
+                score_units = add(score_units, units)?;
             }
             if let BranchKind::Compress(c) = &br.kind {
                 pooled_tokens += u128::from(keys::compressed_tokens(c, len));
@@ -178,32 +185,6 @@ fn ratio(num: u128, den: u128) -> f64 {
 
 fn to_u64(x: u128) -> Result<u64, CostError> {
     u64::try_from(x).map_err(|_| CostError::Overflow)
-}
-
-/// Σ over the positions of one segment of the keys a branch attends.
-fn segment_keys(kind: &BranchKind, len: u64, causal: bool) -> u128 {
-    (0..len)
-        .map(|t| u128::from(keys::branch_keys(kind, t, len, causal)))
-        .sum()
-}
-
-/// Σ over positions of the (visible compressed token, overlapped selection block) pairs.
-fn segment_score_units(c: &Compress, select_block: u32, len: u64, causal: bool) -> u128 {
-    let n = keys::compressed_tokens(c, len);
-    // prefix[m] = Σ_{j<m} overlapped_blocks(j); visible counts only grow with t.
-    let mut prefix = Vec::with_capacity(n as usize + 1);
-    let mut acc: u128 = 0;
-    prefix.push(0);
-    for j in 0..n {
-        acc += u128::from(keys::overlapped_blocks(c, select_block, j));
-        prefix.push(acc);
-    }
-    (0..len)
-        .map(|t| {
-            let v = keys::compress_keys(c, t, len, causal) as usize;
-            prefix.get(v).copied().unwrap_or(acc)
-        })
-        .sum()
 }
 
 /// The compress branch that scores a select branch (`None` for other kinds).

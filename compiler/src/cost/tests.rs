@@ -164,3 +164,82 @@ proptest! {
         }
     }
 }
+
+// The closed-form segment sums of `sums` against the per-position sums they replace (the
+// model's numbers before sums existed), on random small shapes — strides that do not divide
+// the blocks, `keep_*` over `top`, windows longer than the segment included.
+
+/// The per-position sum of the keys a branch attends, as the model counted it.
+fn per_position_keys(kind: &BranchKind, len: u64, causal: bool) -> u128 {
+    (0..len)
+        .map(|t| u128::from(keys::branch_keys(kind, t, len, causal)))
+        .sum()
+}
+
+/// The per-position sum of scored (token, block) pairs, as the model counted it.
+fn per_position_score_units(c: &Compress, lb: u32, len: u64, causal: bool) -> u128 {
+    let n = keys::compressed_tokens(c, len);
+    let mut prefix = vec![0u128];
+    for j in 0..n {
+        let last = prefix[prefix.len() - 1];
+        prefix.push(last + u128::from(keys::overlapped_blocks(c, lb, j)));
+    }
+    (0..len)
+        .map(|t| prefix[keys::compress_keys(c, t, len, causal) as usize])
+        .sum()
+}
+
+proptest! {
+    #[test]
+    fn segment_sums_equal_per_position_sums(
+        l in 1u32..14, d in 1u32..14, lb in 1u32..14, top in 0u32..9, first in 0u32..5,
+        last in 0u32..5, w in 0u32..90, len in 1u64..160, causal: bool,
+    ) {
+        let c = Compress { block: l, stride: d, pool: Pool::Mean };
+        let s = Select { block: lb, top, scored_by: "c".into(), keep_first: first, keep_last: last };
+        for kind in [
+            BranchKind::Compress(c),
+            BranchKind::Select(s),
+            BranchKind::Window(Window { size: w }),
+        ] {
+            prop_assert_eq!(
+                super::segment_keys(&kind, len, causal).unwrap(),
+                per_position_keys(&kind, len, causal),
+                "{:?}", kind
+            );
+        }
+        prop_assert_eq!(
+            super::segment_score_units(&c, lb, len, causal).unwrap(),
+            per_position_score_units(&c, lb, len, causal)
+        );
+    }
+
+    #[test]
+    fn floor_sums_equal_brute_force(a in 0u128..40, b in 0u128..40, c in 1u128..40, n in 0u128..60) {
+        let got = super::sums::floor_sums(a, b, c, n).unwrap();
+        let terms = (0..=n).map(|i| (i, (a * i + b) / c));
+        prop_assert_eq!(got.f, terms.clone().map(|(_, q)| q).sum::<u128>());
+        prop_assert_eq!(got.g, terms.clone().map(|(i, q)| i * q).sum::<u128>());
+        prop_assert_eq!(got.h, terms.map(|(_, q)| q * q).sum::<u128>());
+    }
+}
+
+#[test]
+fn cost_of_a_trillion_tokens_is_immediate_and_exact_in_its_structure() {
+    // nsa-paper-like: every sum at T = 10^12 comes from the closed forms (a per-position loop
+    // would not finish); the window's keys follow min(w, t + 1) exactly.
+    let spec = random_spec(32, 16, 64, 16, 512, true);
+    let len = 1_000_000_000_000usize;
+    let shape = Problem::batched(1, len).resolve(&spec).unwrap();
+    let report = estimate(&spec, &shape).unwrap();
+    let n = len as f64;
+    let window_keys = 512.0 * 513.0 / 2.0 + (n - 512.0) * 512.0;
+    assert!((report.branches[2].keys_mean - window_keys / n).abs() < 1e-9);
+    assert_eq!(report.branches[2].keys_last, 512);
+    // 16 blocks of 64, the own (forced, on average half-filled) one included: 15·64 + 32.5.
+    assert!((report.branches[1].keys_mean - 992.5).abs() < 1e-6);
+    // Non-causal at the same length: the symmetric window sees 2w − 1 keys away from the ends.
+    let spec = random_spec(32, 16, 64, 16, 512, false);
+    let report = estimate(&spec, &shape).unwrap();
+    assert!((report.branches[2].keys_mean - 1023.0).abs() < 1e-3);
+}

@@ -48,7 +48,19 @@ pub enum CpuError {
     Isa(String),
     #[error("code generation failed: {0}")]
     Codegen(String),
+    #[error(
+        "the CPU backend's code grows with the group size and head dims: G = {group}, head dims {dqk}/{dv} exceed its limits (G ≤ {MAX_GROUP}, dims ≤ {MAX_HEAD_DIM}, G·(Dqk+Dv) ≤ {MAX_GROUP_DIMS}); use fewer query heads per kv head, smaller dims, or another device"
+    )]
+    TooLarge { group: usize, dqk: usize, dv: usize },
 }
+
+/// The largest GQA group the CPU backend compiles (its code is specialised on G).
+pub const MAX_GROUP: usize = 256;
+/// The largest head dim the CPU backend compiles.
+pub const MAX_HEAD_DIM: usize = 1024;
+/// The largest G·(Dqk+Dv): code size and compile memory grow with the product (measured: G = 256
+/// at dims 128 about 110 MB and 2 s to compile; G = 256 at dims 1024, 3.7 GB and 47 s).
+pub const MAX_GROUP_DIMS: usize = 65536;
 
 /// `pool(k, v, wk, wv, ntok, kcp, vcp)`.
 pub type PoolFn =
@@ -184,8 +196,22 @@ impl Drop for CpuProgram {
     }
 }
 
+/// Rejects a plan whose code would be too large to generate ([`CpuError::TooLarge`]).
+pub fn check_size(plan: &Plan) -> Result<(), CpuError> {
+    let (group, dqk, dv) = (plan.dims.group, plan.dims.dqk, plan.dims.dv);
+    let dims = dqk.saturating_add(dv);
+    if group > MAX_GROUP
+        || dqk.max(dv) > MAX_HEAD_DIM
+        || group.saturating_mul(dims) > MAX_GROUP_DIMS
+    {
+        return Err(CpuError::TooLarge { group, dqk, dv });
+    }
+    Ok(())
+}
+
 /// Compiles `plan` under `variant` for this host.
 pub fn compile(plan: &Plan, variant: &CpuVariant) -> Result<CpuProgram, CpuError> {
+    check_size(plan)?;
     if plan.dims.dtype != nsac_dsl::problem::DType::F32 {
         return Err(CpuError::DType(plan.dims.dtype.name()));
     }

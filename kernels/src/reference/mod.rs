@@ -29,7 +29,9 @@
 //!   padded with −1. o_s = softmax attention over the keys of the chosen blocks with k ≤ t
 //!   (causal) / all their keys (non-causal), read from s's K/V (its own with `kv = own`).
 //! - **window w** ([`window`]): causal keys max(0, t−w+1) ..= t; non-causal the symmetric
-//!   window |k − t| ≤ w−1. (A window of 0 attends nothing.)
+//!   window |k − t| ≤ w−1, i.e. the keys [t−w+1, t+w) ∩ [0, T_seg) — a window is local by
+//!   definition, so `causal = false` does not make it see every key. (A window of 0 attends
+//!   nothing.)
 //! - **combine**: `gate(b1, …)`: o = Σ g_b·o_b with `g_<b>` used as given;
 //!   `sum(…)`: all gates 1.
 //! - Softmax subtracts the row maximum; an empty row gives output 0, never NaN.

@@ -29,6 +29,8 @@ pub enum CpuKernelError {
     Codegen(#[from] CpuError),
     #[error(transparent)]
     Input(#[from] InputError),
+    #[error(transparent)]
+    Guard(#[from] Box<crate::guard::GuardError>),
     #[error("threads must be at least 1")]
     NoThreads,
     #[error("could not start the thread pool: {0}")]
@@ -131,6 +133,12 @@ impl CpuKernel {
             return Err(CpuKernelError::NoThreads);
         }
         nsac_kernels::io::check_inputs(&self.spec, &self.shape, inputs)?;
+        crate::guard::check(
+            &self.spec,
+            &self.shape,
+            inputs,
+            crate::guard::Arithmetic::F32,
+        )?;
         let pool = self.pool(threads)?;
         Ok(pool.install(|| run::execute(&self.plan, &self.program, inputs)))
     }
@@ -144,6 +152,7 @@ pub fn emit_clif(
     variant: &CpuVariant,
 ) -> Result<String, CpuKernelError> {
     let plan = Plan::new(spec, shape)?;
+    backend::check_size(&plan)?;
     Ok(backend::emit_clif(&plan, variant)?)
 }
 
@@ -155,5 +164,6 @@ pub fn emit_asm(
     variant: &CpuVariant,
 ) -> Result<String, CpuKernelError> {
     let plan = Plan::new(spec, shape)?;
+    backend::check_size(&plan)?;
     Ok(backend::emit_asm(&plan, variant)?)
 }

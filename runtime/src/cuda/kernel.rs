@@ -13,6 +13,7 @@ use nsac_kernels::io::{Inputs, Tensor, check_inputs};
 
 use super::{CudaDevice, CudaError, driver, time_on_stream};
 use crate::bench::median;
+use crate::guard::Arithmetic;
 
 /// What one GPU call produces (f32 outputs, int32 indices).
 #[derive(Debug, Clone, PartialEq)]
@@ -140,6 +141,12 @@ impl CudaKernel {
     /// Allocates this kernel's buffers and copies `inputs` (converted to the shape's dtype) in.
     pub fn upload(&self, inputs: &Inputs) -> Result<DeviceBuffers, CudaError> {
         check_inputs(&self.spec, &self.shape, inputs)?;
+        crate::guard::check(
+            &self.spec,
+            &self.shape,
+            inputs,
+            Arithmetic::Inputs(self.shape.dtype),
+        )?;
         let stream = &self.device.stream;
         let mut bufs = BTreeMap::new();
         for b in &self.manifest.buffers {

@@ -38,6 +38,8 @@ pub enum CudaError {
     Ptx(#[from] PtxError),
     #[error(transparent)]
     Input(#[from] InputError),
+    #[error(transparent)]
+    Guard(#[from] Box<crate::guard::GuardError>),
     #[error("the PTX manifest is inconsistent: {0}")]
     Manifest(String),
     #[error("the ceiling probe failed: {0}")]
