@@ -31,6 +31,7 @@ fn entry(key: TuneKey, q_tile: u32) -> Entry {
         key,
         best: best.clone(),
         best_us: 10.0 * f64::from(q_tile),
+        timed_seq_len: None,
         default: serde_json::to_value(variant(1)).unwrap(),
         default_us: Some(80.0),
         strategy: Strategy::Exhaustive,
@@ -349,7 +350,8 @@ fn tune_cached_tunes_on_a_miss_and_reuses_on_a_hit() {
         second,
         Tuned::Stored {
             variant: result.best.clone(),
-            best_us: result.best_time.as_secs_f64() * 1e6
+            best_us: result.best_time.as_secs_f64() * 1e6,
+            timed_seq_len: None,
         }
     );
     assert_eq!(
