@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod files;
+
 fn nsac(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_nsac"))
         .args(args)

@@ -1,13 +1,32 @@
 //! The tuning DB: one human-readable YAML file of tuned Variants, safe for concurrent writers.
 //!
 //! Default location `<user cache dir>/nsac/tuning.yaml` (the CLI's `--db FILE` overrides it).
-//! Every write locks the sidecar, re-reads the file, merges and replaces it atomically (see
-//! [`super::file_lock`]), so two processes tuning at once both keep their entries. A file that
-//! does not parse, or has another schema version, is set aside as `tuning.yaml.corrupt-<n>` and
-//! reported as a [`DbWarning`]; the DB then starts empty. Variants are stored as plain YAML
-//! values so one file holds the entries of every backend. Candidates rejected before compiling
-//! are not listed one by one (a GPU space prunes about a thousand); `pruned` counts them per
-//! reason, with one example each. A file looks like this (one entry, candidates shortened):
+//! The file is read and written by the file policy ([`crate::fs_policy`]): a path that is not a
+//! regular file (a directory, a device, a FIFO) is an error and is never read, renamed or
+//! replaced; a symlink is followed (the target is updated, the link stays; the lock sits beside
+//! the target); reads are capped at [`DB_MAX_BYTES`]. Reads take no lock (writers replace the
+//! file atomically). Every write locks the sidecar `<file>.lock`, re-reads the file, merges and
+//! replaces it atomically (see [`super::file_lock`]), so two processes tuning at once both keep
+//! their entries; a lock that cannot be made (a read-only directory) fails the write, which the
+//! tuner reports as a [`DbWarning::NotStored`] and the result is still returned.
+//!
+//! What is done with a file that is not a DB of this schema, each reported as a [`DbWarning`]:
+//! a corrupt regular file (not YAML, not UTF-8, not the format below, or an older or missing
+//! `schema`) is set aside as `tuning.yaml.corrupt-<n>` under the lock and the DB starts empty
+//! (if the lock cannot be made it is left where it is and no entry is used); a file of a
+//! **newer** schema is left untouched and used read-only: no entry is read from it, no result
+//! stored in it (`export`/`import` on it are errors).
+//!
+//! Variants are stored as plain YAML values so one file holds the entries of every backend
+//! (a CPU Variant is `{threads, variant: {…}}`, a GPU Variant its knobs). `timed_seq_len` is
+//! the length the candidates were timed at (the CPU tunes on a shorter proxy of the problem,
+//! the GPU on the problem itself; absent in files written before it existed). `default_us` is
+//! the default Variant's time if it was measured, else `null`. A candidate's `outcome` is one
+//! of `measured: {median_us, runs}`, `dropped_early: {first_run_us, best_us}` (its first run
+//! was far slower than the best so far), `compile_failed: {error}`, `run_failed: {error}` or
+//! `wrong_result: {error}` (it disagreed with the oracle). Candidates rejected before
+//! compiling are not listed one by one (a GPU space prunes about a thousand); `pruned` counts them per reason,
+//! with one example each. A file looks like this (one entry, candidates shortened):
 //!
 //! ```yaml
 //! schema: 1
@@ -19,18 +38,31 @@
 //!     device:
 //!       cpu: {model: AMD EPYC, arch: x86_64, features: [sse4.1, avx, avx2, fma], cores: 2}
 //!     nsac: "0.1.0"
-//!   best: {rows: 4, key_vectors: 2, threads: 2}
+//!   best:
+//!     threads: 2
+//!     variant: {key_tile: 64, key_vectors: 2, query_chunk: 16, rows: 4, unroll: 2, value_vectors: 2}
 //!   best_us: 8123.4
-//!   default: {rows: 1, key_vectors: 1, threads: 2}
+//!   timed_seq_len: 4096
+//!   default:
+//!     threads: 2
+//!     variant: {key_tile: 64, key_vectors: 2, query_chunk: 16, rows: 4, unroll: 1, value_vectors: 2}
 //!   default_us: 15890.2
 //!   strategy: coordinate_descent
 //!   candidates:
-//!   - variant: {rows: 2, key_vectors: 2, threads: 1}
+//!   - variant:
+//!       threads: 2
+//!       variant: {key_tile: 64, key_vectors: 2, query_chunk: 16, rows: 2, unroll: 1, value_vectors: 2}
 //!     outcome: {measured: {median_us: 14002.5, runs: 5}}
+//!   - variant:
+//!       threads: 2
+//!       variant: {key_tile: 128, key_vectors: 3, query_chunk: 64, rows: 1, unroll: 2, value_vectors: 2}
+//!     outcome: {dropped_early: {first_run_us: 44496.5, best_us: 8123.4}}
 //!   pruned:
 //!   - reason: "needs 20 F32X4 registers, the device has 16"
 //!     count: 12
-//!     example: {rows: 3, key_vectors: 4, threads: 2}
+//!     example:
+//!       threads: 2
+//!       variant: {key_tile: 64, key_vectors: 4, query_chunk: 16, rows: 3, unroll: 1, value_vectors: 2}
 //! ```
 
 use super::file_lock::{lock_exclusive, lock_path, write_atomic};
