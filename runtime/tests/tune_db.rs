@@ -481,12 +481,20 @@ fn a_newer_schema_is_left_untouched_and_used_read_only() {
     match loaded.warnings.as_slice() {
         [w @ DbWarning::NewerSchema { found: 2, .. }] => {
             let text = w.to_string();
-            assert!(text.contains("schema 2") && !text.contains("Some("), "{text}");
+            assert!(
+                text.contains("schema 2") && !text.contains("Some("),
+                "{text}"
+            );
         }
         other => panic!("expected one newer-schema warning, got {other:?}"),
     }
-    let err = db.insert(entry(key("x", 64, fake_cpu("C")), 8)).unwrap_err();
-    assert!(matches!(err, DbError::NewerSchema { found: 2, .. }), "{err}");
+    let err = db
+        .insert(entry(key("x", 64, fake_cpu("C")), 8))
+        .unwrap_err();
+    assert!(
+        matches!(err, DbError::NewerSchema { found: 2, .. }),
+        "{err}"
+    );
     assert!(matches!(
         db.export(&dir.path().join("e.yaml")),
         Err(DbError::NewerSchema { .. })
@@ -497,7 +505,9 @@ fn a_newer_schema_is_left_untouched_and_used_read_only() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert!(
-        names.iter().all(|n| !n.to_string_lossy().contains("corrupt")),
+        names
+            .iter()
+            .all(|n| !n.to_string_lossy().contains("corrupt")),
         "{names:?}"
     );
 }
