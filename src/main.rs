@@ -13,7 +13,12 @@ fn main() -> ExitCode {
     match cli::dispatch(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprint!("{}", error.render(std::io::stderr().is_terminal()));
+            eprint!(
+                "{}",
+                error.render(nsac_dsl::diagnostics::use_color(
+                    std::io::stderr().is_terminal()
+                ))
+            );
             ExitCode::FAILURE
         }
     }

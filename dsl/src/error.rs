@@ -59,6 +59,9 @@ pub enum DiagnosticKind {
     /// The YAML is malformed or has a shape the schema does not allow (from serde-saphyr).
     #[error("YAML error: {message}")]
     Yaml { message: String },
+    /// The file is not UTF-8 text; the span is its first bad byte.
+    #[error("the file is not UTF-8 text: byte {byte} is not valid UTF-8 here")]
+    NotUtf8 { byte: String },
     #[error("unknown key `{key}` in {context}")]
     UnknownKey { key: String, context: String },
     #[error("`{key}` is given twice in {context}")]
@@ -128,6 +131,7 @@ impl DiagnosticKind {
         match self {
             DiagnosticKind::Syntax { .. } => "E001",
             DiagnosticKind::Yaml { .. } => "E002",
+            DiagnosticKind::NotUtf8 { .. } => "E003",
             DiagnosticKind::UnknownKey { .. } => "E010",
             DiagnosticKind::DuplicateKey { .. } => "E011",
             DiagnosticKind::MissingField { .. } => "E012",

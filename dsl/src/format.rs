@@ -24,12 +24,33 @@ pub fn format_spec(spec: &Spec) -> String {
 /// Formats `.nsa` source text into the canonical layout, preserving its comments.
 ///
 /// Fails (with the same diagnostics as [`parse_text`](crate::parse_text)) on an invalid spec:
-/// only valid specs are rewritten.
+/// only valid specs are rewritten. Line ends may be `\n`, `\r\n` or a lone `\r` (as the
+/// grammar allows); the output uses `\n`.
 pub fn format_source(source: &str) -> Result<String, SpecError> {
+    // A lone `\r` becomes `\n`: the same length, so every span stays valid, and the line
+    // splitting below (`str::lines`, which knows `\n` and `\r\n`) sees every line end.
+    let source = &lone_cr_to_lf(source);
     let doc = crate::parser::parse_document(source)?;
     let spec = crate::validate::validate(&doc)?;
     let attached = attach_comments(source, &doc);
     Ok(render(&spec, &attached))
+}
+
+/// `source` with each `\r` that does not start a `\r\n` replaced by `\n` (byte offsets kept).
+fn lone_cr_to_lf(source: &str) -> std::borrow::Cow<'_, str> {
+    if !source.contains('\r') {
+        return std::borrow::Cow::Borrowed(source);
+    }
+    let bytes = source.as_bytes();
+    let mut out = String::with_capacity(source.len());
+    for (i, c) in source.char_indices() {
+        if c == '\r' && bytes.get(i + 1) != Some(&b'\n') {
+            out.push('\n');
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// The canonical way to write a number with a fractional part (always re-read as a float).

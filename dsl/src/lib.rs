@@ -38,6 +38,7 @@ pub mod diagnostics;
 mod emit_yaml;
 pub mod error;
 pub mod format;
+pub mod fs_policy;
 mod hash;
 pub mod parser;
 pub mod problem;

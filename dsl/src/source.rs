@@ -1,11 +1,14 @@
 //! Loading a spec file: read it, pick the form by extension, parse and validate.
 //!
 //! [`SourceFile`] keeps the name and text so that a [`SpecError`] can be rendered against them
-//! (`LoadError::render`), which is what the CLI prints.
+//! (`LoadError::render`), which is what the CLI prints. Files are read under the file policy
+//! ([`crate::fs_policy`]: regular files only, at most [`SPEC_MAX_BYTES`]); a file that is not
+//! UTF-8 is a diagnostic at the line and column of its first bad byte.
 
 use std::path::{Path, PathBuf};
 
-use crate::error::SpecError;
+use crate::error::{Diagnostic, DiagnosticKind, SpecError};
+use crate::fs_policy::{self, FsError, SPEC_MAX_BYTES};
 use crate::spec::Spec;
 
 /// Which form a file is written in.
@@ -42,15 +45,35 @@ impl SourceFile {
         let kind = SourceKind::from_path(path).ok_or_else(|| LoadError::UnknownExtension {
             path: path.to_path_buf(),
         })?;
-        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Ok(SourceFile {
-            name: path.display().to_string(),
-            text,
-            kind,
-        })
+        let bytes =
+            fs_policy::read_bounded(path, SPEC_MAX_BYTES, "a spec file").map_err(|error| {
+                LoadError::Io {
+                    path: path.to_path_buf(),
+                    error,
+                }
+            })?;
+        let name = path.display().to_string();
+        match String::from_utf8(bytes) {
+            Ok(text) => Ok(SourceFile { name, text, kind }),
+            Err(e) => {
+                let at = e.utf8_error().valid_up_to();
+                let byte = e.as_bytes()[at];
+                let text = String::from_utf8_lossy(e.as_bytes()).into_owned();
+                // The lossy text agrees with the file up to the first bad byte, which it shows
+                // as U+FFFD (3 bytes): the caret points at that byte.
+                let diagnostic = Diagnostic::new(
+                    DiagnosticKind::NotUtf8 {
+                        byte: format!("0x{byte:02X}"),
+                    },
+                    at..at + char::REPLACEMENT_CHARACTER.len_utf8(),
+                )
+                .help("specs are UTF-8 text; re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)");
+                Err(LoadError::Invalid {
+                    file: SourceFile { name, text, kind },
+                    error: SpecError::single(diagnostic),
+                })
+            }
+        }
     }
 
     /// Parses and validates the text in its form.
@@ -65,11 +88,11 @@ impl SourceFile {
 /// Why a spec file could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read spec: {error}")]
     Io {
         path: PathBuf,
         #[source]
-        source: std::io::Error,
+        error: FsError,
     },
     #[error("{}: unknown spec file extension (expected .nsa, .yaml or .yml)", path.display())]
     UnknownExtension { path: PathBuf },

@@ -4,7 +4,7 @@
 //! (a value, a key, a branch name), so the caret lands where the user must edit. Checks that
 //! depend on a value that was itself wrong are skipped rather than reported twice.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::ast::{BranchDecl, Document, Ident, Item, Setting, Span, Value, ValueKind};
 use crate::error::{Diagnostic, DiagnosticKind, SpecError};
@@ -73,7 +73,8 @@ impl<'a> Fields<'a> {
 struct Parsed<'a> {
     decl: &'a BranchDecl,
     kind: Option<PartialKind<'a>>,
-    kv: KvSource,
+    /// `None` if `kv` was bad (already reported); the other fields are still checked.
+    kv: Option<KvSource>,
 }
 
 enum PartialKind<'a> {
@@ -357,7 +358,7 @@ impl Validator {
                 None
             }
             Some(s) => {
-                let declared: Vec<&str> = doc
+                let declared: HashSet<&str> = doc
                     .items
                     .iter()
                     .filter_map(|i| match i {
@@ -537,11 +538,7 @@ impl Validator {
                     Some(PartialKind::Window { size })
                 }
             };
-            out.push(Parsed {
-                decl,
-                kind: if kv.is_some() { kind } else { None },
-                kv: kv.unwrap_or_default(),
-            });
+            out.push(Parsed { decl, kind, kv });
         }
         out
     }
@@ -665,7 +662,7 @@ impl Validator {
         &mut self,
         v: &Value,
         branches: &[Parsed<'_>],
-        declared: &[&str],
+        declared: &HashSet<&str>,
     ) -> Option<Combine> {
         let ValueKind::Call { func, args } = &v.kind else {
             self.push(
@@ -697,8 +694,11 @@ impl Validator {
         };
         let mut ok = mode.is_some();
         let mut used: HashMap<&str, Span> = HashMap::new();
+        // The list of branch names for the help of an unknown name, built once (a spec may
+        // name thousands of unknown branches).
+        let mut names: Option<String> = None;
         for a in args {
-            let is_declared = declared.contains(&a.name.as_str());
+            let is_declared = declared.contains(a.name.as_str());
             if let Some(first) = used.get(a.name.as_str()) {
                 self.push(
                     Diagnostic::new(
@@ -711,7 +711,11 @@ impl Validator {
                 );
                 ok = false;
             } else if !is_declared {
-                let names: Vec<&str> = branches.iter().map(|b| b.decl.name.name.as_str()).collect();
+                let names = names.get_or_insert_with(|| {
+                    let names: Vec<&str> =
+                        branches.iter().map(|b| b.decl.name.name.as_str()).collect();
+                    names.join(", ")
+                });
                 let mut d = Diagnostic::new(
                     DiagnosticKind::CombineUnknown {
                         name: a.name.clone(),
@@ -719,7 +723,7 @@ impl Validator {
                     a.span.clone(),
                 );
                 if !names.is_empty() {
-                    d = d.help(format!("the branches are: {}", names.join(", ")));
+                    d = d.help(format!("the branches are: {names}"));
                 }
                 self.push(d);
                 ok = false;
@@ -790,7 +794,7 @@ fn lower_branch(b: &Parsed<'_>) -> Option<Branch> {
     };
     Some(Branch {
         name: b.decl.name.name.clone(),
-        kv: b.kv,
+        kv: b.kv?,
         kind,
     })
 }

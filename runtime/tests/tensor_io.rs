@@ -11,6 +11,7 @@ use nsac_dsl::spec::{
 };
 use nsac_kernels::io::{Tensor, random_inputs};
 use nsac_kernels::reference::Output;
+use nsac_runtime::fs_policy::FsError;
 use nsac_runtime::tensor_io::{
     HostTensor, TensorIoError, TensorSet, into_kernel_inputs, read_inputs, read_kernel_inputs,
     reference_outputs, write_outputs,
@@ -284,10 +285,17 @@ fn paths_that_are_not_tensor_files_are_errors() {
         Err(TensorIoError::IsDirectory(_))
     ));
     let no_parent = dir.path().join("no/such/dir/x.safetensors");
-    assert!(matches!(
-        write_outputs(&no_parent, &set),
-        Err(TensorIoError::Io { .. })
-    ));
+    let err = write_outputs(&no_parent, &set).unwrap_err();
+    assert!(
+        matches!(err, TensorIoError::File(FsError::NotWritable { .. })),
+        "{err:?}"
+    );
+    // The error names the user's path, not a temporary file.
+    assert!(
+        err.to_string().contains("no/such/dir/x.safetensors"),
+        "{err}"
+    );
+    assert!(!err.to_string().contains("nsac-tmp"), "{err}");
 }
 
 #[test]

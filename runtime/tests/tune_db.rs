@@ -31,6 +31,7 @@ fn entry(key: TuneKey, q_tile: u32) -> Entry {
         key,
         best: best.clone(),
         best_us: 10.0 * f64::from(q_tile),
+        timed_seq_len: None,
         default: serde_json::to_value(variant(1)).unwrap(),
         default_us: Some(80.0),
         strategy: Strategy::Exhaustive,
@@ -349,7 +350,8 @@ fn tune_cached_tunes_on_a_miss_and_reuses_on_a_hit() {
         second,
         Tuned::Stored {
             variant: result.best.clone(),
-            best_us: result.best_time.as_secs_f64() * 1e6
+            best_us: result.best_time.as_secs_f64() * 1e6,
+            timed_seq_len: None,
         }
     );
     assert_eq!(
@@ -419,7 +421,6 @@ fn a_hand_written_file_in_the_documented_format_loads() {
     assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
     let entry = &loaded.value.entries[0];
     assert_eq!(entry.key.shape.seq_len, 8192);
-    assert_eq!(entry.candidates.len(), 1);
     assert_eq!(
         entry.candidates[0].outcome.median().map(|t| t.as_micros()),
         Some(14002)
@@ -427,7 +428,12 @@ fn a_hand_written_file_in_the_documented_format_loads() {
     assert_eq!(entry.pruned.len(), 1);
     assert_eq!(entry.pruned[0].count, 12);
     assert!(entry.pruned[0].reason.contains("registers, the device"));
-    assert_eq!(entry.pruned[0].example["rows"], 3);
+    assert_eq!(entry.pruned[0].example["variant"]["rows"], 3);
+    assert_eq!(entry.timed_seq_len, Some(4096));
+    assert_eq!(entry.candidates.len(), 2);
+    // The documented Variants are what the CPU backend reads.
+    let best: nsac_runtime::tune::CpuCandidate = entry.best_variant().unwrap();
+    assert_eq!((best.threads, best.variant.rows), (2, 4));
 }
 
 #[test]
@@ -461,5 +467,89 @@ entries:
     assert!(matches!(
         &entry.candidates[0].outcome,
         Outcome::Pruned { reason } if reason.contains("registers, the device")
+    ));
+}
+
+#[test]
+fn a_newer_schema_is_left_untouched_and_used_read_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = db_in(dir.path());
+    let future = "schema: 2\nentries: [{whatever: 1}]\n";
+    std::fs::write(db.path(), future).unwrap();
+    let loaded = db.load().unwrap();
+    assert!(loaded.value.entries.is_empty());
+    match loaded.warnings.as_slice() {
+        [w @ DbWarning::NewerSchema { found: 2, .. }] => {
+            let text = w.to_string();
+            assert!(
+                text.contains("schema 2") && !text.contains("Some("),
+                "{text}"
+            );
+        }
+        other => panic!("expected one newer-schema warning, got {other:?}"),
+    }
+    let err = db
+        .insert(entry(key("x", 64, fake_cpu("C")), 8))
+        .unwrap_err();
+    assert!(
+        matches!(err, DbError::NewerSchema { found: 2, .. }),
+        "{err}"
+    );
+    assert!(matches!(
+        db.export(&dir.path().join("e.yaml")),
+        Err(DbError::NewerSchema { .. })
+    ));
+    assert_eq!(std::fs::read_to_string(db.path()).unwrap(), future);
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        names
+            .iter()
+            .all(|n| !n.to_string_lossy().contains("corrupt")),
+        "{names:?}"
+    );
+}
+
+#[test]
+fn a_db_path_that_is_not_a_regular_file_is_an_error_and_kept() {
+    use std::os::unix::fs::FileTypeExt;
+    let db = TuningDb::open("/dev/null");
+    assert!(matches!(db.load(), Err(DbError::NotRegular { .. })));
+    assert!(matches!(
+        db.insert(entry(key("x", 64, fake_cpu("C")), 8)),
+        Err(DbError::NotRegular { .. })
+    ));
+    assert!(
+        std::fs::symlink_metadata("/dev/null")
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let as_dir = TuningDb::open(dir.path());
+    assert!(matches!(as_dir.load(), Err(DbError::NotRegular { .. })));
+    assert!(dir.path().is_dir());
+}
+
+#[test]
+fn a_corrupt_file_that_cannot_be_locked_is_reported_and_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = db_in(dir.path());
+    std::fs::write(db.path(), "schema: 1\nentries: [ {key: oops\n").unwrap();
+    // A directory where the lock file should go stops even root, as a read-only directory does.
+    std::fs::create_dir(nsac_runtime::tune::file_lock::lock_path(db.path())).unwrap();
+    let loaded = db.load().unwrap();
+    assert!(loaded.value.entries.is_empty());
+    assert!(
+        matches!(loaded.warnings.as_slice(), [DbWarning::CorruptKept { .. }]),
+        "{:?}",
+        loaded.warnings
+    );
+    assert!(db.path().exists());
+    assert!(matches!(
+        db.insert(entry(key("x", 64, fake_cpu("C")), 8)),
+        Err(DbError::Lock { .. })
     ));
 }

@@ -37,7 +37,7 @@ struct Problem {
 }
 
 pub fn run(args: &CheckArgs) -> Result<(), CliError> {
-    let color = std::io::stderr().is_terminal();
+    let color = nsac_dsl::diagnostics::use_color(std::io::stderr().is_terminal());
     let mut results = Vec::new();
     for path in &args.specs {
         let file = path.display().to_string();
@@ -84,19 +84,22 @@ pub fn run(args: &CheckArgs) -> Result<(), CliError> {
 
 fn problems(error: &nsac_dsl::LoadError) -> Vec<Problem> {
     match error {
-        nsac_dsl::LoadError::Invalid { file, error } => error
-            .diagnostics
-            .iter()
-            .map(|d| {
-                let (line, column) = nsac_dsl::diagnostics::line_col(&file.text, d.span.start);
-                Problem {
-                    code: d.code().to_string(),
-                    message: d.kind.to_string(),
-                    line: Some(line),
-                    column: Some(column),
-                }
-            })
-            .collect(),
+        nsac_dsl::LoadError::Invalid { file, error } => {
+            let index = nsac_dsl::diagnostics::LineIndex::new(&file.text);
+            error
+                .diagnostics
+                .iter()
+                .map(|d| {
+                    let (line, column) = index.line_col(d.span.start);
+                    Problem {
+                        code: d.code().to_string(),
+                        message: d.kind.to_string(),
+                        line: Some(line),
+                        column: Some(column),
+                    }
+                })
+                .collect()
+        }
         other => vec![Problem {
             code: "io".into(),
             message: other.to_string(),

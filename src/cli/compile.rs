@@ -10,11 +10,20 @@ use nsac_runtime::cpu;
 use super::args::{CompileArgs, Emit, Target};
 use super::device::{explicit_gpu_variant, explicit_variant};
 use super::error::CliError;
+use nsac_runtime::fs_policy;
+
 use super::fmt::write_atomically;
 use super::output::emit;
 use super::problem::problem_from_args;
 
 pub fn run(args: &CompileArgs) -> Result<(), CliError> {
+    if let Some(path) = &args.output {
+        // Found before any code is generated; the manifest goes beside the PTX.
+        fs_policy::check_writable(path)?;
+        if args.target == Target::Ptx {
+            fs_policy::check_writable(&manifest_path(path))?;
+        }
+    }
     let spec = nsac_dsl::load(&args.spec)?;
     let shape = problem_from_args(&args.problem)?.resolve(&spec)?;
     let target = match (args.target, args.emit) {
@@ -62,8 +71,13 @@ pub fn run(args: &CompileArgs) -> Result<(), CliError> {
             match &args.output {
                 Some(path) => {
                     let manifest_path = manifest_path(path);
-                    write_atomically(path, &text)?;
-                    write_atomically(&manifest_path, &manifest.to_json())?;
+                    // Both written before either is renamed into place: never a new PTX with
+                    // an old manifest.
+                    let staged = vec![
+                        fs_policy::stage(path, text.as_bytes())?,
+                        fs_policy::stage(&manifest_path, manifest.to_json().as_bytes())?,
+                    ];
+                    fs_policy::commit_all(staged)?;
                     eprintln!("wrote {} and {}", path.display(), manifest_path.display());
                 }
                 None => emit(&text).map_err(CliError::Stdout)?,

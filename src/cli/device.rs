@@ -225,18 +225,20 @@ impl CpuChoice {
                 origin: "explicit",
             });
         }
-        Ok(match super::tune::tuned_candidate(spec, shape, source.db) {
-            Some(c) => CpuChoice {
-                variant: c.variant,
-                threads: threads.unwrap_or(c.threads),
-                origin: "tuned",
+        Ok(
+            match super::tune::tuned_candidate(spec, shape, source.db)? {
+                Some(c) => CpuChoice {
+                    variant: c.variant,
+                    threads: threads.unwrap_or(c.threads),
+                    origin: "tuned",
+                },
+                None => CpuChoice {
+                    variant: CpuVariant::default(),
+                    threads: default_threads(threads),
+                    origin: "default",
+                },
             },
-            None => CpuChoice {
-                variant: CpuVariant::default(),
-                threads: default_threads(threads),
-                origin: "default",
-            },
-        })
+        )
     }
 }
 
@@ -262,7 +264,7 @@ impl GpuChoice {
                 origin: "explicit",
             });
         }
-        Ok(match super::tune::tuned_gpu(gpu, spec, shape, source.db) {
+        Ok(match super::tune::tuned_gpu(gpu, spec, shape, source.db)? {
             Some(variant) => GpuChoice {
                 variant,
                 origin: "tuned",

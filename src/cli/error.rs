@@ -4,7 +4,6 @@
 //! with file:line:col and caret snippets, everything else as `error: …` with its causes.
 
 use std::error::Error as _;
-use std::path::PathBuf;
 
 use nsac_dsl::LoadError;
 use nsac_dsl::problem::ProblemError;
@@ -26,12 +25,8 @@ pub enum CliError {
     Cost(#[from] nsac_compiler::cost::CostError),
     #[error(transparent)]
     TensorIo(#[from] nsac_runtime::tensor_io::TensorIoError),
-    #[error("cannot write {}: {source}", path.display())]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] nsac_runtime::fs_policy::FsError),
     #[error(transparent)]
     Cpu(#[from] nsac_runtime::cpu::CpuKernelError),
     #[error(transparent)]

@@ -1,7 +1,8 @@
 //! `nsac fmt`: print a spec in canonical form, keeping its comments; `--write` rewrites it
-//! atomically, `--check` only reports.
+//! atomically (by the file policy: a symlinked spec's target is rewritten, its mode kept),
+//! `--check` only reports.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 
 use nsac_dsl::{LoadError, SourceFile, SourceKind};
 
@@ -43,24 +44,12 @@ pub fn run(args: &FmtArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Writes `text` to `path` through a temporary file in the same directory and a rename, so an
-/// interrupted write never leaves half a spec behind.
+/// Writes `text` to `path` by the file policy (`nsac_runtime::fs_policy`): a temporary file
+/// beside the target renamed over it, so an interrupted write never leaves half a file; a
+/// symlink's target is replaced, the original mode kept, a non-regular file never replaced.
 pub fn write_atomically(path: &std::path::Path, text: &str) -> Result<(), CliError> {
-    let err = |source| CliError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(err)?;
-    tmp.write_all(text.as_bytes()).map_err(err)?;
-    if let Ok(meta) = std::fs::metadata(path) {
-        tmp.as_file()
-            .set_permissions(meta.permissions())
-            .map_err(err)?;
-    }
-    tmp.persist(path).map_err(|e| err(e.error))?;
-    Ok(())
+    Ok(nsac_runtime::fs_policy::write_atomic(
+        path,
+        text.as_bytes(),
+    )?)
 }

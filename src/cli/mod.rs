@@ -8,6 +8,7 @@ mod compile;
 mod cost;
 mod device;
 pub mod error;
+mod files;
 mod fmt;
 mod output;
 mod problem;

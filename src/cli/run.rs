@@ -13,6 +13,7 @@ use super::args::{DTypeArg, DeviceArg, RunArgs};
 use super::budget;
 use super::device::{VariantSource, checked_threads, default_threads, run_on, values};
 use super::error::CliError;
+use super::files::check_run_paths;
 use super::output::{emit, emit_json};
 use super::problem::{describe, problem_from_args, problem_from_inputs};
 use super::tune::{open_gpu, tune_gpu_if_missing, tune_if_missing};
@@ -40,6 +41,11 @@ pub struct RunSummary {
 }
 
 pub fn run(args: &RunArgs) -> Result<(), CliError> {
+    check_run_paths(
+        args.inputs.as_deref(),
+        args.save_inputs.as_deref(),
+        args.output.as_deref(),
+    )?;
     let spec = nsac_dsl::load(&args.spec)?;
     if args.device == DeviceArg::Reference {
         if args.variant.is_some() {

@@ -13,11 +13,11 @@ use nsac_dsl::problem::Shape;
 use nsac_runtime::bench::fma_ceiling;
 use nsac_runtime::cuda::{CudaDevice, GpuCeiling};
 use nsac_runtime::tune::cpu::{
-    CpuCandidate, CpuTuneOptions, tune_cpu, tuned_cpu_variant, tuning_shape,
+    CpuCandidate, CpuTuneOptions, tune_cpu, tuned_cpu_variant_warned, tuning_shape, tuning_shape_at,
 };
-use nsac_runtime::tune::gpu::{GpuTuneOptions, tune_gpu, tuned_gpu_variant};
+use nsac_runtime::tune::gpu::{GpuTuneOptions, tune_gpu, tuned_gpu_variant_warned};
 use nsac_runtime::tune::{
-    CandidateReport, DbWarning, Outcome, Progress, TuneOptions, Tuned, TuningDb,
+    CandidateReport, DbError, DbWarning, Outcome, Progress, TuneOptions, Tuned, TuningDb,
 };
 use serde::Serialize;
 
@@ -36,22 +36,49 @@ pub fn open_db(path: Option<&Path>) -> Result<TuningDb, CliError> {
     }
 }
 
-/// The tuned CPU candidate for this spec and shape, if the database has a current one.
-/// A database that cannot be opened means "not tuned", never an error for `run`/`bench`.
-pub fn tuned_candidate(spec: &Spec, shape: &Shape, db: Option<&Path>) -> Option<CpuCandidate> {
-    let db = open_db(db).ok()?;
-    tuned_cpu_variant(spec, shape, &db)
+/// The database `run`/`bench` look a Variant up in: `--db FILE`, else the default one if this
+/// system has a cache directory (none: nothing is tuned, silently — there is no database).
+fn lookup_db(path: Option<&Path>) -> Option<TuningDb> {
+    match path {
+        Some(p) => Some(TuningDb::open(p)),
+        None => TuningDb::open_default().ok(),
+    }
 }
 
-/// The tuned GPU Variant for this spec, shape and GPU, if the database has a current one.
+/// The tuned CPU candidate for this spec and shape, if the database has a current one. The
+/// database's warnings (a corrupt file set aside, a newer schema left alone) are printed; a
+/// database path that cannot be used at all (not a regular file) is an error.
+pub fn tuned_candidate(
+    spec: &Spec,
+    shape: &Shape,
+    db: Option<&Path>,
+) -> Result<Option<CpuCandidate>, CliError> {
+    let Some(db) = lookup_db(db) else {
+        return Ok(None);
+    };
+    let found = tuned_cpu_variant_warned(spec, shape, &db).map_err(db_error)?;
+    warn(&found.warnings);
+    Ok(found.value)
+}
+
+/// The tuned GPU Variant for this spec, shape and GPU, if the database has a current one (the
+/// database's warnings printed, as [`tuned_candidate`]).
 pub fn tuned_gpu(
     gpu: &CudaDevice,
     spec: &Spec,
     shape: &Shape,
     db: Option<&Path>,
-) -> Option<GpuVariant> {
-    let db = open_db(db).ok()?;
-    tuned_gpu_variant(gpu, spec, shape, &db)
+) -> Result<Option<GpuVariant>, CliError> {
+    let Some(db) = lookup_db(db) else {
+        return Ok(None);
+    };
+    let found = tuned_gpu_variant_warned(gpu, spec, shape, &db).map_err(db_error)?;
+    warn(&found.warnings);
+    Ok(found.value)
+}
+
+fn db_error(e: DbError) -> CliError {
+    CliError::Other(e.to_string())
 }
 
 /// `run --tune --device cuda`: tunes `spec` on `shape` for `gpu` unless the database already has
@@ -105,7 +132,9 @@ pub fn tune_if_missing(
     quiet: bool,
 ) -> Result<(), CliError> {
     let db = open_db(db)?;
-    if tuned_cpu_variant(spec, shape, &db).is_some() {
+    let found = tuned_cpu_variant_warned(spec, shape, &db).map_err(db_error)?;
+    warn(&found.warnings);
+    if found.value.is_some() {
         if !quiet {
             eprintln!("tuning: the database already has a result for this machine");
         }
@@ -183,14 +212,19 @@ struct TuneSummary {
     spec: String,
     seq_len: usize,
     /// The length candidates were timed at (a proxy of `seq_len` with the same GQA group and
-    /// dims; times and GFLOP/s below are of this problem).
-    timed_seq_len: usize,
+    /// dims; times and GFLOP/s below are of this problem). For an answer from the database,
+    /// the length its entry was timed at; absent if the entry does not record it (then so are
+    /// `gflops` and `ceiling_ratio`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timed_seq_len: Option<usize>,
     best: CpuCandidate,
     #[serde(flatten)]
     outcome: TuneOutcome,
-    gflops: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gflops: Option<f64>,
     fma_ceiling_gflops: f64,
-    ceiling_ratio: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ceiling_ratio: Option<f64>,
     db: String,
 }
 
@@ -338,32 +372,53 @@ pub fn run(args: &TuneArgs) -> Result<(), CliError> {
     warn(&warnings);
 
     let best = *tuned.variant();
-    let timing = tuning_shape(&spec, &shape);
-    let flops = cost::estimate(&spec, &timing)?.flops.attention;
+    // The problem the time was measured on: this run's proxy, or the one the stored entry was
+    // timed at (an entry answers every T of its bucket, each with its own proxy).
+    let timing = match &tuned {
+        Tuned::Fresh(_) => Some(tuning_shape(&spec, &shape)),
+        Tuned::Stored { timed_seq_len, .. } => {
+            timed_seq_len.and_then(|len| tuning_shape_at(&spec, &shape, len))
+        }
+    };
     let ceiling = fma_ceiling(best.threads)?;
     let outcome = TuneOutcome::of(&tuned);
-    let gflops = flops / (outcome.best_ms / 1e3) / 1e9;
+    let gflops = match &timing {
+        Some(t) => Some(cost::estimate(&spec, t)?.flops.attention / (outcome.best_ms / 1e3) / 1e9),
+        None => None,
+    };
     let summary = TuneSummary {
         spec: spec.name.clone(),
         seq_len: shape.seq_len,
-        timed_seq_len: timing.seq_len,
+        timed_seq_len: timing.as_ref().map(|t| t.seq_len),
         best,
         outcome,
         gflops,
         fma_ceiling_gflops: ceiling,
-        ceiling_ratio: gflops / ceiling,
+        ceiling_ratio: gflops.map(|g| g / ceiling),
         db: db.path().display().to_string(),
     };
     if args.json {
         return emit_json(&summary).map_err(CliError::Stdout);
     }
     let v = &summary.best.variant;
+    let timed = match summary.timed_seq_len {
+        Some(t) => format!("timed at T={t}"),
+        None => "timed at a length the entry does not record".to_string(),
+    };
+    let speed = match (summary.gflops, summary.ceiling_ratio) {
+        (Some(g), Some(r)) => format!(
+            "{g:.2} GFLOP/s   {:.0}% of the 128-bit FMA ceiling ({ceiling:.1} GFLOP/s, measured now)",
+            100.0 * r
+        ),
+        _ => format!(
+            "GFLOP/s unknown (--retune measures again); the 128-bit FMA ceiling is {ceiling:.1} GFLOP/s, measured now"
+        ),
+    };
     let mut text = format!(
-        "{} at T={} ({}, timed at T={}):\n  best      rows {} key_vectors {} value_vectors {} key_tile {} unroll {} query_chunk {}, {} threads\n  time      {:.3} ms   {:.2} GFLOP/s   {:.0}% of the 128-bit FMA ceiling ({:.1} GFLOP/s, measured now)\n",
+        "{} at T={} ({}, {timed}):\n  best      rows {} key_vectors {} value_vectors {} key_tile {} unroll {} query_chunk {}, {} threads\n  time      {:.3} ms   {speed}\n",
         summary.spec,
         summary.seq_len,
         summary.outcome.origin(),
-        summary.timed_seq_len,
         v.rows,
         v.key_vectors,
         v.value_vectors,
@@ -372,9 +427,6 @@ pub fn run(args: &TuneArgs) -> Result<(), CliError> {
         v.query_chunk,
         summary.best.threads,
         summary.outcome.best_ms,
-        summary.gflops,
-        100.0 * summary.ceiling_ratio,
-        ceiling
     );
     text.push_str(&summary.outcome.tail(&summary.db));
     emit_line(&text).map_err(CliError::Stdout)
@@ -403,15 +455,38 @@ struct GpuTuneSummary {
     spec: String,
     seq_len: usize,
     device: String,
+    /// The length the best time was measured at: `seq_len`, or for an answer from the database
+    /// the length its entry was tuned at (absent if the entry does not record it; then so are
+    /// `gflops` and `ceiling_ratio`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timed_seq_len: Option<usize>,
     best: GpuVariant,
     #[serde(flatten)]
     outcome: TuneOutcome,
-    /// Attention FLOPs of the problem (cost model) per second of the best Variant.
-    gflops: f64,
+    /// Attention FLOPs of the timed problem (cost model) per second of the best Variant.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gflops: Option<f64>,
     /// This GPU's measured ceiling for the problem's arithmetic, and `gflops` over it.
     ceiling: GpuCeiling,
-    ceiling_ratio: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ceiling_ratio: Option<f64>,
     db: String,
+}
+
+/// `shape` with its sequence length replaced by `len` (batched shapes only: a varlen layout
+/// has no one length to replace).
+fn same_problem_at(spec: &Spec, shape: &Shape, len: usize) -> Option<Shape> {
+    if len == shape.seq_len {
+        return Some(shape.clone());
+    }
+    if shape.segments.len() != 1 || shape.segments[0] != (0, shape.seq_len) {
+        return None;
+    }
+    let mut problem = nsac_dsl::problem::Problem::batched(shape.batch, len);
+    problem.heads = Some(shape.heads);
+    problem.head_dim = Some(shape.head_dim);
+    problem.dtype = shape.dtype;
+    problem.resolve(spec).ok()
 }
 
 fn run_gpu(
@@ -440,16 +515,25 @@ fn run_gpu(
     warn(&warnings);
     let (major, minor) = gpu.capability();
     let outcome = TuneOutcome::of(&tuned);
-    let flops = cost::estimate(spec, shape)?.flops.attention;
-    let gflops = flops / (outcome.best_ms / 1e3) / 1e9;
+    let timing = match &tuned {
+        Tuned::Fresh(_) => Some(shape.clone()),
+        Tuned::Stored { timed_seq_len, .. } => {
+            timed_seq_len.and_then(|len| same_problem_at(spec, shape, len))
+        }
+    };
+    let gflops = match &timing {
+        Some(t) => Some(cost::estimate(spec, t)?.flops.attention / (outcome.best_ms / 1e3) / 1e9),
+        None => None,
+    };
     let ceiling = gpu_ceiling(gpu, spec, shape)?;
     let summary = GpuTuneSummary {
         spec: spec.name.clone(),
         seq_len: shape.seq_len,
         device: format!("{} (sm_{major}{minor})", gpu.name()),
+        timed_seq_len: timing.as_ref().map(|t| t.seq_len),
         best: *tuned.variant(),
         gflops,
-        ceiling_ratio: gflops / ceiling.gflops,
+        ceiling_ratio: gflops.map(|g| g / ceiling.gflops),
         ceiling,
         outcome,
         db: db.path().display().to_string(),
@@ -457,18 +541,31 @@ fn run_gpu(
     if args.json {
         return emit_json(&summary).map_err(CliError::Stdout);
     }
+    let timed = match summary.timed_seq_len {
+        Some(t) if t == summary.seq_len => String::new(),
+        Some(t) => format!(", timed at T={t}"),
+        None => ", timed at a length the entry does not record".to_string(),
+    };
+    let speed = match (summary.gflops, summary.ceiling_ratio) {
+        (Some(g), Some(r)) => format!(
+            "{g:.1} GFLOP/s\n  ceiling   {:.1} GFLOP/s ({}, measured) → {:.1}% of it",
+            summary.ceiling.gflops,
+            summary.ceiling.probe,
+            100.0 * r
+        ),
+        _ => format!(
+            "GFLOP/s unknown (--retune measures again)\n  ceiling   {:.1} GFLOP/s ({}, measured)",
+            summary.ceiling.gflops, summary.ceiling.probe
+        ),
+    };
     let mut text = format!(
-        "{} at T={} on {} ({}):\n  best      {}\n  time      {:.3} ms   {:.1} GFLOP/s\n  ceiling   {:.1} GFLOP/s ({}, measured) → {:.1}% of it\n",
+        "{} at T={} on {} ({}{timed}):\n  best      {}\n  time      {:.3} ms   {speed}\n",
         summary.spec,
         summary.seq_len,
         summary.device,
         summary.outcome.origin(),
         summary.best,
         summary.outcome.best_ms,
-        summary.gflops,
-        summary.ceiling.gflops,
-        summary.ceiling.probe,
-        100.0 * summary.ceiling_ratio,
     );
     text.push_str(&summary.outcome.tail(&summary.db));
     emit_line(&text).map_err(CliError::Stdout)

@@ -1,34 +1,23 @@
-//! Whole-or-nothing file writes: the bytes go to a temporary file beside the target, which is
-//! renamed over it only once fully written and flushed.
+//! Whole-or-nothing tensor file writes, by the file policy ([`crate::fs_policy`]): bytes go to
+//! a temporary file beside the target (symlinks followed, mode kept, never over a non-regular
+//! file), renamed over it only once fully written and flushed. Several files are all staged
+//! before the first is renamed, so a failure leaves every old file as it was.
 
-use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::TensorIoError;
+use crate::fs_policy;
 
 /// Writes `bytes` to `path` atomically (on one filesystem, rename replaces the file at once).
 pub fn write_file(path: &Path, bytes: &[u8]) -> Result<(), TensorIoError> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let io = |e| TensorIoError::io(path, e);
-    let mut tmp = builder().tempfile_in(dir).map_err(io)?;
-    tmp.write_all(bytes).map_err(io)?;
-    tmp.as_file().sync_all().map_err(io)?;
-    tmp.persist(path).map_err(|e| io(e.error))?;
-    Ok(())
+    Ok(fs_policy::write_atomic(path, bytes)?)
 }
 
-/// Temporary files are private by default; ask for what a plain `File::create` gets
-/// (0o666 less the umask) so the renamed output is as readable as any other file.
-fn builder() -> tempfile::Builder<'static, 'static> {
-    let mut b = tempfile::Builder::new();
-    b.prefix(".nsac-tmp");
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        b.permissions(std::fs::Permissions::from_mode(0o666));
+/// Writes every `(path, bytes)`: all are written under temporary names first, then renamed.
+pub fn write_files(files: Vec<(PathBuf, Vec<u8>)>) -> Result<(), TensorIoError> {
+    let mut staged = Vec::with_capacity(files.len());
+    for (path, bytes) in files {
+        staged.push(fs_policy::stage(&path, &bytes)?);
     }
-    b
+    Ok(fs_policy::commit_all(staged)?)
 }

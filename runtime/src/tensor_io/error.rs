@@ -35,6 +35,8 @@ pub enum TensorIoError {
     BadCuSeqlens { path: PathBuf, reason: String },
     #[error("{path}: tensor name `{name}` cannot be used as a file name")]
     BadName { path: PathBuf, name: String },
+    #[error(transparent)]
+    File(#[from] crate::fs_policy::FsError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

@@ -3,9 +3,13 @@
 //! Two formats, told apart by the path: a `.safetensors` file, or a directory of `.npy` files
 //! (one tensor per file, named by the file stem). Reading yields a [`TensorSet`] of typed host
 //! tensors (f32, f64, f16, bf16, i32, i64), which [`into_kernel_inputs`] turns into the f32
-//! [`Inputs`] the kernels take plus `cu_seqlens`. Writing is atomic per file (a temporary file
-//! in the same directory, then a rename), so a failed run never leaves half a file. Corrupt or
-//! truncated files are typed errors, never panics.
+//! [`Inputs`] the kernels take plus `cu_seqlens`. Every file is read and written by the file
+//! policy ([`crate::fs_policy`]): inputs must be regular files below a size cap
+//! ([`fs_policy::tensor_file_cap`](crate::fs_policy::tensor_file_cap)); outputs go through a
+//! temporary file renamed over the target, all files of an npy directory staged before the
+//! first is renamed, so a failed run never leaves half a file or half a directory.
+//! [`check_output`] finds an unwritable output before any work is done. Corrupt, truncated or
+//! over-long files are typed errors, never panics.
 
 mod atomic;
 mod error;
@@ -37,14 +41,19 @@ impl Format {
     /// The format of an existing path to read: a directory is an npy directory, a file must
     /// end in `.safetensors`.
     pub fn for_reading(path: &Path) -> Result<Format, TensorIoError> {
-        if path.is_dir() {
-            Ok(Format::NpyDir)
-        } else if !path.exists() {
-            Err(TensorIoError::Missing(path.to_path_buf()))
-        } else if has_safetensors_ext(path) {
-            Ok(Format::Safetensors)
-        } else {
-            Err(TensorIoError::UnknownFormat(path.to_path_buf()))
+        match std::fs::metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(TensorIoError::Missing(path.to_path_buf()))
+            }
+            Err(e) => Err(TensorIoError::io(path, e)),
+            Ok(m) if m.is_dir() => Ok(Format::NpyDir),
+            Ok(m) if !m.is_file() => Err(crate::fs_policy::FsError::NotRegular {
+                path: path.to_path_buf(),
+                kind: crate::fs_policy::kind_of(&m),
+            }
+            .into()),
+            Ok(_) if has_safetensors_ext(path) => Ok(Format::Safetensors),
+            Ok(_) => Err(TensorIoError::UnknownFormat(path.to_path_buf())),
         }
     }
 
@@ -74,6 +83,17 @@ pub fn read_inputs(path: &Path) -> Result<TensorSet, TensorIoError> {
         Format::Safetensors => safetensors_file::read(path),
         Format::NpyDir => npy_dir::read(path),
     }
+}
+
+/// Checks, before any work, that [`write_outputs`] to `path` can succeed as far as the file
+/// system goes: a known format, a target that is not a non-regular file, a directory that
+/// exists (or, for an npy directory, can be created) and takes new files.
+pub fn check_output(path: &Path) -> Result<(), TensorIoError> {
+    match Format::for_writing(path)? {
+        Format::Safetensors => crate::fs_policy::check_writable(path)?,
+        Format::NpyDir => crate::fs_policy::check_writable_dir(path)?,
+    }
+    Ok(())
 }
 
 /// Writes `tensors` to `path` (format by [`Format::for_writing`]), each file atomically.

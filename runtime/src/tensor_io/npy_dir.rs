@@ -1,5 +1,6 @@
 //! A directory of `.npy` files ⇄ a [`TensorSet`]: one tensor per file, named by the file stem,
-//! through the `npyz` crate. Other files and subdirectories are ignored when reading.
+//! through the `npyz` crate. Other files and subdirectories are ignored when reading; a `.npy`
+//! entry that is not a regular file (a FIFO, a device) is an error, never read.
 
 use std::path::Path;
 
@@ -8,6 +9,7 @@ use nsac_kernels::io::Tensor;
 
 use super::host::{ElemType, HostTensor, TensorSet};
 use super::{TensorIoError, atomic};
+use crate::fs_policy;
 
 /// Reads every `*.npy` file of a directory.
 pub fn read(dir: &Path) -> Result<TensorSet, TensorIoError> {
@@ -26,7 +28,7 @@ pub fn read(dir: &Path) -> Result<TensorSet, TensorIoError> {
                 name: path.display().to_string(),
             })?
             .to_string();
-        let bytes = std::fs::read(&path).map_err(|e| TensorIoError::io(&path, e))?;
+        let bytes = fs_policy::read_bounded(&path, fs_policy::tensor_file_cap(), "a tensor file")?;
         set.insert(name.clone(), read_one(&path, &name, &bytes)?);
     }
     Ok(set)
@@ -67,15 +69,22 @@ fn read_one(path: &Path, name: &str, bytes: &[u8]) -> Result<HostTensor, TensorI
     let (Some(shape), Some(numel)) = (shape, numel) else {
         return Err(not_npy(format!("shape {:?} is too large", header.shape())));
     };
-    // Check the length before decoding, so a lying header cannot ask for a huge allocation.
-    if numel
-        .checked_mul(elem.size())
-        .is_none_or(|n| n > rest.len())
-    {
-        return Err(not_npy(format!(
-            "truncated: shape {shape:?} of {elem} needs {numel} values, the file holds {} bytes of data",
-            rest.len()
-        )));
+    // Check the length before decoding, so a lying header cannot ask for a huge allocation,
+    // and so that bytes after the array (another array appended, a corrupt copy) are refused.
+    match numel.checked_mul(elem.size()) {
+        Some(n) if n == rest.len() => {}
+        Some(n) if n < rest.len() => {
+            return Err(not_npy(format!(
+                "{} trailing bytes after the array (shape {shape:?} of {elem} is {n} bytes)",
+                rest.len() - n
+            )));
+        }
+        _ => {
+            return Err(not_npy(format!(
+                "truncated: shape {shape:?} of {elem} needs {numel} values, the file holds {} bytes of data",
+                rest.len()
+            )));
+        }
     }
     let file = NpyFile::with_header(header, rest);
     let decoded = match elem {
@@ -108,8 +117,10 @@ fn unsupported(path: &Path, name: &str, dtype: String) -> TensorIoError {
     }
 }
 
-/// Writes each tensor to `<dir>/<name>.npy`, creating the directory; each file atomically.
-/// All tensors are encoded before the first file is written.
+/// Writes each tensor to `<dir>/<name>.npy`, creating the directory. All tensors are encoded
+/// and written under temporary names before the first is renamed into place, so a failure
+/// (a bad name, a full disk, a target that is not a regular file) leaves the directory as it
+/// was.
 pub fn write(dir: &Path, tensors: &TensorSet) -> Result<(), TensorIoError> {
     let mut files = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
@@ -123,11 +134,8 @@ pub fn write(dir: &Path, tensors: &TensorSet) -> Result<(), TensorIoError> {
         let bytes = encode(&file, name, t)?;
         files.push((file, bytes));
     }
-    std::fs::create_dir_all(dir).map_err(|e| TensorIoError::io(dir, e))?;
-    for (file, bytes) in files {
-        atomic::write_file(&file, &bytes)?;
-    }
-    Ok(())
+    fs_policy::create_output_dir(dir)?;
+    atomic::write_files(files)
 }
 
 fn usable_file_stem(name: &str) -> bool {

@@ -7,10 +7,11 @@ use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
 use super::host::{ElemType, Element, HostTensor, TensorSet, decode_le, encode_le, with_tensor};
 use super::{TensorIoError, atomic};
+use crate::fs_policy;
 
 /// Reads every tensor of a safetensors file.
 pub fn read(path: &Path) -> Result<TensorSet, TensorIoError> {
-    let bytes = std::fs::read(path).map_err(|e| TensorIoError::io(path, e))?;
+    let bytes = fs_policy::read_bounded(path, fs_policy::tensor_file_cap(), "a tensor file")?;
     let file = SafeTensors::deserialize(&bytes).map_err(|e| TensorIoError::NotSafetensors {
         path: path.to_path_buf(),
         reason: e.to_string(),

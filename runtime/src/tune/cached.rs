@@ -13,8 +13,13 @@ use super::tuner::{Benchmark, Progress, TuneError, TuneOptions, TuneResult, tune
 /// Where a Variant came from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Tuned<V> {
-    /// The DB had it; `best_us` is the time recorded then.
-    Stored { variant: V, best_us: f64 },
+    /// The DB had it; `best_us` is the time recorded then, measured at `timed_seq_len` (if the
+    /// entry records it).
+    Stored {
+        variant: V,
+        best_us: f64,
+        timed_seq_len: Option<usize>,
+    },
     /// Tuned just now, and recorded in the DB.
     Fresh(TuneResult<V>),
 }
@@ -57,6 +62,7 @@ where
             .map(|variant| Tuned::Stored {
                 variant,
                 best_us: entry.best_us,
+                timed_seq_len: entry.timed_seq_len,
             }),
         _ => None,
     };
@@ -68,7 +74,9 @@ where
 
 /// The answer for `key`: from `db` unless `retune` is set or the DB has nothing current;
 /// otherwise tunes with `bench` over `space` and records the result.
-/// Returns the warnings the DB produced along the way (a corrupt file set aside, …).
+/// Returns the warnings the DB produced along the way (a corrupt file set aside, …); a result
+/// that cannot be stored (a read-only directory, a DB of a newer schema) is still returned,
+/// with a [`DbWarning::NotStored`] saying why.
 pub fn tune_cached<S, B>(
     db: &TuningDb,
     key: &TuneKey,
@@ -76,6 +84,26 @@ pub fn tune_cached<S, B>(
     bench: &B,
     options: &TuneOptions,
     retune: bool,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<(Tuned<S::Variant>, Vec<DbWarning>), CachedTuneError>
+where
+    S: VariantSpace + ?Sized,
+    B: Benchmark<S::Variant> + ?Sized,
+{
+    tune_cached_at(db, key, space, bench, options, retune, None, progress)
+}
+
+/// [`tune_cached`] for a tuner that times its candidates at `timed_seq_len`, which the entry
+/// records (so that a later answer from the DB can say what its time was measured on).
+#[allow(clippy::too_many_arguments)]
+pub fn tune_cached_at<S, B>(
+    db: &TuningDb,
+    key: &TuneKey,
+    space: &S,
+    bench: &B,
+    options: &TuneOptions,
+    retune: bool,
+    timed_seq_len: Option<usize>,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<(Tuned<S::Variant>, Vec<DbWarning>), CachedTuneError>
 where
@@ -91,6 +119,14 @@ where
         }
     }
     let result = tune(space, bench, options, progress)?;
-    warnings.extend(db.insert(Entry::from_result(key.clone(), &result)?)?);
+    let mut entry = Entry::from_result(key.clone(), &result)?;
+    entry.timed_seq_len = timed_seq_len;
+    match db.insert(entry) {
+        Ok(more) => warnings.extend(more),
+        Err(e) => warnings.push(DbWarning::NotStored {
+            file: db.path().to_path_buf(),
+            reason: e.to_string(),
+        }),
+    }
     Ok((Tuned::Fresh(result), warnings))
 }

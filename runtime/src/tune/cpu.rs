@@ -43,9 +43,9 @@
 //! and compared with the f64 oracle there: max|o−ref|/max|ref| ≤ [`CHECK_TOLERANCE`] for `o` and
 //! every branch, selected blocks the oracle's or a valid near-tie choice.
 
-use super::cached::{CachedTuneError, Tuned, stored, tune_cached};
+use super::cached::{CachedTuneError, Tuned, stored, tune_cached_at};
 use super::check::{CheckCase, Mismatch, Produced, check_cases, check_shape, compare};
-use super::db::{DbWarning, TuningDb};
+use super::db::{DbError, DbWarning, TuningDb, Warned};
 use super::fingerprint::DeviceFingerprint;
 use super::key::TuneKey;
 use super::space::{Dimension, Point, PruneReason, VariantSpace};
@@ -123,7 +123,6 @@ pub const TUNE_MIN_SEQ_LEN: usize = 256;
 /// of the same group, at the longest power-of-two length (at least [`TUNE_MIN_SEQ_LEN`], at
 /// most the longest segment) whose work is under [`TUNE_WORK_GFLOP`].
 pub fn tuning_shape(spec: &Spec, shape: &Shape) -> Shape {
-    let group = (shape.heads.q / shape.heads.kv.max(1)).max(1);
     let longest = shape
         .segments
         .iter()
@@ -132,11 +131,7 @@ pub fn tuning_shape(spec: &Spec, shape: &Shape) -> Shape {
         .unwrap_or(shape.seq_len)
         .max(1);
     let at = |len: usize| {
-        let mut problem = Problem::batched(1, len);
-        problem.heads = Some(nsac_dsl::spec::Heads { q: group, kv: 1 });
-        problem.head_dim = Some(shape.head_dim);
-        problem.dtype = shape.dtype;
-        let s = problem.resolve(spec).ok()?;
+        let s = tuning_shape_at(spec, shape, len)?;
         let gflop = nsac_compiler::cost::estimate(spec, &s).ok()?.flops.total / 1e9;
         Some((s, gflop))
     };
@@ -152,6 +147,18 @@ pub fn tuning_shape(spec: &Spec, shape: &Shape) -> Shape {
         }
     }
     best
+}
+
+/// The proxy of `shape` at length `len`: one row, one kv head of the same group, the same dims
+/// and dtype (what [`tuning_shape`] picks among, and what a stored entry's `timed_seq_len`
+/// names).
+pub fn tuning_shape_at(spec: &Spec, shape: &Shape, len: usize) -> Option<Shape> {
+    let group = (shape.heads.q / shape.heads.kv.max(1)).max(1);
+    let mut problem = Problem::batched(1, len);
+    problem.heads = Some(nsac_dsl::spec::Heads { q: group, kv: 1 });
+    problem.head_dim = Some(shape.head_dim);
+    problem.dtype = shape.dtype;
+    problem.resolve(spec).ok()
 }
 
 /// Cores this process may run on.
@@ -480,13 +487,14 @@ pub fn tune_cpu_for_key(
 ) -> Result<(Tuned<CpuCandidate>, Vec<DbWarning>), CpuTuneError> {
     let space = CpuSpace::new(shape, options.knobs.clone());
     let bench = CpuBench::new(spec, shape)?;
-    Ok(tune_cached(
+    Ok(tune_cached_at(
         db,
         key,
         &space,
         &bench,
         &options.tune,
         retune,
+        Some(tuning_shape(spec, shape).seq_len),
         progress,
     )?)
 }
@@ -494,7 +502,20 @@ pub fn tune_cpu_for_key(
 /// The tuned candidate the DB holds for `spec` on `shape` on this CPU and nsac version, if any
 /// (and if it still fits this machine). Looks up only: never compiles or tunes.
 pub fn tuned_cpu_variant(spec: &Spec, shape: &Shape, db: &TuningDb) -> Option<CpuCandidate> {
+    tuned_cpu_variant_warned(spec, shape, db).ok()?.value
+}
+
+/// [`tuned_cpu_variant`] with the DB's warnings and errors (a DB path that is not a regular
+/// file, a corrupt file set aside, a newer schema) for the caller to print.
+pub fn tuned_cpu_variant_warned(
+    spec: &Spec,
+    shape: &Shape,
+    db: &TuningDb,
+) -> Result<Warned<Option<CpuCandidate>>, DbError> {
     let space = CpuSpace::new(shape, CpuKnobs::default());
-    let found = stored(db, &cpu_key(spec, shape), &space).ok()?;
-    found.value.map(|tuned| *tuned.variant())
+    let found = stored(db, &cpu_key(spec, shape), &space)?;
+    Ok(Warned {
+        value: found.value.map(|tuned| *tuned.variant()),
+        warnings: found.warnings,
+    })
 }

@@ -60,9 +60,9 @@ use nsac_dsl::problem::{DType, Shape};
 use nsac_kernels::io::random_inputs;
 use serde::{Deserialize, Serialize};
 
-use super::cached::{CachedTuneError, Tuned, stored, tune_cached};
+use super::cached::{CachedTuneError, Tuned, stored, tune_cached_at};
 use super::check::{CheckCase, Mismatch, Produced, check_cases, check_shape, compare};
-use super::db::{DbWarning, TuningDb};
+use super::db::{DbError, DbWarning, TuningDb, Warned};
 use super::fingerprint::DeviceFingerprint;
 use super::key::TuneKey;
 use super::limits::{BlockNeeds, GpuLimits};
@@ -444,22 +444,28 @@ pub fn tune_gpu(
     let key = gpu_key(device, spec, shape)?;
     let space = gpu_space(device, spec, shape, options.knobs.clone())?;
     // A stored result needs no benchmark (uploading a long problem's inputs takes seconds).
+    let mut warnings = Vec::new();
     if !retune {
         let found = stored(db, &key, &space).map_err(CachedTuneError::from)?;
         if let Some(tuned) = found.value {
             return Ok((tuned, found.warnings));
         }
+        warnings = found.warnings;
     }
     let bench = GpuBench::new(device, spec, shape)?;
-    Ok(tune_cached(
+    // Already looked up: tune straight away (`retune: true`).
+    let (tuned, more) = tune_cached_at(
         db,
         &key,
         &space,
         &bench,
         &options.tune,
-        retune,
+        true,
+        Some(shape.seq_len),
         progress,
-    )?)
+    )?;
+    warnings.extend(more);
+    Ok((tuned, warnings))
 }
 
 /// The tuned Variant the DB holds for `spec` on `shape` on `device` and this nsac version, if
@@ -470,8 +476,31 @@ pub fn tuned_gpu_variant(
     shape: &Shape,
     db: &TuningDb,
 ) -> Option<GpuVariant> {
-    let key = gpu_key(device, spec, shape).ok()?;
-    let space = gpu_space(device, spec, shape, GpuKnobs::default()).ok()?;
-    let found = stored(db, &key, &space).ok()?;
-    found.value.map(|tuned| *tuned.variant())
+    tuned_gpu_variant_warned(device, spec, shape, db)
+        .ok()?
+        .value
+}
+
+/// [`tuned_gpu_variant`] with the DB's warnings and errors (a DB path that is not a regular
+/// file, a corrupt file set aside, a newer schema) for the caller to print.
+pub fn tuned_gpu_variant_warned(
+    device: &CudaDevice,
+    spec: &Spec,
+    shape: &Shape,
+    db: &TuningDb,
+) -> Result<Warned<Option<GpuVariant>>, DbError> {
+    let (Ok(key), Ok(space)) = (
+        gpu_key(device, spec, shape),
+        gpu_space(device, spec, shape, GpuKnobs::default()),
+    ) else {
+        return Ok(Warned {
+            value: None,
+            warnings: Vec::new(),
+        });
+    };
+    let found = stored(db, &key, &space)?;
+    Ok(Warned {
+        value: found.value.map(|tuned| *tuned.variant()),
+        warnings: found.warnings,
+    })
 }
