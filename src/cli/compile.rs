@@ -17,28 +17,30 @@ use super::output::emit;
 use super::problem::problem_from_args;
 
 pub fn run(args: &CompileArgs) -> Result<(), CliError> {
-    if let Some(path) = &args.output {
-        // Found before any code is generated; the manifest goes beside the PTX.
-        fs_policy::check_writable(path)?;
-        if args.target == Target::Ptx {
-            fs_policy::check_writable(&manifest_path(path))?;
-        }
-    }
-    let spec = nsac_dsl::load(&args.spec)?;
-    let shape = problem_from_args(&args.problem)?.resolve(&spec)?;
+    // `None`: the Plan, which needs no target.
     let target = match (args.target, args.emit) {
-        (_, Some(Emit::Plan)) => {
-            let text = Plan::for_shape(&spec, &shape)?.text();
-            return write_text(args.output.as_deref(), &text);
-        }
-        (Some(t), _) => t,
-        (None, Some(Emit::Clif | Emit::Asm)) => Target::Cpu,
-        (None, Some(Emit::Ptx)) => Target::Ptx,
+        (_, Some(Emit::Plan)) => None,
+        (Some(t), _) => Some(t),
+        (None, Some(Emit::Clif | Emit::Asm)) => Some(Target::Cpu),
+        (None, Some(Emit::Ptx)) => Some(Target::Ptx),
         (None, None) => {
             return Err(CliError::Other(
                 "say what to compile for: --target cpu|ptx, or --emit plan|clif|asm|ptx".into(),
             ));
         }
+    };
+    if let Some(path) = &args.output {
+        // Found before any code is generated; the manifest goes beside the PTX.
+        fs_policy::check_writable(path)?;
+        if target == Some(Target::Ptx) {
+            fs_policy::check_writable(&manifest_path(path))?;
+        }
+    }
+    let spec = nsac_dsl::load(&args.spec)?;
+    let shape = problem_from_args(&args.problem)?.resolve(&spec)?;
+    let Some(target) = target else {
+        let text = Plan::for_shape(&spec, &shape)?.text();
+        return write_text(args.output.as_deref(), &text);
     };
     match target {
         Target::Cpu => {
