@@ -1,5 +1,5 @@
 //! `GpuVariant`: the HOW of the GPU kernels — thread-block shapes, staging chunk sizes and
-//! register caps. Every Variant computes the same function (DESIGN §1); the tuner
+//! register caps. Every Variant computes the same function (docs/ARCHITECTURE.md §1); the tuner
 //! (`nsac_runtime::tune::gpu`) searches them. Plain data: serializable (fields a stored
 //! Variant lacks take their defaults), comparable, with `FIELD=VALUE,…` text for `--variant`.
 

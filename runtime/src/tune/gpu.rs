@@ -49,7 +49,7 @@
 //! become the best is first run on a small odd-length problem long enough that the selection
 //! must choose ([`check_seq_len`] tokens, one kv head of the problem's group, its dims and
 //! dtype; two seeds) and compared with the oracle fed the same rounded inputs, at the dtype's
-//! bar of DESIGN §4 ([`gpu_tolerance`]).
+//! bar of docs/ARCHITECTURE.md §4 ([`gpu_tolerance`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -264,7 +264,7 @@ impl VariantSpace for GpuSpace {
     }
 }
 
-/// The largest max|o−ref|/max|ref| a GPU candidate may have in `dtype` (DESIGN §4).
+/// The largest max|o−ref|/max|ref| a GPU candidate may have in `dtype` (docs/ARCHITECTURE.md §4).
 pub fn gpu_tolerance(dtype: DType) -> f64 {
     match dtype {
         DType::Bf16 => 1e-2,
