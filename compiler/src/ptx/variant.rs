@@ -5,8 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Tuning knobs of the PTX backend. The default is the hand-tuned version-3 configuration
-/// (H200, nsa-fla at 64k).
+/// Tuning knobs of the PTX backend. The default was tuned by hand for nsa-fla at 64k on an H200
+/// (BENCHMARKS.md, GPU).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(default)]
 pub struct GpuVariant {

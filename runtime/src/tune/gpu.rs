@@ -25,12 +25,9 @@
 //! tuner never times two candidates that are the same code. What remains is searched
 //! exhaustively when small, else by coordinate descent ([`super::search`]); the knobs act on
 //! different kernels launched one after another, so their effects nearly add up, which is the
-//! landscape coordinate descent solves exactly. Measured on an H100 (BENCHMARKS.md, "Tuner —
-//! GPU"; `nsac tune --exhaustive` for the reference): for nsa-fla at T=8192 it measured 61 of
-//! 486 valid points (heads 64/4, D=128) and 101 of 648 (heads 32/4, D=64), and found the
-//! exhaustive best — identical, or differing only in the scalar kernels' `warps_per_block`,
-//! within 0.2% side by side. With all eight knobs (2916 points, 1944 valid for nsa-fla at 64k on
-//! an H200) it measured 91 and found the fused combine (1.03× the default side by side).
+//! landscape coordinate descent solves exactly. How close it comes to the exhaustive best
+//! (`nsac tune --exhaustive`) on real problems, and with how many measurements: BENCHMARKS.md,
+//! "Tuner — GPU".
 //!
 //! Rejected before anything is loaded, each with its reason ([`PruneReason`]):
 //! [`GpuVariant::validate`] fails; `select_chunk` other than the default does not divide a
