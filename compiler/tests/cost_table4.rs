@@ -76,7 +76,8 @@ fn reproduces_nsa_table4_tokens_loaded_per_decode_step() {
             "context {context}: {got} tokens vs the paper's {paper_tokens} ({rel:.4})"
         );
     }
-    // DESIGN §3 exactly: (T−32)/16+1 compressed tokens, 16·64 selected keys, 512 window keys.
+    // docs/ARCHITECTURE.md §3 exactly: (T−32)/16+1 compressed tokens, 16·64 selected keys, 512
+    // window keys.
     assert_eq!(decode_tokens_loaded(&spec, 8192), 511.0 + 1024.0 + 512.0);
 }
 

@@ -1,5 +1,5 @@
 //! nsac-dsl: the spec language of nsac — grammar, AST with spans, YAML form, validation into
-//! [`spec::Spec`], formatter and diagnostics. Knows nothing of backends (DESIGN §1).
+//! [`spec::Spec`], formatter and diagnostics. Knows nothing of backends (docs/ARCHITECTURE.md §1).
 //!
 //! # The language, for a user
 //!

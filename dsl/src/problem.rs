@@ -1,7 +1,7 @@
 //! The problem a spec is applied to: batch, sequence lengths, head overrides and dtype.
 //!
-//! These are call parameters, never spec parameters (DESIGN §2): the same `Spec` runs on any
-//! sequence length. A `Problem` is checked against its `Spec` by [`Problem::resolve`], which
+//! These are call parameters, never spec parameters (docs/ARCHITECTURE.md §2): the same `Spec` runs
+//! on any sequence length. A `Problem` is checked against its `Spec` by [`Problem::resolve`], which
 //! yields the concrete sizes every backend, the oracle and the cost model work from.
 //!
 //! It also owns the size limits of the language ([`MAX_HEADS`], [`MAX_HEAD_DIM`],

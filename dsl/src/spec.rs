@@ -3,7 +3,7 @@
 //! A [`Spec`] is what both the text form (`.nsa`, pest) and the YAML form lower to after
 //! validation. Everything downstream (the compiler's `Plan`, the reference oracle, the cost
 //! model) reads only this type, never the AST. Two specs are equal exactly when they compute the
-//! same function; the formatter prints a `Spec` in canonical form. See DESIGN §2–§3.
+//! same function; the formatter prints a `Spec` in canonical form. See docs/ARCHITECTURE.md §2–§3.
 
 /// One attention spec: heads, dims, causality, branches and how they are combined.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -14,7 +14,7 @@ pub struct Spec {
     pub heads: Heads,
     /// Query-key and value head dimensions; per-problem overrides live in `Problem`.
     pub head_dim: HeadDim,
-    /// `true`: query t sees keys k ≤ t only (and the visibility rules of DESIGN §3).
+    /// `true`: query t sees keys k ≤ t only (and the visibility rules of docs/ARCHITECTURE.md §3).
     pub causal: bool,
     /// Softmax scale; `None` means 1/√Dqk.
     pub scale: Option<Scale>,

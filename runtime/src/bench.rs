@@ -1,7 +1,7 @@
-//! CPU benchmark of a compiled spec: median time after warm-up, achieved GFLOP/s (DESIGN §5:
-//! 2·(Dqk+Dv) FLOPs per attended key per query head), the 128-bit FMA ceiling of this machine
-//! measured in the same run by a JIT'd F32X4 FMA loop (sampled before and after every timed
-//! run), their ratio, and the speed-up over the
+//! CPU benchmark of a compiled spec: median time after warm-up, achieved GFLOP/s
+//! (docs/ARCHITECTURE.md §5: 2·(Dqk+Dv) FLOPs per attended key per query head), the 128-bit FMA
+//! ceiling of this machine measured in the same run by a JIT'd F32X4 FMA loop (sampled before and
+//! after every timed run), their ratio, and the speed-up over the
 //! f64 reference oracle (timed on a shorter sequence when asked, compared per FLOP).
 //!
 //! FLOPs are counted here from the plan and the indices the kernel chose (compressed tokens
@@ -70,7 +70,7 @@ pub struct BenchReport {
     pub compile_ms: f64,
     pub median_ms: f64,
     pub runs: usize,
-    /// Attention FLOPs of one call (DESIGN §5).
+    /// Attention FLOPs of one call (docs/ARCHITECTURE.md §5).
     pub flops: f64,
     pub gflops: f64,
     /// The measured 128-bit F32X4 FMA ceiling with `threads` threads: the median of the

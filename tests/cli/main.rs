@@ -142,7 +142,7 @@ fn cost_json_counts_the_paper_configuration() {
         .iter()
         .map(|b| b["keys_last"].as_u64().unwrap())
         .collect();
-    // 511 compressed tokens, 16 blocks of 64, a window of 512 (DESIGN §3).
+    // 511 compressed tokens, 16 blocks of 64, a window of 512 (docs/ARCHITECTURE.md §3).
     assert_eq!(keys, vec![511, 1024, 512]);
 }
 
@@ -161,7 +161,8 @@ fn read_o(path: &Path) -> Vec<f64> {
     }
 }
 
-/// The same saved inputs, read back, give the reference's answer on the CPU (DESIGN §4's bar).
+/// The same saved inputs, read back, give the reference's answer on the CPU (the bar of
+/// docs/ARCHITECTURE.md §4).
 #[test]
 fn saved_inputs_run_on_the_cpu_match_the_reference() {
     let dir = tempfile::tempdir().unwrap();

@@ -3,8 +3,8 @@
 //! under the non-default Variants the tuner may pick (every knob's extreme values and mixes).
 //! Skips with a printed reason when no CUDA driver or device is present.
 //!
-//! Bars (DESIGN §4): max|out − ref| / max|ref| ≤ 1e-2 for bf16, ≤ 2e-3 for f16, for `o` and
-//! every branch output. The inputs are rounded to the dtype first and the oracle is fed the
+//! Bars (docs/ARCHITECTURE.md §4): max|out − ref| / max|ref| ≤ 1e-2 for bf16, ≤ 2e-3 for f16, for
+//! `o` and every branch output. The inputs are rounded to the dtype first and the oracle is fed the
 //! rounded values, so only the kernels' arithmetic differs.
 //!
 //! Selected blocks must equal the oracle's, except where scores tie within rounding: a row

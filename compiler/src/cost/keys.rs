@@ -1,4 +1,5 @@
-//! Keys attended by one query at one position, per branch kind — DESIGN §3 as closed forms.
+//! Keys attended by one query at one position, per branch kind — docs/ARCHITECTURE.md §3 as closed
+//! forms.
 //!
 //! Each function answers for a query at position `t` (0-based) of a sequence of `len` tokens.
 //! A parameter of zero (block, stride) yields zero keys instead of dividing by zero; the

@@ -1,5 +1,5 @@
 //! The analytic cost model: how much work and memory traffic a spec does on a problem shape,
-//! counted from DESIGN §3 without touching a tensor (DESIGN §5).
+//! counted from docs/ARCHITECTURE.md §3 without touching a tensor (docs/ARCHITECTURE.md §5).
 //!
 //! What is counted, exactly:
 //! - **keys per query**, per branch: compressed tokens visible to the query (compress), keys of

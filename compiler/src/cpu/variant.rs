@@ -1,6 +1,6 @@
 //! `CpuVariant`: the HOW of a CPU kernel — register-tile shape, key tiling, unrolling and
-//! parallel grain. Every variant of a plan computes the same function (DESIGN §1); the tuner
-//! enumerates [`candidates`] and measures them.
+//! parallel grain. Every variant of a plan computes the same function (docs/ARCHITECTURE.md §1);
+//! the tuner enumerates [`candidates`] and measures them.
 
 use serde::{Deserialize, Serialize};
 

@@ -1,4 +1,4 @@
-//! The `Plan`: the one IR between the DSL and every backend (DESIGN §1).
+//! The `Plan`: the one IR between the DSL and every backend (docs/ARCHITECTURE.md §1).
 //!
 //! A [`Plan`] is a validated [`Spec`] applied to a concrete [`Shape`], lowered into an ordered
 //! list of [`Stage`]s that read and write named [`Buffer`]s with explicit shapes. Backends

@@ -1,7 +1,7 @@
 //! The stage and buffer types of the `Plan` IR: what each stage reads, writes and computes.
 //!
 //! Each stage struct documents its exact semantics in terms of the segment-local index spaces of
-//! the parent module; together they restate DESIGN §3 operationally.
+//! the parent module; together they restate docs/ARCHITECTURE.md §3 operationally.
 
 use nsac_dsl::spec::{CombineMode, Pool};
 

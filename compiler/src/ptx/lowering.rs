@@ -1,8 +1,9 @@
 //! The PTX backend's view of a [`Plan`]: one GPU stage per plan stage (pool, compressed
 //! attention, top-n selection, selected/window attention, combine) in the plan's order, with
 //! the sizes the kernels are specialized on as `u32`s and the buffers named as in the launch
-//! manifest. The plan is the one IR between the DSL and every backend (DESIGN §1); this module
-//! only restates it in the form the PTX generators take, and rejects what they cannot index.
+//! manifest. The plan is the one IR between the DSL and every backend (docs/ARCHITECTURE.md §1);
+//! this module only restates it in the form the PTX generators take, and rejects what they cannot
+//! index.
 
 use nsac_dsl::problem::DType;
 use nsac_dsl::spec::{CombineMode, Pool};

@@ -1,7 +1,7 @@
 //! Ceiling probes: tiny PTX kernels that do nothing but the arithmetic our attention kernels
 //! are built from, so that a benchmark can report achieved GFLOP/s as a fraction of what this
-//! very GPU reaches with the same instructions (DESIGN §5 asks for the two numbers, work and
-//! ceiling, per case; the CPU side measures a JIT'd FMA loop the same way).
+//! very GPU reaches with the same instructions (docs/ARCHITECTURE.md §5 asks for the two numbers,
+//! work and ceiling, per case; the CPU side measures a JIT'd FMA loop the same way).
 //!
 //! - [`Probe::Mma`]: `mma.sync.aligned.m16n8k16` with f32 accumulators and bf16 or f16
 //!   operands, the instruction of the tensor-core kernels. Each warp keeps [`CHAINS`]

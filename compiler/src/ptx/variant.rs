@@ -1,12 +1,12 @@
 //! `GpuVariant`: the HOW of the GPU kernels — thread-block shapes, staging chunk sizes and
-//! register caps. Every Variant computes the same function (DESIGN §1); the tuner
+//! register caps. Every Variant computes the same function (docs/ARCHITECTURE.md §1); the tuner
 //! (`nsac_runtime::tune::gpu`) searches them. Plain data: serializable (fields a stored
 //! Variant lacks take their defaults), comparable, with `FIELD=VALUE,…` text for `--variant`.
 
 use serde::{Deserialize, Serialize};
 
-/// Tuning knobs of the PTX backend. The default is the hand-tuned version-3 configuration
-/// (H200, nsa-fla at 64k).
+/// Tuning knobs of the PTX backend. The default was tuned by hand for nsa-fla at 64k on an H200
+/// (BENCHMARKS.md, GPU).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(default)]
 pub struct GpuVariant {

@@ -1,6 +1,6 @@
-//! Combining branch outputs (DESIGN §3, combine): o(t, qh) = Σ_b g_b(t, qh)·o_b(t, qh), with
-//! the gates `g_<b>` \[B,T,HQ\] used exactly as given for `gate(...)`, and all gates 1 for
-//! `sum(...)`.
+//! Combining branch outputs (docs/ARCHITECTURE.md §3, combine):
+//! o(t, qh) = Σ_b g_b(t, qh)·o_b(t, qh), with the gates `g_<b>` \[B,T,HQ\] used exactly as given
+//! for `gate(...)`, and all gates 1 for `sum(...)`.
 
 use super::call::Call;
 use super::tokens::Sequence;

@@ -1,5 +1,5 @@
-//! The accuracy measure of DESIGN §4 for comparing a backend's f32 output with the oracle:
-//! max |out − ref| / max |ref|.
+//! The accuracy measure of docs/ARCHITECTURE.md §4 for comparing a backend's f32 output with the
+//! oracle: max |out − ref| / max |ref|.
 
 use crate::io::Tensor;
 

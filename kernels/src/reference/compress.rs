@@ -1,5 +1,5 @@
-//! Compressed attention (DESIGN §3, compress): which compressed tokens a query sees, the
-//! softmax probabilities p_c over them, and the output o_c.
+//! Compressed attention (docs/ARCHITECTURE.md §3, compress): which compressed tokens a query sees,
+//! the softmax probabilities p_c over them, and the output o_c.
 //!
 //! Causal: query t sees token j iff its last key j·d + l − 1 ≤ t. Non-causal: every existing
 //! token. A query that sees no token has all probabilities 0 and o_c = 0.

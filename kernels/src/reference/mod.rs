@@ -1,5 +1,6 @@
 //! The reference implementation: plain, obviously-correct f64 loops that *define* what every
-//! generated kernel computes (DESIGN §3). Every backend and Variant is tested against it.
+//! generated kernel computes (docs/ARCHITECTURE.md §3). Every backend and Variant is tested against
+//! it.
 //!
 //! # Semantics, exactly
 //!
@@ -46,8 +47,8 @@
 //!   less than its rounding the other way. [`score::is_valid_choice`] accepts such a choice
 //!   (within a tolerance), and [`forward_with_blocks`] recomputes every output with the
 //!   backend's blocks, so its selected attention can still be checked exactly.
-//! - [`relative_error`] is DESIGN §4's measure, max |out − ref| / max |ref|, for comparing a
-//!   backend's f32 tensors with the oracle's.
+//! - [`relative_error`] is docs/ARCHITECTURE.md §4's measure, max |out − ref| / max |ref|, for
+//!   comparing a backend's f32 tensors with the oracle's.
 //! - The rules themselves are public as small functions ([`compress::visible`],
 //!   [`score::is_candidate`], [`score::is_forced`], [`score::choose`], [`select::keys`],
 //!   [`window::keys`], [`pool::token_count`], [`score::block_count`]).

@@ -1,4 +1,5 @@
-//! Pooling a compress branch's keys and values into compressed tokens (DESIGN §3, compress).
+//! Pooling a compress branch's keys and values into compressed tokens (docs/ARCHITECTURE.md §3,
+//! compress).
 //!
 //! Token j covers keys [j·d, j·d + l) of its sequence and exists iff j·d + l ≤ T_seg.
 //! - `mean`:     K̃_j\[h\] = (1/l) Σ_i K\[j·d+i, h\]

@@ -1,5 +1,5 @@
-//! Selected attention (DESIGN §3, select): softmax attention of q_t over the keys of the chosen
-//! blocks, read from the select branch's own K/V (shared unless `kv = own`).
+//! Selected attention (docs/ARCHITECTURE.md §3, select): softmax attention of q_t over the keys of
+//! the chosen blocks, read from the select branch's own K/V (shared unless `kv = own`).
 //!
 //! Causal: only keys k ≤ t of those blocks; non-causal: every key of those blocks inside the
 //! sequence. All query heads of a group attend the blocks chosen for their kv head.

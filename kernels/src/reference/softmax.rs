@@ -1,7 +1,7 @@
 //! Softmax and softmax attention over an explicit list of keys, in f64.
 //!
 //! Max subtraction keeps `exp` in range; an empty row gives no probabilities and a zero
-//! output, never NaN (DESIGN §4).
+//! output, never NaN (docs/ARCHITECTURE.md §4).
 
 use super::call::Dims;
 use super::tokens::Tokens;

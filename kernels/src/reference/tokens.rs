@@ -1,8 +1,8 @@
 //! The sequences of a call (batch rows or varlen segments) and their tensors widened to f64.
 //!
-//! Every rule of DESIGN §3 works inside one sequence with positions relative to its start, so
-//! the oracle cuts each input tensor into per-sequence \[T_seg, heads, dim\] blocks of f64
-//! (`f32 → f64` is exact) once, and the branch modules only ever see positions `0..T_seg`.
+//! Every rule of docs/ARCHITECTURE.md §3 works inside one sequence with positions relative to its
+//! start, so the oracle cuts each input tensor into per-sequence \[T_seg, heads, dim\] blocks of
+//! f64 (`f32 → f64` is exact) once, and the branch modules only ever see positions `0..T_seg`.
 
 use std::collections::BTreeMap;
 

@@ -1,4 +1,4 @@
-//! Sliding-window attention (DESIGN §3, window).
+//! Sliding-window attention (docs/ARCHITECTURE.md §3, window).
 //!
 //! Causal: query t attends keys max(0, t−w+1) ..= t. Non-causal: the symmetric window
 //! |k − t| ≤ w − 1 inside the sequence. A window of 0 attends nothing (output 0).

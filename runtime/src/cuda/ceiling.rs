@@ -1,6 +1,6 @@
 //! The arithmetic ceiling of this GPU for the instructions a problem's kernels are made of,
-//! measured now with the probe kernels of `nsac_compiler::ptx::probe` (DESIGN §5: report the
-//! work and the ceiling side by side). The GPU counterpart of the CPU's JIT'd FMA loop.
+//! measured now with the probe kernels of `nsac_compiler::ptx::probe` (docs/ARCHITECTURE.md §5:
+//! report the work and the ceiling side by side). The GPU counterpart of the CPU's JIT'd FMA loop.
 
 use cudarc::driver::sys::CUdevice_attribute;
 use cudarc::driver::{LaunchConfig, PushKernelArg};

@@ -5,7 +5,8 @@
 //! Selected blocks must be the oracle's, or — where the backend's arithmetic broke a near-tie
 //! of block scores differently — a valid choice by `verify::reference_for_choices`, in which
 //! case the outputs are compared with the oracle run on the backend's own blocks. Outputs must
-//! satisfy max|o−ref|/max|ref| ≤ the backend's tolerance (DESIGN §4) for `o` and every branch.
+//! satisfy max|o−ref|/max|ref| ≤ the backend's tolerance (docs/ARCHITECTURE.md §4) for `o` and
+//! every branch.
 
 use std::collections::BTreeMap;
 

@@ -71,7 +71,7 @@ pub const VECTOR_REGISTERS: u32 = 16;
 /// Tokens of the check problem: odd, and not a multiple of any library block size.
 pub const CHECK_SEQ_LEN: usize = 203;
 
-/// The largest max|o−ref|/max|ref| a candidate may have (DESIGN §4).
+/// The largest max|o−ref|/max|ref| a candidate may have (docs/ARCHITECTURE.md §4).
 pub const CHECK_TOLERANCE: f64 = 1e-5;
 
 /// The values each knob may take (before pruning).

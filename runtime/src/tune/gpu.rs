@@ -25,12 +25,9 @@
 //! tuner never times two candidates that are the same code. What remains is searched
 //! exhaustively when small, else by coordinate descent ([`super::search`]); the knobs act on
 //! different kernels launched one after another, so their effects nearly add up, which is the
-//! landscape coordinate descent solves exactly. Measured on an H100 (BENCHMARKS.md, "Tuner —
-//! GPU"; `nsac tune --exhaustive` for the reference): for nsa-fla at T=8192 it measured 61 of
-//! 486 valid points (heads 64/4, D=128) and 101 of 648 (heads 32/4, D=64), and found the
-//! exhaustive best — identical, or differing only in the scalar kernels' `warps_per_block`,
-//! within 0.2% side by side. With all eight knobs (2916 points, 1944 valid for nsa-fla at 64k on
-//! an H200) it measured 91 and found the fused combine (1.03× the default side by side).
+//! landscape coordinate descent solves exactly. How close it comes to the exhaustive best
+//! (`nsac tune --exhaustive`) on real problems, and with how many measurements: BENCHMARKS.md,
+//! "Tuner — GPU".
 //!
 //! Rejected before anything is loaded, each with its reason ([`PruneReason`]):
 //! [`GpuVariant::validate`] fails; `select_chunk` other than the default does not divide a
@@ -49,7 +46,7 @@
 //! become the best is first run on a small odd-length problem long enough that the selection
 //! must choose ([`check_seq_len`] tokens, one kv head of the problem's group, its dims and
 //! dtype; two seeds) and compared with the oracle fed the same rounded inputs, at the dtype's
-//! bar of DESIGN §4 ([`gpu_tolerance`]).
+//! bar of docs/ARCHITECTURE.md §4 ([`gpu_tolerance`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -264,7 +261,7 @@ impl VariantSpace for GpuSpace {
     }
 }
 
-/// The largest max|o−ref|/max|ref| a GPU candidate may have in `dtype` (DESIGN §4).
+/// The largest max|o−ref|/max|ref| a GPU candidate may have in `dtype` (docs/ARCHITECTURE.md §4).
 pub fn gpu_tolerance(dtype: DType) -> f64 {
     match dtype {
         DType::Bf16 => 1e-2,

@@ -10,19 +10,9 @@
 //!   budget run out. Each line is one batch, so the caller can compile it in parallel.
 //!   Kernel knobs interact mostly weakly (tile × unroll, warps × stages), which is the case
 //!   coordinate descent handles well; the restarts guard against the stronger interactions.
-//!   `runtime/tests/tune_search.rs` measures how often it finds the exhaustive best, and with
-//!   how many measurements, on synthetic landscapes (60 per row: grids of 288–360 points,
-//!   per-knob factors × random pairwise factors of the given spread, 5% failing points; default
-//!   config):
-//!
-//!   | pairwise spread | exact best | within 5% | points measured |
-//!   |---|---|---|---|
-//!   | 0 (separable, no failures) | 60/60 | 60/60 | 13% |
-//!   | ±10% | 60/60 | 60/60 | 16% |
-//!   | ±25% | 54/60 | 57/60 | 18% |
-//!   | ±50% | 52/60 | 54/60 | 20% |
-//!
-//!   Six restarts instead of three reach 57/60 exact for ±25% and ±50%, measuring 26–29%.
+//!   `runtime/tests/tune_search.rs` checks how often it finds the exhaustive best, and with
+//!   how many measurements, on synthetic landscapes; its results are in BENCHMARKS.md ("Tuner —
+//!   search on synthetic landscapes").
 //!
 //! A measurement is `Some(cost)` (lower is better) or `None` (failed, wrong, unusable); every
 //! point is measured at most once.

@@ -1,5 +1,5 @@
 //! Shared helpers of the CPU backend tests: library-like specs built in Rust, and the
-//! comparison of a `CpuKernel` run against the f64 oracle (DESIGN §4 bars).
+//! comparison of a `CpuKernel` run against the f64 oracle (docs/ARCHITECTURE.md §4 bars).
 #![allow(dead_code)]
 
 use nsac_compiler::cpu::CpuVariant;

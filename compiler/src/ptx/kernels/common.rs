@@ -305,7 +305,8 @@ pub fn for_range(
 }
 
 /// Number of compressed tokens visible to position `pos` of a segment of length `len`
-/// (DESIGN §3: token j exists when j·d + l ≤ len, and is visible when j·d + l − 1 ≤ pos).
+/// (docs/ARCHITECTURE.md §3: token j exists when j·d + l ≤ len, and is visible when
+/// j·d + l − 1 ≤ pos).
 pub fn visible_compressed(
     b: &mut KernelBuilder,
     pos: Reg,

@@ -7,10 +7,10 @@
 //! its own shared-memory slice) and copies with `cp.async.ca`, so the blocks several of them
 //! select (the forced first and local blocks, and neighbours' common picks) are served from L1
 //! after the first read instead of from L2 (the kernel is L2-bandwidth-bound). Keys and values
-//! of a chunk of [`GpuVariant::select_chunk`] tokens (a multiple of 16; 16 keys, which leaves
-//! more of the multiprocessor's L1 to cache selected blocks, measured slower than 32 on H200 at
-//! 64k: 17.2 vs 16.8 ms) are staged into the warp's slice of shared memory with `cp.async` (rows
-//! past the block end are zero-filled), read back with `ldmatrix` (K) and `ldmatrix.trans` (V);
+//! of a chunk of [`GpuVariant::select_chunk`] tokens (a multiple of 16; the default's choice is
+//! measured in BENCHMARKS.md, GPU version 3) are staged into the warp's slice of shared memory
+//! with `cp.async` (rows past the block end are zero-filled), read back with `ldmatrix` (K) and
+//! `ldmatrix.trans` (V);
 //! S = Q·Kᵀ and O += P·V run on the tensor cores and the online softmax (base 2) works on the
 //! accumulator fragments (`tc_common::chunk_step`).
 //!

@@ -1,11 +1,11 @@
 //! Block scoring and top-n selection: one warp per (token, kv head). Block scores live in
 //! dynamic shared memory; they are the group-summed compressed-attention probabilities spread
-//! over the selection blocks by overlap (DESIGN §3), forced blocks score +∞, and the top n are
-//! taken by (score descending, block index ascending) — the tie rule every backend shares.
-//! With tensor-core scoring a thread block holds up to [`GpuVariant::score_tokens`] consecutive
-//! tokens of one kv head (one warp and one score array each) sharing the staged compressed keys;
-//! after scoring every warp works alone (warp barriers only). The scalar fallback runs one warp
-//! per block.
+//! over the selection blocks by overlap (docs/ARCHITECTURE.md §3), forced blocks score +∞, and the
+//! top n are taken by (score descending, block index ascending) — the tie rule every backend
+//! shares. With tensor-core scoring a thread block holds up to [`GpuVariant::score_tokens`]
+//! consecutive tokens of one kv head (one warp and one score array each) sharing the staged
+//! compressed keys; after scoring every warp works alone (warp barriers only). The scalar fallback
+//! runs one warp per block.
 //!
 //! [`GpuVariant::score_tokens`]: crate::ptx::GpuVariant::score_tokens
 
@@ -55,8 +55,8 @@ pub(crate) fn tc_warps(most: u32, scores_bytes: u32, staging: u32) -> u32 {
 }
 
 /// `scores[i] += pw · overlap(j, i)` for every selection block `i < nbc` that compressed token
-/// `j` overlaps (DESIGN §3), on the score array at shared address `scores`. One thread runs it:
-/// its loads and stores of the scores are not ordered with other lanes'.
+/// `j` overlaps (docs/ARCHITECTURE.md §3), on the score array at shared address `scores`. One
+/// thread runs it: its loads and stores of the scores are not ordered with other lanes'.
 pub(super) fn spread_over_blocks(
     b: &mut KernelBuilder,
     p: &TopNParams<'_>,

@@ -1,5 +1,5 @@
-//! Small cases computed by hand: every expected number below is written out from DESIGN §3,
-//! not produced by the oracle's own code.
+//! Small cases computed by hand: every expected number below is written out from
+//! docs/ARCHITECTURE.md §3, not produced by the oracle's own code.
 
 use nsac_dsl::spec::{CombineMode, Pool};
 
