@@ -19,7 +19,10 @@ fn main() -> Result<(), String> {
     let reference = attn.compile(&Device::Reference, &options).map_err(show)?;
     let cases = [
         Sequences::Batched { batch: 1, len: 300 },
-        Sequences::Batched { batch: 2, len: 1001 },
+        Sequences::Batched {
+            batch: 2,
+            len: 1001,
+        },
         Sequences::Varlen {
             cu_seqlens: vec![0, 77, 700, 1500],
         },

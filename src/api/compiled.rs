@@ -194,7 +194,11 @@ impl Compiled {
                 .db()
                 .and_then(|db| tuned_cpu_variant(&self.spec, shape, &db))
             {
-                Some(c) => (c.variant, threads.unwrap_or(c.threads), VariantOrigin::Tuned),
+                Some(c) => (
+                    c.variant,
+                    threads.unwrap_or(c.threads),
+                    VariantOrigin::Tuned,
+                ),
                 None => (
                     CpuVariant::default(),
                     threads.unwrap_or_else(default_threads),

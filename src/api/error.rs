@@ -31,6 +31,11 @@ pub enum Error {
 impl Error {
     /// The text to show a person: spec diagnostics with file:line:col and snippets (coloured
     /// when `color`), anything else as one line.
+    ///
+    /// ```
+    /// let err = nsac::Attention::load("no/such/spec.nsa").unwrap_err();
+    /// assert!(err.render(false).contains("no/such/spec.nsa"));
+    /// ```
     pub fn render(&self, color: bool) -> String {
         match self {
             Error::Spec(e) => e.render(color),

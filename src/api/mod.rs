@@ -32,6 +32,15 @@ impl Attention {
 
     /// Parses spec text: the `.nsa` language, or YAML when the text is a YAML mapping
     /// (starts with `name:` or `---`).
+    ///
+    /// ```
+    /// let attn = nsac::Attention::parse(
+    ///     "attention tiny {\n heads = 4/2\n head_dim = 16\n window w { size = 8 }\n combine = sum(w)\n}",
+    /// )?;
+    /// assert_eq!(attn.spec().heads.group(), 2);
+    /// assert!(nsac::Attention::parse("attention broken {").is_err());
+    /// # Ok::<(), nsac::Error>(())
+    /// ```
     pub fn parse(text: &str) -> Result<Attention, Error> {
         let trimmed = text.trim_start();
         let yaml = trimmed.starts_with("---") || trimmed.starts_with("name:");
@@ -55,6 +64,16 @@ impl Attention {
 
     /// The verified forward Plan for `problem`'s heads, head dims and dtype (its lengths do not
     /// change the plan).
+    ///
+    /// ```
+    /// use nsac::{Attention, Problem};
+    /// let attn = Attention::load("kernels/nsa-paper.nsa")?;
+    /// let short = attn.plan(&Problem::batched(1, 100))?;
+    /// let long = attn.plan(&Problem::varlen(vec![0, 5000, 70000]))?;
+    /// assert_eq!(short, long);
+    /// assert!(short.text().contains("topk slc k=16"));
+    /// # Ok::<(), nsac::Error>(())
+    /// ```
     pub fn plan(&self, problem: &Problem) -> Result<Plan, Error> {
         let shape = problem.resolve(&self.spec)?;
         Ok(Plan::forward(&self.spec, &Signature::of(&shape))?)

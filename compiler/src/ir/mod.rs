@@ -90,6 +90,16 @@ pub struct Plan {
 
 impl Plan {
     /// The forward pass of `spec` for `signature`, verified.
+    ///
+    /// ```
+    /// use nsac_compiler::ir::{Plan, Role, Signature};
+    /// let spec = nsac_dsl::load(std::path::Path::new("../kernels/nsa-fla.nsa")).unwrap();
+    /// let sig = Signature { heads: spec.heads, head_dim: spec.head_dim, dtype: Default::default() };
+    /// let plan = Plan::forward(&spec, &sig).unwrap();
+    /// let outputs: Vec<&str> =
+    ///     plan.tensors_with(Role::Out).map(|t| plan.tensor(t).name.as_str()).collect();
+    /// assert_eq!(outputs, ["o_cmp", "idx_slc", "o_slc", "o"]);
+    /// ```
     pub fn forward(spec: &nsac_dsl::Spec, signature: &Signature) -> Result<Plan, LowerError> {
         let plan = lower::forward(spec, signature)?;
         plan.verify()?;

@@ -19,6 +19,14 @@ pub fn compressed_tokens(len: usize, block: usize, stride: usize) -> usize {
 
 /// How many compressed tokens query `t` sees (they are always the first ones): causal, tokens
 /// `j` with `j·d + l − 1 ≤ t`; otherwise every token of the segment.
+///
+/// ```
+/// use nsac_compiler::ir::rules::visible_compressed;
+/// // blocks of 32 keys every 16: query 47 has seen keys 0..=47, so tokens 0 (keys 0..32) and
+/// // 1 (keys 16..48), not token 2 (keys 32..64)
+/// assert_eq!(visible_compressed(47, 1000, 32, 16, true), 2);
+/// assert_eq!(visible_compressed(30, 1000, 32, 16, true), 0);
+/// ```
 pub fn visible_compressed(
     t: usize,
     len: usize,

@@ -93,6 +93,17 @@ impl Sizes {
     }
 
     /// The concrete shape of tensor `id` for this call, every product checked.
+    ///
+    /// ```
+    /// use nsac_compiler::ir::{Plan, Sizes};
+    /// use nsac_dsl::problem::Problem;
+    /// let spec = nsac_dsl::load(std::path::Path::new("../kernels/nsa-fla.nsa")).unwrap();
+    /// let shape = Problem::varlen(vec![0, 100, 300]).resolve(&spec).unwrap();
+    /// let plan = Plan::for_shape(&spec, &shape).unwrap();
+    /// let kc = plan.tensor_named("kc_cmp").unwrap();
+    /// // compression 64/64: one token from the first segment, three from the second
+    /// assert_eq!(Sizes::of(&shape).shape(&plan, kc).unwrap(), [1, 4, 4, 128]);
+    /// ```
     pub fn shape(&self, plan: &Plan, id: TensorId) -> Result<Vec<usize>, SizesError> {
         let t = plan.tensor(id);
         let dims = t
