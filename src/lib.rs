@@ -28,7 +28,7 @@
 //! tensor files, the tuner) and [`kernels`] (the spec library and the f64 reference, which
 //! defines what every kernel computes).
 
-mod api;
+pub mod api;
 
 pub use api::{Attention, Compiled, Device, Error, Options, Run, VariantOrigin};
 pub use nsac_compiler as compiler;

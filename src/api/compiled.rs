@@ -7,8 +7,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nsac_compiler::cpu::CpuVariant;
-use nsac_compiler::ptx::GpuVariant;
 use nsac_dsl::Spec;
 use nsac_dsl::problem::{DType, Problem, Sequences, Shape};
 use nsac_dsl::spec::{HeadDim, Heads};
@@ -16,11 +14,9 @@ use nsac_kernels::io::{Inputs, Tensor};
 use nsac_runtime::cpu::CpuKernel;
 use nsac_runtime::cuda::{CudaDevice, CudaKernel};
 use nsac_runtime::tensor_io::{HostTensor, TensorSet, reference_outputs};
-use nsac_runtime::tune::cpu::tuned_cpu_variant;
-use nsac_runtime::tune::db::TuningDb;
-use nsac_runtime::tune::gpu::tuned_gpu_variant;
 
 use super::Error;
+use super::choice::{VariantOrigin, VariantRequest, pick_cpu, pick_gpu};
 
 /// Where to run.
 #[derive(Debug, Clone, Default)]
@@ -55,29 +51,6 @@ pub struct Options {
     pub no_tuned: bool,
 }
 
-/// Where a run's Variant came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VariantOrigin {
-    /// `Options::variant`.
-    Explicit,
-    /// The tuning database's result for this spec, problem and machine.
-    Tuned,
-    Default,
-    /// The reference has no Variant.
-    None,
-}
-
-impl VariantOrigin {
-    pub fn name(self) -> &'static str {
-        match self {
-            VariantOrigin::Explicit => "explicit",
-            VariantOrigin::Tuned => "tuned",
-            VariantOrigin::Default => "default",
-            VariantOrigin::None => "none",
-        }
-    }
-}
-
 /// What one call produced.
 #[derive(Debug, Clone)]
 pub struct Run {
@@ -90,6 +63,21 @@ pub struct Run {
     pub compile: Option<Duration>,
     /// Time of the computation alone.
     pub time: Duration,
+    /// The tuning database's warnings met while choosing the Variant, for the caller to show.
+    pub warnings: Vec<String>,
+}
+
+struct CpuEntry {
+    kernel: CpuKernel,
+    threads: usize,
+    origin: VariantOrigin,
+    warnings: Vec<String>,
+}
+
+struct CudaEntry {
+    kernel: CudaKernel,
+    origin: VariantOrigin,
+    warnings: Vec<String>,
 }
 
 enum Backend {
@@ -104,8 +92,8 @@ pub struct Compiled {
     spec: Spec,
     options: Options,
     backend: Backend,
-    cpu: Mutex<HashMap<Shape, Arc<(CpuKernel, usize, VariantOrigin)>>>,
-    cuda: Mutex<HashMap<Shape, Arc<(CudaKernel, VariantOrigin)>>>,
+    cpu: Mutex<HashMap<Shape, Arc<CpuEntry>>>,
+    cuda: Mutex<HashMap<Shape, Arc<CudaEntry>>>,
 }
 
 impl std::fmt::Debug for Compiled {
@@ -115,10 +103,6 @@ impl std::fmt::Debug for Compiled {
             .field("device", &self.device())
             .finish()
     }
-}
-
-fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 impl Compiled {
@@ -133,9 +117,15 @@ impl Compiled {
             },
         };
         if let (Backend::Reference, Some(_)) = (&backend, &options.variant) {
-            return Err(Error::Variant(
+            return Err(Error::Invalid(
                 "the reference device has no Variant to choose".into(),
             ));
+        }
+        if matches!(backend, Backend::Cpu) && options.dtype != DType::F32 {
+            return Err(Error::Invalid(format!(
+                "the CPU backend computes in f32 only (got {}): use f32, or the cuda device",
+                options.dtype.name()
+            )));
         }
         Ok(Compiled {
             spec,
@@ -165,50 +155,29 @@ impl Compiled {
         }
     }
 
-    fn db(&self) -> Option<TuningDb> {
-        if self.options.no_tuned {
-            return None;
-        }
-        match &self.options.db {
-            Some(p) => Some(TuningDb::open(p)),
-            None => TuningDb::open_default().ok(),
+    fn request(&self) -> VariantRequest<'_> {
+        VariantRequest {
+            variant: self.options.variant.as_deref(),
+            db: self.options.db.as_deref(),
+            no_tuned: self.options.no_tuned,
+            threads: self.options.threads,
         }
     }
 
-    fn cpu_kernel(
-        &self,
-        shape: &Shape,
-    ) -> Result<(Arc<(CpuKernel, usize, VariantOrigin)>, Option<Duration>), Error> {
+    fn cpu_kernel(&self, shape: &Shape) -> Result<(Arc<CpuEntry>, Option<Duration>), Error> {
         let mut cache = self.cpu.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(k) = cache.get(shape) {
             return Ok((k.clone(), None));
         }
-        let threads = self.options.threads;
-        let (variant, threads, origin) = match &self.options.variant {
-            Some(text) => (
-                CpuVariant::parse(text).map_err(|e| Error::Variant(e.to_string()))?,
-                threads.unwrap_or_else(default_threads),
-                VariantOrigin::Explicit,
-            ),
-            None => match self
-                .db()
-                .and_then(|db| tuned_cpu_variant(&self.spec, shape, &db))
-            {
-                Some(c) => (
-                    c.variant,
-                    threads.unwrap_or(c.threads),
-                    VariantOrigin::Tuned,
-                ),
-                None => (
-                    CpuVariant::default(),
-                    threads.unwrap_or_else(default_threads),
-                    VariantOrigin::Default,
-                ),
-            },
-        };
-        let kernel = CpuKernel::compile(&self.spec, shape, &variant)?;
+        let (choice, warnings) = pick_cpu(&self.spec, shape, &self.request())?;
+        let kernel = CpuKernel::compile(&self.spec, shape, &choice.variant)?;
         let compile = kernel.compile_time();
-        let entry = Arc::new((kernel, threads, origin));
+        let entry = Arc::new(CpuEntry {
+            kernel,
+            threads: choice.threads,
+            origin: choice.origin,
+            warnings,
+        });
         cache.insert(shape.clone(), entry.clone());
         Ok((entry, Some(compile)))
     }
@@ -217,27 +186,19 @@ impl Compiled {
         &self,
         gpu: &Arc<CudaDevice>,
         shape: &Shape,
-    ) -> Result<(Arc<(CudaKernel, VariantOrigin)>, Option<Duration>), Error> {
+    ) -> Result<(Arc<CudaEntry>, Option<Duration>), Error> {
         let mut cache = self.cuda.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(k) = cache.get(shape) {
             return Ok((k.clone(), None));
         }
-        let (variant, origin) = match &self.options.variant {
-            Some(text) => (
-                GpuVariant::parse(text).map_err(|e| Error::Variant(e.to_string()))?,
-                VariantOrigin::Explicit,
-            ),
-            None => match self
-                .db()
-                .and_then(|db| tuned_gpu_variant(gpu, &self.spec, shape, &db))
-            {
-                Some(v) => (v, VariantOrigin::Tuned),
-                None => (GpuVariant::default(), VariantOrigin::Default),
-            },
-        };
+        let (choice, warnings) = pick_gpu(gpu, &self.spec, shape, &self.request())?;
         let start = Instant::now();
-        let kernel = CudaKernel::compile(gpu, &self.spec, shape, &variant)?;
-        let entry = Arc::new((kernel, origin));
+        let kernel = CudaKernel::compile(gpu, &self.spec, shape, &choice.variant)?;
+        let entry = Arc::new(CudaEntry {
+            kernel,
+            origin: choice.origin,
+            warnings,
+        });
         cache.insert(shape.clone(), entry.clone());
         Ok((entry, Some(start.elapsed())))
     }
@@ -245,7 +206,12 @@ impl Compiled {
     /// Runs on `inputs` (the README's tensor names and layouts) for the sequences of `problem`
     /// (its heads, head dims and dtype must be this compile's: see [`Compiled::problem`]).
     pub fn run(&self, problem: &Problem, inputs: &Inputs) -> Result<Run, Error> {
-        let shape = problem.resolve(&self.spec)?;
+        self.run_shape(&problem.resolve(&self.spec)?, inputs)
+    }
+
+    /// [`Compiled::run`] for a problem already resolved against the spec.
+    pub fn run_shape(&self, shape: &Shape, inputs: &Inputs) -> Result<Run, Error> {
+        let shape = shape.clone();
         match &self.backend {
             Backend::Reference => {
                 let start = Instant::now();
@@ -256,26 +222,26 @@ impl Compiled {
                     origin: VariantOrigin::None,
                     compile: None,
                     time: start.elapsed(),
+                    warnings: Vec::new(),
                 })
             }
             Backend::Cpu => {
                 let (entry, compile) = self.cpu_kernel(&shape)?;
-                let (kernel, threads, origin) = &*entry;
                 let start = Instant::now();
-                let out = kernel.run(inputs, *threads)?;
+                let out = entry.kernel.run(inputs, entry.threads)?;
                 Ok(Run {
                     outputs: collect(out.o, out.branches, out.selected),
-                    device: format!("cpu ({threads} threads, Cranelift JIT, f32)"),
-                    origin: *origin,
+                    device: format!("cpu ({} threads, Cranelift JIT, f32)", entry.threads),
+                    origin: entry.origin,
                     compile,
                     time: start.elapsed(),
+                    warnings: entry.warnings.clone(),
                 })
             }
             Backend::Cuda(gpu) => {
                 let (entry, compile) = self.cuda_kernel(gpu, &shape)?;
-                let (kernel, origin) = &*entry;
                 let start = Instant::now();
-                let out = kernel.run(inputs)?;
+                let out = entry.kernel.run(inputs)?;
                 let (major, minor) = gpu.capability();
                 Ok(Run {
                     outputs: collect(out.o, out.branches, out.selected),
@@ -284,9 +250,10 @@ impl Compiled {
                         gpu.name(),
                         shape.dtype.name()
                     ),
-                    origin: *origin,
+                    origin: entry.origin,
                     compile,
                     time: start.elapsed(),
+                    warnings: entry.warnings.clone(),
                 })
             }
         }

@@ -24,8 +24,9 @@ pub enum Error {
     Cuda(#[from] nsac_runtime::cuda::CudaError),
     #[error("no CUDA device found (no NVIDIA driver, or no GPU visible)")]
     NoGpu,
-    #[error("bad variant: {0}")]
-    Variant(String),
+    /// A bad option: a malformed Variant, thread count or device choice.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl Error {

@@ -2,10 +2,12 @@
 //! taking the tuned Variant when the tuning database has one), and call it on tensors
 //! ([`Compiled::run`]). The CLI is a client of this module; so can any Rust program be.
 
+pub mod choice;
 mod compiled;
 mod error;
 
-pub use compiled::{Compiled, Device, Options, Run, VariantOrigin};
+pub use choice::VariantOrigin;
+pub use compiled::{Compiled, Device, Options, Run};
 pub use error::Error;
 
 use std::path::Path;

@@ -1,20 +1,16 @@
-//! Running a spec on one of the devices (`--device reference|cpu|cuda|auto`) and collecting its
-//! outputs under the oracle's names, whatever the device computed them in.
+//! Running a spec on one of the devices (`--device reference|cpu|cuda|auto`): the flags turned
+//! into a call of the library facade (`nsac::Attention`, `nsac::api::choice`), which picks the
+//! device and the Variant; outputs come back under the oracle's names.
 
-use std::collections::BTreeMap;
-use std::time::Instant;
-
+use nsac::api::choice::{self, VariantRequest};
+use nsac::{Attention, Device, Options, VariantOrigin};
 use nsac_compiler::cpu::CpuVariant;
 use nsac_compiler::ptx::GpuVariant;
-use nsac_kernels::io::Tensor;
-use nsac_runtime::cpu::CpuKernel;
-
 use nsac_dsl::Spec;
 use nsac_dsl::problem::Shape;
 use nsac_kernels::io::Inputs;
-use nsac_kernels::reference;
-use nsac_runtime::cuda::{CudaDevice, CudaKernel};
-use nsac_runtime::tensor_io::{HostTensor, TensorSet, reference_outputs};
+use nsac_runtime::cuda::CudaDevice;
+use nsac_runtime::tensor_io::{HostTensor, TensorSet};
 
 use super::args::DeviceArg;
 use super::error::CliError;
@@ -40,7 +36,8 @@ pub struct VariantSource<'a> {
 }
 
 /// Runs `spec` on `device` (auto: the GPU when a CUDA driver and device are present, else the
-/// CPU), with the Variant `source` picks for that device.
+/// CPU), with the Variant `source` picks for that device: a client of the library facade
+/// (`nsac::Attention::compile`), which chooses the device and the Variant.
 pub fn run_on(
     device: DeviceArg,
     spec: &Spec,
@@ -48,18 +45,8 @@ pub fn run_on(
     inputs: &Inputs,
     source: &VariantSource<'_>,
 ) -> Result<DeviceRun, CliError> {
-    match device {
-        DeviceArg::Reference => {
-            let start = Instant::now();
-            let output = reference::forward(spec, shape, inputs)?;
-            let run_ms = ms(start);
-            Ok(DeviceRun {
-                device: "reference (f64)".into(),
-                outputs: reference_outputs(&output),
-                compile_ms: None,
-                run_ms,
-            })
-        }
+    let device = match device {
+        DeviceArg::Reference => Device::Reference,
         DeviceArg::Cpu => {
             if shape.dtype != nsac_dsl::problem::DType::F32 {
                 return Err(CliError::Other(format!(
@@ -67,145 +54,85 @@ pub fn run_on(
                     shape.dtype.name()
                 )));
             }
-            let cpu = CpuChoice::pick(spec, shape, source)?;
-            let threads = cpu.threads;
-            let kernel = CpuKernel::compile(spec, shape, &cpu.variant)?;
-            let compile_ms = kernel.compile_time().as_secs_f64() * 1e3;
-            let start = Instant::now();
-            let out = kernel.run(inputs, threads)?;
-            let run_ms = ms(start);
-            Ok(DeviceRun {
-                device: format!(
-                    "cpu ({threads} threads, Cranelift JIT, f32, {} variant)",
-                    cpu.origin
-                ),
-                outputs: collect(out.o, out.branches, out.selected),
-                compile_ms: Some(compile_ms),
-                run_ms,
-            })
+            Device::Cpu
         }
-        DeviceArg::Cuda => run_cuda(&super::tune::open_gpu()?, spec, shape, inputs, source),
-        DeviceArg::Auto => match CudaDevice::open() {
-            Ok(Some(gpu)) => run_cuda(&gpu, spec, shape, inputs, source),
-            _ => run_on(DeviceArg::Cpu, spec, shape, inputs, source),
-        },
-    }
-}
-
-fn run_cuda(
-    gpu: &std::sync::Arc<CudaDevice>,
-    spec: &Spec,
-    shape: &Shape,
-    inputs: &Inputs,
-    source: &VariantSource<'_>,
-) -> Result<DeviceRun, CliError> {
-    let choice = GpuChoice::pick(gpu, spec, shape, source)?;
-    let start = Instant::now();
-    let kernel = CudaKernel::compile(gpu, spec, shape, &choice.variant)?;
-    let compile_ms = ms(start);
-    let start = Instant::now();
-    let out = kernel.run(inputs)?;
-    let run_ms = ms(start);
-    let outputs = collect(out.o, out.branches, out.selected);
-    let (major, minor) = gpu.capability();
-    Ok(DeviceRun {
-        device: format!(
-            "cuda: {} (sm_{major}{minor}, {}, {} variant)",
-            gpu.name(),
-            shape.dtype.name(),
-            choice.origin
+        DeviceArg::Cuda => {
+            // the CLI's own message, naming the flag to use instead
+            super::tune::open_gpu()?;
+            Device::Cuda
+        }
+        DeviceArg::Auto => Device::Auto,
+    };
+    let options = Options {
+        heads: Some(shape.heads),
+        head_dim: Some(shape.head_dim),
+        dtype: shape.dtype,
+        threads: checked_threads(source.threads)?,
+        variant: source.variant.map(str::to_string),
+        db: source.db.map(|p| p.to_path_buf()),
+        no_tuned: false,
+    };
+    let compiled = Attention::from_spec(spec.clone()).compile(&device, &options)?;
+    let run = compiled.run_shape(shape, inputs)?;
+    warn(&run.warnings);
+    let device = match run.origin {
+        VariantOrigin::None => run.device,
+        origin => format!(
+            "{}, {} variant)",
+            run.device.trim_end_matches(')'),
+            origin.name()
         ),
-        outputs,
-        compile_ms: Some(compile_ms),
-        run_ms,
+    };
+    Ok(DeviceRun {
+        device,
+        outputs: run.outputs,
+        compile_ms: run.compile.map(|d| d.as_secs_f64() * 1e3),
+        run_ms: run.time.as_secs_f64() * 1e3,
     })
 }
 
-/// A device's outputs under the oracle's names.
-fn collect(
-    o: Tensor<f32>,
-    branches: BTreeMap<String, Tensor<f32>>,
-    selected: BTreeMap<String, Tensor<i32>>,
-) -> TensorSet {
-    let mut outputs = TensorSet::new();
-    outputs.insert("o".into(), HostTensor::from(o));
-    for (b, t) in branches {
-        outputs.insert(format!("o_{b}"), HostTensor::from(t));
+fn warn(warnings: &[String]) {
+    for w in warnings {
+        eprintln!("warning: {w}");
     }
-    for (b, t) in selected {
-        outputs.insert(format!("idx_{b}"), HostTensor::from(t));
-    }
-    outputs
-}
-
-/// The cores of this machine.
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Every core of this machine, the default for `--threads`.
 pub fn default_threads(threads: Option<usize>) -> usize {
-    threads.unwrap_or_else(cores)
+    threads.unwrap_or_else(choice::cores)
 }
 
 /// `--threads` within 1 ..= 4 × the cores (more only adds contention and stacks).
 pub fn checked_threads(threads: Option<usize>) -> Result<Option<usize>, CliError> {
-    let max = 4 * cores();
-    match threads {
-        Some(0) => Err(CliError::Other("--threads must be at least 1".into())),
-        Some(n) if n > max => Err(CliError::Other(format!(
-            "--threads {n} is more than 4 × the {} cores of this machine (at most {max})",
-            cores()
-        ))),
-        other => Ok(other),
+    Ok(choice::checked_threads(threads)?)
+}
+
+/// Parses a `--variant FIELD=VALUE,…` argument for the CPU.
+pub fn explicit_variant(text: Option<&str>) -> Result<Option<CpuVariant>, CliError> {
+    Ok(text.map(choice::parse_cpu_variant).transpose()?)
+}
+
+/// Parses a `--variant FIELD=VALUE,…` argument for the GPU.
+pub fn explicit_gpu_variant(text: Option<&str>) -> Result<Option<GpuVariant>, CliError> {
+    Ok(text.map(choice::parse_gpu_variant).transpose()?)
+}
+
+fn request<'a>(source: &VariantSource<'a>) -> VariantRequest<'a> {
+    VariantRequest {
+        variant: source.variant,
+        db: source.db,
+        no_tuned: false,
+        threads: source.threads,
     }
 }
 
-/// A `--variant` text well formed as a list: not empty, no empty field, no field twice.
-fn check_fields(text: &str) -> Result<(), CliError> {
-    let bad = |why: String| Err(CliError::Other(format!("--variant `{text}`: {why}")));
-    if text.trim().is_empty() {
-        return bad("is empty; give FIELD=VALUE,… or leave --variant out".into());
-    }
-    let mut seen: Vec<&str> = Vec::new();
-    for item in text.split(',') {
-        let item = item.trim();
-        if item.is_empty() {
-            return bad("has an empty field (a stray comma)".into());
-        }
-        let name = item.split_once('=').map_or(item, |(n, _)| n).trim();
-        if seen.contains(&name) {
-            return bad(format!("gives `{name}` twice"));
-        }
-        seen.push(name);
-    }
-    Ok(())
-}
-
-/// Which CPU Variant and thread count to run, and where they came from.
+/// Which CPU Variant and thread count to run, and where they came from (the tuning database's
+/// warnings printed).
 pub struct CpuChoice {
     pub variant: CpuVariant,
     pub threads: usize,
     /// `explicit` (`--variant`), `tuned` (from the tuning database) or `default`.
     pub origin: &'static str,
-}
-
-/// Parses a `--variant FIELD=VALUE,…` argument for the CPU.
-pub fn explicit_variant(text: Option<&str>) -> Result<Option<CpuVariant>, CliError> {
-    text.map(|t| {
-        check_fields(t)?;
-        CpuVariant::parse(t).map_err(|e| CliError::Other(format!("--variant: {e}")))
-    })
-    .transpose()
-}
-
-/// Parses a `--variant FIELD=VALUE,…` argument for the GPU.
-pub fn explicit_gpu_variant(text: Option<&str>) -> Result<Option<GpuVariant>, CliError> {
-    text.map(|t| {
-        check_fields(t)?;
-        GpuVariant::parse(t).map_err(|e| CliError::Other(format!("--variant: {e}")))
-    })
-    .transpose()
 }
 
 impl CpuChoice {
@@ -217,28 +144,13 @@ impl CpuChoice {
         shape: &Shape,
         source: &VariantSource<'_>,
     ) -> Result<CpuChoice, CliError> {
-        let threads = checked_threads(source.threads)?;
-        if let Some(variant) = explicit_variant(source.variant)? {
-            return Ok(CpuChoice {
-                variant,
-                threads: default_threads(threads),
-                origin: "explicit",
-            });
-        }
-        Ok(
-            match super::tune::tuned_candidate(spec, shape, source.db)? {
-                Some(c) => CpuChoice {
-                    variant: c.variant,
-                    threads: threads.unwrap_or(c.threads),
-                    origin: "tuned",
-                },
-                None => CpuChoice {
-                    variant: CpuVariant::default(),
-                    threads: default_threads(threads),
-                    origin: "default",
-                },
-            },
-        )
+        let (c, warnings) = choice::pick_cpu(spec, shape, &request(source))?;
+        warn(&warnings);
+        Ok(CpuChoice {
+            variant: c.variant,
+            threads: c.threads,
+            origin: c.origin.name(),
+        })
     }
 }
 
@@ -258,27 +170,13 @@ impl GpuChoice {
         shape: &Shape,
         source: &VariantSource<'_>,
     ) -> Result<GpuChoice, CliError> {
-        if let Some(variant) = explicit_gpu_variant(source.variant)? {
-            return Ok(GpuChoice {
-                variant,
-                origin: "explicit",
-            });
-        }
-        Ok(match super::tune::tuned_gpu(gpu, spec, shape, source.db)? {
-            Some(variant) => GpuChoice {
-                variant,
-                origin: "tuned",
-            },
-            None => GpuChoice {
-                variant: GpuVariant::default(),
-                origin: "default",
-            },
+        let (c, warnings) = choice::pick_gpu(gpu, spec, shape, &request(source))?;
+        warn(&warnings);
+        Ok(GpuChoice {
+            variant: c.variant,
+            origin: c.origin.name(),
         })
     }
-}
-
-fn ms(start: Instant) -> f64 {
-    start.elapsed().as_secs_f64() * 1e3
 }
 
 /// The values of a floating-point output as f64 (empty for integer tensors).

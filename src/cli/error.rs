@@ -35,6 +35,8 @@ pub enum CliError {
     Cuda(#[from] nsac_runtime::cuda::CudaError),
     #[error(transparent)]
     Ptx(#[from] nsac_compiler::ptx::PtxError),
+    #[error(transparent)]
+    Api(#[from] nsac::Error),
     #[error("cannot lower the spec: {0}")]
     Lower(#[from] nsac_compiler::ir::LowerError),
     #[error("cannot write to standard output: {0}")]
@@ -55,6 +57,7 @@ impl CliError {
     pub fn render(&self, color: bool) -> String {
         match self {
             CliError::Load(e) => e.render(color),
+            CliError::Api(e @ nsac::Error::Spec(_)) => e.render(color),
             CliError::Reported(summary) => format!("error: {summary}\n"),
             other => {
                 let mut text = format!("error: {other}\n");

@@ -15,7 +15,7 @@ use nsac_runtime::cuda::{CudaDevice, GpuCeiling};
 use nsac_runtime::tune::cpu::{
     CpuCandidate, CpuTuneOptions, tune_cpu, tuned_cpu_variant_warned, tuning_shape, tuning_shape_at,
 };
-use nsac_runtime::tune::gpu::{GpuTuneOptions, tune_gpu, tuned_gpu_variant_warned};
+use nsac_runtime::tune::gpu::{GpuTuneOptions, tune_gpu};
 use nsac_runtime::tune::{
     CandidateReport, DbError, DbWarning, Outcome, Progress, TuneOptions, Tuned, TuningDb,
 };
@@ -38,45 +38,6 @@ pub fn open_db(path: Option<&Path>) -> Result<TuningDb, CliError> {
 
 /// The database `run`/`bench` look a Variant up in: `--db FILE`, else the default one if this
 /// system has a cache directory (none: nothing is tuned, silently — there is no database).
-fn lookup_db(path: Option<&Path>) -> Option<TuningDb> {
-    match path {
-        Some(p) => Some(TuningDb::open(p)),
-        None => TuningDb::open_default().ok(),
-    }
-}
-
-/// The tuned CPU candidate for this spec and shape, if the database has a current one. The
-/// database's warnings (a corrupt file set aside, a newer schema left alone) are printed; a
-/// database path that cannot be used at all (not a regular file) is an error.
-pub fn tuned_candidate(
-    spec: &Spec,
-    shape: &Shape,
-    db: Option<&Path>,
-) -> Result<Option<CpuCandidate>, CliError> {
-    let Some(db) = lookup_db(db) else {
-        return Ok(None);
-    };
-    let found = tuned_cpu_variant_warned(spec, shape, &db).map_err(db_error)?;
-    warn(&found.warnings);
-    Ok(found.value)
-}
-
-/// The tuned GPU Variant for this spec, shape and GPU, if the database has a current one (the
-/// database's warnings printed, as [`tuned_candidate`]).
-pub fn tuned_gpu(
-    gpu: &CudaDevice,
-    spec: &Spec,
-    shape: &Shape,
-    db: Option<&Path>,
-) -> Result<Option<GpuVariant>, CliError> {
-    let Some(db) = lookup_db(db) else {
-        return Ok(None);
-    };
-    let found = tuned_gpu_variant_warned(gpu, spec, shape, &db).map_err(db_error)?;
-    warn(&found.warnings);
-    Ok(found.value)
-}
-
 fn db_error(e: DbError) -> CliError {
     CliError::Other(e.to_string())
 }
