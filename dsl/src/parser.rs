@@ -1,4 +1,4 @@
-//! The text form: pest grammar (`grammar.pest`) → [`ast::Document`] with byte spans.
+//! The text form: pest grammar (`grammar.pest`) → [`crate::ast::Document`] with byte spans.
 //!
 //! Only syntax is checked here; what the keys and values mean is `validate`'s job.
 

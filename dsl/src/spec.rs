@@ -134,7 +134,7 @@ pub struct Combine {
     pub branches: Vec<String>,
 }
 
-/// `gate(...)`: o = Σ g_b·o_b with one gate tensor `g_<branch>` [B,T,HQ] per branch;
+/// `gate(...)`: o = Σ g_b·o_b with one gate tensor `g_<branch>` \[B,T,HQ\] per branch;
 /// `sum(...)`: all gates are 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CombineMode {

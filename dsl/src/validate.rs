@@ -1,4 +1,4 @@
-//! Validation: [`ast::Document`] → [`Spec`], reporting every problem at once.
+//! Validation: [`crate::ast::Document`] → [`Spec`], reporting every problem at once.
 //!
 //! Each problem yields exactly one [`Diagnostic`] whose primary span is the offending text
 //! (a value, a key, a branch name), so the caret lands where the user must edit. Checks that

@@ -1,4 +1,4 @@
-//! The YAML form, read through serde-saphyr into the same [`ast::Document`] as the text form,
+//! The YAML form, read through serde-saphyr into the same [`crate::ast::Document`] as the text form,
 //! so both forms share one validator and yield identical [`Spec`](crate::spec::Spec)s.
 //!
 //! Schema (see `LANGUAGE.md`):

@@ -11,7 +11,7 @@
 //! - pooling: the block sums (mean: l·max|k|; weighted: l·max|w|·max|k|; linear:
 //!   l·D·max|wk|·max|k|, and the same for v) ≤ LIMIT; they bound the compressed K̃, Ṽ;
 //! - scores: max(scale, 1)·Dqk·max|q|·max|K| ≤ LIMIT (K the keys the branch attends: k, its own
-//!   k_<b>, or K̃), so every product, partial sum and scaled score is finite;
+//!   `k_<b>`, or K̃), so every product, partial sum and scaled score is finite;
 //! - values: the longest segment × max|V| ≤ LIMIT (the unnormalised accumulator Σ p·v);
 //! - combine: Σ_b max|g_b|·max|V_b| ≤ LIMIT (a branch output is a convex mix of its values);
 //! - 16-bit inputs (GPU): every input and K̃, Ṽ within the dtype's largest finite value;

@@ -24,7 +24,7 @@
 //!   indices (int32, `top` per query and kv head), each written once and read once.
 //! - **intensity** = total FLOPs / (input + output bytes); a second figure adds intermediates.
 //!
-//! The per-segment sums are closed forms ([`sums`]), so the cost of any length — 10¹² tokens
+//! The per-segment sums are closed forms (`sums.rs`), so the cost of any length — 10¹² tokens
 //! included — is computed at once, without a step per position.
 
 mod footprint;

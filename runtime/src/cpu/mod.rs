@@ -40,11 +40,11 @@ pub enum CpuKernelError {
 /// What one call computes (the f32/i32 counterpart of `kernels::reference::Output`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct CpuOutput {
-    /// `o` [B,T,HQ,Dv].
+    /// `o` \[B,T,HQ,Dv\].
     pub o: Tensor<f32>,
-    /// `o_<b>` [B,T,HQ,Dv] by branch name.
+    /// `o_<b>` \[B,T,HQ,Dv\] by branch name.
     pub branches: BTreeMap<String, Tensor<f32>>,
-    /// `idx_<b>` [B,T,H,top] by select branch name, ascending, −1 padded.
+    /// `idx_<b>` \[B,T,H,top\] by select branch name, ascending, −1 padded.
     pub selected: BTreeMap<String, Tensor<i32>>,
 }
 
