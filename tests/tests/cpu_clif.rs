@@ -24,7 +24,7 @@ fn clif_of_library_specs() {
 }
 
 /// The generated code does not depend on B, T or `cu_seqlens` (issue 10, "sizes at run time"):
-/// every library spec, at its own heads and dims, gives the same CLIF for one length, another,
+/// every library spec, at its own heads and dims, gives the same CLIF for short and long lengths,
 /// a batch and a packing of segments (the CLI's `--seq`, `--batch`, `--cu-seqlens`), under the
 /// default variant and one with a small key tile (many compressed chunks).
 #[test]
@@ -32,6 +32,8 @@ fn clif_does_not_depend_on_the_shape() {
     let problems = [
         ("--seq 1000", Problem::batched(1, 1000)),
         ("--seq 4099", Problem::batched(1, 4099)),
+        // Long enough that nsa-fla's compressed tokens (T/64) outgrow its selection block.
+        ("--seq 16384", Problem::batched(1, 16384)),
         ("--batch 3 --seq 77", Problem::batched(3, 77)),
         (
             "--cu-seqlens 0,500,1000",
