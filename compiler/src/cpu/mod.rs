@@ -8,7 +8,8 @@
 //!   (masked online-softmax update: running max and sum, −∞-safe, rescales the accumulator),
 //!   `pv` (O += P·V, rows × value-vector register tiles), `finish` (O/ℓ, 0 for an empty row);
 //! * one driver per plan stage: `pool_<c>` (pooling into packed compressed K̃/Ṽ),
-//!   `cmp_<c>` (compressed attention; leaves the normalized probabilities for scoring),
+//!   `cmp_<c>` (compressed attention in key tiles; when scored, keeps every tile's P and
+//!   leaves the normalized probabilities for scoring),
 //!   `topn_<s>` (block scores by overlap weights, forced blocks, partial top-n selection
 //!   with the oracle's tie rule), `sel_<s>` / `win_<w>` (online softmax over the chosen blocks /
 //!   the window), `combine` (gated or plain sum).
@@ -20,7 +21,9 @@
 //!
 //! The function pointer types below are the exact ABI of the drivers (all integers i64,
 //! pointers to f32/i32 host memory, System V / host default call convention). The score
-//! scratch `s` holds G rows of [`score_stride`] floats, a constant of the generated code.
+//! scratch `s` holds G rows of [`score_stride`] floats, a constant of the generated code
+//! (the scored compressed attention: one such tile per chunk, [`compressed_scratch`]). No
+//! generated code depends on B, T or `cu_seqlens`: lengths arrive as arguments.
 
 mod codegen;
 mod emit;
@@ -65,7 +68,9 @@ pub const MAX_GROUP_DIMS: usize = 65536;
 /// `pool(k, v, wk, wv, ntok, kcp, vcp)`.
 pub type PoolFn =
     unsafe extern "C" fn(*const f32, *const f32, *const f32, *const f32, i64, *mut f32, *mut f32);
-/// `cmp(q, kcp, vcp, nvis, s, m, l, o, out)`.
+/// `cmp(q, kcp, vcp, nvis, s, mc, m, l, o, out)`: `s` holds one key tile of G rows, or, when
+/// a select branch is scored by this branch, `⌈nvis/key_tile⌉` of them (chunk-major, see
+/// [`compressed_scratch`]) with `mc` the running maxima after each chunk (`[chunk][G]`).
 pub type CompressedFn = unsafe extern "C" fn(
     *const f32,
     *const f32,
@@ -76,8 +81,10 @@ pub type CompressedFn = unsafe extern "C" fn(
     *mut f32,
     *mut f32,
     *mut f32,
+    *mut f32,
 );
-/// `topn(p, nvis, t, len, scores, idx) -> count`.
+/// `topn(p, nvis, t, len, scores, idx) -> count`; `p` is the scoring branch's chunk-major
+/// normalized probabilities.
 pub type TopnFn = unsafe extern "C" fn(*const f32, i64, i64, i64, *mut f32, *mut i32) -> i64;
 /// `sel(q, kp, vp, idx, count, t, len, s, m, l, o, out)`.
 pub type SelectedFn = unsafe extern "C" fn(
@@ -124,29 +131,20 @@ pub enum StageFn {
 }
 
 /// Floats between consecutive rows of the score scratch (S/P) every attention driver is given:
-/// enough for the compressed tokens of the longest segment, a selection block (plus the three
-/// keys of misalignment) and a window key tile, padded by a cache line when it is a multiple of
-/// 256 bytes. It is a compile-time constant of the generated code, so row addresses fold into
-/// instruction displacements.
+/// enough for a key tile (`variant.key_tile`: the chunk width of compressed and window
+/// attention) and a selection block (plus the three keys of misalignment), padded by a cache
+/// line when it is a multiple of 256 bytes. It depends only on the variant and the spec's
+/// constants, never on B, T or `cu_seqlens`, and is a compile-time constant of the generated
+/// code, so row addresses fold into instruction displacements.
 pub fn score_stride(plan: &Plan, variant: &CpuVariant) -> usize {
     use crate::plan::Stage as S;
     let round4 = |x: usize| x.div_ceil(4).max(1) * 4;
-    let max_len = plan
-        .dims
-        .segments
-        .iter()
-        .map(|(s, e)| e - s)
-        .max()
-        .unwrap_or(1);
     let widest = plan
         .stages
         .iter()
         .map(|st| match st {
-            S::CompressedAttention(c) => {
-                round4(plan.pool_of(&c.branch).map_or(0, |p| p.tokens_in(max_len)))
-            }
+            S::CompressedAttention(_) | S::WindowAttention(_) => variant.key_tile as usize,
             S::SelectedAttention(s) => round4(s.block + 3),
-            S::WindowAttention(_) => variant.key_tile as usize,
             _ => 4,
         })
         .fold(4, usize::max);
@@ -156,6 +154,27 @@ pub fn score_stride(plan: &Plan, variant: &CpuVariant) -> usize {
         widest + 16
     } else {
         widest
+    }
+}
+
+/// Floats of the scratch a compressed attention driver `cmp_<c>` needs for at most `nvis`
+/// visible tokens, as `(s, mc)`. Unscored: `s` is one key tile of G rows of [`score_stride`]
+/// floats, `mc` is not read. Scored by a select branch: every key tile (chunk) of
+/// `key_tile` tokens keeps its P, chunk-major `[chunk][G][score_stride]`, and `mc` holds the
+/// running maxima after each chunk, `[chunk][G]`.
+pub fn compressed_scratch(
+    plan: &Plan,
+    variant: &CpuVariant,
+    scored: bool,
+    nvis: usize,
+) -> (usize, usize) {
+    let g = plan.dims.group;
+    let tile = g * score_stride(plan, variant);
+    if scored {
+        let chunks = nvis.div_ceil(variant.key_tile as usize).max(1);
+        (chunks * tile, chunks * g)
+    } else {
+        (tile, 1)
     }
 }
 

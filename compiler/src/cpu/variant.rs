@@ -16,7 +16,8 @@ pub struct CpuVariant {
     pub key_vectors: u32,
     /// F32X4 value vectors (4 dims each) per register tile in p·v: 1..=4.
     pub value_vectors: u32,
-    /// Keys per online-softmax tile of the window branch (multiple of 4, ≥ 4).
+    /// Keys per online-softmax tile (chunk) of the compressed and window branches (multiple
+    /// of 4, ≥ 4).
     pub key_tile: u32,
     /// Inner-loop unroll factor over the reduction dimension (1, 2 or 4).
     pub unroll: u32,

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use nsac_compiler::cpu::{CpuProgram, StageFn};
+use nsac_compiler::cpu::{CpuProgram, StageFn, compressed_scratch};
 use nsac_compiler::plan::{BufferId, Plan, Stage};
 use nsac_dsl::spec::Pool;
 use nsac_kernels::io::{Inputs, Tensor};
@@ -166,14 +166,18 @@ pub fn execute(plan: &Plan, program: &CpuProgram, inputs: &Inputs) -> CpuOutput 
         .collect();
 
     // Scratch: every attention driver's S/P rows are `score_stride` floats apart (a constant
-    // of the generated code); the scores of block selection need one float per block.
+    // of the generated code; a scored compressed stage keeps one such tile per key tile of
+    // visible tokens); the scores of block selection need one float per block.
     let max_len = d.segments.iter().map(|(s, e)| e - s).max().unwrap_or(1);
     let stride = program.score_stride;
     let mut scores_len = 1usize;
-    let mut cmp_stages: Vec<usize> = Vec::new();
+    // Compressed attention stages: (stage index, scored by a select branch).
+    let mut cmp_stages: Vec<(usize, bool)> = Vec::new();
     for (i, st) in plan.stages.iter().enumerate() {
         match st {
-            Stage::CompressedAttention(_) => cmp_stages.push(i),
+            Stage::CompressedAttention(c) => {
+                cmp_stages.push((i, plan.selects_scored_by(&c.branch) > 0))
+            }
             Stage::SelectBlocks(s) => scores_len = scores_len.max(max_len.div_ceil(s.block) + 1),
             _ => {}
         }
@@ -191,9 +195,20 @@ pub fn execute(plan: &Plan, program: &CpuProgram, inputs: &Inputs) -> CpuOutput 
     items.par_iter().for_each(|&(si, t0)| {
         let slot = prep.slots[si];
         let t1 = (t0 + chunk).min(slot.len);
-        let mut cmp_s: BTreeMap<usize, Vec<f32>> = cmp_stages
+        // The compressed stages' P scratch (and running maxima per chunk when scored), sized
+        // for the tokens visible to this item's last position (visibility grows with t).
+        let mut cmp_s: BTreeMap<usize, (Vec<f32>, Vec<f32>)> = cmp_stages
             .iter()
-            .map(|i| (*i, vec![0.0f32; g * stride]))
+            .map(|&(i, scored)| {
+                let nvis = match &plan.stages[i] {
+                    Stage::CompressedAttention(c) => plan
+                        .pool_of(&c.branch)
+                        .map_or(0, |p| p.visible_to(t1 - 1, slot.len, d.causal)),
+                    _ => 0,
+                };
+                let (sl, ml) = compressed_scratch(plan, &program.variant, scored, nvis);
+                (i, (vec![0.0f32; sl], vec![0.0f32; ml]))
+            })
             .collect();
         let mut cmp_nvis: BTreeMap<String, (usize, i64)> = BTreeMap::new();
         let mut tile = vec![0.0f32; g * stride];
@@ -223,15 +238,18 @@ pub fn execute(plan: &Plan, program: &CpuProgram, inputs: &Inputs) -> CpuOutput 
                                 .position(|s| matches!(s, Stage::Pool(p) if p.branch == c.branch))
                                 .unwrap_or(0);
                             let packed = &prep.pooled[&pidx][si];
-                            let s = cmp_s
+                            let (s, mc) = cmp_s
                                 .get_mut(&i)
-                                .map_or(std::ptr::null_mut(), |v| v.as_mut_ptr());
+                                .map_or((std::ptr::null_mut(), std::ptr::null_mut()), |(s, mc)| {
+                                    (s.as_mut_ptr(), mc.as_mut_ptr())
+                                });
                             f(
                                 qp,
                                 packed.k.as_ptr(),
                                 packed.v.as_ptr(),
                                 nvis,
                                 s,
+                                mc,
                                 m.as_mut_ptr(),
                                 l.as_mut_ptr(),
                                 o.as_mut_ptr(),
@@ -241,7 +259,7 @@ pub fn execute(plan: &Plan, program: &CpuProgram, inputs: &Inputs) -> CpuOutput 
                         }
                         (Stage::SelectBlocks(sb), StageFn::Topn(f)) => {
                             let (ci, nvis) = cmp_nvis.get(&sb.scored_by).copied().unwrap_or((0, 0));
-                            let s = cmp_s.get(&ci).map_or(std::ptr::null(), |v| v.as_ptr());
+                            let s = cmp_s.get(&ci).map_or(std::ptr::null(), |v| v.0.as_ptr());
                             let idx = iptr[&sb.idx].at((row * d.heads_kv + slot.h) * sb.top);
                             let n = f(s, nvis, t as i64, slot.len as i64, scores.as_mut_ptr(), idx);
                             counts.insert(sb.idx, n);

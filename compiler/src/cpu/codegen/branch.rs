@@ -2,7 +2,7 @@
 //! pooling, compressed attention, block scoring + top-n, selected attention, window attention
 //! and the gated combine. Attention drivers call the shared tile routines of `tile.rs`.
 
-use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::types::{F32, F32X4, I32, I64};
 use cranelift_codegen::ir::{FuncRef, InstBuilder, Value};
 use nsac_dsl::spec::Pool;
@@ -63,33 +63,101 @@ fn attend_range(
     e.b.ins().call(f[PV], &[s, vt, nk, o, s, s, s]);
 }
 
-/// `cmp_<c>(q, kcp, vcp, nvis, s, m, l, o, out)`: compressed attention over the first
-/// `nvis` pooled tokens (one tile holding the whole row). When `normalize`, P is left in `s`
-/// divided by ℓ: the probabilities the block scoring reads.
-pub fn compressed(e: &mut Emit, c: &Consts, f: &[FuncRef], p: &[Value], normalize: bool) {
-    let (q, kcp, vcp, nvis, s, m, l, o, out) =
-        (p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8]);
+/// Bytes between consecutive chunks of the scored compressed attention's P scratch: one key
+/// tile of G rows (`[chunk][G][s_stride]`, see `cpu::compressed_scratch`).
+fn chunk_bytes(c: &Consts) -> i64 {
+    (c.g * c.s_stride * 4) as i64
+}
+
+/// Number of key tiles (chunks) of `key_tile` tokens covering `n` tokens: ⌈n / key_tile⌉.
+fn chunk_count(e: &mut Emit, c: &Consts, n: Value) -> Value {
+    let kt = c.variant.key_tile as i64;
+    let n1 = e.b.ins().iadd_imm_s(n, kt - 1);
+    e.b.ins().udiv_imm_s(n1, kt)
+}
+
+/// `cmp_<c>(q, kcp, vcp, nvis, s, mc, m, l, o, out)`: compressed attention over the first
+/// `nvis` pooled tokens, an online softmax over key tiles of `key_tile` tokens (as `win_<w>`).
+/// When `scored` (a select branch reads its probabilities), every chunk keeps its P in its own
+/// tile of `s` (chunk-major `[chunk][G][s_stride]`) and the running maxima after it in
+/// `mc[chunk][G]`; a final pass scales chunk `k`'s P by `2^(m_k − m)/ℓ`, so that `s` holds
+/// exactly the normalized probabilities `2^(S − m)/ℓ` the block scoring reads (and `l` holds
+/// 1/ℓ afterwards). Otherwise every chunk reuses the one tile at `s` and `mc` is not read.
+pub fn compressed(e: &mut Emit, c: &Consts, f: &[FuncRef], p: &[Value], scored: bool) {
+    let (q, kcp, vcp, nvis, s, mc, m, l, o, out) =
+        (p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9]);
     init_rows(e, c, m, l, o);
+    let kt = c.variant.key_tile as i64;
+    let nch = chunk_count(e, c, nvis);
     let zero = e.int(0);
-    let any = e.b.ins().icmp(IntCC::SignedGreaterThan, nvis, zero);
-    e.when(any, |e| {
-        attend_range(e, c, f, [q, s, m, l, o], kcp, vcp, zero, nvis);
+    e.for_range(zero, nch, 1, |e, ch| {
+        let lo = e.b.ins().imul_imm_s(ch, kt);
+        let hi = e.b.ins().iadd_imm_s(lo, kt);
+        let hi = e.min(hi, nvis);
+        let sc = if scored {
+            e.addr(s, ch, chunk_bytes(c))
+        } else {
+            s
+        };
+        attend_range(e, c, f, [q, sc, m, l, o], kcp, vcp, lo, hi);
+        if scored {
+            let dst = e.addr(mc, ch, (c.g * 4) as i64);
+            for j in 0..c.g / 4 {
+                let x = e.load4(m, (j * 16) as i32);
+                e.store(x, dst, (j * 16) as i32);
+            }
+            for r in (c.g / 4 * 4)..c.g {
+                let x = e.load1(m, (r * 4) as i32);
+                e.store(x, dst, (r * 4) as i32);
+            }
+        }
     });
     e.b.ins().call(f[FINISH], &[o, l, out]);
-    if normalize {
-        let n3 = e.b.ins().iadd_imm_s(nvis, 3);
-        let nk4 = e.b.ins().sshr_imm_s(n3, 2);
+    if scored {
+        // ℓ is not read after `finish`: keep 1/ℓ there (0 for an empty row), one division per
+        // row instead of one per row and chunk.
         let start = e.int(0);
         let g = e.int(c.g as i64);
         e.for_range(start, g, 1, |e, r| {
-            let (_, invv) = super::tile::inverse_row_sum(e, l, r);
-            let row = e.addr(s, r, (c.s_stride * 4) as i64);
-            let z = e.int(0);
-            e.for_range(z, nk4, 1, |e, col| {
-                let a = e.addr(row, col, 16);
-                let x = e.load4(a, 0);
-                let y = e.b.ins().fmul(x, invv);
-                e.store(y, a, 0);
+            let (inv, _) = super::tile::inverse_row_sum(e, l, r);
+            let la = e.addr(l, r, 4);
+            e.store(inv, la, 0);
+        });
+        e.for_range(zero, nch, 1, |e, ch| {
+            let lo = e.b.ins().imul_imm_s(ch, kt);
+            let hi = e.b.ins().iadd_imm_s(lo, kt);
+            let hi = e.min(hi, nvis);
+            let n = e.b.ins().isub(hi, lo);
+            let n3 = e.b.ins().iadd_imm_s(n, 3);
+            let nk4 = e.b.ins().sshr_imm_s(n3, 2);
+            let tile = e.addr(s, ch, chunk_bytes(c));
+            let mrow = e.addr(mc, ch, (c.g * 4) as i64);
+            let start = e.int(0);
+            let g = e.int(c.g as i64);
+            e.for_range(start, g, 1, |e, r| {
+                let ia = e.addr(l, r, 4);
+                let inv = e.load1(ia, 0);
+                let mca = e.addr(mrow, r, 4);
+                let m_chunk = e.load1(mca, 0);
+                let ma = e.addr(m, r, 4);
+                let m_final = e.load1(ma, 0);
+                // m_chunk ≤ m_final (running maxima only grow), so 2^(m_chunk − m_final) ≤ 1;
+                // a row that saw only −∞ has ℓ = 0, hence factor 0 (vexp2 maps NaN to 0 too).
+                let diff = e.b.ins().fsub(m_chunk, m_final);
+                let diffv = e.b.ins().splat(F32X4, diff);
+                let alphav = e.vexp2(diffv);
+                let invv = e.b.ins().splat(F32X4, inv);
+                let factor = e.b.ins().fmul(alphav, invv);
+                let row = e.addr(tile, r, (c.s_stride * 4) as i64);
+                let pinned = e.materialize(&[row, factor]);
+                let (row, factor) = (pinned[0], pinned[1]);
+                let z = e.int(0);
+                e.for_range(z, nk4, 1, |e, col| {
+                    let a = e.addr(row, col, 16);
+                    let x = e.load4(a, 0);
+                    let y = e.b.ins().fmul(x, factor);
+                    e.store(y, a, 0);
+                });
             });
         });
     }
@@ -148,7 +216,8 @@ pub fn window(e: &mut Emit, c: &Consts, f: &[FuncRef], p: &[Value], size: usize)
 }
 
 /// `topn_<s>(p, nvis, t, len, scores, idx) -> count`: block scores from the scoring
-/// branch's probabilities `p` (G rows), forced blocks = +∞, then `count = min(top, nb)` rounds
+/// branch's normalized probabilities `p` (chunk-major G rows per key tile, as `compressed`
+/// leaves them), forced blocks = +∞, then `count = min(top, nb)` rounds
 /// of an arg-max scan (strict `>`, ascending index: ties go to the lower block); chosen blocks
 /// are marked −1 and written to `idx` in ascending order, the rest of `idx` is −1.
 pub fn topn(e: &mut Emit, c: &Consts, p: &[Value], sb: &SelectBlocksStage) -> Value {
@@ -171,36 +240,49 @@ pub fn topn(e: &mut Emit, c: &Consts, p: &[Value], sb: &SelectBlocksStage) -> Va
     let (cl, cd) = (sb.cmp_block as i64, sb.cmp_stride as i64);
     let inv_d = e.f32(1.0 / sb.cmp_stride as f32);
     let nb1 = e.b.ins().iadd_imm_s(nb, -1);
-    e.for_range(zero, nvis, 1, |e, j| {
-        let z = e.f32(0.0);
-        let pj = e.var(F32, z);
-        let col = e.addr(pp, j, 4);
-        for r in 0..c.g {
-            let x = e.load1(col, (r * c.s_stride * 4) as i32);
-            let cur = e.b.use_var(pj);
-            let n = e.b.ins().fadd(cur, x);
-            e.b.def_var(pj, n);
-        }
-        let pjv = e.b.use_var(pj);
-        let w = e.b.ins().fmul(pjv, inv_d);
-        let start = e.b.ins().imul_imm_s(j, cd);
-        let end = e.b.ins().iadd_imm_s(start, cl);
-        let i0 = e.b.ins().udiv_imm_s(start, bl);
-        let last = e.b.ins().iadd_imm_s(end, -1);
-        let i1 = e.b.ins().udiv_imm_s(last, bl);
-        let i1 = e.min(i1, nb1);
-        let i1p = e.b.ins().iadd_imm_s(i1, 1);
-        e.for_range(i0, i1p, 1, |e, i| {
-            let blo = e.b.ins().imul_imm_s(i, bl);
-            let bhi = e.b.ins().iadd_imm_s(blo, bl);
-            let a = e.max(start, blo);
-            let b = e.min(end, bhi);
-            let ov = e.b.ins().isub(b, a);
-            let ovf = e.int_to_f32(ov);
-            let sa = e.addr(scores, i, 4);
-            let cur = e.load1(sa, 0);
-            let n = e.fma(w, ovf, cur);
-            e.store(n, sa, 0);
+    // The probabilities are chunk-major (`[chunk][G][s_stride]`, see `compressed`): loop over
+    // chunks, then over the chunk's tokens, whose G rows are a constant stride apart.
+    let kt = c.variant.key_tile as i64;
+    let nch = chunk_count(e, c, nvis);
+    e.for_range(zero, nch, 1, |e, ch| {
+        let j0 = e.b.ins().imul_imm_s(ch, kt);
+        let j1 = e.b.ins().iadd_imm_s(j0, kt);
+        let j1 = e.min(j1, nvis);
+        // Token j of this chunk is column j − j0 of its tile: `base + 4·j`.
+        let tile = e.addr(pp, ch, chunk_bytes(c));
+        let back = e.b.ins().imul_imm_s(j0, -4);
+        let base = e.b.ins().iadd(tile, back);
+        e.for_range(j0, j1, 1, |e, j| {
+            let z = e.f32(0.0);
+            let pj = e.var(F32, z);
+            let col = e.addr(base, j, 4);
+            for r in 0..c.g {
+                let x = e.load1(col, (r * c.s_stride * 4) as i32);
+                let cur = e.b.use_var(pj);
+                let n = e.b.ins().fadd(cur, x);
+                e.b.def_var(pj, n);
+            }
+            let pjv = e.b.use_var(pj);
+            let w = e.b.ins().fmul(pjv, inv_d);
+            let start = e.b.ins().imul_imm_s(j, cd);
+            let end = e.b.ins().iadd_imm_s(start, cl);
+            let i0 = e.b.ins().udiv_imm_s(start, bl);
+            let last = e.b.ins().iadd_imm_s(end, -1);
+            let i1 = e.b.ins().udiv_imm_s(last, bl);
+            let i1 = e.min(i1, nb1);
+            let i1p = e.b.ins().iadd_imm_s(i1, 1);
+            e.for_range(i0, i1p, 1, |e, i| {
+                let blo = e.b.ins().imul_imm_s(i, bl);
+                let bhi = e.b.ins().iadd_imm_s(blo, bl);
+                let a = e.max(start, blo);
+                let b = e.min(end, bhi);
+                let ov = e.b.ins().isub(b, a);
+                let ovf = e.int_to_f32(ov);
+                let sa = e.addr(scores, i, 4);
+                let cur = e.load1(sa, 0);
+                let n = e.fma(w, ovf, cur);
+                e.store(n, sa, 0);
+            });
         });
     });
     // Forced blocks.

@@ -169,7 +169,7 @@ pub fn generate<M: Module>(
     for (i, stage) in plan.stages.iter().enumerate() {
         let (name, nparams, ret) = match stage {
             Stage::Pool(s) => (format!("pool_{}", sanitize(&s.branch)), 7, None),
-            Stage::CompressedAttention(s) => (format!("cmp_{}", sanitize(&s.branch)), 9, None),
+            Stage::CompressedAttention(s) => (format!("cmp_{}", sanitize(&s.branch)), 10, None),
             Stage::SelectBlocks(s) => (format!("topn_{}", sanitize(&s.branch)), 6, Some(I64)),
             Stage::SelectedAttention(s) => (format!("sel_{}", sanitize(&s.branch)), 12, None),
             Stage::WindowAttention(s) => (format!("win_{}", sanitize(&s.branch)), 10, None),

@@ -7,7 +7,9 @@
 //! `d` of four consecutive keys and q·kᵀ needs no horizontal reduction; each broadcast query
 //! element feeds `key_vectors` FMAs and each key vector feeds `rows` FMAs. Values are rows of
 //! `Dvp = ⌈Dv/4⌉·4` floats (zero padded). S, P and the accumulator O live in caller scratch:
-//! S/P rows of `s_stride` floats (a compile-time constant, `cpu::score_stride`), O rows of `Dvp` floats, one running max `m` and sum `ℓ` per row.
+//! S/P rows of `s_stride` floats (a compile-time constant, `cpu::score_stride`, that depends
+//! on the variant and the spec's constants only), O rows of `Dvp` floats, one running max `m`
+//! and sum `ℓ` per row.
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::types::F32X4;
