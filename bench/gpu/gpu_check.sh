@@ -20,6 +20,22 @@ if [[ $MODE == all || $MODE == test ]]; then
     echo "$tool (tuner variants) exit $?"; grep -E "SUMMARY|test result" "$OUT/$tool-variants.log"
   done
 fi
+if [[ $MODE == ab ]]; then
+  # `ab T…`: the previous build (.devbin/nsac-old) against this one (.devbin/nsac), alternating,
+  # on nsa-fla (bf16) at each T, two rounds; then the new binary alone on a varlen packing.
+  shift
+  for T in "$@"; do
+    for round in 1 2; do
+      for bin in nsac-old nsac; do
+        echo "== $bin T=$T round $round"
+        timeout 120 $D/$bin bench kernels/nsa-fla.nsa --device cuda --seq $T --dtype bf16 --runs 20 2>&1 \
+          | tee -a "$OUT/ab-$bin-$T.log" | grep -E "median|time|error|GFLOP"
+      done
+    done
+  done
+  timeout 120 $D/nsac run kernels/nsa-fla.nsa --device cuda --cu-seqlens 0,1000,5099,8192 --dtype bf16 2>&1 | tail -4
+  exit 0
+fi
 if [[ $MODE == tune ]]; then
   T=${2:-65536}
   timeout 240 $D/gpu_tune --nocapture 2>&1 | tee "$OUT/gpu_tune.log" | grep -E "device|test result|panicked|SKIPPED"

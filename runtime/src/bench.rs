@@ -11,7 +11,7 @@ use std::fmt;
 use std::time::Instant;
 
 use nsac_compiler::cpu::{CpuVariant, PEAK_FLOPS_PER_ITER, compile_peak};
-use nsac_compiler::plan::{Plan, Stage};
+use nsac_compiler::ir::{KeySet, Op, Plan, Sizes, rules};
 use nsac_dsl::problem::{Problem, Sequences, Shape};
 use nsac_dsl::spec::Spec;
 use nsac_kernels::io::random_inputs;
@@ -133,52 +133,62 @@ impl fmt::Display for BenchReport {
     }
 }
 
-/// Attention FLOPs of one call given the indices the kernel chose.
-pub fn attention_flops(plan: &Plan, out: &CpuOutput) -> f64 {
-    let d = &plan.dims;
+/// Attention FLOPs of one call on `sizes` given the indices the kernel chose.
+pub fn attention_flops(plan: &Plan, sizes: &Sizes, out: &CpuOutput) -> f64 {
+    let d = &plan.consts;
     let per_key = 2.0 * (d.dqk + d.dv) as f64 * d.heads_q as f64;
+    let batch = sizes.batch;
     let mut keys = 0.0f64;
-    for st in &plan.stages {
-        for &(s, e) in &d.segments {
+    for op in &plan.ops {
+        let Op::Attend(a) = op else { continue };
+        for &(s, e) in &sizes.segments {
             let len = e - s;
-            match st {
-                Stage::CompressedAttention(c) => {
-                    if let Some(p) = plan.pool_of(&c.branch) {
-                        let n: usize = (0..len).map(|t| p.visible_to(t, len, d.causal)).sum();
-                        keys += (n * d.batch) as f64;
-                    }
-                }
-                Stage::WindowAttention(w) => {
+            match &a.keys {
+                KeySet::Compressed { block, stride } => {
                     let n: usize = (0..len)
-                        .map(|t| {
-                            let (lo, hi) = w.keys(t, len, d.causal);
-                            hi.saturating_sub(lo)
-                        })
+                        .map(|t| rules::visible_compressed(t, len, *block, *stride, d.causal))
                         .sum();
-                    keys += (n * d.batch) as f64;
+                    keys += (n * batch) as f64;
                 }
-                Stage::SelectedAttention(sa) => {
-                    let Some(idx) = out.selected.get(&sa.branch) else {
+                KeySet::Window { size } => {
+                    let n: usize = (0..len)
+                        .map(|t| rules::window_keys(t, len, *size, d.causal).len())
+                        .sum();
+                    keys += (n * batch) as f64;
+                }
+                KeySet::Causal => {
+                    let n: usize = (0..len)
+                        .map(|t| rules::causal_keys(t, len, d.causal).len())
+                        .sum();
+                    keys += (n * batch) as f64;
+                }
+                KeySet::Gather { granularity, .. } => {
+                    let Some(idx) = out.selected.get(&a.branch) else {
                         continue;
                     };
-                    for b in 0..d.batch {
+                    let top = idx.shape.last().copied().unwrap_or(0);
+                    for b in 0..batch {
                         for t in 0..len {
                             for h in 0..d.heads_kv {
-                                let base = (((b * d.seq_len) + s + t) * d.heads_kv + h) * sa.top;
-                                for &i in &idx.data[base..base + sa.top] {
+                                let base = (((b * sizes.queries) + s + t) * d.heads_kv + h) * top;
+                                for &i in &idx.data[base..base + top] {
                                     if i < 0 {
                                         continue;
                                     }
-                                    let lo = i as usize * sa.block;
-                                    let lim = if d.causal { t + 1 } else { len };
-                                    let hi = ((i as usize + 1) * sa.block).min(lim);
-                                    keys += hi.saturating_sub(lo) as f64 / d.heads_kv as f64;
+                                    let n = rules::block_keys(
+                                        i as usize,
+                                        *granularity,
+                                        t,
+                                        len,
+                                        d.causal,
+                                    )
+                                    .len();
+                                    keys += n as f64 / d.heads_kv as f64;
                                 }
                             }
                         }
                     }
                 }
-                _ => {}
             }
         }
     }
@@ -273,7 +283,7 @@ pub fn bench_cpu(
         ceilings.push((before + after) / 2.0);
         before = after;
     }
-    let flops = attention_flops(kernel.plan(), &out);
+    let flops = attention_flops(kernel.plan(), &Sizes::of(kernel.shape()), &out);
     let ratios: Vec<f64> = times
         .iter()
         .zip(&ceilings)
@@ -301,7 +311,11 @@ pub fn bench_cpu(
             // Count the oracle's work with the CPU kernel's (identical) choices.
             let small_kernel = CpuKernel::compile(spec, &small, variant)?;
             let small_out = small_kernel.run(&small_inputs, threads)?;
-            let f = attention_flops(small_kernel.plan(), &small_out);
+            let f = attention_flops(
+                small_kernel.plan(),
+                &Sizes::of(small_kernel.shape()),
+                &small_out,
+            );
             (Some(secs * 1e3), Some(f / secs / 1e9))
         }
         None => (None, None),

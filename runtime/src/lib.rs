@@ -1,6 +1,7 @@
 //! nsac-runtime: tensors in and out, devices, kernel launching, tuning.
 
 pub mod bench;
+pub mod contract;
 pub mod cpu;
 pub mod cuda;
 pub mod guard;

@@ -13,7 +13,7 @@ use cranelift_module::{Module, default_libcall_names};
 use super::CpuError;
 use super::codegen::{self, Generated};
 use super::variant::CpuVariant;
-use crate::plan::Plan;
+use crate::ir::Plan;
 
 /// Whether the host has FMA (x86-64: the `fma` feature; aarch64 always).
 pub fn host_has_fma() -> bool {
@@ -142,7 +142,7 @@ fn write_perf_map(module: &JITModule, funcs: &[Generated], sizes: &[u32]) {
 pub fn emit_clif(plan: &Plan, variant: &CpuVariant) -> Result<String, CpuError> {
     variant.validate()?;
     let mut module = text_module()?;
-    let funcs = codegen::generate(&mut module, plan, variant, true)
+    let funcs = codegen::generate(&mut module, plan, &super::steps(plan)?, variant, true)
         .map_err(|e| CpuError::Codegen(e.to_string()))?;
     let mut out = String::new();
     for g in &funcs {
@@ -155,8 +155,14 @@ pub fn emit_clif(plan: &Plan, variant: &CpuVariant) -> Result<String, CpuError> 
 pub fn emit_asm(plan: &Plan, variant: &CpuVariant) -> Result<String, CpuError> {
     variant.validate()?;
     let mut module = host_module()?;
-    let funcs = codegen::generate(&mut module, plan, variant, host_has_fma())
-        .map_err(|e| CpuError::Codegen(e.to_string()))?;
+    let funcs = codegen::generate(
+        &mut module,
+        plan,
+        &super::steps(plan)?,
+        variant,
+        host_has_fma(),
+    )
+    .map_err(|e| CpuError::Codegen(e.to_string()))?;
     let asm = define_all(&mut module, &funcs, true)?;
     // SAFETY: nothing compiled in this module is referenced after this point.
     unsafe { module.free_memory() };
@@ -171,8 +177,14 @@ pub fn compile_host(
     variant.validate()?;
     let start = Instant::now();
     let mut module = host_module()?;
-    let funcs = codegen::generate(&mut module, plan, variant, host_has_fma())
-        .map_err(|e| CpuError::Codegen(e.to_string()))?;
+    let funcs = codegen::generate(
+        &mut module,
+        plan,
+        &super::steps(plan)?,
+        variant,
+        host_has_fma(),
+    )
+    .map_err(|e| CpuError::Codegen(e.to_string()))?;
     define_all(&mut module, &funcs, false)?;
     Ok((module, funcs, start.elapsed()))
 }

@@ -28,6 +28,7 @@
 mod codegen;
 mod emit;
 mod jit;
+pub mod schedule;
 mod variant;
 
 use std::time::Duration;
@@ -37,8 +38,9 @@ use cranelift_jit::JITModule;
 pub use jit::{emit_asm, emit_clif, host_has_fma};
 pub use variant::{CpuVariant, VariantError, candidates};
 
-use crate::plan::Plan;
+use crate::ir::Plan;
 use codegen::Role;
+pub use schedule::{Step, TopnParams, steps};
 
 /// Why CPU code generation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -119,7 +121,7 @@ pub type CombineFn = unsafe extern "C" fn(*const *mut f32);
 /// `fma_peak(iters) -> checksum`: 12 chains × 8 FLOPs per iteration.
 pub type PeakFn = unsafe extern "C" fn(i64) -> f32;
 
-/// The compiled driver of one plan stage (same index as `plan.stages`).
+/// The compiled driver of one step (same index as [`steps`]).
 #[derive(Debug, Clone, Copy)]
 pub enum StageFn {
     Pool(PoolFn),
@@ -137,14 +139,13 @@ pub enum StageFn {
 /// constants, never on B, T or `cu_seqlens`, and is a compile-time constant of the generated
 /// code, so row addresses fold into instruction displacements.
 pub fn score_stride(plan: &Plan, variant: &CpuVariant) -> usize {
-    use crate::plan::Stage as S;
     let round4 = |x: usize| x.div_ceil(4).max(1) * 4;
-    let widest = plan
-        .stages
+    let widest = steps(plan)
+        .unwrap_or_default()
         .iter()
         .map(|st| match st {
-            S::CompressedAttention(_) | S::WindowAttention(_) => variant.key_tile as usize,
-            S::SelectedAttention(s) => round4(s.block + 3),
+            Step::Compressed { .. } | Step::Window { .. } => variant.key_tile as usize,
+            Step::Selected { block, .. } => round4(block + 3),
             _ => 4,
         })
         .fold(4, usize::max);
@@ -168,7 +169,7 @@ pub fn compressed_scratch(
     scored: bool,
     nvis: usize,
 ) -> (usize, usize) {
-    let g = plan.dims.group;
+    let g = plan.consts.group;
     let tile = g * score_stride(plan, variant);
     if scored {
         let chunks = nvis.div_ceil(variant.key_tile as usize).max(1);
@@ -181,7 +182,7 @@ pub fn compressed_scratch(
 /// A plan compiled for this host. The code lives as long as this value.
 pub struct CpuProgram {
     module: Option<JITModule>,
-    /// One driver per plan stage, in stage order.
+    /// One driver per step of [`steps`], in order.
     pub stages: Vec<StageFn>,
     /// Wall time of code generation + JIT compilation.
     pub compile_time: Duration,
@@ -217,7 +218,7 @@ impl Drop for CpuProgram {
 
 /// Rejects a plan whose code would be too large to generate ([`CpuError::TooLarge`]).
 pub fn check_size(plan: &Plan) -> Result<(), CpuError> {
-    let (group, dqk, dv) = (plan.dims.group, plan.dims.dqk, plan.dims.dv);
+    let (group, dqk, dv) = (plan.consts.group, plan.consts.dqk, plan.consts.dv);
     let dims = dqk.saturating_add(dv);
     if group > MAX_GROUP
         || dqk.max(dv) > MAX_HEAD_DIM
@@ -231,34 +232,36 @@ pub fn check_size(plan: &Plan) -> Result<(), CpuError> {
 /// Compiles `plan` under `variant` for this host.
 pub fn compile(plan: &Plan, variant: &CpuVariant) -> Result<CpuProgram, CpuError> {
     check_size(plan)?;
-    if plan.dims.dtype != nsac_dsl::problem::DType::F32 {
-        return Err(CpuError::DType(plan.dims.dtype.name()));
+    if plan.consts.dtype != nsac_dsl::problem::DType::F32 {
+        return Err(CpuError::DType(plan.consts.dtype.name()));
     }
+    let steps = steps(plan)?;
     let (module, funcs, compile_time) = jit::compile_host(plan, variant)?;
     let mut stages = Vec::new();
-    for (i, stage) in plan.stages.iter().enumerate() {
+    for (i, step) in steps.iter().enumerate() {
         let g = funcs
             .iter()
             .find(|g| g.role == Role::Stage(i))
-            .ok_or_else(|| CpuError::Codegen(format!("stage {i} has no function")))?;
+            .ok_or_else(|| CpuError::Codegen(format!("step {i} has no function")))?;
         let ptr = module.get_finalized_function(g.id);
         // SAFETY: `ptr` is the finalized code of a function built with exactly the signature
         // of the corresponding type (see `codegen::generate`).
         let f = unsafe {
-            use crate::plan::Stage as S;
-            match stage {
-                S::Pool(_) => StageFn::Pool(std::mem::transmute::<*const u8, PoolFn>(ptr)),
-                S::CompressedAttention(_) => {
+            match step {
+                Step::Pool(_) => StageFn::Pool(std::mem::transmute::<*const u8, PoolFn>(ptr)),
+                Step::Compressed { .. } => {
                     StageFn::Compressed(std::mem::transmute::<*const u8, CompressedFn>(ptr))
                 }
-                S::SelectBlocks(_) => StageFn::Topn(std::mem::transmute::<*const u8, TopnFn>(ptr)),
-                S::SelectedAttention(_) => {
+                Step::Topn { .. } => StageFn::Topn(std::mem::transmute::<*const u8, TopnFn>(ptr)),
+                Step::Selected { .. } => {
                     StageFn::Selected(std::mem::transmute::<*const u8, SelectedFn>(ptr))
                 }
-                S::WindowAttention(_) => {
+                Step::Window { .. } => {
                     StageFn::Window(std::mem::transmute::<*const u8, WindowFn>(ptr))
                 }
-                S::Combine(_) => StageFn::Combine(std::mem::transmute::<*const u8, CombineFn>(ptr)),
+                Step::Combine(_) => {
+                    StageFn::Combine(std::mem::transmute::<*const u8, CombineFn>(ptr))
+                }
             }
         };
         stages.push(f);

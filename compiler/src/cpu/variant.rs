@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::plan::Plan;
+use crate::ir::Plan;
 
 /// Tuning knobs of the CPU backend. Plain data: serializable, comparable, with a default that is
 /// good on a 16-register x86-64 (SSE/AVX xmm) machine.
@@ -165,7 +165,7 @@ impl CpuVariant {
 /// candidate obeys: [`CpuVariant::validate`] passes and [`CpuVariant::registers`] ≤ 16; `rows`
 /// is not larger than the GQA group (more rows than heads would only leave the tile empty).
 pub fn candidates(plan: &Plan) -> Vec<CpuVariant> {
-    let g = plan.dims.group as u32;
+    let g = plan.consts.group as u32;
     let mut out = vec![CpuVariant::default()];
     for rows in [1u32, 2, 3, 4] {
         if rows > g.max(1) && rows != 1 {

@@ -13,9 +13,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use nsac_compiler::cpu::{self as backend, CpuError, CpuProgram, CpuVariant};
-use nsac_compiler::plan::{Plan, PlanError};
+use nsac_compiler::ir::{LowerError, Plan, Sizes};
+use nsac_dsl::Spec;
 use nsac_dsl::problem::{Problem, ProblemError, Shape};
-use nsac_dsl::spec::Spec;
 use nsac_kernels::io::{InputError, Inputs, Tensor};
 
 /// Why compiling or running a CPU kernel failed.
@@ -24,7 +24,9 @@ pub enum CpuKernelError {
     #[error(transparent)]
     Problem(#[from] ProblemError),
     #[error(transparent)]
-    Plan(#[from] PlanError),
+    Lower(#[from] LowerError),
+    #[error(transparent)]
+    Contract(#[from] crate::contract::ContractError),
     #[error(transparent)]
     Codegen(#[from] CpuError),
     #[error(transparent)]
@@ -85,7 +87,7 @@ impl CpuKernel {
         shape: &Shape,
         variant: &CpuVariant,
     ) -> Result<CpuKernel, CpuKernelError> {
-        let plan = Plan::new(spec, shape)?;
+        let plan = Plan::for_shape(spec, shape)?;
         let program = backend::compile(&plan, variant)?;
         Ok(CpuKernel {
             spec: spec.clone(),
@@ -127,20 +129,33 @@ impl CpuKernel {
         &self.program.variant
     }
 
-    /// Runs the kernel on `inputs` with `threads` worker threads.
+    /// Runs the kernel on `inputs` of the shape it was compiled for, with `threads` worker
+    /// threads.
     pub fn run(&self, inputs: &Inputs, threads: usize) -> Result<CpuOutput, CpuKernelError> {
+        self.run_sizes(&Sizes::of(&self.shape), inputs, threads)
+    }
+
+    /// Runs the kernel on `inputs` of any batch, lengths and packing (`sizes`): the generated
+    /// code does not depend on them.
+    pub fn run_sizes(
+        &self,
+        sizes: &Sizes,
+        inputs: &Inputs,
+        threads: usize,
+    ) -> Result<CpuOutput, CpuKernelError> {
         if threads == 0 {
             return Err(CpuKernelError::NoThreads);
         }
-        nsac_kernels::io::check_inputs(&self.spec, &self.shape, inputs)?;
-        crate::guard::check(
-            &self.spec,
-            &self.shape,
-            inputs,
-            crate::guard::Arithmetic::F32,
-        )?;
+        crate::contract::check_inputs(&self.plan, sizes, inputs)?;
+        let shape = Shape {
+            batch: sizes.batch,
+            seq_len: sizes.queries,
+            segments: sizes.segments.clone(),
+            ..self.shape.clone()
+        };
+        crate::guard::check(&self.spec, &shape, inputs, crate::guard::Arithmetic::F32)?;
         let pool = self.pool(threads)?;
-        Ok(pool.install(|| run::execute(&self.plan, &self.program, inputs)))
+        Ok(pool.install(|| run::execute(&self.plan, &self.program, sizes, inputs)))
     }
 }
 
@@ -151,7 +166,7 @@ pub fn emit_clif(
     shape: &Shape,
     variant: &CpuVariant,
 ) -> Result<String, CpuKernelError> {
-    let plan = Plan::new(spec, shape)?;
+    let plan = Plan::for_shape(spec, shape)?;
     backend::check_size(&plan)?;
     Ok(backend::emit_clif(&plan, variant)?)
 }
@@ -163,7 +178,7 @@ pub fn emit_asm(
     shape: &Shape,
     variant: &CpuVariant,
 ) -> Result<String, CpuKernelError> {
-    let plan = Plan::new(spec, shape)?;
+    let plan = Plan::for_shape(spec, shape)?;
     backend::check_size(&plan)?;
     Ok(backend::emit_asm(&plan, variant)?)
 }

@@ -1,12 +1,12 @@
-//! One call of a compiled plan: pack/pool per (b, segment, kv head), then the work items
-//! (b, segment, kv head, chunk of positions) in parallel, each calling the stage drivers for
-//! every position in stage order.
+//! One call of a compiled plan on one call's [`Sizes`]: pack/pool per (b, segment, kv head),
+//! then the work items (b, segment, kv head, chunk of positions) in parallel, each calling the
+//! drivers of the backend's steps (`nsac_compiler::cpu::steps`) for every position in order.
+//! Tensors are found by the plan's names; outputs are the plan's `Out` tensors.
 
 use std::collections::BTreeMap;
 
-use nsac_compiler::cpu::{CpuProgram, StageFn, compressed_scratch};
-use nsac_compiler::plan::{BufferId, Plan, Stage};
-use nsac_dsl::spec::Pool;
+use nsac_compiler::cpu::{CpuProgram, StageFn, Step, compressed_scratch};
+use nsac_compiler::ir::{Elem, Plan, PoolKind, Role, Sizes, TensorId, rules};
 use nsac_kernels::io::{Inputs, Tensor};
 use rayon::prelude::*;
 
@@ -31,27 +31,34 @@ impl<T> Shared<T> {
 
 /// Everything prepared before the work items run.
 struct Prepared<'a> {
-    /// Packed raw K/V per (K buffer id) per slot index.
-    raw: BTreeMap<BufferId, Vec<Packed>>,
-    /// Pooled K̃/V̈ per compress stage index per slot index.
-    pooled: BTreeMap<usize, Vec<Packed>>,
+    /// Packed raw K/V per (K tensor) per slot index.
+    raw: BTreeMap<TensorId, Vec<Packed>>,
+    /// Pooled K̃/Ṽ per compress branch per slot index.
+    pooled: BTreeMap<String, Vec<Packed>>,
     slots: Vec<Slot>,
     inputs: &'a Inputs,
 }
 
-fn input<'a>(plan: &Plan, inputs: &'a Inputs, id: BufferId) -> &'a [f32] {
+fn input<'a>(plan: &Plan, inputs: &'a Inputs, id: TensorId) -> &'a [f32] {
     inputs
-        .get(&plan.buffer(id).name)
+        .get(&plan.tensor(id).name)
         .map(|t| t.data.as_slice())
         .unwrap_or(&[])
 }
 
-fn prepare<'a>(plan: &Plan, program: &CpuProgram, inputs: &'a Inputs) -> Prepared<'a> {
-    let d = &plan.dims;
+fn prepare<'a>(
+    plan: &Plan,
+    steps: &[Step<'_>],
+    sizes: &Sizes,
+    program: &CpuProgram,
+    inputs: &'a Inputs,
+) -> Prepared<'a> {
+    let d = &plan.consts;
+    let seq_len = sizes.keys;
     let dvp = d.dv.div_ceil(4) * 4;
     let mut slots = Vec::new();
-    for b in 0..d.batch {
-        for &(start, end) in &d.segments {
+    for b in 0..sizes.batch {
+        for &(start, end) in &sizes.segments {
             for h in 0..d.heads_kv {
                 slots.push(Slot {
                     b,
@@ -63,10 +70,9 @@ fn prepare<'a>(plan: &Plan, program: &CpuProgram, inputs: &'a Inputs) -> Prepare
         }
     }
     let mut raw = BTreeMap::new();
-    for st in &plan.stages {
+    for st in steps {
         let (k, v) = match st {
-            Stage::SelectedAttention(s) => (s.k, s.v),
-            Stage::WindowAttention(w) => (w.k, w.v),
+            Step::Selected { attend, .. } | Step::Window { attend, .. } => (attend.k, attend.v),
             _ => continue,
         };
         if raw.contains_key(&k) {
@@ -75,13 +81,13 @@ fn prepare<'a>(plan: &Plan, program: &CpuProgram, inputs: &'a Inputs) -> Prepare
         let (kd, vd) = (input(plan, inputs, k), input(plan, inputs, v));
         let packs: Vec<Packed> = slots
             .par_iter()
-            .map(|s| pack(kd, vd, d.seq_len, d.heads_kv, d.dqk, d.dv, dvp, *s))
+            .map(|s| pack(kd, vd, seq_len, d.heads_kv, d.dqk, d.dv, dvp, *s))
             .collect();
         raw.insert(k, packs);
     }
     let mut pooled = BTreeMap::new();
-    for (i, st) in plan.stages.iter().enumerate() {
-        let (Stage::Pool(ps), StageFn::Pool(f)) = (st, program.stages[i]) else {
+    for (i, st) in steps.iter().enumerate() {
+        let (Step::Pool(ps), StageFn::Pool(f)) = (st, program.stages[i]) else {
             continue;
         };
         let (kd, vd) = (input(plan, inputs, ps.k), input(plan, inputs, ps.v));
@@ -89,19 +95,19 @@ fn prepare<'a>(plan: &Plan, program: &CpuProgram, inputs: &'a Inputs) -> Prepare
         let packs: Vec<Packed> = slots
             .par_iter()
             .map(|s| {
-                let ntok = ps.tokens_in(s.len);
+                let ntok = rules::compressed_tokens(s.len, ps.block, ps.stride);
                 let n4 = ntok.div_ceil(4).max(1);
                 let mut kc = vec![0.0f32; n4 * d.dqk * 4];
                 let mut vc = vec![0.0f32; n4 * 4 * dvp];
-                let kp = kd[offset(d.seq_len, d.heads_kv, d.dqk, s.b, s.start, s.h)..].as_ptr();
-                let vp = vd[offset(d.seq_len, d.heads_kv, d.dv, s.b, s.start, s.h)..].as_ptr();
-                let (wk, wv) = match ps.pool {
-                    Pool::Mean => (kp, kp),
-                    Pool::Weighted => {
+                let kp = kd[offset(seq_len, d.heads_kv, d.dqk, s.b, s.start, s.h)..].as_ptr();
+                let vp = vd[offset(seq_len, d.heads_kv, d.dv, s.b, s.start, s.h)..].as_ptr();
+                let (wk, wv) = match ps.kind {
+                    PoolKind::Mean => (kp, kp),
+                    PoolKind::Weighted => {
                         let p = w[0][s.h * ps.block..].as_ptr();
                         (p, p)
                     }
-                    Pool::Linear => (
+                    PoolKind::Linear => (
                         w[0][s.h * ps.block * d.dqk * d.dqk..].as_ptr(),
                         w[1][s.h * ps.block * d.dv * d.dv..].as_ptr(),
                     ),
@@ -122,7 +128,7 @@ fn prepare<'a>(plan: &Plan, program: &CpuProgram, inputs: &'a Inputs) -> Prepare
                 Packed { k: kc, v: vc }
             })
             .collect();
-        pooled.insert(i, packs);
+        pooled.insert(ps.branch.clone(), packs);
     }
     Prepared {
         raw,
@@ -132,35 +138,37 @@ fn prepare<'a>(plan: &Plan, program: &CpuProgram, inputs: &'a Inputs) -> Prepare
     }
 }
 
-/// Runs the plan; inputs were checked by the caller.
-pub fn execute(plan: &Plan, program: &CpuProgram, inputs: &Inputs) -> CpuOutput {
-    let d = &plan.dims;
-    let prep = prepare(plan, program, inputs);
-    let (bt, hq, dv) = (d.batch * d.seq_len, d.heads_q, d.dv);
+/// Runs the plan on `sizes`; inputs were checked by the caller.
+pub fn execute(plan: &Plan, program: &CpuProgram, sizes: &Sizes, inputs: &Inputs) -> CpuOutput {
+    let d = &plan.consts;
+    // The steps were computed from this plan when it compiled; they cannot fail now.
+    let steps = nsac_compiler::cpu::steps(plan).unwrap_or_default();
+    let prep = prepare(plan, &steps, sizes, program, inputs);
+    let seq_len = sizes.queries;
+    let (hq, dv) = (d.heads_q, d.dv);
     let dvp = dv.div_ceil(4) * 4;
     let g = d.group;
 
     // Outputs.
-    let mut f32_out: BTreeMap<BufferId, Tensor<f32>> = BTreeMap::new();
-    let mut i32_out: BTreeMap<BufferId, Tensor<i32>> = BTreeMap::new();
-    for (i, b) in plan.buffers.iter().enumerate() {
-        if b.role != nsac_compiler::plan::BufferRole::Output {
-            continue;
-        }
-        match b.elem {
-            nsac_compiler::plan::Elem::F32 => {
-                f32_out.insert(BufferId(i), Tensor::full(b.dims.clone(), 0.0));
+    let mut f32_out: BTreeMap<TensorId, Tensor<f32>> = BTreeMap::new();
+    let mut i32_out: BTreeMap<TensorId, Tensor<i32>> = BTreeMap::new();
+    for id in plan.tensors_with(Role::Out) {
+        // Shapes were bound (and their products checked) when the inputs were.
+        let shape = sizes.shape(plan, id).unwrap_or_default();
+        match plan.tensor(id).elem {
+            Elem::I32 => {
+                i32_out.insert(id, Tensor::full(shape, -1));
             }
-            nsac_compiler::plan::Elem::I32 => {
-                i32_out.insert(BufferId(i), Tensor::full(b.dims.clone(), -1));
+            _ => {
+                f32_out.insert(id, Tensor::full(shape, 0.0));
             }
         }
     }
-    let fptr: BTreeMap<BufferId, Shared<f32>> = f32_out
+    let fptr: BTreeMap<TensorId, Shared<f32>> = f32_out
         .iter_mut()
         .map(|(k, t)| (*k, Shared(t.data.as_mut_ptr())))
         .collect();
-    let iptr: BTreeMap<BufferId, Shared<i32>> = i32_out
+    let iptr: BTreeMap<TensorId, Shared<i32>> = i32_out
         .iter_mut()
         .map(|(k, t)| (*k, Shared(t.data.as_mut_ptr())))
         .collect();
@@ -168,29 +176,27 @@ pub fn execute(plan: &Plan, program: &CpuProgram, inputs: &Inputs) -> CpuOutput 
     // Scratch: every attention driver's S/P rows are `score_stride` floats apart (a constant
     // of the generated code; a scored compressed stage keeps one such tile per key tile of
     // visible tokens); the scores of block selection need one float per block.
-    let max_len = d.segments.iter().map(|(s, e)| e - s).max().unwrap_or(1);
+    let max_len = sizes.max_segment().max(1);
     let stride = program.score_stride;
     let mut scores_len = 1usize;
     // Compressed attention stages: (stage index, scored by a select branch).
     let mut cmp_stages: Vec<(usize, bool)> = Vec::new();
-    for (i, st) in plan.stages.iter().enumerate() {
+    for (i, st) in steps.iter().enumerate() {
         match st {
-            Stage::CompressedAttention(c) => {
-                cmp_stages.push((i, plan.selects_scored_by(&c.branch) > 0))
+            Step::Compressed { scored, .. } => cmp_stages.push((i, *scored)),
+            Step::Topn { params, .. } => {
+                scores_len = scores_len.max(max_len.div_ceil(params.block) + 1)
             }
-            Stage::SelectBlocks(s) => scores_len = scores_len.max(max_len.div_ceil(s.block) + 1),
             _ => {}
         }
     }
     let chunk = program.variant.query_chunk as usize;
-    let nseg = d.segments.len();
     let items: Vec<(usize, usize)> = prep
         .slots
         .iter()
         .enumerate()
         .flat_map(|(si, s)| (0..s.len.div_ceil(chunk)).map(move |c| (si, c * chunk)))
         .collect();
-    let _ = nseg;
 
     items.par_iter().for_each(|&(si, t0)| {
         let slot = prep.slots[si];
@@ -200,10 +206,14 @@ pub fn execute(plan: &Plan, program: &CpuProgram, inputs: &Inputs) -> CpuOutput 
         let mut cmp_s: BTreeMap<usize, (Vec<f32>, Vec<f32>)> = cmp_stages
             .iter()
             .map(|&(i, scored)| {
-                let nvis = match &plan.stages[i] {
-                    Stage::CompressedAttention(c) => plan
-                        .pool_of(&c.branch)
-                        .map_or(0, |p| p.visible_to(t1 - 1, slot.len, d.causal)),
+                let nvis = match &steps[i] {
+                    Step::Compressed { pool, .. } => rules::visible_compressed(
+                        t1 - 1,
+                        slot.len,
+                        pool.block,
+                        pool.stride,
+                        d.causal,
+                    ),
                     _ => 0,
                 };
                 let (sl, ml) = compressed_scratch(plan, &program.variant, scored, nvis);
@@ -216,35 +226,40 @@ pub fn execute(plan: &Plan, program: &CpuProgram, inputs: &Inputs) -> CpuOutput 
         let mut l = vec![0.0f32; g];
         let mut o = vec![0.0f32; g * dvp];
         let mut scores = vec![0.0f32; scores_len];
-        let mut counts: BTreeMap<BufferId, i64> = BTreeMap::new();
+        let mut counts: BTreeMap<TensorId, i64> = BTreeMap::new();
         for t in t0..t1 {
             let pos = slot.start + t;
-            let row = slot.b * d.seq_len + pos;
-            let q = input(plan, prep.inputs, BufferId(0));
-            let qp = q[(row * hq + slot.h * g) * d.dqk..].as_ptr();
+            let row = slot.b * seq_len + pos;
+            let q_at = |q: TensorId| {
+                input(plan, prep.inputs, q)[(row * hq + slot.h * g) * d.dqk..].as_ptr()
+            };
             let out_off = (row * hq + slot.h * g) * dv;
-            for (i, st) in plan.stages.iter().enumerate() {
+            for (i, st) in steps.iter().enumerate() {
                 // SAFETY: every pointer below addresses this item's rows of a buffer sized by
                 // the plan, or scratch sized above for the largest tile of any stage.
                 unsafe {
                     match (st, program.stages[i]) {
-                        (Stage::CompressedAttention(c), StageFn::Compressed(f)) => {
-                            let pool = plan.pool_of(&c.branch);
-                            let nvis =
-                                pool.map_or(0, |p| p.visible_to(t, slot.len, d.causal)) as i64;
-                            let pidx = plan
-                                .stages
-                                .iter()
-                                .position(|s| matches!(s, Stage::Pool(p) if p.branch == c.branch))
-                                .unwrap_or(0);
-                            let packed = &prep.pooled[&pidx][si];
+                        (
+                            Step::Compressed {
+                                attend: c, pool, ..
+                            },
+                            StageFn::Compressed(f),
+                        ) => {
+                            let nvis = rules::visible_compressed(
+                                t,
+                                slot.len,
+                                pool.block,
+                                pool.stride,
+                                d.causal,
+                            ) as i64;
+                            let packed = &prep.pooled[&pool.branch][si];
                             let (s, mc) = cmp_s
                                 .get_mut(&i)
                                 .map_or((std::ptr::null_mut(), std::ptr::null_mut()), |(s, mc)| {
                                     (s.as_mut_ptr(), mc.as_mut_ptr())
                                 });
                             f(
-                                qp,
+                                q_at(c.q),
                                 packed.k.as_ptr(),
                                 packed.v.as_ptr(),
                                 nvis,
@@ -257,22 +272,35 @@ pub fn execute(plan: &Plan, program: &CpuProgram, inputs: &Inputs) -> CpuOutput 
                             );
                             cmp_nvis.insert(c.branch.clone(), (i, nvis));
                         }
-                        (Stage::SelectBlocks(sb), StageFn::Topn(f)) => {
-                            let (ci, nvis) = cmp_nvis.get(&sb.scored_by).copied().unwrap_or((0, 0));
+                        (
+                            Step::Topn {
+                                topk, by, params, ..
+                            },
+                            StageFn::Topn(f),
+                        ) => {
+                            let (ci, nvis) = cmp_nvis.get(*by).copied().unwrap_or((0, 0));
                             let s = cmp_s.get(&ci).map_or(std::ptr::null(), |v| v.0.as_ptr());
-                            let idx = iptr[&sb.idx].at((row * d.heads_kv + slot.h) * sb.top);
+                            let idx = iptr[&topk.idx].at((row * d.heads_kv + slot.h) * params.top);
                             let n = f(s, nvis, t as i64, slot.len as i64, scores.as_mut_ptr(), idx);
-                            counts.insert(sb.idx, n);
+                            counts.insert(topk.idx, n);
                         }
-                        (Stage::SelectedAttention(sa), StageFn::Selected(f)) => {
+                        (
+                            Step::Selected {
+                                attend: sa,
+                                idx: sel_idx,
+                                top,
+                                ..
+                            },
+                            StageFn::Selected(f),
+                        ) => {
                             let packed = &prep.raw[&sa.k][si];
-                            let idx = iptr[&sa.idx].at((row * d.heads_kv + slot.h) * sa.top);
+                            let idx = iptr[sel_idx].at((row * d.heads_kv + slot.h) * top);
                             f(
-                                qp,
+                                q_at(sa.q),
                                 packed.k.as_ptr(),
                                 packed.v.as_ptr(),
                                 idx,
-                                counts.get(&sa.idx).copied().unwrap_or(0),
+                                counts.get(sel_idx).copied().unwrap_or(0),
                                 t as i64,
                                 slot.len as i64,
                                 tile.as_mut_ptr(),
@@ -282,10 +310,10 @@ pub fn execute(plan: &Plan, program: &CpuProgram, inputs: &Inputs) -> CpuOutput 
                                 fptr[&sa.out].at(out_off),
                             );
                         }
-                        (Stage::WindowAttention(w), StageFn::Window(f)) => {
+                        (Step::Window { attend: w, .. }, StageFn::Window(f)) => {
                             let packed = &prep.raw[&w.k][si];
                             f(
-                                qp,
+                                q_at(w.q),
                                 packed.k.as_ptr(),
                                 packed.v.as_ptr(),
                                 t as i64,
@@ -297,7 +325,7 @@ pub fn execute(plan: &Plan, program: &CpuProgram, inputs: &Inputs) -> CpuOutput 
                                 fptr[&w.out].at(out_off),
                             );
                         }
-                        (Stage::Combine(c), StageFn::Combine(f)) => {
+                        (Step::Combine(c), StageFn::Combine(f)) => {
                             let mut args: Vec<*mut f32> = vec![fptr[&c.out].at(out_off)];
                             for term in &c.terms {
                                 args.push(fptr[&term.out].at(out_off));
@@ -317,10 +345,9 @@ pub fn execute(plan: &Plan, program: &CpuProgram, inputs: &Inputs) -> CpuOutput 
 
     let mut branches = BTreeMap::new();
     let mut selected = BTreeMap::new();
-    let mut o_out = Tensor::full(vec![d.batch, d.seq_len, hq, dv], 0.0f32);
-    let _ = bt;
+    let mut o_out = Tensor::full(vec![sizes.batch, seq_len, hq, dv], 0.0f32);
     for (id, t) in f32_out {
-        let name = &plan.buffer(id).name;
+        let name = &plan.tensor(id).name;
         if name == "o" {
             o_out = t;
         } else if let Some(b) = name.strip_prefix("o_") {
@@ -328,7 +355,7 @@ pub fn execute(plan: &Plan, program: &CpuProgram, inputs: &Inputs) -> CpuOutput 
         }
     }
     for (id, t) in i32_out {
-        if let Some(b) = plan.buffer(id).name.strip_prefix("idx_") {
+        if let Some(b) = plan.tensor(id).name.strip_prefix("idx_") {
             selected.insert(b.to_string(), t);
         }
     }

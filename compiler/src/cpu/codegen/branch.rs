@@ -5,10 +5,10 @@
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::types::{F32, F32X4, I32, I64};
 use cranelift_codegen::ir::{FuncRef, InstBuilder, Value};
-use nsac_dsl::spec::Pool;
 
 use super::{Consts, Emit, mem};
-use crate::plan::{PoolStage, SelectBlocksStage};
+use crate::cpu::schedule::TopnParams;
+use crate::ir::{Pool, PoolKind};
 
 /// Indices into the callee list every attention driver is given.
 pub const QK: usize = 0;
@@ -220,7 +220,7 @@ pub fn window(e: &mut Emit, c: &Consts, f: &[FuncRef], p: &[Value], size: usize)
 /// leaves them), forced blocks = +∞, then `count = min(top, nb)` rounds
 /// of an arg-max scan (strict `>`, ascending index: ties go to the lower block); chosen blocks
 /// are marked −1 and written to `idx` in ascending order, the rest of `idx` is −1.
-pub fn topn(e: &mut Emit, c: &Consts, p: &[Value], sb: &SelectBlocksStage) -> Value {
+pub fn topn(e: &mut Emit, c: &Consts, p: &[Value], sb: &TopnParams) -> Value {
     let (pp, nvis, t, len, scores, idx) = (p[0], p[1], p[2], p[3], p[4], p[5]);
     let bl = sb.block as i64;
     let nb = if c.causal {
@@ -357,7 +357,7 @@ pub fn topn(e: &mut Emit, c: &Consts, p: &[Value], sb: &SelectBlocksStage) -> Va
 #[allow(clippy::too_many_arguments)]
 fn pool_one(
     e: &mut Emit,
-    ps: &PoolStage,
+    ps: &Pool,
     src: Value,
     src_stride: usize,
     dim: usize,
@@ -378,12 +378,12 @@ fn pool_one(
             e.for_range(z, lv, 1, |e, i| {
                 let tok = e.b.ins().iadd(first, i);
                 let row = e.addr(src, tok, (src_stride * 4) as i64);
-                match ps.pool {
-                    Pool::Mean | Pool::Weighted => {
+                match ps.kind {
+                    PoolKind::Mean | PoolKind::Weighted => {
                         let xa = e.addr(row, x, 4);
                         let val = e.load1(xa, 0);
                         let cur = e.b.use_var(acc);
-                        let n = if ps.pool == Pool::Mean {
+                        let n = if ps.kind == PoolKind::Mean {
                             e.b.ins().fadd(cur, val)
                         } else {
                             let wa = e.addr(w, i, 4);
@@ -392,7 +392,7 @@ fn pool_one(
                         };
                         e.b.def_var(acc, n);
                     }
-                    Pool::Linear => {
+                    PoolKind::Linear => {
                         // Σ_y K[tok, y]·W[i·dim + y, x]
                         let z = e.int(0);
                         let dv = e.int(dim as i64);
@@ -412,7 +412,7 @@ fn pool_one(
                 }
             });
             let mut val = e.b.use_var(acc);
-            if ps.pool == Pool::Mean {
+            if ps.kind == PoolKind::Mean {
                 let inv = e.f32(1.0 / ps.block as f32);
                 val = e.b.ins().fmul(val, inv);
             }
@@ -426,7 +426,7 @@ fn pool_one(
 /// segment's first row of this head (rows H·D floats apart); `wk`/`wv` at this head's weights
 /// (the same `w` twice for weighted; unused for mean). Writes K̃ packed by four, transposed,
 /// and Ṽ as rows of Dvp floats.
-pub fn pool(e: &mut Emit, c: &Consts, p: &[Value], ps: &PoolStage) {
+pub fn pool(e: &mut Emit, c: &Consts, p: &[Value], ps: &Pool) {
     let (k, v, wk, wv, ntok, kcp, vcp) = (p[0], p[1], p[2], p[3], p[4], p[5], p[6]);
     let dqk = c.dqk;
     let kdst = move |e: &mut Emit, j: Value, x: Value| {

@@ -15,7 +15,8 @@ use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{FuncId, Linkage, Module, ModuleError};
 
 use super::variant::CpuVariant;
-use crate::plan::{Plan, Stage};
+use crate::cpu::schedule::Step;
+use crate::ir::Plan;
 
 /// The constants generated code is specialized on.
 #[derive(Debug, Clone)]
@@ -35,7 +36,7 @@ pub struct Consts {
 
 impl Consts {
     pub fn new(plan: &Plan, variant: &CpuVariant) -> Self {
-        let d = &plan.dims;
+        let d = &plan.consts;
         Consts {
             g: d.group,
             h: d.heads_kv,
@@ -126,6 +127,7 @@ fn sanitize(s: &str) -> String {
 pub fn generate<M: Module>(
     module: &mut M,
     plan: &Plan,
+    steps: &[Step<'_>],
     variant: &CpuVariant,
     fma: bool,
 ) -> Result<Vec<Generated>, Box<ModuleError>> {
@@ -166,36 +168,37 @@ pub fn generate<M: Module>(
             func,
         });
     }
-    for (i, stage) in plan.stages.iter().enumerate() {
-        let (name, nparams, ret) = match stage {
-            Stage::Pool(s) => (format!("pool_{}", sanitize(&s.branch)), 7, None),
-            Stage::CompressedAttention(s) => (format!("cmp_{}", sanitize(&s.branch)), 10, None),
-            Stage::SelectBlocks(s) => (format!("topn_{}", sanitize(&s.branch)), 6, Some(I64)),
-            Stage::SelectedAttention(s) => (format!("sel_{}", sanitize(&s.branch)), 12, None),
-            Stage::WindowAttention(s) => (format!("win_{}", sanitize(&s.branch)), 10, None),
-            Stage::Combine(_) => ("combine".to_string(), 1, None),
+    for (i, step) in steps.iter().enumerate() {
+        let branch = sanitize(step.branch().unwrap_or_default());
+        let (name, nparams, ret) = match step {
+            Step::Pool(_) => (format!("pool_{branch}"), 7, None),
+            Step::Compressed { .. } => (format!("cmp_{branch}"), 10, None),
+            Step::Topn { .. } => (format!("topn_{branch}"), 6, Some(I64)),
+            Step::Selected { .. } => (format!("sel_{branch}"), 12, None),
+            Step::Window { .. } => (format!("win_{branch}"), 10, None),
+            Step::Combine(_) => ("combine".to_string(), 1, None),
         };
         let sig = signature(cc, nparams, ret);
         let (name, id) = declare(module, format!("{prefix}_{name}"), &sig)?;
-        let func = build(module, id, &sig, &tile_ids, fma, |e, p, f| match stage {
-            Stage::Pool(s) => {
+        let func = build(module, id, &sig, &tile_ids, fma, |e, p, f| match step {
+            Step::Pool(s) => {
                 branch::pool(e, &c, p, s);
                 vec![]
             }
-            Stage::CompressedAttention(s) => {
-                branch::compressed(e, &c, f, p, plan.selects_scored_by(&s.branch) > 0);
+            Step::Compressed { scored, .. } => {
+                branch::compressed(e, &c, f, p, *scored);
                 vec![]
             }
-            Stage::SelectBlocks(s) => vec![branch::topn(e, &c, p, s)],
-            Stage::SelectedAttention(s) => {
-                branch::selected(e, &c, f, p, s.block);
+            Step::Topn { params, .. } => vec![branch::topn(e, &c, p, params)],
+            Step::Selected { block, .. } => {
+                branch::selected(e, &c, f, p, *block);
                 vec![]
             }
-            Stage::WindowAttention(s) => {
-                branch::window(e, &c, f, p, s.size);
+            Step::Window { size, .. } => {
+                branch::window(e, &c, f, p, *size);
                 vec![]
             }
-            Stage::Combine(s) => {
+            Step::Combine(s) => {
                 branch::combine(
                     e,
                     &c,

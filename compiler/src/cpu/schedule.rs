@@ -1,0 +1,159 @@
+//! The CPU backend's reading of a [`Plan`]: the ops grouped into the steps it generates one
+//! driver for, in plan order — a pool, a compressed attention (which keeps its probabilities
+//! when a score op reads its log-sum-exp), a score with its top-k (one `topn` driver: the
+//! scores never leave the work item), a gathered or windowed attention, the combine. Both the
+//! code generator and the executor walk this one list, so they cannot disagree on it.
+
+use crate::ir::{
+    Attend, Combine, KeySet, Op, Plan, Pool, Role, Score, ScoreSource, TensorId, TopK,
+};
+
+use super::CpuError;
+
+/// The constants a `topn` driver is specialized on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopnParams {
+    /// l′: keys per selection block.
+    pub block: usize,
+    pub top: usize,
+    pub keep_first: usize,
+    pub keep_last: usize,
+    /// l and d of the scoring compress branch.
+    pub cmp_block: usize,
+    pub cmp_stride: usize,
+}
+
+/// One generated driver.
+#[derive(Debug, Clone, Copy)]
+pub enum Step<'p> {
+    Pool(&'p Pool),
+    /// Attention over compressed tokens; `scored` when a top-n reads its probabilities.
+    Compressed {
+        attend: &'p Attend,
+        pool: &'p Pool,
+        scored: bool,
+    },
+    /// Block scores from the compress branch `by` and the top-n choice, written to `idx`.
+    Topn {
+        score: &'p Score,
+        topk: &'p TopK,
+        by: &'p str,
+        params: TopnParams,
+    },
+    /// Attention over the keys of the blocks in `idx`.
+    Selected {
+        attend: &'p Attend,
+        idx: TensorId,
+        block: usize,
+        top: usize,
+    },
+    Window {
+        attend: &'p Attend,
+        size: usize,
+    },
+    Combine(&'p Combine),
+}
+
+impl Step<'_> {
+    /// The branch the step belongs to (`None` for the combine).
+    pub fn branch(&self) -> Option<&str> {
+        match self {
+            Step::Pool(p) => Some(&p.branch),
+            Step::Compressed { attend, .. }
+            | Step::Selected { attend, .. }
+            | Step::Window { attend, .. } => Some(&attend.branch),
+            Step::Topn { topk, .. } => Some(&topk.branch),
+            Step::Combine(_) => None,
+        }
+    }
+}
+
+fn unsupported(what: String) -> CpuError {
+    CpuError::Codegen(format!("the CPU backend cannot run {what}"))
+}
+
+/// The steps of `plan`, in order.
+pub fn steps(plan: &Plan) -> Result<Vec<Step<'_>>, CpuError> {
+    let mut out = Vec::new();
+    let mut ops = plan.ops.iter().peekable();
+    while let Some(op) = ops.next() {
+        out.push(match op {
+            Op::Pool(p) => Step::Pool(p),
+            Op::Attend(a) => match &a.keys {
+                KeySet::Compressed { .. } => {
+                    let pool = plan
+                        .producer(a.k)
+                        .and_then(|(_, op)| match op {
+                            Op::Pool(p) => Some(p),
+                            _ => None,
+                        })
+                        .ok_or_else(|| unsupported(format!("`{}` without its pool", a.branch)))?;
+                    let scored = a.lse.is_some_and(|l| plan.consumers(l).next().is_some());
+                    Step::Compressed {
+                        attend: a,
+                        pool,
+                        scored,
+                    }
+                }
+                KeySet::Gather { idx, granularity } => {
+                    let top = plan.tensor(*idx).shape.get(3).and_then(|e| match e {
+                        crate::ir::Extent::Const(n) => Some(*n),
+                        _ => None,
+                    });
+                    Step::Selected {
+                        attend: a,
+                        idx: *idx,
+                        block: *granularity,
+                        top: top.ok_or_else(|| unsupported("an unsized index tensor".into()))?,
+                    }
+                }
+                KeySet::Window { size } => Step::Window {
+                    attend: a,
+                    size: *size,
+                },
+                KeySet::Causal => return Err(unsupported("dense causal attention".into())),
+            },
+            Op::Score(score) => {
+                let Some(Op::TopK(topk)) = ops.next() else {
+                    return Err(unsupported(format!(
+                        "a score op of `{}` not followed by its top-k",
+                        score.branch
+                    )));
+                };
+                if topk.scores != score.out {
+                    return Err(unsupported(format!(
+                        "top-k `{}` reading another op's scores",
+                        topk.branch
+                    )));
+                }
+                let ScoreSource::Compressed {
+                    branch,
+                    block,
+                    stride,
+                    ..
+                } = &score.source;
+                Step::Topn {
+                    score,
+                    topk,
+                    by: branch,
+                    params: TopnParams {
+                        block: topk.block,
+                        top: topk.k,
+                        keep_first: topk.forced.first,
+                        keep_last: topk.forced.last,
+                        cmp_block: *block,
+                        cmp_stride: *stride,
+                    },
+                }
+            }
+            Op::TopK(t) => return Err(unsupported(format!("top-k `{}` without scores", t.branch))),
+            Op::Combine(c) => Step::Combine(c),
+        });
+    }
+    Ok(out)
+}
+
+/// Whether `id` is a tensor the caller receives.
+pub fn is_output(plan: &Plan, id: TensorId) -> bool {
+    plan.tensor(id).role == Role::Out
+}
