@@ -29,7 +29,7 @@ use super::topn::{TopNParams, spread_over_blocks};
 
 /// Whether the tensor-core scoring handles `dims`.
 pub fn eligible(dims: &Dims) -> bool {
-    super::tc_common::half_scratch(dims)
+    crate::ptx::lowering::half_scratch(dims)
 }
 
 /// Shared bytes of one staging buffer (hi and lo rows).
@@ -65,7 +65,8 @@ pub struct ScoreCtx {
     /// `tok·H + h`.
     pub row: Reg,
     pub h: Reg,
-    /// Segment start (flattened token) of this warp's token, and its visible compressed count.
+    /// The first compressed slot of this warp's token's segment, and its visible compressed
+    /// count.
     pub s: Reg,
     pub nvis: Reg,
     pub nbc: Reg,
