@@ -156,7 +156,8 @@ impl Geometry {
                 max: max_tokens,
             });
         }
-        let fit = |v: u64, what: &'static str| u32::try_from(v).map_err(|_| PtxError::TooLarge(what));
+        let fit =
+            |v: u64, what: &'static str| u32::try_from(v).map_err(|_| PtxError::TooLarge(what));
         let scalars = params
             .iter()
             .filter_map(|p| match p {
@@ -207,7 +208,10 @@ mod tests {
             )
             .expect("fits");
         assert_eq!(l.scalars, [101, 272]);
-        assert_eq!((l.grid, l.block, l.shared_bytes), (102, 256, 1000 + 8 * 272));
+        assert_eq!(
+            (l.grid, l.block, l.shared_bytes),
+            (102, 256, 1000 + 8 * 272)
+        );
         let too_many = g.evaluate(
             &params,
             CallSizes {
@@ -230,10 +234,7 @@ mod tests {
 
     #[test]
     fn params_serialize_with_their_kind() {
-        let p = [
-            Param::buffer("q"),
-            Param::U32 { name: Scalar::Ntok },
-        ];
+        let p = [Param::buffer("q"), Param::U32 { name: Scalar::Ntok }];
         let json = serde_json::to_string(&p).expect("serializes");
         assert_eq!(
             json,

@@ -222,9 +222,7 @@ fn compressed(plan: &Plan, dims: &Dims, branch: &str) -> Result<Compressed, PtxE
         })
         .enumerate()
         .find(|(_, p)| p.branch == branch)
-        .ok_or_else(|| {
-            PtxError::Unsupported(format!("compress `{branch}` has no pool stage"))
-        })?;
+        .ok_or_else(|| PtxError::Unsupported(format!("compress `{branch}` has no pool stage")))?;
     Ok(Compressed {
         kv: kv_names(plan, pool.kc, pool.vc),
         half: half_scratch(dims).then(|| half_names(branch)),
@@ -249,7 +247,9 @@ fn kv_names(plan: &Plan, k: plan::BufferId, v: plan::BufferId) -> KvNames {
 fn max_tokens(plan: &Plan, dims: &Dims) -> u64 {
     let (hq, h) = (u64::from(dims.hq), u64::from(dims.h));
     let (dqk, dv) = (u64::from(dims.dqk), u64::from(dims.dv));
-    let mut widest = (hq * dqk.max(dv)).max(2 * h * dqk).max(u64::from(dims.seg_cols));
+    let mut widest = (hq * dqk.max(dv))
+        .max(2 * h * dqk)
+        .max(u64::from(dims.seg_cols));
     for s in &plan.stages {
         if let plan::Stage::SelectBlocks(sb) = s {
             widest = widest.max(h * sb.top as u64);
@@ -361,11 +361,12 @@ pub fn backend_scratch(plan: &Plan, program: &Program) -> Vec<BufferInfo> {
     }];
     for stage in &program.stages {
         let Stage::Pool {
-            out: Compressed {
-                kv,
-                half: Some(half),
-                ..
-            },
+            out:
+                Compressed {
+                    kv,
+                    half: Some(half),
+                    ..
+                },
             ..
         } = stage
         else {

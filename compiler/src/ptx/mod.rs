@@ -234,8 +234,11 @@ fn gpu_elem(b: &plan::Buffer, dtype: DType) -> String {
 /// kernel reads or writes, then the backend's scratch, all in declaration order.
 fn buffers(plan: &Plan, program: &Program, outs: &[KernelOut]) -> Vec<BufferInfo> {
     let used = |name: &str| {
-        outs.iter()
-            .any(|k| k.params.iter().any(|p| matches!(p, Param::Buffer { name: n } if n == name)))
+        outs.iter().any(|k| {
+            k.params
+                .iter()
+                .any(|p| matches!(p, Param::Buffer { name: n } if n == name))
+        })
     };
     let mut out: Vec<BufferInfo> = plan
         .buffers

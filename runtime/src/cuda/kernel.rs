@@ -175,10 +175,7 @@ impl CudaKernel {
             return Ok(());
         }
         let name = &self.manifest.kernels[i].name;
-        let limit = self
-            .device
-            .limits()?
-            .max_shared_bytes_per_block;
+        let limit = self.device.limits()?.max_shared_bytes_per_block;
         if u64::from(bytes) > limit {
             return Err(CudaError::SharedMemory {
                 kernel: name.clone(),
@@ -243,7 +240,10 @@ impl CudaKernel {
                 return Err(InputError::NonFinite(e.name.clone()));
             }
         }
-        if let Some(name) = inputs.keys().find(|n| !expected.iter().any(|e| e.name == **n)) {
+        if let Some(name) = inputs
+            .keys()
+            .find(|n| !expected.iter().any(|e| e.name == **n))
+        {
             let reads: Vec<&str> = expected.iter().map(|e| e.name.as_str()).collect();
             return Err(InputError::Unexpected(name.clone(), reads.join(", ")));
         }

@@ -329,8 +329,7 @@ impl GpuBench {
     ) -> Result<Self, GpuCheckError> {
         let plan = Plan::new(spec, shape)
             .map_err(|e| CudaError::from(nsac_compiler::ptx::PtxError::from(e)))?;
-        let check_shape =
-            check_shape(spec, shape, check_seq_len(&plan)).map_err(Mismatch::from)?;
+        let check_shape = check_shape(spec, shape, check_seq_len(&plan)).map_err(Mismatch::from)?;
         let cases = check_cases(spec, &check_shape, Some(shape.dtype)).map_err(Mismatch::from)?;
         let layout = CudaKernel::compile(device, spec, shape, &GpuVariant::default())?;
         let buffers = layout.upload(&random_inputs(spec, shape, 0x1234))?;

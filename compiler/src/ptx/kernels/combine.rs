@@ -15,8 +15,8 @@ use crate::ptx::launch::Geometry;
 use crate::ptx::lowering::{Dims, Term};
 
 use super::common::{
-    Elem, declare_buffers, declare_scalar, global_thread, lane_element, load, load_if,
-    params_of, store_f32_if,
+    Elem, declare_buffers, declare_scalar, global_thread, lane_element, load, load_if, params_of,
+    store_f32_if,
 };
 use super::tc_common::FusedTerms;
 use super::{KernelOut, Launch, Scalar};

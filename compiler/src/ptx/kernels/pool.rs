@@ -281,5 +281,11 @@ pub fn pool(name: &str, a: &PoolArgs<'_>, dims: &Dims, warps: u32) -> KernelOut 
         store_half(&mut b, &vh, slot_row, wr.lane, &vacc, dims.dtype);
     }
     let params = params_of(&bufs, &[Scalar::Ntok]);
-    wr.finish(b, params, (dims.h, warps), "B*T*H", "(token, kv head), pooling where a compressed token starts")
+    wr.finish(
+        b,
+        params,
+        (dims.h, warps),
+        "B*T*H",
+        "(token, kv head), pooling where a compressed token starts",
+    )
 }
