@@ -13,8 +13,8 @@ use nsac_compiler::plan::{Plan, Stage};
 use nsac_compiler::ptx::{
     BufferRole, CallSizes, GpuVariant, LaunchDims, Manifest, Param, emit_plan, segment_table,
 };
+use nsac_dsl::Spec;
 use nsac_dsl::problem::{DType, Shape};
-use nsac_dsl::spec::Spec;
 use nsac_kernels::io::{InputError, Inputs, Tensor};
 
 use super::{CudaDevice, CudaError, driver, time_on_stream};
@@ -141,29 +141,6 @@ impl CudaKernel {
         })
     }
 
-    /// The same compiled kernels for the plan of `spec` on another shape: the PTX does not
-    /// depend on it, so nothing is generated or loaded again (the manifest's buffers and
-    /// launches are those of `shape`).
-    pub fn for_shape(&self, spec: &Spec, shape: &Shape) -> Result<CudaKernel, CudaError> {
-        let plan = Plan::new(spec, shape).map_err(nsac_compiler::ptx::PtxError::from)?;
-        let (ptx, manifest) = emit_plan(&plan, &self.variant, self.device.arch())?;
-        if ptx != self.ptx {
-            return Err(CudaError::Manifest(
-                "the PTX differs for this shape: another spec or head configuration".into(),
-            ));
-        }
-        let n = self.functions.len();
-        Ok(CudaKernel {
-            device: self.device.clone(),
-            plan,
-            variant: self.variant,
-            manifest,
-            ptx,
-            functions: self.functions.clone(),
-            shared_allowed: Mutex::new(vec![DEFAULT_SHARED; n]),
-        })
-    }
-
     /// Raises kernel `i`'s dynamic shared memory allowance to `bytes` if needed; fails with
     /// [`CudaError::SharedMemory`] when the device has less.
     fn allow_shared(&self, i: usize, bytes: u32) -> Result<(), CudaError> {
@@ -206,6 +183,11 @@ impl CudaKernel {
     /// The plan the kernels were generated from.
     pub fn plan(&self) -> &Plan {
         &self.plan
+    }
+
+    /// The Variant the kernels were generated with.
+    pub fn variant(&self) -> &GpuVariant {
+        &self.variant
     }
 
     /// Checks that `inputs` holds exactly the plan's input buffers, with their shapes and
