@@ -46,9 +46,10 @@ pub enum Command {
     /// Show or save the generated code for a spec on a problem.
     ///
     /// `--target ptx` writes PTX (for sm_80 or sm_90) plus, with `-o FILE.ptx`, a launch manifest
-    /// `FILE.manifest.json`: kernel names, parameters in order, grid/block/shared-memory sizes
+    /// `FILE.manifest.json`: kernel names, typed parameters in order (buffers, then `u32`
+    /// sizes), each launch's grid/block/shared-memory formula and its values for this problem,
     /// and every buffer's name, role, element type and shape, so any CUDA host can launch it.
-    /// The problem's sizes are compiled into the code.
+    /// The PTX does not depend on the problem's lengths or segments (the CPU code still does).
     Compile(CompileArgs),
     /// Benchmark a spec on this machine: median time, achieved GFLOP/s, and (CPU) the measured
     /// 128-bit FMA ceiling with the ratio and the speed-up over the reference, or (GPU) each

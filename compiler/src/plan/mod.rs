@@ -65,6 +65,10 @@ pub use stage::{
 use nsac_dsl::problem::{DType, Shape};
 use nsac_dsl::spec::Spec;
 
+/// The spec's pooling and combine kinds, which stages carry; re-exported so that backends name
+/// them through the Plan.
+pub use nsac_dsl::spec::{CombineMode, Pool};
+
 /// Every concrete size a stage needs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dims {

@@ -336,6 +336,16 @@ impl KernelBuilder {
         g
     }
 
+    /// Loads a `u32` parameter.
+    pub fn load_u32_param(&mut self, sym_name: &str) -> Reg {
+        let r = self.reg(RegClass::B32);
+        self.ins(
+            "ld.param.u32",
+            [r.into(), Operand::Sym(format!("[{sym_name}]"))],
+        );
+        r
+    }
+
     /// `base + index * elem_bytes` as a 64-bit address (index is a 32-bit unsigned register).
     pub fn addr(&mut self, base: Reg, index: Reg, elem_bytes: u32) -> Reg {
         let off = self.op2(

@@ -1,11 +1,20 @@
-//! The GPU backend: `Spec` + `Shape` + [`GpuVariant`] → PTX text for sm_80 / sm_90 plus a
+//! The GPU backend: a [`Plan`] + [`GpuVariant`] → PTX text for sm_80 / sm_90 plus a
 //! [`Manifest`] saying how to launch it. The driver JIT-compiles the PTX at run time; nothing
 //! here needs CUDA. Generated text is deterministic so it can be snapshot-tested.
 //!
-//! Buffers: the inputs of the tensor contract (`q`, `k`, `v`, `g_<b>`, …) in the call's dtype,
-//! `seg` [B·T, 2] int32 (each token's segment start and end in flattened tokens), f32 scratch
-//! (`kc_<b>`, `vc_<b>`, `lse_<b>`; `kc16_<b>`, `vc16_<b>` in the input dtype for the tensor-core
-//! kernels), outputs `o`, `o_<b>` in f32 and `idx_<b>` in int32.
+//! The PTX depends on the spec (heads, head dims, blocks, dtype) and the Variant only, never on
+//! the batch, the sequence length or the segments: every kernel takes the call's sizes as
+//! `.param .u32` after its buffers ([`launch::Scalar`]), and the manifest describes each launch
+//! as a formula of them ([`launch::Geometry`]), which a launcher evaluates per call
+//! ([`Manifest::launches`], where the 32-bit index limit is checked too). One module serves
+//! every length and packing.
+//!
+//! Buffers ([`Manifest::buffers`]): the plan's buffers the kernels touch (inputs in the call's
+//! dtype, f32 intermediates `kc_<b>`, `vc_<b>` `[B, NC, H, D]` and `lse_<b>`, outputs `o`,
+//! `o_<b>` in f32 and `idx_<b>` in int32), then the backend's scratch, derived from them
+//! ([`lowering::backend_scratch`]): `seg` (per token its segment's start and end and, per
+//! compress branch, the segment's first compressed slot) and, for the tensor-core kernels, the
+//! 16-bit copies `kc16_<b>`, `vc16_<b>` of the compressed tokens.
 //!
 //! Kernels: one per plan stage, in the plan's order, on one stream. With
 //! [`GpuVariant::fuse_combine`] = 1 and a last branch kernel that can fuse (the tensor-core
@@ -18,20 +27,23 @@
 
 pub mod builder;
 pub mod kernels;
+pub mod launch;
 pub mod lowering;
 pub mod probe;
 pub mod variant;
 
+use nsac_dsl::Spec;
 use nsac_dsl::problem::{DType, Shape};
-use nsac_dsl::spec::{BranchKind, CombineMode, Compress, KvSource, Pool, Spec};
 use serde::{Deserialize, Serialize};
 
-use crate::plan::Plan;
-use kernels::{KernelOut, attend, combine, pool, tc_common, tc_compress, tc_select, topn};
-use lowering::{Dims, Program, Stage};
+use crate::plan::{self, Plan};
+use kernels::{KernelOut, attend, combine, pool, tc_compress, tc_select, topn};
+pub use launch::{Geometry, LaunchDims, Param, Scalar};
+pub use lowering::{CallSizes, segment_table};
+use lowering::{Program, Stage};
 pub use variant::{GPU_VARIANT_FIELDS, GpuVariant, GpuVariantError};
 
-/// Why PTX could not be generated.
+/// Why PTX could not be generated or launched.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PtxError {
     #[error(transparent)]
@@ -40,6 +52,10 @@ pub enum PtxError {
     Unsupported(String),
     #[error("the problem is too large for the PTX backend's 32-bit indexing: {0}")]
     TooLarge(&'static str),
+    #[error(
+        "{tokens} tokens (B·T) are too many for the PTX kernels of this spec: their 32-bit element indices allow at most {max}"
+    )]
+    TooManyTokens { tokens: u64, max: u64 },
     #[error("bad GPU variant: {0}")]
     BadVariant(String),
 }
@@ -82,7 +98,7 @@ impl Arch {
 pub enum BufferRole {
     /// A tensor of the contract the caller provides.
     Input,
-    /// `seg`: per token (segment start, segment end), int32, built from the problem.
+    /// `seg`: built from the problem ([`Manifest::seg_columns`], [`segment_table`]).
     Segments,
     /// Intermediate data; only its size matters.
     Scratch,
@@ -114,19 +130,41 @@ impl BufferInfo {
     }
 }
 
+/// One column of the `seg` table (per token, u32).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SegColumn {
+    /// The token's segment start, in flattened tokens (`row·T + start`).
+    Start,
+    /// Its segment end, likewise.
+    End,
+    /// The flattened first slot of its segment's compressed tokens in `kc_<branch>`: the
+    /// compressed tokens (`(len − block)/stride + 1` per segment of `len ≥ block`, else 0) of
+    /// every earlier segment and row come before.
+    CompressedBase {
+        branch: String,
+        block: usize,
+        stride: usize,
+    },
+}
+
 /// One kernel launch, in order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KernelInfo {
     pub name: String,
-    /// Buffer names passed as the kernel's pointer parameters, in order.
-    pub params: Vec<String>,
+    /// The kernel's parameters in order: buffers (by name), then `u32` sizes.
+    pub params: Vec<Param>,
+    /// The launch of the manifest's own problem ([`Manifest::tokens`], [`Manifest::segments`]);
+    /// other calls evaluate [`KernelInfo::geometry`].
     pub grid: [u32; 3],
     pub block: [u32; 3],
     pub shared_bytes: u32,
     /// The kernel's register cap per thread (`.maxnreg`), when it declares one.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub max_regs: Option<u32>,
-    /// How the launch follows from the problem.
+    /// How grid and dynamic shared memory follow from a call's tokens and longest segment.
+    pub geometry: Geometry,
+    /// The same, in words.
     pub launch: String,
 }
 
@@ -136,12 +174,17 @@ pub struct Manifest {
     pub spec: String,
     pub arch: String,
     pub dtype: String,
+    /// The most tokens (B·T) a call may have: the kernels' element indices are 32-bit.
+    pub max_tokens: u64,
+    /// The problem the buffers' shapes and the kernels' `grid`/`shared_bytes` were written for
+    /// (the PTX serves every problem): tokens B·T, batch rows B, tokens per row T, and the
+    /// segments (start, end) within each row, which `seg` repeats for every row.
     pub tokens: usize,
-    /// Batch rows B and tokens per row T of the buffers' leading dims.
     pub batch: usize,
     pub seq_len: usize,
-    /// Segments (start, end) within each row; `seg` repeats them for every row.
     pub segments: Vec<[usize; 2]>,
+    /// The columns of `seg`, per token.
+    pub seg_columns: Vec<SegColumn>,
     pub buffers: Vec<BufferInfo>,
     pub kernels: Vec<KernelInfo>,
 }
@@ -155,144 +198,83 @@ impl Manifest {
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).unwrap_or_default()
     }
+    /// The sizes of the manifest's own problem.
+    pub fn sizes(&self) -> CallSizes {
+        CallSizes {
+            tokens: self.tokens as u64,
+            max_len: self
+                .segments
+                .iter()
+                .map(|[s, e]| (e - s) as u64)
+                .max()
+                .unwrap_or(self.seq_len as u64),
+        }
+    }
+    /// Every kernel's launch for a call of `sizes`; fails when the call has more tokens than
+    /// the kernels can index ([`Manifest::max_tokens`]) or a size overflows 32 bits.
+    pub fn launches(&self, sizes: CallSizes) -> Result<Vec<LaunchDims>, PtxError> {
+        self.kernels
+            .iter()
+            .map(|k| k.geometry.evaluate(&k.params, sizes, self.max_tokens))
+            .collect()
+    }
 }
 
-fn buffers(spec: &Spec, shape: &Shape, dims: &Dims) -> Vec<BufferInfo> {
-    let (bb, t) = (shape.batch, shape.seq_len);
-    let (hq, h) = (shape.heads.q as usize, shape.heads.kv as usize);
-    let (dqk, dv) = (shape.head_dim.qk as usize, shape.head_dim.v as usize);
-    let n = bb * t;
-    let dt = shape.dtype.name().to_string();
-    let buf = |name: String, role, elem: &str, shape: Vec<usize>| BufferInfo {
-        name,
-        role,
-        elem: elem.to_string(),
-        shape,
+/// The element type of plan buffer `b` on the GPU: inputs in the call's dtype, the rest as the
+/// plan declares.
+fn gpu_elem(b: &plan::Buffer, dtype: DType) -> String {
+    match (b.role, b.elem) {
+        (plan::BufferRole::Input, _) => dtype.name().to_string(),
+        (_, plan::Elem::F32) => "f32".into(),
+        (_, plan::Elem::I32) => "i32".into(),
+    }
+}
+
+/// The buffers of the manifest: the plan's inputs and outputs, the plan's intermediates some
+/// kernel reads or writes, then the backend's scratch, all in declaration order.
+fn buffers(plan: &Plan, program: &Program, outs: &[KernelOut]) -> Vec<BufferInfo> {
+    let used = |name: &str| {
+        outs.iter().any(|k| {
+            k.params
+                .iter()
+                .any(|p| matches!(p, Param::Buffer { name: n } if n == name))
+        })
     };
-    let mut out = vec![
-        buf("q".into(), BufferRole::Input, &dt, vec![bb, t, hq, dqk]),
-        buf("k".into(), BufferRole::Input, &dt, vec![bb, t, h, dqk]),
-        buf("v".into(), BufferRole::Input, &dt, vec![bb, t, h, dv]),
-    ];
-    for br in &spec.branches {
-        let nm = &br.name;
-        if br.kv == KvSource::Own {
-            out.push(buf(
-                format!("k_{nm}"),
-                BufferRole::Input,
-                &dt,
-                vec![bb, t, h, dqk],
-            ));
-            out.push(buf(
-                format!("v_{nm}"),
-                BufferRole::Input,
-                &dt,
-                vec![bb, t, h, dv],
-            ));
-        }
-        if let BranchKind::Compress(c) = &br.kind {
-            let l = c.block as usize;
-            match c.pool {
-                Pool::Mean => {}
-                Pool::Weighted => {
-                    out.push(buf(format!("w_{nm}"), BufferRole::Input, &dt, vec![h, l]))
-                }
-                Pool::Linear => {
-                    out.push(buf(
-                        format!("wk_{nm}"),
-                        BufferRole::Input,
-                        &dt,
-                        vec![h, l * dqk, dqk],
-                    ));
-                    out.push(buf(
-                        format!("wv_{nm}"),
-                        BufferRole::Input,
-                        &dt,
-                        vec![h, l * dv, dv],
-                    ));
-                }
-            }
-        }
-    }
-    if spec.combine.mode == CombineMode::Gate {
-        for nm in &spec.combine.branches {
-            out.push(buf(
-                format!("g_{nm}"),
-                BufferRole::Input,
-                &dt,
-                vec![bb, t, hq],
-            ));
-        }
-    }
-    out.push(buf("seg".into(), BufferRole::Segments, "i32", vec![n, 2]));
-    let scored: Vec<&str> = spec
-        .branches
+    let mut out: Vec<BufferInfo> = plan
+        .buffers
         .iter()
-        .filter_map(|b| b.as_select().map(|s| s.scored_by.as_str()))
+        .filter(|b| b.role != plan::BufferRole::Intermediate || used(&b.name))
+        .map(|b| BufferInfo {
+            name: b.name.clone(),
+            role: match b.role {
+                plan::BufferRole::Input => BufferRole::Input,
+                plan::BufferRole::Output => BufferRole::Output,
+                plan::BufferRole::Intermediate => BufferRole::Scratch,
+            },
+            elem: gpu_elem(b, plan.dims.dtype),
+            shape: b.dims.clone(),
+        })
         .collect();
-    for br in &spec.branches {
-        let nm = &br.name;
-        if br.as_compress().is_some() {
-            out.push(buf(
-                format!("kc_{nm}"),
-                BufferRole::Scratch,
-                "f32",
-                vec![n, h, dqk],
-            ));
-            out.push(buf(
-                format!("vc_{nm}"),
-                BufferRole::Scratch,
-                "f32",
-                vec![n, h, dv],
-            ));
-            if tc_common::half_scratch(dims) {
-                out.push(buf(
-                    format!("kc16_{nm}"),
-                    BufferRole::Scratch,
-                    &dt,
-                    vec![n, h, 2, dqk],
-                ));
-                out.push(buf(
-                    format!("vc16_{nm}"),
-                    BufferRole::Scratch,
-                    &dt,
-                    vec![n, h, dv],
-                ));
-            }
-            if scored.contains(&nm.as_str()) {
-                out.push(buf(
-                    format!("lse_{nm}"),
-                    BufferRole::Scratch,
-                    "f32",
-                    vec![n, hq],
-                ));
-            }
-        }
-    }
-    out.push(buf(
-        "o".into(),
-        BufferRole::Output,
-        "f32",
-        vec![bb, t, hq, dv],
-    ));
-    for br in &spec.branches {
-        let nm = &br.name;
-        out.push(buf(
-            format!("o_{nm}"),
-            BufferRole::Output,
-            "f32",
-            vec![bb, t, hq, dv],
-        ));
-        if let Some(s) = br.as_select() {
-            out.push(buf(
-                format!("idx_{nm}"),
-                BufferRole::Output,
-                "i32",
-                vec![bb, t, h, s.top as usize],
-            ));
-        }
-    }
+    out.extend(
+        lowering::backend_scratch(plan, program)
+            .into_iter()
+            .filter(|b| used(&b.name)),
+    );
     out
+}
+
+/// The `seg` columns of `plan`.
+fn seg_columns(plan: &Plan) -> Vec<SegColumn> {
+    let mut cols = vec![SegColumn::Start, SegColumn::End];
+    cols.extend(plan.stages.iter().filter_map(|s| match s {
+        plan::Stage::Pool(p) => Some(SegColumn::CompressedBase {
+            branch: p.branch.clone(),
+            block: p.block,
+            stride: p.stride,
+        }),
+        _ => None,
+    }));
+    cols
 }
 
 fn kernel_name(spec: &str, stage: &str) -> String {
@@ -313,7 +295,7 @@ fn fused_combine(program: &Program, variant: &GpuVariant) -> Option<combine::Fus
     if variant.fuse_combine != 1 {
         return None;
     }
-    let [.., last, Stage::Combine { branches, gated }] = program.stages.as_slice() else {
+    let [.., last, Stage::Combine { terms, out }] = program.stages.as_slice() else {
         return None;
     };
     let into = match last {
@@ -321,11 +303,14 @@ fn fused_combine(program: &Program, variant: &GpuVariant) -> Option<combine::Fus
         Stage::AttendWindow { branch, .. } => branch,
         _ => return None,
     };
-    branches.contains(into).then(|| combine::Fused {
-        into: into.clone(),
-        branches: branches.clone(),
-        gated: *gated,
-    })
+    terms
+        .iter()
+        .any(|t| t.branch == *into)
+        .then(|| combine::Fused {
+            into: into.clone(),
+            terms: terms.clone(),
+            out: out.clone(),
+        })
 }
 
 /// The stage part of an attention kernel's name: `attend_<b>`, `attend_<b>_combine` when the
@@ -352,14 +337,17 @@ fn generate(program: &Program, variant: &GpuVariant) -> Vec<KernelOut> {
             Stage::Pool {
                 branch,
                 kv,
+                weights,
+                out,
                 block,
                 stride,
                 pool,
             } => pool::pool(
                 &nm(&format!("pool_{branch}")),
-                branch,
-                kv,
-                Compress {
+                &pool::PoolArgs {
+                    kv,
+                    weights,
+                    out,
                     block: *block,
                     stride: *stride,
                     pool: *pool,
@@ -369,74 +357,87 @@ fn generate(program: &Program, variant: &GpuVariant) -> Vec<KernelOut> {
             ),
             Stage::AttendCompressed {
                 branch,
+                q,
+                keys,
+                out,
+                lse,
                 block,
                 stride,
-                write_lse,
-            } if tc_select::eligible(d) => tc_compress::attend_compressed_tc(
-                &nm(&format!("attend_{branch}")),
-                branch,
-                *block,
-                *stride,
-                *write_lse,
-                d,
-                variant,
-            ),
-            Stage::AttendCompressed {
-                branch,
-                block,
-                stride,
-                write_lse,
-            } => attend::attend(
-                &nm(&format!("attend_{branch}")),
-                branch,
-                attend::Keys::Compressed {
-                    block: *block,
-                    stride: *stride,
-                    write_lse: *write_lse,
-                },
-                d,
-                w,
-                None,
-            ),
+            } => match (&keys.half, tc_select::eligible(d)) {
+                (Some(half), true) => tc_compress::attend_compressed_tc(
+                    &nm(&format!("attend_{branch}")),
+                    &tc_compress::CompressedIo {
+                        q,
+                        keys,
+                        half,
+                        out,
+                        lse: lse.as_deref(),
+                    },
+                    (*block, *stride),
+                    d,
+                    variant,
+                ),
+                _ => attend::attend(
+                    &nm(&format!("attend_{branch}")),
+                    &attend::Rows {
+                        q,
+                        out,
+                        lse: lse.as_deref(),
+                    },
+                    attend::Keys::Compressed {
+                        keys,
+                        block: *block,
+                        stride: *stride,
+                    },
+                    d,
+                    w,
+                    None,
+                ),
+            },
             Stage::TopN {
                 branch,
-                scored_by,
+                q,
+                keys,
+                lse,
+                idx,
                 cmp_block,
                 cmp_stride,
                 block,
                 top,
                 keep_first,
                 keep_last,
-                max_blocks,
+                ..
             } => topn::topn(
                 &nm(&format!("topn_{branch}")),
                 &topn::TopNParams {
-                    branch,
-                    scored_by,
+                    q,
+                    keys,
+                    lse,
+                    idx,
                     cmp_block: *cmp_block,
                     cmp_stride: *cmp_stride,
                     block: *block,
                     top: *top,
                     keep_first: *keep_first,
                     keep_last: *keep_last,
-                    max_blocks: *max_blocks,
                 },
                 d,
                 variant,
             ),
             Stage::AttendSelected {
                 branch,
+                q,
                 kv,
+                idx,
+                out,
                 block,
                 top,
             } if tc_select::eligible(d) => {
                 let fused = fused_into(branch);
                 tc_select::attend_selected_tc(
                     &nm(&attend_stage(branch, fused.is_some())),
-                    branch,
-                    kv,
-                    *block,
-                    *top,
+                    &tc_select::SelectedIo { q, kv, idx, out },
+                    (*block, *top),
                     d,
                     variant,
                     fused,
@@ -444,14 +445,18 @@ fn generate(program: &Program, variant: &GpuVariant) -> Vec<KernelOut> {
             }
             Stage::AttendSelected {
                 branch,
+                q,
                 kv,
+                idx,
+                out,
                 block,
                 top,
             } => attend::attend(
                 &nm(&format!("attend_{branch}")),
-                branch,
+                &attend::Rows { q, out, lse: None },
                 attend::Keys::Selected {
                     kv,
+                    idx,
                     block: *block,
                     top: *top,
                 },
@@ -459,566 +464,112 @@ fn generate(program: &Program, variant: &GpuVariant) -> Vec<KernelOut> {
                 w,
                 None,
             ),
-            Stage::AttendWindow { branch, kv, size } => {
+            Stage::AttendWindow {
+                branch,
+                q,
+                kv,
+                out,
+                size,
+            } => {
                 let fused = fused_into(branch);
                 attend::attend(
                     &nm(&attend_stage(branch, fused.is_some())),
-                    branch,
+                    &attend::Rows { q, out, lse: None },
                     attend::Keys::Window { kv, size: *size },
                     d,
                     w,
                     fused,
                 )
             }
-            Stage::Combine { branches, gated } => {
-                combine::combine(&nm("combine"), branches, *gated, d)
-            }
+            Stage::Combine { terms, out } => combine::combine(&nm("combine"), terms, out, d),
         })
         .collect()
 }
 
-/// PTX text and launch manifest for `spec` on `shape` with `variant`, targeting `arch`: the
-/// spec is lowered to the shared [`Plan`], whose stages become the kernels.
-pub fn emit_ptx(
-    spec: &Spec,
-    shape: &Shape,
+/// PTX text and launch manifest for `plan` with `variant`, targeting `arch`. The PTX does not
+/// depend on the plan's lengths or segments; the manifest's buffers and evaluated launches are
+/// those of the plan's problem.
+pub fn emit_plan(
+    plan: &Plan,
     variant: &GpuVariant,
     arch: Arch,
 ) -> Result<(String, Manifest), PtxError> {
     variant
         .validate()
         .map_err(|e| PtxError::BadVariant(e.to_string()))?;
-    let plan = Plan::new(spec, shape)?;
-    let program = lowering::lower(&plan)?;
+    let program = lowering::lower(plan)?;
     let outs = generate(&program, variant);
     let texts: Vec<String> = outs.iter().map(|k| k.ptx.clone()).collect();
     let ptx = builder::module(arch.target(), &texts);
-    let names = outs.iter().map(|k| {
-        k.ptx
+    let sizes = CallSizes::of(plan);
+    let mut kernels = Vec::new();
+    for k in &outs {
+        let name = k
+            .ptx
             .lines()
             .next()
             .and_then(|l| l.strip_prefix(".visible .entry "))
             .map(|l| l.trim_end_matches('(').to_string())
-            .unwrap_or_default()
-    });
-    let kernels = outs
-        .iter()
-        .zip(names)
-        .map(|(k, name)| KernelInfo {
+            .unwrap_or_default();
+        let now = k
+            .launch
+            .geometry
+            .evaluate(&k.params, sizes, program.max_tokens)?;
+        kernels.push(KernelInfo {
             name,
             params: k.params.clone(),
-            grid: [k.launch.grid, 1, 1],
-            block: [k.launch.block, 1, 1],
-            shared_bytes: k.launch.shared_bytes,
+            grid: [now.grid, 1, 1],
+            block: [now.block, 1, 1],
+            shared_bytes: now.shared_bytes,
             max_regs: k.max_regs,
+            geometry: k.launch.geometry,
             launch: k.launch.formula.clone(),
-        })
-        .collect();
+        });
+    }
+    let d = &plan.dims;
     let manifest = Manifest {
-        spec: spec.name.clone(),
+        spec: plan.name.clone(),
         arch: arch.target().to_string(),
-        dtype: shape.dtype.name().to_string(),
-        tokens: shape.tokens(),
-        batch: shape.batch,
-        seq_len: shape.seq_len,
-        segments: shape.segments.iter().map(|&(a, b)| [a, b]).collect(),
-        buffers: buffers(spec, shape, &program.dims),
+        dtype: d.dtype.name().to_string(),
+        max_tokens: program.max_tokens,
+        tokens: d.batch * d.seq_len,
+        batch: d.batch,
+        seq_len: d.seq_len,
+        segments: d.segments.iter().map(|&(a, b)| [a, b]).collect(),
+        seg_columns: seg_columns(plan),
+        buffers: buffers(plan, &program, &outs),
         kernels,
     };
     Ok((ptx, manifest))
 }
 
-/// The `seg` buffer's contents for `shape`: per flattened token, its segment's (start, end).
-pub fn segment_table(shape: &Shape) -> Vec<i32> {
-    let mut out = Vec::with_capacity(shape.tokens() * 2);
-    for b in 0..shape.batch {
-        let row = b * shape.seq_len;
-        for &(s, e) in &shape.segments {
-            for _ in s..e {
-                out.push((row + s) as i32);
-                out.push((row + e) as i32);
-            }
-        }
-    }
-    out
+/// [`emit_plan`] of the plan of `spec` on `shape` (the spec and shape are only used to build
+/// it).
+pub fn emit_ptx(
+    spec: &Spec,
+    shape: &Shape,
+    variant: &GpuVariant,
+    arch: Arch,
+) -> Result<(String, Manifest), PtxError> {
+    emit_plan(&Plan::new(spec, shape)?, variant, arch)
 }
 
-/// The ceiling probe of the arithmetic `spec` on `shape` runs on: tensor-core `mma` when its
-/// attention kernels use them, else f32 FMA.
-pub fn ceiling_probe(spec: &Spec, shape: &Shape) -> Result<probe::Probe, PtxError> {
-    let plan = Plan::new(spec, shape)?;
-    let program = lowering::lower(&plan)?;
+/// The ceiling probe of the arithmetic `plan` runs on: tensor-core `mma` when its attention
+/// kernels use them, else f32 FMA.
+pub fn ceiling_probe_for(plan: &Plan) -> Result<probe::Probe, PtxError> {
+    let program = lowering::lower(plan)?;
     Ok(probe::Probe::for_kernels(
-        shape.dtype,
+        plan.dims.dtype,
         tc_select::eligible(&program.dims),
     ))
+}
+
+/// [`ceiling_probe_for`] the plan of `spec` on `shape`.
+pub fn ceiling_probe(spec: &Spec, shape: &Shape) -> Result<probe::Probe, PtxError> {
+    ceiling_probe_for(&Plan::new(spec, shape)?)
 }
 
 /// Whether `dtype` is one the PTX kernels read.
 pub fn supports(dtype: DType) -> bool {
     matches!(dtype, DType::F32 | DType::F16 | DType::Bf16)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use nsac_dsl::problem::Problem;
-    use nsac_dsl::spec::{Branch, Combine, HeadDim, Heads, Select, Window};
-
-    fn window_spec() -> Spec {
-        Spec {
-            name: "w".into(),
-            heads: Heads { q: 4, kv: 2 },
-            head_dim: HeadDim { qk: 40, v: 24 },
-            causal: true,
-            scale: None,
-            branches: vec![nsac_dsl::spec::Branch {
-                name: "win".into(),
-                kv: KvSource::Shared,
-                kind: BranchKind::Window(Window { size: 7 }),
-            }],
-            combine: Combine {
-                mode: CombineMode::Sum,
-                branches: vec!["win".into()],
-            },
-        }
-    }
-
-    #[test]
-    fn rejects_bad_variants_and_oversized_problems() {
-        let spec = window_spec();
-        let shape = Problem::batched(1, 9).resolve(&spec).expect("valid");
-        let bad = GpuVariant {
-            warps_per_block: 0,
-            ..GpuVariant::default()
-        };
-        assert!(matches!(
-            emit_ptx(&spec, &shape, &bad, Arch::Sm80),
-            Err(PtxError::BadVariant(_))
-        ));
-        let huge = Problem::batched(1, 1 << 26).resolve(&spec).expect("valid");
-        assert!(matches!(
-            emit_ptx(&spec, &huge, &GpuVariant::default(), Arch::Sm80),
-            Err(PtxError::TooLarge(_))
-        ));
-    }
-
-    #[test]
-    fn segment_table_repeats_segments_per_row() {
-        let spec = window_spec();
-        let shape = Problem::batched(2, 3).resolve(&spec).expect("valid");
-        assert_eq!(
-            segment_table(&shape),
-            vec![0, 3, 0, 3, 0, 3, 3, 6, 3, 6, 3, 6]
-        );
-        let shape = Problem::varlen(vec![0, 1, 3])
-            .resolve(&spec)
-            .expect("valid");
-        assert_eq!(segment_table(&shape), vec![0, 1, 1, 3, 1, 3]);
-    }
-
-    #[test]
-    fn manifest_launches_cover_every_row() {
-        let spec = window_spec();
-        let shape = Problem::batched(2, 13).resolve(&spec).expect("valid");
-        let variant = GpuVariant {
-            warps_per_block: 3,
-            ..GpuVariant::default()
-        };
-        let (ptx, m) = emit_ptx(&spec, &shape, &variant, Arch::Sm90).expect("emits");
-        assert!(ptx.contains(".target sm_90"));
-        let attend = &m.kernels[0];
-        // one warp per (token, query head): 26 tokens × 4 heads = 104 warps, 3 per block
-        assert_eq!(attend.block[0], 96);
-        assert_eq!(attend.grid[0], 35);
-        assert_eq!(
-            m.buffer("o").map(|b| b.shape.clone()),
-            Some(vec![2, 13, 4, 24])
-        );
-    }
-
-    /// Compressed + selected attention in bf16 with G = 4 and 64-wide heads: every stage runs
-    /// on the tensor-core kernels.
-    fn tensor_core_spec() -> Spec {
-        let branch = |name: &str, kind| Branch {
-            name: name.into(),
-            kv: KvSource::Shared,
-            kind,
-        };
-        Spec {
-            name: "tc".into(),
-            heads: Heads { q: 8, kv: 2 },
-            head_dim: HeadDim { qk: 64, v: 64 },
-            causal: true,
-            scale: None,
-            branches: vec![
-                branch(
-                    "cmp",
-                    BranchKind::Compress(Compress {
-                        block: 16,
-                        stride: 8,
-                        pool: Pool::Mean,
-                    }),
-                ),
-                branch(
-                    "slc",
-                    BranchKind::Select(Select {
-                        block: 16,
-                        top: 4,
-                        scored_by: "cmp".into(),
-                        keep_first: 1,
-                        keep_last: 1,
-                    }),
-                ),
-            ],
-            combine: Combine {
-                mode: CombineMode::Sum,
-                branches: vec!["cmp".into(), "slc".into()],
-            },
-        }
-    }
-
-    fn kernel<'a>(m: &'a Manifest, stage: &str) -> &'a KernelInfo {
-        m.kernels
-            .iter()
-            .find(|k| k.name.ends_with(stage))
-            .expect("kernel present")
-    }
-
-    #[test]
-    fn manifest_reflects_the_tensor_core_knobs() {
-        let spec = tensor_core_spec();
-        let mut p = Problem::batched(1, 77);
-        p.dtype = DType::Bf16;
-        let shape = p.resolve(&spec).expect("valid");
-        let emit = |v: GpuVariant| emit_ptx(&spec, &shape, &v, Arch::Sm90).expect("emits");
-        let (ptx0, m0) = emit(GpuVariant::default());
-        // K and V rows of 2*64+16 bytes each, per staged key, per warp
-        let row_pair = 2 * (2 * 64 + 16);
-        for (tokens, chunk) in [(8, 32), (4, 16), (16, 64), (2, 128)] {
-            let v = GpuVariant {
-                select_tokens: tokens,
-                select_chunk: chunk,
-                ..GpuVariant::default()
-            };
-            let (ptx, m) = emit(v);
-            let slc = kernel(&m, "attend_slc");
-            assert_eq!(slc.block, [32 * tokens, 1, 1], "{v}");
-            assert_eq!(slc.grid[0], 77u32.div_ceil(tokens) * 2, "{v}");
-            assert_eq!(slc.shared_bytes, tokens * chunk * row_pair, "{v}");
-            // 512 threads launch with 128 registers each at most
-            assert_eq!(slc.max_regs, (tokens > 8).then_some(128), "{v}");
-            assert_eq!(
-                ptx.contains(&format!(".maxntid {}, 1, 1", 32 * tokens)),
-                tokens > 8,
-                "only blocks of more than 256 threads bound the registers: {v}"
-            );
-            // the other kernels do not depend on these knobs
-            assert_eq!(kernel(&m, "attend_cmp"), kernel(&m0, "attend_cmp"));
-            assert_eq!(kernel(&m, "topn_slc"), kernel(&m0, "topn_slc"));
-        }
-
-        let cmp0 = kernel(&m0, "attend_cmp");
-        assert_eq!(cmp0.max_regs, Some(128));
-        assert!(ptx0.contains(".maxnreg 128\n{"));
-        assert!(!ptx0.contains(".maxntid"));
-        // (tokens, cap asked for, cap declared): 16 warps launch with 128 registers at most
-        for (tokens, regs, declared) in [
-            (4, 96, Some(96)),
-            (16, 0, Some(128)),
-            (8, 168, Some(168)),
-            (16, 168, Some(128)),
-            (8, 0, None),
-        ] {
-            let v = GpuVariant {
-                compress_tokens: tokens,
-                compress_max_regs: regs,
-                ..GpuVariant::default()
-            };
-            let (ptx, m) = emit(v);
-            let cmp = kernel(&m, "attend_cmp");
-            assert_eq!(cmp.block, [32 * tokens, 1, 1], "{v}");
-            assert_eq!(cmp.grid[0], 77u32.div_ceil(tokens) * 2, "{v}");
-            // two staging buffers of the same size, then a (start, end) pair per warp
-            assert_eq!(
-                cmp.shared_bytes,
-                cmp0.shared_bytes - 8 * 8 + 8 * tokens,
-                "{v}"
-            );
-            assert_eq!(cmp.max_regs, declared, "{v}");
-            assert_eq!(
-                ptx.contains(&format!(".maxnreg {}\n", declared.unwrap_or(0))),
-                declared.is_some(),
-                "{v}"
-            );
-            assert_eq!(ptx.contains(".maxntid 512, 1, 1"), tokens == 16, "{v}");
-            assert_eq!(
-                m.to_json().contains("\"max_regs\""),
-                declared.is_some(),
-                "only a declared cap appears in the manifest"
-            );
-            let back: Manifest = serde_json::from_str(&m.to_json()).expect("decodes");
-            assert_eq!(back, m);
-        }
-
-        for tokens in [1, 2, 4, 16, 32] {
-            let v = GpuVariant {
-                score_tokens: tokens,
-                ..GpuVariant::default()
-            };
-            let (ptx, m) = emit(v);
-            let topn = kernel(&m, "topn_slc");
-            // 77 tokens → 5 candidate blocks of 16: small score arrays, the whole request fits
-            assert_eq!(topn.block, [32 * tokens, 1, 1], "{v}");
-            assert_eq!(topn.grid[0], 77u32.div_ceil(tokens) * 2, "{v}");
-            assert_eq!(ptx.contains(".maxntid"), tokens > 8, "{v}");
-        }
-    }
-
-    /// The manifests of `spec` on 77 tokens with the default variant and with `fuse_combine=1`.
-    fn unfused_and_fused(spec: &Spec, dtype: DType) -> ((String, Manifest), (String, Manifest)) {
-        let mut p = Problem::batched(1, 77);
-        p.dtype = dtype;
-        let shape = p.resolve(spec).expect("valid");
-        let emit = |v: &GpuVariant| emit_ptx(spec, &shape, v, Arch::Sm90).expect("emits");
-        let fused = GpuVariant {
-            fuse_combine: 1,
-            ..GpuVariant::default()
-        };
-        (emit(&GpuVariant::default()), emit(&fused))
-    }
-
-    /// The `.entry` of kernel `name` in `ptx`.
-    fn entry<'a>(ptx: &'a str, name: &str) -> &'a str {
-        let start = ptx
-            .find(&format!(".visible .entry {name}("))
-            .expect("kernel present");
-        let rest = &ptx[start + 1..];
-        &ptx[start..start + 1 + rest.find(".visible .entry").unwrap_or(rest.len())]
-    }
-
-    #[test]
-    fn fused_combine_moves_into_the_tensor_core_select_kernel() {
-        let strs = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let own = ["seg", "q", "k", "v", "idx_slc", "o_slc"];
-        // (combine mode, combine order, the fused kernel's extra parameters)
-        let cases = [
-            (
-                CombineMode::Gate,
-                ["cmp", "slc"],
-                strs(&["o_cmp", "g_cmp", "g_slc", "o"]),
-            ),
-            (
-                CombineMode::Gate,
-                ["slc", "cmp"],
-                strs(&["o_cmp", "g_slc", "g_cmp", "o"]),
-            ),
-            (CombineMode::Sum, ["cmp", "slc"], strs(&["o_cmp", "o"])),
-        ];
-        for (mode, order, extra) in cases {
-            let mut spec = tensor_core_spec();
-            spec.combine = Combine {
-                mode,
-                branches: strs(&order),
-            };
-            for dtype in [DType::Bf16, DType::F16] {
-                let ((ptx0, m0), (ptx1, m1)) = unfused_and_fused(&spec, dtype);
-                // same buffers: the select branch's own output is still written
-                assert_eq!(m1.buffers, m0.buffers);
-                assert!(m0.kernels.iter().any(|k| k.name == "nsac_tc_combine"));
-                let names: Vec<&str> = m1.kernels.iter().map(|k| k.name.as_str()).collect();
-                assert_eq!(
-                    names,
-                    [
-                        "nsac_tc_pool_cmp",
-                        "nsac_tc_attend_cmp",
-                        "nsac_tc_topn_slc",
-                        "nsac_tc_attend_slc_combine"
-                    ]
-                );
-                assert_eq!(m1.kernels[..3], m0.kernels[..3]);
-                let slc = &m1.kernels[3];
-                let mut want = strs(&own);
-                want.extend(extra.iter().cloned());
-                assert_eq!(slc.params, want, "{mode:?} {order:?}");
-                let slc0 = kernel(&m0, "attend_slc");
-                assert_eq!(
-                    (slc.grid, slc.block, slc.shared_bytes, slc.max_regs),
-                    (slc0.grid, slc0.block, slc0.shared_bytes, slc0.max_regs)
-                );
-                assert!(ptx1.contains(".visible .entry nsac_tc_attend_slc_combine("));
-                assert!(!ptx1.contains(".visible .entry nsac_tc_combine("));
-                // the combine's arithmetic: per stored pair of elements, one fma (gated) or
-                // add (sum) per branch and element
-                let op = match mode {
-                    CombineMode::Gate => "fma.rn.f32",
-                    CombineMode::Sum => "add.rn.f32",
-                };
-                let per = 2 * 2;
-                let (k0, k1) = (
-                    entry(&ptx0, "nsac_tc_attend_slc"),
-                    entry(&ptx1, "nsac_tc_attend_slc_combine"),
-                );
-                let count = |k: &str, op: &str| k.matches(op).count();
-                // rows gq and gq+8, Dv/8 column pairs each, also written to o
-                let stores = count(k1, "st.global.v2.f32") - count(k0, "st.global.v2.f32");
-                assert_eq!(stores, 2 * 64 / 8);
-                // the other branch's pair read for each
-                let loads = count(k1, "ld.global.v2.f32") - count(k0, "ld.global.v2.f32");
-                assert_eq!(loads, stores);
-                assert_eq!(count(k1, op) - count(k0, op), stores * per);
-            }
-        }
-    }
-
-    #[test]
-    fn fused_combine_collapses_where_the_last_branch_kernel_cannot_fuse() {
-        let mut gated = tensor_core_spec();
-        gated.combine.mode = CombineMode::Gate;
-        // f32: the scalar select kernel
-        let (a, b) = unfused_and_fused(&gated, DType::F32);
-        assert_eq!(a, b);
-        // G = 32 > 16 heads per kv head: the scalar select kernel
-        let mut wide = gated.clone();
-        wide.heads = Heads { q: 64, kv: 2 };
-        let (a, b) = unfused_and_fused(&wide, DType::Bf16);
-        assert_eq!(a, b);
-        // only a compress branch
-        let mut compress_only = gated.clone();
-        compress_only.branches.truncate(1);
-        compress_only.combine.branches.truncate(1);
-        for dtype in [DType::Bf16, DType::F32] {
-            let (a, b) = unfused_and_fused(&compress_only, dtype);
-            assert!(a.1.kernels.iter().any(|k| k.name == "nsac_tc_combine"));
-            assert_eq!(a, b);
-        }
-    }
-
-    #[test]
-    fn fused_combine_moves_into_the_window_kernel_when_it_runs_last() {
-        let mut spec = tensor_core_spec();
-        spec.branches.push(Branch {
-            name: "win".into(),
-            kv: KvSource::Shared,
-            kind: BranchKind::Window(Window { size: 9 }),
-        });
-        spec.combine = Combine {
-            mode: CombineMode::Gate,
-            branches: ["win", "cmp", "slc"].map(String::from).to_vec(),
-        };
-        // the window kernel is scalar in every dtype
-        for dtype in [DType::Bf16, DType::F32] {
-            let ((_, m0), (ptx1, m1)) = unfused_and_fused(&spec, dtype);
-            assert_eq!(m1.buffers, m0.buffers);
-            let names: Vec<&str> = m1.kernels.iter().map(|k| k.name.as_str()).collect();
-            assert_eq!(names.last(), Some(&"nsac_tc_attend_win_combine"));
-            assert_eq!(m1.kernels.len() + 1, m0.kernels.len());
-            assert_eq!(
-                m1.kernels[..4],
-                m0.kernels[..4],
-                "the select kernel is not fused"
-            );
-            let win = &m1.kernels[4];
-            assert_eq!(
-                win.params,
-                [
-                    "seg", "q", "k", "v", "o_win", "o_cmp", "o_slc", "g_win", "g_cmp", "g_slc", "o"
-                ]
-            );
-            assert_eq!(
-                (win.grid, win.block),
-                (m0.kernels[4].grid, m0.kernels[4].block)
-            );
-            // three gates, then per lane and 32-wide chunk of Dv = 64: two loads of other
-            // branches, three fmas and one store to o
-            let k1 = entry(&ptx1, "nsac_tc_attend_win_combine");
-            let tail = &k1[k1.find("combine fused").expect("epilogue")..];
-            // (16-bit gates load as b16, f32 gates as f32)
-            let f32_gates = if dtype == DType::F32 { 3 } else { 0 };
-            assert_eq!(tail.matches("ld.global.b16").count(), 3 - f32_gates);
-            assert_eq!(tail.matches("ld.global.f32").count(), 2 * 2 + f32_gates);
-            assert_eq!(tail.matches("fma.rn.f32").count(), 2 * 3);
-            assert_eq!(tail.matches("st.global.f32").count(), 2);
-        }
-        // sum: adds instead, no gates
-        spec.combine.mode = CombineMode::Sum;
-        let (_, (ptx1, m1)) = unfused_and_fused(&spec, DType::F16);
-        let win = m1.kernels.last().expect("kernels");
-        assert_eq!(
-            win.params,
-            ["seg", "q", "k", "v", "o_win", "o_cmp", "o_slc", "o"]
-        );
-        let k1 = entry(&ptx1, "nsac_tc_attend_win_combine");
-        assert_eq!(k1.matches("add.rn.f32").count(), 2 * 3);
-    }
-
-    #[test]
-    fn a_third_compress_stage_adds_one_chunk_buffer_and_waits_for_two_groups() {
-        let spec = tensor_core_spec();
-        let mut p = Problem::batched(1, 77);
-        p.dtype = DType::Bf16;
-        let shape = p.resolve(&spec).expect("valid");
-        let emit = |v: GpuVariant| emit_ptx(&spec, &shape, &v, Arch::Sm90).expect("emits");
-        let (ptx2, m2) = emit(GpuVariant::default());
-        let (ptx3, m3) = emit(GpuVariant {
-            compress_stages: 3,
-            ..GpuVariant::default()
-        });
-        // one staging buffer of 32 keys: K hi, K lo and V rows of 2*64+16 bytes (attention),
-        // K hi and lo rows (top-n scoring)
-        let row = 2 * 64 + 16;
-        let (attn_buf, score_buf) = (32 * 3 * row, 32 * 2 * row);
-        let (a2, a3) = (kernel(&m2, "attend_cmp"), kernel(&m3, "attend_cmp"));
-        assert_eq!(a2.shared_bytes, 2 * attn_buf + 8 * 8);
-        assert_eq!(a3.shared_bytes, a2.shared_bytes + attn_buf);
-        assert!(a3.launch.contains("shared = 3*32*(") && a3.launch.contains("triple-buffered"));
-        let (t2, t3) = (kernel(&m2, "topn_slc"), kernel(&m3, "topn_slc"));
-        assert_eq!(
-            t3.block, t2.block,
-            "8 score arrays still fit beside 3 buffers"
-        );
-        assert_eq!(t3.shared_bytes, t2.shared_bytes + score_buf);
-        // the other kernels do not depend on the knob
-        assert_eq!(kernel(&m3, "attend_slc"), kernel(&m2, "attend_slc"));
-
-        // S buffers: wait until only the S - 1 newest groups are pending; the prologue commits
-        // S - 1 groups and each loop step one (attention and top-n hold one loop each)
-        let count = |ptx: &str, s: &str| ptx.matches(s).count();
-        assert_eq!(count(&ptx2, "cp.async.wait_group 1;"), 2);
-        assert_eq!(count(&ptx2, "cp.async.wait_group 2;"), 0);
-        assert_eq!(count(&ptx3, "cp.async.wait_group 1;"), 0);
-        assert_eq!(count(&ptx3, "cp.async.wait_group 2;"), 2);
-        assert_eq!(
-            count(&ptx3, "cp.async.commit_group;"),
-            count(&ptx2, "cp.async.commit_group;") + 2,
-            "one more prologue group in each of the two loops"
-        );
-        // the step's copies go to the buffer before the current one in the ring, which then
-        // advances by one buffer and wraps after three
-        let has = |ptx: &str, op: &str, x: u32| {
-            ptx.lines()
-                .any(|l| l.trim().starts_with(op) && l.ends_with(&format!(", {x};")))
-        };
-        for buf in [attn_buf, score_buf] {
-            assert!(has(&ptx3, "add.u32", 2 * buf), "{buf}");
-            assert!(has(&ptx3, "setp.eq.u32", 3 * buf), "{buf}");
-            assert!(!has(&ptx2, "setp.eq.u32", 3 * buf), "{buf}");
-        }
-    }
-
-    #[test]
-    fn top_n_halves_its_tokens_until_the_scores_fit() {
-        use kernels::topn::tc_warps;
-        // default: 8 tokens, fewer when 8 score arrays do not fit beside the staging
-        assert_eq!(tc_warps(8, 1024, 20_000), 8);
-        assert_eq!(tc_warps(8, 20 * 1024, 8_000), 4);
-        assert_eq!(tc_warps(8, 40 * 1024, 8_000), 2);
-        assert_eq!(tc_warps(8, 100 * 1024, 8_000), 1);
-        assert_eq!(tc_warps(8, 200 * 1024, 8_000), 1);
-        assert_eq!(tc_warps(16, 1024, 20_000), 16);
-        assert_eq!(tc_warps(16, 9 * 1024, 8_000), 16);
-        assert_eq!(tc_warps(16, 10 * 1024, 8_000), 8);
-        assert_eq!(tc_warps(6, 30 * 1024, 8_000), 3);
-        assert_eq!(tc_warps(2, 1024, 8_000), 2);
-    }
 }

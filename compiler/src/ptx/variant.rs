@@ -25,8 +25,9 @@ pub struct GpuVariant {
     /// Register cap (`.maxnreg`) of the tensor-core compressed attention; 0 leaves it to
     /// ptxas (bounded by the block size): 0 or 32..=255.
     pub compress_max_regs: u32,
-    /// The most consecutive tokens per thread block of the tensor-core top-n scoring (fewer
-    /// when their block scores would not fit shared memory): 1..=32.
+    /// Consecutive tokens per thread block of the tensor-core top-n scoring (their score arrays
+    /// grow with the call's longest segment; a call whose scores do not fit the device's shared
+    /// memory is refused at launch): 1..=32.
     pub score_tokens: u32,
     /// Pipeline depth of the shared compressed-key chunks (tensor-core compressed attention and
     /// top-n scoring): chunks in flight with `cp.async` while one is consumed; 2 (double

@@ -6,14 +6,14 @@ use std::sync::{Arc, Mutex};
 use cudarc::driver::sys::CUdevice_attribute;
 use cudarc::driver::{CudaContext, CudaModule, CudaStream};
 use cudarc::nvrtc::Ptx;
-use nsac_compiler::ptx::{Arch, GpuVariant};
-use nsac_dsl::problem::Shape;
-use nsac_dsl::spec::Spec;
+use nsac_compiler::ptx::Arch;
 
 use super::{CudaError, driver};
 use crate::tune::{GpuFingerprint, GpuLimits};
 
-type ModuleKey = (Spec, Shape, GpuVariant);
+/// Loaded modules are keyed by their PTX text: it holds no length, so every shape of a spec
+/// and variant shares one module.
+type ModuleKey = String;
 
 /// The most registers one thread may use on every NVIDIA GPU since Kepler (the driver has no
 /// attribute for it).
@@ -137,20 +137,20 @@ impl CudaDevice {
         Arch::for_capability(self.capability.0, self.capability.1)
     }
 
-    /// Loads `ptx` for `key`, or returns the module already loaded for it.
-    pub(crate) fn module(&self, key: ModuleKey, ptx: &str) -> Result<Arc<CudaModule>, CudaError> {
+    /// Loads `ptx` (of spec `name`), or returns the module already loaded for the same text.
+    pub(crate) fn module(&self, ptx: &str, name: &str) -> Result<Arc<CudaModule>, CudaError> {
         let mut cache = self
             .modules
             .lock()
             .map_err(|_| CudaError::Manifest("module cache poisoned".into()))?;
-        if let Some(m) = cache.get(&key) {
+        if let Some(m) = cache.get(ptx) {
             return Ok(m.clone());
         }
         let m = driver(
-            || format!("JIT-loading the PTX module of `{}`", key.0.name),
+            || format!("JIT-loading the PTX module of `{name}`"),
             self.ctx.load_module(Ptx::from_src(ptx)),
         )?;
-        cache.insert(key, m.clone());
+        cache.insert(ptx.to_string(), m.clone());
         Ok(m)
     }
 }

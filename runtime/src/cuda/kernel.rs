@@ -1,19 +1,24 @@
-//! A compiled spec on a CUDA device: buffers per the PTX manifest, kernels launched in order,
-//! outputs read back under the oracle's names (`o`, `o_<b>`, `idx_<b>`).
+//! A compiled plan on a CUDA device: buffers per the PTX manifest (which lists the plan's
+//! buffers and the backend's scratch), kernels launched in order with their launch geometry and
+//! `u32` size parameters evaluated for the call, outputs read back from the plan's output
+//! buffers under the oracle's names (`o`, `o_<b>`, `idx_<b>`). The PTX does not depend on the
+//! problem's lengths, so modules are cached by their text and shared by every shape.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
-use nsac_compiler::ptx::{BufferRole, GpuVariant, Manifest, emit_ptx, segment_table};
+use nsac_compiler::plan::{Plan, Stage};
+use nsac_compiler::ptx::{
+    BufferRole, CallSizes, GpuVariant, LaunchDims, Manifest, Param, emit_plan, segment_table,
+};
+use nsac_dsl::Spec;
 use nsac_dsl::problem::{DType, Shape};
-use nsac_dsl::spec::Spec;
-use nsac_kernels::io::{Inputs, Tensor, check_inputs};
+use nsac_kernels::io::{InputError, Inputs, Tensor};
 
 use super::{CudaDevice, CudaError, driver, time_on_stream};
 use crate::bench::median;
-use crate::guard::Arithmetic;
 
 /// What one GPU call produces (f32 outputs, int32 indices).
 #[derive(Debug, Clone, PartialEq)]
@@ -28,6 +33,8 @@ pub struct CudaOutput {
 pub struct DeviceBuffers {
     layout: Vec<nsac_compiler::ptx::BufferInfo>,
     slices: BTreeMap<String, CudaSlice<u8>>,
+    /// Every kernel's launch for these buffers' problem.
+    launches: Vec<LaunchDims>,
 }
 
 /// Median time of one kernel over timed runs.
@@ -37,14 +44,17 @@ pub struct KernelTime {
     pub median_ms: f32,
 }
 
-/// `spec` compiled for one shape and variant on one device.
+/// A plan compiled for one variant on one device.
 pub struct CudaKernel {
     device: Arc<CudaDevice>,
-    spec: Spec,
-    shape: Shape,
+    plan: Plan,
+    variant: GpuVariant,
     manifest: Manifest,
     ptx: String,
     functions: Vec<CudaFunction>,
+    /// The dynamic shared bytes each function is allowed so far (raised when a call needs more
+    /// than 48 KiB).
+    shared_allowed: Mutex<Vec<u32>>,
 }
 
 /// Rounds every input to `dtype` (what the GPU reads), so the oracle can be fed the same values.
@@ -86,46 +96,140 @@ fn to_bytes(data: &[f32], dtype: DType) -> Vec<u8> {
     }
 }
 
+/// The dynamic shared memory every kernel may use without opting in.
+const DEFAULT_SHARED: u32 = 48 * 1024;
+
 impl CudaKernel {
-    /// Generates PTX for `spec` on `shape` with `variant`, loads it (cached per device).
+    /// Builds the plan of `spec` on `shape` (they are used for nothing else), generates its
+    /// PTX with `variant` and loads it (cached per device by the PTX text, which is the same
+    /// for every length and packing).
     pub fn compile(
         device: &Arc<CudaDevice>,
         spec: &Spec,
         shape: &Shape,
         variant: &GpuVariant,
     ) -> Result<CudaKernel, CudaError> {
-        let (ptx, manifest) = emit_ptx(spec, shape, variant, device.arch())?;
-        let module = device.module((spec.clone(), shape.clone(), *variant), &ptx)?;
+        let plan = Plan::new(spec, shape).map_err(nsac_compiler::ptx::PtxError::from)?;
+        Self::compile_plan(device, plan, variant)
+    }
+
+    /// Generates PTX for `plan` with `variant` and loads it (cached per device).
+    pub fn compile_plan(
+        device: &Arc<CudaDevice>,
+        plan: Plan,
+        variant: &GpuVariant,
+    ) -> Result<CudaKernel, CudaError> {
+        let (ptx, manifest) = emit_plan(&plan, variant, device.arch())?;
+        let module = device.module(&ptx, &plan.name)?;
         let mut functions = Vec::new();
         for k in &manifest.kernels {
             let f = driver(
                 || format!("loading kernel `{}`", k.name),
                 module.load_function(&k.name),
             )?;
-            if k.shared_bytes > 48 * 1024 {
-                driver(
-                    || {
-                        format!(
-                            "allowing {} B of dynamic shared memory for kernel `{}`",
-                            k.shared_bytes, k.name
-                        )
-                    },
-                    f.set_attribute(
-                        CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                        k.shared_bytes as i32,
-                    ),
-                )?;
-            }
             functions.push(f);
         }
+        let shared_allowed = Mutex::new(vec![DEFAULT_SHARED; functions.len()]);
         Ok(CudaKernel {
             device: device.clone(),
-            spec: spec.clone(),
-            shape: shape.clone(),
+            plan,
+            variant: *variant,
             manifest,
             ptx,
             functions,
+            shared_allowed,
         })
+    }
+
+    /// Raises kernel `i`'s dynamic shared memory allowance to `bytes` if needed; fails with
+    /// [`CudaError::SharedMemory`] when the device has less.
+    fn allow_shared(&self, i: usize, bytes: u32) -> Result<(), CudaError> {
+        let mut allowed = self
+            .shared_allowed
+            .lock()
+            .map_err(|_| CudaError::Manifest("shared-memory allowances poisoned".into()))?;
+        if bytes <= allowed[i] {
+            return Ok(());
+        }
+        let name = &self.manifest.kernels[i].name;
+        let limit = self.device.limits()?.max_shared_bytes_per_block;
+        if u64::from(bytes) > limit {
+            return Err(CudaError::SharedMemory {
+                kernel: name.clone(),
+                needed: bytes.into(),
+                available: limit,
+            });
+        }
+        driver(
+            || format!("allowing {bytes} B of dynamic shared memory for kernel `{name}`"),
+            self.functions[i].set_attribute(
+                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                bytes as i32,
+            ),
+        )?;
+        allowed[i] = bytes;
+        Ok(())
+    }
+
+    /// Every kernel's launch for `sizes`, with the shared memory each needs allowed.
+    fn launches(&self, sizes: CallSizes) -> Result<Vec<LaunchDims>, CudaError> {
+        let launches = self.manifest.launches(sizes)?;
+        for (i, l) in launches.iter().enumerate() {
+            self.allow_shared(i, l.shared_bytes)?;
+        }
+        Ok(launches)
+    }
+
+    /// The plan the kernels were generated from.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// The Variant the kernels were generated with.
+    pub fn variant(&self) -> &GpuVariant {
+        &self.variant
+    }
+
+    /// Checks that `inputs` holds exactly the plan's input buffers, with their shapes and
+    /// finite values.
+    fn check_inputs(&self, inputs: &Inputs) -> Result<(), InputError> {
+        let expected: Vec<_> = self
+            .plan
+            .buffers
+            .iter()
+            .filter(|b| b.role == nsac_compiler::plan::BufferRole::Input)
+            .collect();
+        for e in &expected {
+            let t = inputs
+                .get(&e.name)
+                .ok_or_else(|| InputError::Missing(e.name.clone()))?;
+            if t.shape != e.dims {
+                return Err(InputError::BadShape {
+                    name: e.name.clone(),
+                    got: t.shape.clone(),
+                    expected: e.dims.clone(),
+                });
+            }
+            if t.data.len() != t.numel() {
+                return Err(InputError::BadLength {
+                    name: e.name.clone(),
+                    shape: t.shape.clone(),
+                    got: t.data.len(),
+                    expected: t.numel(),
+                });
+            }
+            if t.data.iter().any(|x| !x.is_finite()) {
+                return Err(InputError::NonFinite(e.name.clone()));
+            }
+        }
+        if let Some(name) = inputs
+            .keys()
+            .find(|n| !expected.iter().any(|e| e.name == **n))
+        {
+            let reads: Vec<&str> = expected.iter().map(|e| e.name.as_str()).collect();
+            return Err(InputError::Unexpected(name.clone(), reads.join(", ")));
+        }
+        Ok(())
     }
 
     /// The launch manifest.
@@ -140,13 +244,9 @@ impl CudaKernel {
 
     /// Allocates this kernel's buffers and copies `inputs` (converted to the shape's dtype) in.
     pub fn upload(&self, inputs: &Inputs) -> Result<DeviceBuffers, CudaError> {
-        check_inputs(&self.spec, &self.shape, inputs)?;
-        crate::guard::check(
-            &self.spec,
-            &self.shape,
-            inputs,
-            Arithmetic::Inputs(self.shape.dtype),
-        )?;
+        self.check_inputs(inputs)?;
+        let launches = self.launches(CallSizes::of(&self.plan))?;
+        let dtype = self.plan.dims.dtype;
         let stream = &self.device.stream;
         let mut bufs = BTreeMap::new();
         for b in &self.manifest.buffers {
@@ -155,22 +255,23 @@ impl CudaKernel {
                     let t = inputs.get(&b.name).ok_or_else(|| {
                         CudaError::Manifest(format!("no input for buffer `{}`", b.name))
                     })?;
-                    let bytes = to_bytes(&t.data, self.shape.dtype);
+                    let bytes = to_bytes(&t.data, dtype);
                     driver(
                         || format!("copying input `{}` to the device", b.name),
                         stream.clone_htod(&bytes),
                     )?
                 }
                 BufferRole::Segments => {
-                    let seg: Vec<u8> = segment_table(&self.shape)
+                    let seg: Vec<u8> = segment_table(&self.plan)
                         .iter()
                         .flat_map(|x| x.to_le_bytes())
                         .collect();
                     driver(|| "copying segments".into(), stream.clone_htod(&seg))?
                 }
+                // (at least one element: a problem may have no compressed token)
                 BufferRole::Scratch | BufferRole::Output => driver(
                     || format!("allocating buffer `{}`", b.name),
-                    stream.alloc_zeros::<u8>(b.numel() * b.elem_bytes()),
+                    stream.alloc_zeros::<u8>(b.numel().max(1) * b.elem_bytes()),
                 )?,
             };
             bufs.insert(b.name.clone(), slice);
@@ -178,6 +279,7 @@ impl CudaKernel {
         Ok(DeviceBuffers {
             layout: self.manifest.buffers.clone(),
             slices: bufs,
+            launches,
         })
     }
 
@@ -187,13 +289,14 @@ impl CudaKernel {
                 "the buffers were uploaded for another spec or shape".into(),
             ));
         }
-        let bufs = &bufs.slices;
+        let (slices, launches) = (&bufs.slices, &bufs.launches);
         let stream = &self.device.stream;
-        for (i, (k, f)) in self
+        for (i, ((k, f), l)) in self
             .manifest
             .kernels
             .iter()
             .zip(&self.functions)
+            .zip(launches)
             .enumerate()
         {
             if only.is_some_and(|o| o != i) {
@@ -201,23 +304,33 @@ impl CudaKernel {
             }
             let mut args = stream.launch_builder(f);
             for p in &k.params {
-                let b = bufs.get(p).ok_or_else(|| {
-                    CudaError::Manifest(format!("kernel `{}` reads unknown buffer `{p}`", k.name))
-                })?;
-                args.arg(b);
+                if let Param::Buffer { name } = p {
+                    let b = slices.get(name).ok_or_else(|| {
+                        CudaError::Manifest(format!(
+                            "kernel `{}` reads unknown buffer `{name}`",
+                            k.name
+                        ))
+                    })?;
+                    args.arg(b);
+                }
+            }
+            for x in &l.scalars {
+                args.arg(x);
             }
             let cfg = LaunchConfig {
-                grid_dim: (k.grid[0], 1, 1),
-                block_dim: (k.block[0], 1, 1),
-                shared_mem_bytes: k.shared_bytes,
+                grid_dim: (l.grid, 1, 1),
+                block_dim: (l.block, 1, 1),
+                shared_mem_bytes: l.shared_bytes,
             };
-            // SAFETY: the parameters are exactly the kernel's pointer parameters, in order, each
-            // a device buffer sized by the manifest the kernel was generated with.
+            // SAFETY: the parameters are exactly the kernel's parameters, in order: device
+            // buffers sized by the manifest of the problem they were uploaded for, then its
+            // `u32` sizes for that problem, evaluated with the launch (checked against the
+            // kernels' 32-bit index limit).
             unsafe { args.launch(cfg) }.map_err(|source| CudaError::Launch {
                 kernel: k.name.clone(),
-                grid: k.grid[0],
-                block: k.block[0],
-                shared: k.shared_bytes,
+                grid: l.grid,
+                block: l.block,
+                shared: l.shared_bytes,
                 source,
             })?;
         }
@@ -261,23 +374,34 @@ impl CudaKernel {
             || "waiting for the kernels".into(),
             self.device.stream.synchronize(),
         )?;
-        let o = self.download_f32(&bufs, "o")?;
+        let name = |id| self.plan.buffer(id).name.as_str();
+        let mut o = None;
         let mut branches = BTreeMap::new();
         let mut selected = BTreeMap::new();
-        for br in &self.spec.branches {
-            branches.insert(
-                br.name.clone(),
-                self.download_f32(&bufs, &format!("o_{}", br.name))?,
-            );
-            if br.as_select().is_some() {
-                let (bytes, shape) = self.download(&bufs, &format!("idx_{}", br.name))?;
-                let data = bytes
-                    .chunks_exact(4)
-                    .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect();
-                selected.insert(br.name.clone(), Tensor { shape, data });
+        for stage in &self.plan.stages {
+            match stage {
+                Stage::CompressedAttention(c) => {
+                    branches.insert(c.branch.clone(), self.download_f32(&bufs, name(c.out))?);
+                }
+                Stage::SelectedAttention(s) => {
+                    branches.insert(s.branch.clone(), self.download_f32(&bufs, name(s.out))?);
+                }
+                Stage::WindowAttention(w) => {
+                    branches.insert(w.branch.clone(), self.download_f32(&bufs, name(w.out))?);
+                }
+                Stage::SelectBlocks(s) => {
+                    let (bytes, shape) = self.download(&bufs, name(s.idx))?;
+                    let data = bytes
+                        .chunks_exact(4)
+                        .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect();
+                    selected.insert(s.branch.clone(), Tensor { shape, data });
+                }
+                Stage::Combine(c) => o = Some(self.download_f32(&bufs, name(c.out))?),
+                Stage::Pool(_) => {}
             }
         }
+        let o = o.ok_or_else(|| CudaError::Manifest("the plan has no combine".into()))?;
         Ok(CudaOutput {
             o,
             branches,

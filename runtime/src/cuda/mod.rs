@@ -1,6 +1,6 @@
 //! The CUDA device: generated PTX loaded through cudarc's driver API, dynamically loaded so
-//! that building needs no CUDA and the GPU is found at run time. Modules are cached per
-//! (spec, shape, variant) on the device. Every CUDA call is checked; errors name the kernel and
+//! that building needs no CUDA and the GPU is found at run time. Modules are cached per PTX
+//! text on the device (one module serves every length and packing of a spec and variant). Every CUDA call is checked; errors name the kernel and
 //! its launch configuration.
 
 mod ceiling;
@@ -38,8 +38,14 @@ pub enum CudaError {
     Ptx(#[from] PtxError),
     #[error(transparent)]
     Input(#[from] InputError),
-    #[error(transparent)]
-    Guard(#[from] Box<crate::guard::GuardError>),
+    #[error(
+        "kernel `{kernel}` needs {needed} B of shared memory per block for this call, the device allows {available} B (the top-n score arrays grow with the longest segment: shorten it, or lower the GPU variant's score_tokens)"
+    )]
+    SharedMemory {
+        kernel: String,
+        needed: u64,
+        available: u64,
+    },
     #[error("the PTX manifest is inconsistent: {0}")]
     Manifest(String),
     #[error("the ceiling probe failed: {0}")]

@@ -51,6 +51,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use nsac_compiler::plan::{Plan, Stage};
 use nsac_compiler::ptx::{Arch, GpuVariant, emit_ptx};
 use nsac_dsl::Spec;
 use nsac_dsl::problem::{DType, Shape};
@@ -139,8 +140,18 @@ pub struct GpuSpace {
     knobs: GpuKnobs,
     spec: Spec,
     shape: Shape,
+    /// The select stages' blocks, from the plan.
+    select_blocks: Vec<usize>,
     arch: Arch,
     limits: GpuLimits,
+}
+
+/// The (block, top) of every select stage of `plan`.
+fn selects(plan: &Plan) -> impl Iterator<Item = (usize, usize)> + '_ {
+    plan.stages.iter().filter_map(|s| match s {
+        Stage::SelectedAttention(a) => Some((a.block, a.top)),
+        _ => None,
+    })
 }
 
 impl GpuSpace {
@@ -165,10 +176,14 @@ impl GpuSpace {
                 *values = vec![own];
             }
         }
+        let select_blocks = Plan::new(spec, shape)
+            .map(|p| selects(&p).map(|(block, _)| block).collect())
+            .unwrap_or_default();
         GpuSpace {
             knobs,
             spec: spec.clone(),
             shape: shape.clone(),
+            select_blocks,
             arch,
             limits,
         }
@@ -218,13 +233,14 @@ impl VariantSpace for GpuSpace {
             .map_err(|e| PruneReason::Incompatible(e.to_string()))?;
         // The default is the baseline every problem runs, whatever its blocks.
         let default_chunk = GpuVariant::default().select_chunk;
-        for select in self.spec.branches.iter().filter_map(|b| b.as_select()) {
-            if v.select_chunk != default_chunk && !select.block.is_multiple_of(v.select_chunk) {
+        for &block in &self.select_blocks {
+            let chunk = v.select_chunk as usize;
+            if v.select_chunk != default_chunk && !block.is_multiple_of(chunk) {
                 return Err(PruneReason::NotDivisible {
                     knob: "select_chunk".into(),
                     value: v.select_chunk.into(),
                     what: "the select block".into(),
-                    size: select.block.into(),
+                    size: block as u64,
                 });
             }
         }
@@ -270,14 +286,11 @@ pub fn gpu_tolerance(dtype: DType) -> f64 {
     }
 }
 
-/// Tokens of the GPU check problem: odd, at least 203, and past two blocks more than every
-/// select branch's top-n could cover, so the top-n really chooses.
-pub fn check_seq_len(spec: &Spec) -> usize {
-    let span = spec
-        .branches
-        .iter()
-        .filter_map(|b| b.as_select())
-        .map(|s| (s.top as usize + 2) * s.block as usize + 37)
+/// Tokens of the GPU check problem for the plan of a problem: odd, at least 203, and past two
+/// blocks more than every select stage's top-n could cover, so the top-n really chooses.
+pub fn check_seq_len(plan: &Plan) -> usize {
+    let span = selects(plan)
+        .map(|(block, top)| (top + 2) * block + 37)
         .max()
         .unwrap_or(0);
     span.max(203) | 1
@@ -311,7 +324,9 @@ impl GpuBench {
         spec: &Spec,
         shape: &Shape,
     ) -> Result<Self, GpuCheckError> {
-        let check_shape = check_shape(spec, shape, check_seq_len(spec)).map_err(Mismatch::from)?;
+        let plan = Plan::new(spec, shape)
+            .map_err(|e| CudaError::from(nsac_compiler::ptx::PtxError::from(e)))?;
+        let check_shape = check_shape(spec, shape, check_seq_len(&plan)).map_err(Mismatch::from)?;
         let cases = check_cases(spec, &check_shape, Some(shape.dtype)).map_err(Mismatch::from)?;
         let layout = CudaKernel::compile(device, spec, shape, &GpuVariant::default())?;
         let buffers = layout.upload(&random_inputs(spec, shape, 0x1234))?;

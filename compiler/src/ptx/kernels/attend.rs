@@ -6,24 +6,26 @@
 //! stage): after storing its row, the warp also computes `o = Σ_b g_b·o_b` for the same elements
 //! (`combine::store_combined_vec`) and writes `o`; the combine kernel is then not launched.
 
-use crate::ptx::builder::{KernelBuilder, ParamTy, Reg, RegClass, fimm, imm, mem};
-use crate::ptx::lowering::{Dims, KvNames};
+use crate::ptx::builder::{KernelBuilder, Reg, RegClass, fimm, imm, mem};
+use crate::ptx::lowering::{Compressed, Dims, KvNames};
 
-use super::KernelOut;
 use super::combine::{Fused, store_combined_vec};
 use super::common::{
-    Elem, chunks, for_range, load_vec, segment, store_vec, visible_compressed, warp_dot, warp_row,
+    Elem, chunks, declare_buffers, declare_scalar, for_range, load_vec, params_of, segment,
+    segment_column, store_vec, visible_compressed, warp_dot, warp_row,
 };
+use super::{KernelOut, Scalar};
 
 /// Which keys a row attends to.
 pub enum Keys<'a> {
     Compressed {
+        keys: &'a Compressed,
         block: u32,
         stride: u32,
-        write_lse: bool,
     },
     Selected {
         kv: &'a KvNames,
+        idx: &'a str,
         block: u32,
         top: u32,
     },
@@ -31,6 +33,14 @@ pub enum Keys<'a> {
         kv: &'a KvNames,
         size: u32,
     },
+}
+
+/// The buffers of an attention kernel besides its keys: the queries, the output and (scored
+/// compressed branches) the log-sum-exp.
+pub struct Rows<'a> {
+    pub q: &'a str,
+    pub out: &'a str,
+    pub lse: Option<&'a str>,
 }
 
 /// Online-softmax state of one row.
@@ -80,41 +90,36 @@ fn step(
 /// after storing its row (extra parameters [`Fused::params`]).
 pub fn attend(
     name: &str,
-    branch: &str,
+    rows_io: &Rows<'_>,
     keys: Keys<'_>,
     dims: &Dims,
     warps: u32,
     fused: Option<&Fused>,
 ) -> KernelOut {
     let mut b = KernelBuilder::new(name);
-    let mut params: Vec<String> = vec!["seg".into(), "q".into()];
+    let mut params: Vec<String> = vec!["seg".into(), rows_io.q.to_string()];
     let (kname, vname, kelem) = match &keys {
-        Keys::Compressed { .. } => (format!("kc_{branch}"), format!("vc_{branch}"), Elem::F32),
+        Keys::Compressed { keys, .. } => (keys.kv.k.clone(), keys.kv.v.clone(), Elem::F32),
         Keys::Selected { kv, .. } | Keys::Window { kv, .. } => {
             (kv.k.clone(), kv.v.clone(), Elem::Input(dims.dtype))
         }
     };
     params.push(kname);
     params.push(vname);
-    if let Keys::Selected { .. } = keys {
-        params.push(format!("idx_{branch}"));
+    if let Keys::Selected { idx, .. } = keys {
+        params.push(idx.to_string());
     }
-    params.push(format!("o_{branch}"));
-    let write_lse = matches!(
-        keys,
-        Keys::Compressed {
-            write_lse: true,
-            ..
-        }
-    );
-    if write_lse {
-        params.push(format!("lse_{branch}"));
+    params.push(rows_io.out.to_string());
+    let write_lse = matches!(keys, Keys::Compressed { .. }) && rows_io.lse.is_some();
+    if let (true, Some(lse)) = (write_lse, rows_io.lse) {
+        params.push(lse.to_string());
     }
-    let syms: Vec<String> = params.iter().map(|p| b.param(p, ParamTy::Ptr)).collect();
+    let syms = declare_buffers(&mut b, &params);
     let fused_params = fused.map(|f| f.declare(&mut b, dims));
     params.extend(fused.map(Fused::params).unwrap_or_default());
-    let nrows = dims.ntok * dims.hq;
-    let wr = warp_row(&mut b, nrows);
+    let ntok_sym = declare_scalar(&mut b, Scalar::Ntok);
+    let ntok = b.load_u32_param(&ntok_sym);
+    let wr = warp_row(&mut b, ntok, dims.hq);
     let ptrs: Vec<Reg> = syms.iter().map(|s| b.load_ptr_param(s)).collect();
     let (seg, qb, kb, vb) = (ptrs[0], ptrs[1], ptrs[2], ptrs[3]);
     let tok = b.op2(
@@ -135,7 +140,7 @@ pub fn attend(
         hq.into(),
         imm(i64::from(dims.group)),
     );
-    let (s, e) = segment(&mut b, seg, tok);
+    let (s, e) = segment(&mut b, seg, tok, dims.seg_cols);
     let qoff = b.op2(
         RegClass::B32,
         "mul.lo.u32",
@@ -168,11 +173,16 @@ pub fn attend(
     let pos = b.op2(RegClass::B32, "sub.u32", tok.into(), s.into());
     let len = b.op2(RegClass::B32, "sub.u32", e.into(), s.into());
     match &keys {
-        Keys::Compressed { block, stride, .. } => {
-            b.comment("compressed tokens j < visible; slot s + j");
+        Keys::Compressed {
+            keys,
+            block,
+            stride,
+        } => {
+            b.comment("compressed tokens j < visible; slot = the segment's first slot + j");
             let nvis = visible_compressed(&mut b, pos, len, *block, *stride, dims.causal);
-            let hi = b.op2(RegClass::B32, "add.u32", s.into(), nvis.into());
-            for_range(&mut b, s.into(), hi.into(), 1, |b, kt| {
+            let cb = segment_column(&mut b, seg, tok, dims.seg_cols, keys.column);
+            let hi = b.op2(RegClass::B32, "add.u32", cb.into(), nvis.into());
+            for_range(&mut b, cb.into(), hi.into(), 1, |b, kt| {
                 let (kr, vr) = rows(b, kt);
                 step(b, &st, &q, kb, vb, kr, vr, wr.lane, dims, kelem);
             });
@@ -270,5 +280,6 @@ pub fn attend(
     } else {
         "(token, query head)"
     };
-    wr.finish(b, params, (nrows, warps), "B*T*HQ", row)
+    let params = params_of(&params, &[Scalar::Ntok]);
+    wr.finish(b, params, (dims.hq, warps), "B*T*HQ", row)
 }

@@ -11,57 +11,57 @@
 use nsac_dsl::problem::DType;
 
 use crate::ptx::builder::{KernelBuilder, ParamTy, Reg, RegClass, fimm, imm, mem};
-use crate::ptx::lowering::Dims;
+use crate::ptx::launch::Geometry;
+use crate::ptx::lowering::{Dims, Term};
 
-use super::common::{Elem, global_thread, lane_element, load, load_if, store_f32_if};
+use super::common::{
+    Elem, declare_buffers, declare_scalar, global_thread, lane_element, load, load_if, params_of,
+    store_f32_if,
+};
 use super::tc_common::FusedTerms;
-use super::{KernelOut, Launch};
+use super::{KernelOut, Launch, Scalar};
 
 /// The combine computed in the epilogue of the kernel of branch `into` (`fuse_combine = 1`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fused {
     /// The branch whose kernel computes the combine (the last branch stage).
     pub into: String,
-    /// The combined branches, in the combine's order.
-    pub branches: Vec<String>,
-    pub gated: bool,
+    /// The combined branches' outputs and gates, in the combine's order.
+    pub terms: Vec<Term>,
+    /// The combined output.
+    pub out: String,
 }
 
 impl Fused {
     /// The pointer parameters the fused kernel takes after its own: the other branches'
-    /// outputs `o_<b>` and then (gated only) every branch's gate `g_<b>`, both in the combine's
-    /// order, then `o`.
+    /// outputs and then (gated only) every branch's gate, both in the combine's order, then the
+    /// combined output.
     pub fn params(&self) -> Vec<String> {
         let mut params: Vec<String> = self
-            .branches
+            .terms
             .iter()
-            .filter(|n| **n != self.into)
-            .map(|n| format!("o_{n}"))
+            .filter(|t| t.branch != self.into)
+            .map(|t| t.out.clone())
             .collect();
-        if self.gated {
-            params.extend(self.branches.iter().map(|n| format!("g_{n}")));
-        }
-        params.push("o".into());
+        params.extend(self.terms.iter().filter_map(|t| t.gate.clone()));
+        params.push(self.out.clone());
         params
     }
 
     /// Declares the parameters of [`Fused::params`] (after the kernel's own) in `b`.
     pub fn declare(&self, b: &mut KernelBuilder, dims: &Dims) -> FusedParams {
-        let mut ptr = |name: String| b.param(&name, ParamTy::Ptr);
+        let mut ptr = |name: &str| b.param(name, ParamTy::Ptr);
         let outs: Vec<Option<String>> = self
-            .branches
+            .terms
             .iter()
-            .map(|n| (*n != self.into).then(|| ptr(format!("o_{n}"))))
+            .map(|t| (t.branch != self.into).then(|| ptr(&t.out)))
             .collect();
-        let gates: Vec<String> = if self.gated {
-            self.branches
-                .iter()
-                .map(|n| ptr(format!("g_{n}")))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let o = ptr("o".into());
+        let gates: Vec<String> = self
+            .terms
+            .iter()
+            .filter_map(|t| t.gate.as_deref().map(&mut ptr))
+            .collect();
+        let o = ptr(&self.out);
         FusedParams {
             outs,
             gates,
@@ -141,25 +141,34 @@ pub fn add_term(b: &mut KernelBuilder, acc: Reg, gate: Option<Reg>, v: Reg) {
     }
 }
 
-/// Generates the combine kernel.
-pub fn combine(name: &str, branches: &[String], gated: bool, dims: &Dims) -> KernelOut {
+/// Generates the combine kernel of `terms` into `out`.
+pub fn combine(name: &str, terms: &[Term], out: &str, dims: &Dims) -> KernelOut {
     let mut b = KernelBuilder::new(name);
-    let mut params: Vec<String> = branches.iter().map(|n| format!("o_{n}")).collect();
+    let gated = terms.iter().all(|t| t.gate.is_some());
+    let mut params: Vec<String> = terms.iter().map(|t| t.out.clone()).collect();
     if gated {
-        params.extend(branches.iter().map(|n| format!("g_{n}")));
+        params.extend(terms.iter().filter_map(|t| t.gate.clone()));
     }
-    params.push("o".into());
-    let syms: Vec<String> = params.iter().map(|p| b.param(p, ParamTy::Ptr)).collect();
-    let total = dims.ntok * dims.hq * dims.dv;
+    params.push(out.to_string());
+    let syms = declare_buffers(&mut b, &params);
+    let ntok_sym = declare_scalar(&mut b, Scalar::Ntok);
+    let ntok = b.load_u32_param(&ntok_sym);
+    let per_token = dims.hq * dims.dv;
+    let total = b.op2(
+        RegClass::B32,
+        "mul.lo.u32",
+        ntok.into(),
+        imm(i64::from(per_token)),
+    );
     let (_, n) = global_thread(&mut b);
     let exit = b.label();
-    let p = b.setp("ge.u32", n.into(), imm(i64::from(total)));
+    let p = b.setp("ge.u32", n.into(), total.into());
     b.bra_if(p, false, exit);
     let ptrs: Vec<Reg> = syms.iter().map(|s| b.load_ptr_param(s)).collect();
     let th = b.op2(RegClass::B32, "div.u32", n.into(), imm(i64::from(dims.dv)));
     let acc = b.reg(RegClass::F32);
     b.ins("mov.f32", [acc.into(), fimm(0.0)]);
-    let nb = branches.len();
+    let nb = terms.len();
     for i in 0..nb {
         let x = load(&mut b, ptrs[i], n, Elem::F32);
         if gated {
@@ -175,12 +184,10 @@ pub fn combine(name: &str, branches: &[String], gated: bool, dims: &Dims) -> Ker
     b.ins("ret", []);
     KernelOut {
         ptx: b.finish(),
-        params,
+        params: params_of(&params, &[Scalar::Ntok]),
         max_regs: b.reg_cap(),
         launch: Launch {
-            grid: total.div_ceil(256),
-            block: 256,
-            shared_bytes: 0,
+            geometry: Geometry::new(per_token, 256, 1, 256, 0),
             formula: "grid = ceil(B*T*HQ*Dv / 256), block = 256: one thread per output element"
                 .into(),
         },

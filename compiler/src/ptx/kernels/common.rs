@@ -1,12 +1,35 @@
-//! Code pieces shared by the kernel generators: the warp-per-row prologue, segment lookup,
-//! typed element loads (bf16/f16/f32 → f32), warp-distributed head vectors, warp reductions,
-//! counted loops and the register bound of large thread blocks.
+//! Code pieces shared by the kernel generators: parameter declaration (buffers, then `u32`
+//! sizes), the warp-per-row prologue, segment lookup, typed element loads (bf16/f16/f32 → f32),
+//! warp-distributed head vectors, warp reductions, counted loops and the register bound of large
+//! thread blocks.
 
 use nsac_dsl::problem::DType;
 
-use crate::ptx::builder::{KernelBuilder, Label, Operand, Reg, RegClass, fimm, imm, mem, sym};
+use crate::ptx::builder::{
+    KernelBuilder, Label, Operand, ParamTy, Reg, RegClass, fimm, imm, mem, sym,
+};
+use crate::ptx::launch::Geometry;
 
-use super::{KernelOut, Launch};
+use super::{KernelOut, Launch, Param, Scalar};
+
+/// Declares a pointer parameter per buffer name; returns their symbols.
+pub fn declare_buffers(b: &mut KernelBuilder, names: &[String]) -> Vec<String> {
+    names.iter().map(|n| b.param(n, ParamTy::Ptr)).collect()
+}
+
+/// Declares the `u32` size parameter `s` (after every pointer); returns its symbol.
+pub fn declare_scalar(b: &mut KernelBuilder, s: Scalar) -> String {
+    b.param(s.name(), ParamTy::U32)
+}
+
+/// The manifest's parameter list: `buffers` in order, then `scalars`.
+pub fn params_of(buffers: &[String], scalars: &[Scalar]) -> Vec<Param> {
+    buffers
+        .iter()
+        .map(|n| Param::buffer(n))
+        .chain(scalars.iter().map(|&name| Param::U32 { name }))
+        .collect()
+}
 
 /// The element type of a buffer as the kernels see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,26 +99,33 @@ pub fn global_thread(b: &mut KernelBuilder) -> (Reg, Reg) {
     (tid, gt)
 }
 
-/// `row = global thread / 32`, `lane = tid & 31`; warps past `nrows` jump to `exit`.
-pub fn warp_row(b: &mut KernelBuilder, nrows: u32) -> WarpRow {
+/// `row = global thread / 32`, `lane = tid & 31`; warps past `ntok · per_token` rows jump to
+/// `exit` (`ntok`: the call's tokens, a parameter).
+pub fn warp_row(b: &mut KernelBuilder, ntok: Reg, per_token: u32) -> WarpRow {
     let (tid, gt) = global_thread(b);
     let row = b.op2(RegClass::B32, "shr.u32", gt.into(), imm(5));
     let lane = b.op2(RegClass::B32, "and.b32", tid.into(), imm(31));
     let exit = b.label();
-    let p = b.setp("ge.u32", row.into(), imm(i64::from(nrows)));
+    let nrows = b.op2(
+        RegClass::B32,
+        "mul.lo.u32",
+        ntok.into(),
+        imm(i64::from(per_token)),
+    );
+    let p = b.setp("ge.u32", row.into(), nrows.into());
     b.bra_if(p, false, exit);
     WarpRow { row, lane, exit }
 }
 
 impl WarpRow {
-    /// Ends the kernel (exit label, `ret`) and describes its launch: `nrows` warps, `warps` per
-    /// block. `rows` is the row count as the launch formula writes it (e.g. `B*T*HQ`), `row`
-    /// what one warp handles (e.g. `(token, query head)`).
+    /// Ends the kernel (exit label, `ret`) and describes its launch: `per_token` warps per
+    /// token of the call, `warps` per block. `rows` is the row count as the launch formula
+    /// writes it (e.g. `B*T*HQ`), `row` what one warp handles (e.g. `(token, query head)`).
     pub fn finish(
         self,
         mut b: KernelBuilder,
-        params: Vec<String>,
-        (nrows, warps): (u32, u32),
+        params: Vec<Param>,
+        (per_token, warps): (u32, u32),
         rows: &str,
         row: &str,
     ) -> KernelOut {
@@ -108,9 +138,7 @@ impl WarpRow {
             params,
             max_regs: b.reg_cap(),
             launch: Launch {
-                grid: nrows.div_ceil(warps),
-                block: threads,
-                shared_bytes: 0,
+                geometry: Geometry::new(per_token, warps, 1, threads, 0),
                 formula: format!(
                     "grid = ceil({rows} / {warps}), block = {threads}: one warp per {row}"
                 ),
@@ -119,14 +147,24 @@ impl WarpRow {
     }
 }
 
-/// The segment `(start, end)` of flattened token `tok`, read from the `seg` buffer.
-pub fn segment(b: &mut KernelBuilder, seg: Reg, tok: Reg) -> (Reg, Reg) {
-    let a = b.addr(seg, tok, 8);
+/// The segment `(start, end)` of flattened token `tok`, read from the `seg` buffer of `cols`
+/// u32 columns per token.
+pub fn segment(b: &mut KernelBuilder, seg: Reg, tok: Reg, cols: u32) -> (Reg, Reg) {
+    let a = b.addr(seg, tok, 4 * cols);
     let s = b.reg(RegClass::B32);
     let e = b.reg(RegClass::B32);
     b.ins("ld.global.u32", [s.into(), mem(a, 0)]);
     b.ins("ld.global.u32", [e.into(), mem(a, 4)]);
     (s, e)
+}
+
+/// Column `column` of token `tok`'s row of the `seg` buffer: the first compressed slot of the
+/// token's segment for one compress branch (`lowering::Compressed::column`).
+pub fn segment_column(b: &mut KernelBuilder, seg: Reg, tok: Reg, cols: u32, column: u32) -> Reg {
+    let a = b.addr(seg, tok, 4 * cols);
+    let c = b.reg(RegClass::B32);
+    b.ins("ld.global.u32", [c.into(), mem(a, i64::from(4 * column))]);
+    c
 }
 
 /// Loads element `index` of `base` as f32.

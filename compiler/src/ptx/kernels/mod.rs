@@ -1,5 +1,6 @@
 //! The kernel generators, one per stage kind; each returns its PTX `.entry`, its parameter
-//! list (buffer names, in order) and its launch configuration.
+//! list (buffers, then `u32` sizes, in order) and its launch geometry, a formula of the call's
+//! sizes (no length is compiled into a kernel).
 
 pub mod attend;
 pub mod combine;
@@ -11,22 +12,23 @@ pub mod tc_score;
 pub mod tc_select;
 pub mod topn;
 
+use super::launch::Geometry;
+pub use super::launch::{Param, Scalar};
+
 /// One generated kernel.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KernelOut {
     pub ptx: String,
-    pub params: Vec<String>,
+    pub params: Vec<Param>,
     pub launch: Launch,
     /// The register cap (`.maxnreg`) the kernel declares, if any.
     pub max_regs: Option<u32>,
 }
 
-/// A 1-D launch configuration.
+/// A 1-D launch configuration, as a function of the call's sizes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Launch {
-    pub grid: u32,
-    pub block: u32,
-    pub shared_bytes: u32,
-    /// How grid/block/shared follow from the problem, for people and other launchers.
+    pub geometry: Geometry,
+    /// How grid/block/shared follow from the problem, for people.
     pub formula: String,
 }

@@ -1,20 +1,22 @@
-//! Pooling kernel: one warp per (compressed-token slot, kv head) turns a block of keys and values
-//! into one compressed token (mean, weighted by `w_<b>`, or a linear map by `wk_<b>`/`wv_<b>`).
-//! Compressed token j of a segment starting at s is stored in slot s + j (j < segment length).
-//! For the tensor-core kernels it also writes 16-bit copies (`kc16_<b>`: keys as hi + lo rows,
-//! `vc16_<b>`: values), zero for slots without a token, so they can be copied with `cp.async`.
+//! Pooling kernel: one warp per (token, kv head); the warp of token s + j of a segment starting
+//! at s turns the block of keys and values starting at j·d into compressed token j (mean,
+//! weighted by the plan's weights, or a linear map), when that block lies in the segment. The
+//! plan's `kc`/`vc` `[B, NC, H, D]` hold only compressed tokens: token j of a segment goes to
+//! the segment's first slot (its `seg` column) + j. For the tensor-core kernels it also writes
+//! the 16-bit copies (`kc16_<b>`: keys as hi + lo rows, `vc16_<b>`: values) with the same
+//! slots, which they copy with `cp.async`.
 
 use nsac_dsl::problem::DType;
-use nsac_dsl::spec::{Compress, Pool};
 
-use crate::ptx::builder::{KernelBuilder, ParamTy, Reg, RegClass, fimm, imm, mem};
-use crate::ptx::lowering::{Dims, KvNames};
+use crate::plan::Pool;
+use crate::ptx::builder::{KernelBuilder, Reg, RegClass, fimm, imm, mem};
+use crate::ptx::lowering::{Compressed, Dims, KvNames};
 
-use super::KernelOut;
 use super::common::{
-    Elem, chunk_guard, chunks, for_range, load, load_vec, segment, store_vec, warp_row,
+    Elem, chunk_guard, chunks, declare_buffers, declare_scalar, for_range, load, load_vec,
+    params_of, segment, segment_column, store_vec, warp_row,
 };
-use super::tc_common::half_scratch;
+use super::{KernelOut, Scalar};
 
 /// One pooled tensor (K or V) of the branch.
 struct Side {
@@ -149,14 +151,13 @@ struct HalfRows {
     split: bool,
 }
 
-/// Stores a warp-distributed compressed row into the 16-bit scratch; `None` stores zeros (a
-/// slot with no token).
+/// Stores a warp-distributed compressed row into the 16-bit scratch.
 fn store_half(
     b: &mut KernelBuilder,
     t: &HalfRows,
     slot_row: Reg,
     lane: Reg,
-    acc: Option<&[Reg]>,
+    acc: &[Reg],
     dtype: DType,
 ) {
     let HalfRows { dst, dim, split } = *t;
@@ -176,14 +177,7 @@ fn store_half(
             imm(i64::from(m * 32)),
         );
         let a = b.addr(dst, idx, 2);
-        let (hi, lo) = match acc {
-            Some(v) => split16(b, v[m as usize], dtype, split),
-            None => {
-                let z = b.reg(RegClass::B16);
-                b.ins("mov.b16", [z.into(), imm(0)]);
-                (z, split.then_some(z))
-            }
-        };
+        let (hi, lo) = split16(b, acc[m as usize], dtype, split);
         let g = chunk_guard(b, lane, m, dim);
         let st = |b: &mut KernelBuilder, off: i64, r: Reg| match g {
             Some(p) => b.ins_if(p, false, "st.global.b16", [mem(a, off), r.into()]),
@@ -196,40 +190,35 @@ fn store_half(
     }
 }
 
-/// Generates the pooling kernel of compress branch `branch`.
-pub fn pool(
-    name: &str,
-    branch: &str,
-    kv: &KvNames,
-    c: Compress,
-    dims: &Dims,
-    warps: u32,
-) -> KernelOut {
-    let Compress {
-        block,
-        stride,
-        pool,
-    } = c;
+/// The pooling of one compress branch: where it reads and writes, and its block, stride and
+/// kind.
+pub struct PoolArgs<'a> {
+    pub kv: &'a KvNames,
+    /// `[w]` (weighted), `[wk, wv]` (linear) or none (mean).
+    pub weights: &'a [String],
+    pub out: &'a Compressed,
+    pub block: u32,
+    pub stride: u32,
+    pub pool: Pool,
+}
+
+/// Generates the pooling kernel of a compress branch.
+pub fn pool(name: &str, a: &PoolArgs<'_>, dims: &Dims, warps: u32) -> KernelOut {
+    let (block, stride, pool) = (a.block, a.stride, a.pool);
     let mut b = KernelBuilder::new(name);
-    let mut params: Vec<String> = vec!["seg".into(), kv.k.clone(), kv.v.clone()];
-    match pool {
-        Pool::Mean => {}
-        Pool::Weighted => params.push(format!("w_{branch}")),
-        Pool::Linear => {
-            params.push(format!("wk_{branch}"));
-            params.push(format!("wv_{branch}"));
-        }
+    let mut bufs: Vec<String> = vec!["seg".into(), a.kv.k.clone(), a.kv.v.clone()];
+    bufs.extend(a.weights.iter().cloned());
+    bufs.push(a.out.kv.k.clone());
+    bufs.push(a.out.kv.v.clone());
+    if let Some(h) = &a.out.half {
+        bufs.push(h.k.clone());
+        bufs.push(h.v.clone());
     }
-    params.push(format!("kc_{branch}"));
-    params.push(format!("vc_{branch}"));
-    let half = half_scratch(dims);
-    if half {
-        params.push(format!("kc16_{branch}"));
-        params.push(format!("vc16_{branch}"));
-    }
-    let syms: Vec<String> = params.iter().map(|p| b.param(p, ParamTy::Ptr)).collect();
-    let nrows = dims.ntok * dims.h;
-    let wr = warp_row(&mut b, nrows);
+    let half = a.out.half.is_some();
+    let syms = declare_buffers(&mut b, &bufs);
+    let ntok_sym = declare_scalar(&mut b, Scalar::Ntok);
+    let ntok = b.load_u32_param(&ntok_sym);
+    let wr = warp_row(&mut b, ntok, dims.h);
     let ptrs: Vec<Reg> = syms.iter().map(|s| b.load_ptr_param(s)).collect();
     let n = ptrs.len() - if half { 2 } else { 0 };
     let (seg, kb, vb, kcb, vcb) = (ptrs[0], ptrs[1], ptrs[2], ptrs[n - 2], ptrs[n - 1]);
@@ -243,17 +232,17 @@ pub fn pool(
         dim: dims.dv,
         split: false,
     };
-    let (wk, wv) = match pool {
-        Pool::Mean => (None, None),
-        Pool::Weighted => (Some(ptrs[3]), Some(ptrs[3])),
-        Pool::Linear => (Some(ptrs[3]), Some(ptrs[4])),
+    let (wk, wv) = match (pool, a.weights.len()) {
+        (Pool::Weighted, 1) => (Some(ptrs[3]), Some(ptrs[3])),
+        (Pool::Linear, 2) => (Some(ptrs[3]), Some(ptrs[4])),
+        _ => (None, None),
     };
     let hh = i64::from(dims.h);
-    let slot = b.op2(RegClass::B32, "div.u32", wr.row.into(), imm(hh));
+    let tok = b.op2(RegClass::B32, "div.u32", wr.row.into(), imm(hh));
     let h = b.op2(RegClass::B32, "rem.u32", wr.row.into(), imm(hh));
-    let (s, e) = segment(&mut b, seg, slot);
-    b.comment("slot s + j holds compressed token j when j*d + l <= segment length");
-    let j = b.op2(RegClass::B32, "sub.u32", slot.into(), s.into());
+    let (s, e) = segment(&mut b, seg, tok, dims.seg_cols);
+    b.comment("token s + j pools compressed token j when j*d + l <= segment length");
+    let j = b.op2(RegClass::B32, "sub.u32", tok.into(), s.into());
     let len = b.op2(RegClass::B32, "sub.u32", e.into(), s.into());
     let k0 = b.op2(
         RegClass::B32,
@@ -263,20 +252,11 @@ pub fn pool(
     );
     let k1 = b.op2(RegClass::B32, "add.u32", k0.into(), imm(i64::from(block)));
     let outside = b.setp("gt.u32", k1.into(), len.into());
+    b.bra_if(outside, false, wr.exit);
+    b.comment("its slot: the segment's first compressed slot + j");
+    let cb = segment_column(&mut b, seg, tok, dims.seg_cols, a.out.column);
+    let slot = b.op2(RegClass::B32, "add.u32", cb.into(), j.into());
     let slot_row = b.op3(RegClass::B32, "mad.lo.u32", slot.into(), imm(hh), h.into());
-    if half {
-        b.comment(
-            "a slot with no compressed token: zero 16-bit rows (tensor-core blocks may stage them)",
-        );
-        let inside = b.label();
-        b.bra_if(outside, true, inside);
-        store_half(&mut b, &kh, slot_row, wr.lane, None, dims.dtype);
-        store_half(&mut b, &vh, slot_row, wr.lane, None, dims.dtype);
-        b.bra(wr.exit);
-        b.place(inside);
-    } else {
-        b.bra_if(outside, false, wr.exit);
-    }
     let kt0 = b.op2(RegClass::B32, "add.u32", s.into(), k0.into());
     let kside = Side {
         src: kb,
@@ -287,8 +267,7 @@ pub fn pool(
     let kacc = pool_side(&mut b, &kside, pool, kt0, h, slot_row, wr.lane, block, dims);
     if half {
         b.comment("keys as hi + lo halves, for the tensor-core kernels");
-        let a = Some(kacc.as_slice());
-        store_half(&mut b, &kh, slot_row, wr.lane, a, dims.dtype);
+        store_half(&mut b, &kh, slot_row, wr.lane, &kacc, dims.dtype);
     }
     let vside = Side {
         src: vb,
@@ -299,8 +278,14 @@ pub fn pool(
     let vacc = pool_side(&mut b, &vside, pool, kt0, h, slot_row, wr.lane, block, dims);
     if half {
         b.comment("values rounded to the input dtype, for the tensor-core kernels");
-        let a = Some(vacc.as_slice());
-        store_half(&mut b, &vh, slot_row, wr.lane, a, dims.dtype);
+        store_half(&mut b, &vh, slot_row, wr.lane, &vacc, dims.dtype);
     }
-    wr.finish(b, params, (nrows, warps), "B*T*H", "(slot, kv head)")
+    let params = params_of(&bufs, &[Scalar::Ntok]);
+    wr.finish(
+        b,
+        params,
+        (dims.h, warps),
+        "B*T*H",
+        "(token, kv head), pooling where a compressed token starts",
+    )
 }

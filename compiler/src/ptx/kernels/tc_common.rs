@@ -14,7 +14,6 @@
 use nsac_dsl::problem::DType;
 
 use crate::ptx::builder::{KernelBuilder, Operand, Reg, RegClass, fimm, imm, mem, sym};
-use crate::ptx::lowering::Dims;
 
 use super::combine::add_term;
 use super::common::{Elem, load_if};
@@ -23,7 +22,7 @@ use super::common::{Elem, load_if};
 pub const CHUNK: u32 = 32;
 
 /// The ids of a kernel whose block is (token block, kv head), the last token blocks first, with
-/// one warp per token of the block.
+/// one warp per token of the block. The token blocks cover the call's tokens (a parameter).
 pub struct BlockIds {
     pub tid: Reg,
     /// Warp in block.
@@ -31,31 +30,32 @@ pub struct BlockIds {
     pub lane: Reg,
     /// The kv head.
     pub h: Reg,
-    /// The token block: `nblk − 1 − ctaid / H`.
+    /// The token block: `nblk − 1 − ctaid / H` with `nblk = ceil(ntok / warps)`.
     pub token_block: Reg,
+    /// The call's last token, `ntok − 1`.
+    pub last: Reg,
 }
 
 /// Reads `%tid.x` and `%ctaid.x` and splits them into [`BlockIds`] for `heads` kv heads and
-/// `nblk` token blocks.
-pub fn block_ids(b: &mut KernelBuilder, heads: u32, nblk: u32) -> BlockIds {
+/// token blocks of `warps` tokens over `ntok` tokens (`ntok ≥ 1`, a register).
+pub fn block_ids(b: &mut KernelBuilder, heads: u32, ntok: Reg, warps: u32) -> BlockIds {
     let tid = b.op1(RegClass::B32, "mov.u32", sym("%tid.x"));
     let cta = b.op1(RegClass::B32, "mov.u32", sym("%ctaid.x"));
     let warp = b.op2(RegClass::B32, "shr.u32", tid.into(), imm(5));
     let lane = b.op2(RegClass::B32, "and.b32", tid.into(), imm(31));
     let ctb = b.op2(RegClass::B32, "div.u32", cta.into(), imm(i64::from(heads)));
     let h = b.op2(RegClass::B32, "rem.u32", cta.into(), imm(i64::from(heads)));
-    let token_block = b.op2(
-        RegClass::B32,
-        "sub.u32",
-        imm(i64::from(nblk - 1)),
-        ctb.into(),
-    );
+    // nblk − 1 = ceil(ntok / warps) − 1 = (ntok − 1) / warps
+    let last = b.op2(RegClass::B32, "sub.u32", ntok.into(), imm(1));
+    let top = b.op2(RegClass::B32, "div.u32", last.into(), imm(i64::from(warps)));
+    let token_block = b.op2(RegClass::B32, "sub.u32", top.into(), ctb.into());
     BlockIds {
         tid,
         warp,
         lane,
         h,
         token_block,
+        last,
     }
 }
 
@@ -69,8 +69,9 @@ pub struct WarpToken {
     pub tok: Reg,
 }
 
-/// The [`WarpToken`] of warp `ids.warp` in token block `ids.token_block` of `ntok` tokens.
-pub fn warp_token(b: &mut KernelBuilder, ids: &BlockIds, warps: u32, ntok: u32) -> WarpToken {
+/// The [`WarpToken`] of warp `ids.warp` in token block `ids.token_block`, clamped to the
+/// call's last token `ids.last`.
+pub fn warp_token(b: &mut KernelBuilder, ids: &BlockIds, warps: u32) -> WarpToken {
     let t0 = b.op2(
         RegClass::B32,
         "mul.lo.u32",
@@ -78,36 +79,21 @@ pub fn warp_token(b: &mut KernelBuilder, ids: &BlockIds, warps: u32, ntok: u32) 
         imm(i64::from(warps)),
     );
     let tw = b.op2(RegClass::B32, "add.u32", t0.into(), ids.warp.into());
-    let last = i64::from(ntok - 1);
-    let live = b.setp("le.u32", tw.into(), imm(last));
-    let tok = b.op2(RegClass::B32, "min.u32", tw.into(), imm(last));
+    let live = b.setp("le.u32", tw.into(), ids.last.into());
+    let tok = b.op2(RegClass::B32, "min.u32", tw.into(), ids.last.into());
     WarpToken { t0, live, tok }
 }
 
-/// The last token of the block starting at `t0` (of `warps` tokens, clamped to `ntok − 1`).
-pub fn block_last_token(b: &mut KernelBuilder, t0: Reg, warps: u32, ntok: u32) -> Reg {
+/// The last token of the block starting at `t0` (of `warps` tokens, clamped to the call's last
+/// token `last`).
+pub fn block_last_token(b: &mut KernelBuilder, t0: Reg, warps: u32, last: Reg) -> Reg {
     let tl0 = b.op2(
         RegClass::B32,
         "add.u32",
         t0.into(),
         imm(i64::from(warps - 1)),
     );
-    b.op2(
-        RegClass::B32,
-        "min.u32",
-        tl0.into(),
-        imm(i64::from(ntok - 1)),
-    )
-}
-
-/// Whether the pool kernel also writes the 16-bit compressed scratch (`kc16_<b>`: hi and lo
-/// rows of every compressed key, `vc16_<b>`: values rounded to the input dtype) that the
-/// tensor-core kernels copy with `cp.async`.
-pub fn half_scratch(dims: &Dims) -> bool {
-    matches!(dims.dtype, DType::Bf16 | DType::F16)
-        && dims.group <= 16
-        && dims.dqk.is_multiple_of(16)
-        && dims.dqk <= 128
+    b.op2(RegClass::B32, "min.u32", tl0.into(), last.into())
 }
 
 /// Bytes per staged row: padded by 16 so the 8 rows an `ldmatrix` reads hit distinct banks.

@@ -13,17 +13,21 @@
 //! [`GpuVariant::compress_max_regs`] (0: only by the block size, through `.maxntid`), and never
 //! above what the block size lets launch.
 
-use crate::ptx::builder::{KernelBuilder, ParamTy, Reg, RegClass, imm, mem, sym};
-use crate::ptx::lowering::Dims;
+use crate::ptx::builder::{KernelBuilder, Reg, RegClass, imm, mem, sym};
+use crate::ptx::launch::Geometry;
+use crate::ptx::lowering::{Compressed, Dims, KvNames};
 use crate::ptx::variant::GpuVariant;
 
-use super::common::{bound_threads, segment, visible_compressed};
+use super::common::{
+    bound_threads, declare_buffers, declare_scalar, params_of, segment, segment_column,
+    visible_compressed,
+};
 use super::tc_common::{
     Attn, CHUNK, ChunkMath, CpRows, KeyMask, SharedChunks, WarpToken, block_ids, block_last_token,
     buffering, chunk_step, cp_stage, k_lane_offset, lanes, load_q, mma_ops, ranges_bytes,
     row_stride, shared_chunk_loop, store_o, v_lane_offset, warp_token,
 };
-use super::{KernelOut, Launch};
+use super::{KernelOut, Launch, Scalar};
 
 /// Bytes of one staging buffer: K hi rows, K lo rows, V rows.
 fn buf_bytes(dims: &Dims) -> u32 {
@@ -31,35 +35,46 @@ fn buf_bytes(dims: &Dims) -> u32 {
 }
 
 /// The first visible slot and one past the last visible slot of token `tok` (kv head
-/// independent): `(s, s + nvis)`, plus `nvis`.
+/// independent): `(cb, cb + nvis)` with `cb` the first slot of its segment's compressed tokens,
+/// plus `nvis`.
 fn visible_slots(
     b: &mut KernelBuilder,
     seg: Reg,
     tok: Reg,
-    block: u32,
-    stride: u32,
-    causal: bool,
+    keys: &Compressed,
+    (block, stride): (u32, u32),
+    dims: &Dims,
 ) -> (Reg, Reg, Reg) {
-    let (s, e) = segment(b, seg, tok);
+    let (s, e) = segment(b, seg, tok, dims.seg_cols);
     let pos = b.op2(RegClass::B32, "sub.u32", tok.into(), s.into());
     let len = b.op2(RegClass::B32, "sub.u32", e.into(), s.into());
-    let nvis = visible_compressed(b, pos, len, block, stride, causal);
-    let end = b.op2(RegClass::B32, "add.u32", s.into(), nvis.into());
-    (s, end, nvis)
+    let nvis = visible_compressed(b, pos, len, block, stride, dims.causal);
+    let cb = segment_column(b, seg, tok, dims.seg_cols, keys.column);
+    let end = b.op2(RegClass::B32, "add.u32", cb.into(), nvis.into());
+    (cb, end, nvis)
 }
 
-/// Generates the tensor-core compressed-attention kernel of compress branch `branch` (same
-/// outputs as the scalar kernel; reads `kc16_<b>`, `vc16_<b>`), with `variant.compress_tokens`
-/// warps per thread block and `variant.compress_max_regs` registers per thread at most.
+/// The buffers of the compressed attention: queries, the compressed tokens' 16-bit copies
+/// (`half`), the output and (when scored) the log-sum-exp.
+pub struct CompressedIo<'a> {
+    pub q: &'a str,
+    pub keys: &'a Compressed,
+    pub half: &'a KvNames,
+    pub out: &'a str,
+    pub lse: Option<&'a str>,
+}
+
+/// Generates the tensor-core compressed-attention kernel of a compress branch (same outputs
+/// as the scalar kernel; reads the 16-bit copies), with `variant.compress_tokens` warps per
+/// thread block and `variant.compress_max_regs` registers per thread at most.
 pub fn attend_compressed_tc(
     name: &str,
-    branch: &str,
-    block: u32,
-    stride: u32,
-    write_lse: bool,
+    io: &CompressedIo<'_>,
+    (block, stride): (u32, u32),
     dims: &Dims,
     variant: &GpuVariant,
 ) -> KernelOut {
+    let write_lse = io.lse.is_some();
     let warps = variant.compress_tokens;
     let stages = variant.compress_stages;
     let mut b = KernelBuilder::new(name);
@@ -73,31 +88,31 @@ pub fn attend_compressed_tc(
     bound_threads(&mut b, 32 * warps);
     let mut params: Vec<String> = vec![
         "seg".into(),
-        "q".into(),
-        format!("kc16_{branch}"),
-        format!("vc16_{branch}"),
-        format!("o_{branch}"),
+        io.q.to_string(),
+        io.half.k.clone(),
+        io.half.v.clone(),
+        io.out.to_string(),
     ];
-    if write_lse {
-        params.push(format!("lse_{branch}"));
-    }
-    let syms: Vec<String> = params.iter().map(|p| b.param(p, ParamTy::Ptr)).collect();
+    params.extend(io.lse.map(str::to_string));
+    let syms = declare_buffers(&mut b, &params);
+    let ntok_sym = declare_scalar(&mut b, Scalar::Ntok);
     let (mma, cvt) = mma_ops(dims.dtype);
     let (g, hh, dqk, dv) = (dims.group, dims.h, dims.dqk, dims.dv);
-    let nblk = dims.ntok.div_ceil(warps);
     let nthreads = 32 * warps;
 
     b.comment("block = (token block, kv head), the longest (last) token blocks first;");
     b.comment("warp w = token t0 + w (clamped to the last token, stores only when live)");
-    let ids = block_ids(&mut b, hh, nblk);
+    let ntok = b.load_u32_param(&ntok_sym);
+    let ids = block_ids(&mut b, hh, ntok, warps);
     let (tid, wib, lane, h) = (ids.tid, ids.warp, ids.lane, ids.h);
-    let WarpToken { t0, live, tok } = warp_token(&mut b, &ids, warps, dims.ntok);
-    let tlast = block_last_token(&mut b, t0, warps, dims.ntok);
+    let WarpToken { t0, live, tok } = warp_token(&mut b, &ids, warps);
+    let tlast = block_last_token(&mut b, t0, warps, ids.last);
     let ptrs: Vec<Reg> = syms.iter().map(|s| b.load_ptr_param(s)).collect();
     let (seg, qb, kb, vb, ob) = (ptrs[0], ptrs[1], ptrs[2], ptrs[3], ptrs[4]);
     b.comment("this warp's visible slots s .. wend; hi = the block's last (largest) end");
-    let (s, wend, nvis) = visible_slots(&mut b, seg, tok, block, stride, dims.causal);
-    let (_, hi, _) = visible_slots(&mut b, seg, tlast, block, stride, dims.causal);
+    let bs = (block, stride);
+    let (s, wend, nvis) = visible_slots(&mut b, seg, tok, io.keys, bs, dims);
+    let (_, hi, _) = visible_slots(&mut b, seg, tlast, io.keys, bs, dims);
 
     let l = lanes(&mut b, lane, g);
     let row = b.op3(
@@ -227,12 +242,16 @@ pub fn attend_compressed_tc(
     b.ins("ret", []);
     KernelOut {
         ptx: b.finish(),
-        params,
+        params: params_of(&params, &[Scalar::Ntok]),
         max_regs: b.reg_cap(),
         launch: Launch {
-            grid: nblk * hh,
-            block: nthreads,
-            shared_bytes: stages * buf_bytes(dims) + ranges_bytes(warps),
+            geometry: Geometry::new(
+                1,
+                warps,
+                hh,
+                nthreads,
+                stages * buf_bytes(dims) + ranges_bytes(warps),
+            ),
             formula: format!(
                 "grid = ceil(B*T / {warps}) * H, block = {nthreads}, shared = {stages}*{CHUNK}*(2*(2*Dqk+16) + 2*Dv+16) + 8*{warps} bytes: {warps} consecutive tokens of one kv head per block, one warp per token, tensor cores, {} cp.async chunks",
                 buffering(stages)

@@ -8,8 +8,8 @@
 //! its dtype). The warps of a thread block score consecutive tokens of one kv head and share
 //! each chunk of [`CHUNK`] compressed keys, copied once with `cp.async` into a ring of
 //! [`GpuVariant::compress_stages`] buffers (the next S − 1 chunks in flight while chunk i is
-//! scored; S = 2 by default, S = 3 adds one buffer of `2·CHUNK·(2·Dqk+16)` shared bytes, which
-//! the top-n counts before it halves its tokens to fit) and read with `ldmatrix`. Column sums
+//! scored; S = 2 by default, S = 3 adds one buffer of `2·CHUNK·(2·Dqk+16)` shared bytes beside the
+//! warps' score arrays) and read with `ldmatrix`. Column sums
 //! over the heads are formed with quad shuffles and added to the warp's block scores in
 //! ascending key order by lane 0 (or stored directly when compressed and selection blocks
 //! coincide), so the result is deterministic.
@@ -29,7 +29,7 @@ use super::topn::{TopNParams, spread_over_blocks};
 
 /// Whether the tensor-core scoring handles `dims`.
 pub fn eligible(dims: &Dims) -> bool {
-    super::tc_common::half_scratch(dims)
+    crate::ptx::lowering::half_scratch(dims)
 }
 
 /// Shared bytes of one staging buffer (hi and lo rows).
@@ -65,7 +65,8 @@ pub struct ScoreCtx {
     /// `tok·H + h`.
     pub row: Reg,
     pub h: Reg,
-    /// Segment start (flattened token) of this warp's token, and its visible compressed count.
+    /// The first compressed slot of this warp's token's segment, and its visible compressed
+    /// count.
     pub s: Reg,
     pub nvis: Reg,
     pub nbc: Reg,

@@ -22,17 +22,20 @@
 
 use nsac_dsl::problem::DType;
 
-use crate::ptx::builder::{KernelBuilder, ParamTy, Reg, RegClass, imm, mem, sym};
+use crate::ptx::builder::{KernelBuilder, Reg, RegClass, imm, mem, sym};
+use crate::ptx::launch::Geometry;
 use crate::ptx::lowering::{Dims, KvNames};
 use crate::ptx::variant::GpuVariant;
 
 use super::combine::Fused;
-use super::common::{bound_threads, for_range, segment};
+use super::common::{
+    bound_threads, declare_buffers, declare_scalar, for_range, params_of, segment,
+};
 use super::tc_common::{
     Attn, BlockIds, ChunkMath, CpRows, KeyMask, block_ids, cp_stage, k_lane_offset, lanes, load_q,
     mma_ops, row_stride, store_o, store_o_combined, v_lane_offset,
 };
-use super::{KernelOut, Launch};
+use super::{KernelOut, Launch, Scalar};
 
 /// Whether the tensor-core kernels handle `dims` (else the scalar kernel is used).
 pub fn eligible(dims: &Dims) -> bool {
@@ -49,17 +52,22 @@ fn warp_bytes(dims: &Dims, chunk: u32) -> u32 {
     chunk * (row_stride(dims.dqk) + row_stride(dims.dv))
 }
 
-/// Generates the tensor-core attention kernel of select branch `branch` over the chosen
-/// blocks (same parameters and outputs as the scalar kernel), with `variant.select_tokens`
-/// warps per thread block and `variant.select_chunk` keys per staged chunk; with `fused`, the
-/// kernel also computes the combine in its epilogue (extra parameters [`Fused::params`]).
-#[allow(clippy::too_many_arguments)]
+/// The buffers of the selected attention.
+pub struct SelectedIo<'a> {
+    pub q: &'a str,
+    pub kv: &'a KvNames,
+    pub idx: &'a str,
+    pub out: &'a str,
+}
+
+/// Generates the tensor-core attention kernel of a select branch over the chosen blocks (same
+/// parameters and outputs as the scalar kernel), with `variant.select_tokens` warps per thread
+/// block and `variant.select_chunk` keys per staged chunk; with `fused`, the kernel also
+/// computes the combine in its epilogue (extra parameters [`Fused::params`]).
 pub fn attend_selected_tc(
     name: &str,
-    branch: &str,
-    kv: &KvNames,
-    block: u32,
-    top: u32,
+    io: &SelectedIo<'_>,
+    (block, top): (u32, u32),
     dims: &Dims,
     variant: &GpuVariant,
     fused: Option<&Fused>,
@@ -70,28 +78,29 @@ pub fn attend_selected_tc(
     bound_threads(&mut b, 32 * warps);
     let mut params: Vec<String> = vec![
         "seg".into(),
-        "q".into(),
-        kv.k.clone(),
-        kv.v.clone(),
-        format!("idx_{branch}"),
-        format!("o_{branch}"),
+        io.q.to_string(),
+        io.kv.k.clone(),
+        io.kv.v.clone(),
+        io.idx.to_string(),
+        io.out.to_string(),
     ];
-    let syms: Vec<String> = params.iter().map(|p| b.param(p, ParamTy::Ptr)).collect();
+    let syms = declare_buffers(&mut b, &params);
     let fused_params = fused.map(|f| f.declare(&mut b, dims));
     params.extend(fused.map(Fused::params).unwrap_or_default());
+    let ntok_sym = declare_scalar(&mut b, Scalar::Ntok);
     let (mma, cvt) = mma_ops(dims.dtype);
     let (g, hh, dqk, dv) = (dims.group, dims.h, dims.dqk, dims.dv);
 
     b.comment("block = (token block, kv head), the last token blocks first; warp w = token t0 + w");
     b.comment("(one warp per (token, kv head); lane = 4*gq + tq)");
-    let nblk = dims.ntok.div_ceil(warps);
+    let ntok = b.load_u32_param(&ntok_sym);
     let BlockIds {
         warp: wib,
         lane,
         h,
         token_block: tb,
         ..
-    } = block_ids(&mut b, hh, nblk);
+    } = block_ids(&mut b, hh, ntok, warps);
     let tok = b.op3(
         RegClass::B32,
         "mad.lo.u32",
@@ -100,7 +109,7 @@ pub fn attend_selected_tc(
         wib.into(),
     );
     let exit = b.label();
-    let past = b.setp("ge.u32", tok.into(), imm(i64::from(dims.ntok)));
+    let past = b.setp("ge.u32", tok.into(), ntok.into());
     b.bra_if(past, false, exit);
     let row = b.op3(
         RegClass::B32,
@@ -111,7 +120,7 @@ pub fn attend_selected_tc(
     );
     let ptrs: Vec<Reg> = syms.iter().map(|s| b.load_ptr_param(s)).collect();
     let (seg, qb, kb, vb, ib, ob) = (ptrs[0], ptrs[1], ptrs[2], ptrs[3], ptrs[4], ptrs[5]);
-    let (s, e) = segment(&mut b, seg, tok);
+    let (s, e) = segment(&mut b, seg, tok, dims.seg_cols);
     let end = if dims.causal {
         b.op2(RegClass::B32, "add.u32", tok.into(), imm(1))
     } else {
@@ -225,12 +234,10 @@ pub fn attend_selected_tc(
     };
     KernelOut {
         ptx: b.finish(),
-        params,
+        params: params_of(&params, &[Scalar::Ntok]),
         max_regs: b.reg_cap(),
         launch: Launch {
-            grid: nblk * hh,
-            block: warps * 32,
-            shared_bytes: shared,
+            geometry: Geometry::new(1, warps, hh, warps * 32, shared),
             formula: format!(
                 "grid = ceil(B*T / {warps}) * H, block = {}, shared = {warps}*{chunk}*(2*Dqk+16 + 2*Dv+16) bytes: {warps} consecutive tokens of one kv head per block, one warp per (token, kv head), tensor cores{epilogue}",
                 warps * 32,

@@ -9,29 +9,34 @@
 //!
 //! [`GpuVariant::score_tokens`]: crate::ptx::GpuVariant::score_tokens
 
-use crate::ptx::builder::{KernelBuilder, ParamTy, Reg, RegClass, fimm, imm, mem, sym};
-use crate::ptx::lowering::Dims;
+use crate::ptx::builder::{KernelBuilder, Reg, RegClass, fimm, imm, mem, sym};
+use crate::ptx::launch::Geometry;
+use crate::ptx::lowering::{Compressed, Dims};
 use crate::ptx::variant::GpuVariant;
 
 use super::common::{
-    Elem, bound_threads, for_range, load, load_vec, segment, visible_compressed, warp_dot,
+    Elem, bound_threads, declare_buffers, declare_scalar, for_range, load, load_vec, params_of,
+    segment, segment_column, visible_compressed, warp_dot,
 };
 use super::tc_common::{
     WarpToken, block_ids, block_last_token, buffering, ranges_bytes, warp_token,
 };
-use super::{KernelOut, Launch, tc_score};
+use super::{KernelOut, Launch, Scalar, tc_score};
 
 /// Parameters of one select branch as the kernel needs them.
 pub struct TopNParams<'a> {
-    pub branch: &'a str,
-    pub scored_by: &'a str,
+    pub q: &'a str,
+    /// The scoring compress branch's compressed tokens.
+    pub keys: &'a Compressed,
+    /// Its log-sum-exp.
+    pub lse: &'a str,
+    pub idx: &'a str,
     pub cmp_block: u32,
     pub cmp_stride: u32,
     pub block: u32,
     pub top: u32,
     pub keep_first: u32,
     pub keep_last: u32,
-    pub max_blocks: u32,
 }
 
 /// Marks a block already taken (real scores are ≥ 0).
@@ -39,19 +44,6 @@ const TAKEN: f32 = -2.0;
 
 fn shared_addr(b: &mut KernelBuilder, base: Reg, i: Reg) -> Reg {
     b.op3(RegClass::B32, "mad.lo.u32", i.into(), imm(4), base.into())
-}
-
-/// Shared bytes a thread block of the tensor-core top-n may use.
-const SHARED_LIMIT: u32 = 160 * 1024;
-
-/// Warps per thread block of the tensor-core top-n: consecutive tokens of one kv head share the
-/// staged compressed keys. The largest of `most`, `most / 2`, …, 1 whose block scores fit
-/// [`SHARED_LIMIT`] beside the `staging` bytes (1 when none does).
-pub(crate) fn tc_warps(most: u32, scores_bytes: u32, staging: u32) -> u32 {
-    std::iter::successors(Some(most), |w| Some(w / 2))
-        .take_while(|&w| w > 0)
-        .find(|w| w * scores_bytes + staging <= SHARED_LIMIT)
-        .unwrap_or(1)
 }
 
 /// `scores[i] += pw · overlap(j, i)` for every selection block `i < nbc` that compressed token
@@ -98,37 +90,30 @@ pub(super) fn spread_over_blocks(
     });
 }
 
-/// Generates the top-n kernel of a select branch; the tensor-core form holds up to
+/// Generates the top-n kernel of a select branch; the tensor-core form holds
 /// `variant.score_tokens` tokens per thread block and stages the compressed keys in
-/// `variant.compress_stages` buffers.
+/// `variant.compress_stages` buffers. Each warp's score array (one f32 per candidate block)
+/// lives in dynamic shared memory; its size follows the call's longest segment and is a
+/// parameter (`score_bytes`), so the launch's shared bytes grow with it
+/// ([`Geometry::with_scores`]): a launcher refuses a call whose scores do not fit the device.
 pub fn topn(name: &str, p: &TopNParams<'_>, dims: &Dims, variant: &GpuVariant) -> KernelOut {
-    let (score_tokens, stages) = (variant.score_tokens, variant.compress_stages);
+    let stages = variant.compress_stages;
     let mut b = KernelBuilder::new(name);
     b.use_dynamic_shared();
-    let tc = tc_score::eligible(dims);
-    let kc = if tc {
-        format!("kc16_{}", p.scored_by)
-    } else {
-        format!("kc_{}", p.scored_by)
-    };
-    let params: Vec<String> = vec![
+    let half = p.keys.half.as_ref().filter(|_| tc_score::eligible(dims));
+    let tc = half.is_some();
+    let kc = half.map_or(&p.keys.kv.k, |h| &h.k).clone();
+    let bufs: Vec<String> = vec![
         "seg".into(),
-        "q".into(),
+        p.q.to_string(),
         kc,
-        format!("lse_{}", p.scored_by),
-        format!("idx_{}", p.branch),
+        p.lse.to_string(),
+        p.idx.to_string(),
     ];
-    let syms: Vec<String> = params.iter().map(|s| b.param(s, ParamTy::Ptr)).collect();
-    let scores_bytes = (p.max_blocks * 4).next_multiple_of(16);
-    let wpc = if tc {
-        tc_warps(
-            score_tokens,
-            scores_bytes,
-            tc_score::staging_bytes(dims, stages) + ranges_bytes(score_tokens),
-        )
-    } else {
-        1
-    };
+    let syms = declare_buffers(&mut b, &bufs);
+    let ntok_sym = declare_scalar(&mut b, Scalar::Ntok);
+    let sb_sym = declare_scalar(&mut b, Scalar::ScoreBytes);
+    let wpc = if tc { variant.score_tokens } else { 1 };
     let staging = if tc {
         tc_score::staging_bytes(dims, stages) + ranges_bytes(wpc)
     } else {
@@ -137,25 +122,28 @@ pub fn topn(name: &str, p: &TopNParams<'_>, dims: &Dims, variant: &GpuVariant) -
     if tc {
         bound_threads(&mut b, 32 * wpc);
     }
-    let nblk = dims.ntok.div_ceil(wpc);
     b.comment("block = (token block, kv head), the last token blocks first; warp w = token t0 + w");
     b.comment("(clamped to the last token; only live warps write indices)");
-    let ids = block_ids(&mut b, dims.h, nblk);
+    let ntok = b.load_u32_param(&ntok_sym);
+    let scores_bytes = b.load_u32_param(&sb_sym);
+    let ids = block_ids(&mut b, dims.h, ntok, wpc);
     let (tid, wib, lane, h) = (ids.tid, ids.warp, ids.lane, ids.h);
     let hh = i64::from(dims.h);
-    let WarpToken { t0, live, tok } = warp_token(&mut b, &ids, wpc, dims.ntok);
+    let WarpToken { t0, live, tok } = warp_token(&mut b, &ids, wpc);
     let row = b.op3(RegClass::B32, "mad.lo.u32", tok.into(), imm(hh), h.into());
     let ptrs: Vec<Reg> = syms.iter().map(|s| b.load_ptr_param(s)).collect();
     let (seg, qb, kcb, lseb, idxb) = (ptrs[0], ptrs[1], ptrs[2], ptrs[3], ptrs[4]);
     let smem0 = b.op1(RegClass::B32, "mov.u32", sym("smem"));
+    b.comment("this warp's score array: score_bytes (a parameter) per warp");
     let sbase = b.op3(
         RegClass::B32,
         "mad.lo.u32",
         wib.into(),
-        imm(i64::from(scores_bytes)),
+        scores_bytes.into(),
         smem0.into(),
     );
-    let (s, e) = segment(&mut b, seg, tok);
+    let (s, e) = segment(&mut b, seg, tok, dims.seg_cols);
+    let cb = segment_column(&mut b, seg, tok, dims.seg_cols, p.keys.column);
     let pos = b.op2(RegClass::B32, "sub.u32", tok.into(), s.into());
     let len = b.op2(RegClass::B32, "sub.u32", e.into(), s.into());
     let lb = i64::from(p.block);
@@ -176,17 +164,20 @@ pub fn topn(name: &str, p: &TopNParams<'_>, dims: &Dims, variant: &GpuVariant) -
     let nvis = visible_compressed(&mut b, pos, len, p.cmp_block, p.cmp_stride, dims.causal);
     if tc {
         b.comment("one past the block's last visible slot: the last token's end");
-        let tlast = block_last_token(&mut b, t0, wpc, dims.ntok);
-        let (sl, el) = segment(&mut b, seg, tlast);
+        let tlast = block_last_token(&mut b, t0, wpc, ids.last);
+        let (sl, el) = segment(&mut b, seg, tlast, dims.seg_cols);
         let posl = b.op2(RegClass::B32, "sub.u32", tlast.into(), sl.into());
         let lenl = b.op2(RegClass::B32, "sub.u32", el.into(), sl.into());
         let nvl = visible_compressed(&mut b, posl, lenl, p.cmp_block, p.cmp_stride, dims.causal);
-        let hi = b.op2(RegClass::B32, "add.u32", sl.into(), nvl.into());
-        let stage = b.op2(
+        let cbl = segment_column(&mut b, seg, tlast, dims.seg_cols, p.keys.column);
+        let hi = b.op2(RegClass::B32, "add.u32", cbl.into(), nvl.into());
+        b.comment("the staging buffers follow the block's score arrays");
+        let stage = b.op3(
             RegClass::B32,
-            "add.u32",
+            "mad.lo.u32",
+            scores_bytes.into(),
+            imm(i64::from(wpc)),
             smem0.into(),
-            imm(i64::from(wpc * scores_bytes)),
         );
         let ctx = tc_score::ScoreCtx {
             qb,
@@ -200,7 +191,7 @@ pub fn topn(name: &str, p: &TopNParams<'_>, dims: &Dims, variant: &GpuVariant) -
             stages,
             row,
             h,
-            s,
+            s: cb,
             nvis,
             nbc,
             lane0,
@@ -220,7 +211,7 @@ pub fn topn(name: &str, p: &TopNParams<'_>, dims: &Dims, variant: &GpuVariant) -
                 lane,
                 tok,
                 h,
-                s,
+                s: cb,
                 nvis,
                 nbc,
                 lane0,
@@ -344,12 +335,10 @@ pub fn topn(name: &str, p: &TopNParams<'_>, dims: &Dims, variant: &GpuVariant) -
     b.ins("ret", []);
     KernelOut {
         ptx: b.finish(),
-        params,
+        params: params_of(&bufs, &[Scalar::Ntok, Scalar::ScoreBytes]),
         max_regs: b.reg_cap(),
         launch: Launch {
-            grid: nblk * dims.h,
-            block: 32 * wpc,
-            shared_bytes: wpc * scores_bytes + staging,
+            geometry: Geometry::new(1, wpc, dims.h, 32 * wpc, staging).with_scores(wpc, p.block),
             formula: if tc {
                 format!(
                     "grid = ceil(B*T / {wpc}) * H, block = {}, shared = {wpc}*align16(4*ceil(max_len/{})) + {staging} bytes (staging + warp ranges): {wpc} consecutive tokens of one kv head per block, one warp per token, tensor-core scoring on shared {} chunks",
@@ -367,7 +356,8 @@ pub fn topn(name: &str, p: &TopNParams<'_>, dims: &Dims, variant: &GpuVariant) -
     }
 }
 
-/// What the scalar scoring loop needs from the kernel.
+/// What the scalar scoring loop needs from the kernel (`s`: the first compressed slot of the
+/// token's segment).
 struct ScalarCtx {
     qb: Reg,
     kcb: Reg,
