@@ -38,6 +38,7 @@ fn read_one(path: &Path, name: &str, bytes: &[u8]) -> Result<HostTensor, TensorI
         path: path.to_path_buf(),
         reason,
     };
+    header_length_fits(bytes).map_err(not_npy)?;
     let mut rest: &[u8] = bytes;
     let header = NpyHeader::from_reader(&mut rest).map_err(|e| not_npy(e.to_string()))?;
     if header.order() == Order::Fortran {
@@ -97,6 +98,35 @@ fn read_one(path: &Path, name: &str, bytes: &[u8]) -> Result<HostTensor, TensorI
         ElemType::Bf16 => return Err(unsupported(path, name, "bf16".into())),
     };
     decoded.map_err(|e| not_npy(e.to_string()))
+}
+
+/// Checks the header length an `.npy` file claims against the bytes it holds. npyz allocates
+/// the claimed length before reading the header, so without this a 100-byte file claiming a
+/// 4 GiB header (versions 2 and 3 store the length in 32 bits) allocates 4 GiB. Files too short
+/// to hold the length, or with a bad magic or version, are left to npyz to report.
+fn header_length_fits(bytes: &[u8]) -> Result<(), String> {
+    let (claimed, start) = match bytes.get(6) {
+        Some(1) => (
+            bytes
+                .get(8..10)
+                .map(|b| usize::from(u16::from_le_bytes([b[0], b[1]]))),
+            10,
+        ),
+        Some(2 | 3) => (
+            bytes
+                .get(8..12)
+                .and_then(|b| usize::try_from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])).ok()),
+            12,
+        ),
+        _ => return Ok(()),
+    };
+    match claimed {
+        Some(n) if n > bytes.len().saturating_sub(start) => Err(format!(
+            "truncated: the header claims {n} bytes, the file holds {} after the preamble",
+            bytes.len().saturating_sub(start)
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn unsupported(path: &Path, name: &str, dtype: String) -> TensorIoError {
