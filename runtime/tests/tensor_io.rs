@@ -407,6 +407,59 @@ fn npy_header_claiming_more_data_than_the_file_holds_is_an_error() {
     ));
 }
 
+/// Found by the `npy_reader` fuzz target: a 137-byte version-3 file whose header length field
+/// says 4 GiB made npyz allocate 4 GiB before reading (an abort where memory is limited). The
+/// claim is now checked against the file first, and the error says so.
+#[test]
+fn npy_header_length_claiming_more_than_the_file_is_refused_before_allocating() {
+    let dir = tmp();
+    let npy = dir.path().join("n");
+    std::fs::create_dir(&npy).unwrap();
+    for (version, length) in [(3u8, u32::MAX), (2, 1 << 30), (1, 0xffff)] {
+        let mut bytes = b"\x93NUMPY".to_vec();
+        bytes.extend([version, 0]);
+        if version == 1 {
+            bytes.extend((length as u16).to_le_bytes());
+        } else {
+            bytes.extend(length.to_le_bytes());
+        }
+        bytes.extend(b"{'descr': '<f4', 'fortran_order': False, 'shape': (1,), }\n");
+        bytes.extend(1.0f32.to_le_bytes());
+        std::fs::write(npy.join("q.npy"), &bytes).unwrap();
+        match read_inputs(&npy) {
+            Err(TensorIoError::NotNpy { reason, .. }) => assert!(
+                reason.contains(&format!("the header claims {length} bytes")),
+                "version {version}: {reason}"
+            ),
+            other => panic!("version {version}: expected NotNpy, got {other:?}"),
+        }
+    }
+}
+
+/// Found by the `npy_reader` fuzz target: a 236-byte header of ~75 unclosed `{` ran npyz's
+/// Python-literal parser for minutes (exponential backtracking). Headers nesting deeper than a
+/// plain one can are refused before npyz sees them; the error names the nesting.
+#[test]
+fn npy_header_nesting_brackets_deeply_is_refused_before_parsing() {
+    let dir = tmp();
+    let npy = dir.path().join("n");
+    std::fs::create_dir(&npy).unwrap();
+    let mut text = "{'descr': '<f4', 'fortran_order': False, 'shape': (1,), 'x': ".to_string();
+    text.push_str(&"{".repeat(80));
+    text.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend((text.len() as u16).to_le_bytes());
+    bytes.extend(text.as_bytes());
+    bytes.extend(1.0f32.to_le_bytes());
+    std::fs::write(npy.join("q.npy"), &bytes).unwrap();
+    match read_inputs(&npy) {
+        Err(TensorIoError::NotNpy { reason, .. }) => {
+            assert!(reason.contains("nests brackets"), "{reason}")
+        }
+        other => panic!("expected NotNpy, got {other:?}"),
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 

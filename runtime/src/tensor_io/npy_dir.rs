@@ -40,6 +40,7 @@ fn read_one(path: &Path, name: &str, bytes: &[u8]) -> Result<HostTensor, TensorI
         path: path.to_path_buf(),
         reason,
     };
+    header_is_plain(bytes).map_err(not_npy)?;
     let mut rest: &[u8] = bytes;
     let header = NpyHeader::from_reader(&mut rest).map_err(|e| not_npy(e.to_string()))?;
     if header.order() == Order::Fortran {
@@ -107,6 +108,57 @@ fn read_one(path: &Path, name: &str, bytes: &[u8]) -> Result<HostTensor, TensorI
     };
     decoded.map_err(|e| not_npy(e.to_string()))
 }
+
+/// Checks the preamble of an `.npy` file before npyz reads it, for two things npyz does not
+/// bound: the header length it claims, which npyz allocates before reading (versions 2 and 3
+/// store it in 32 bits, so a 100-byte file could claim 4 GiB), and how deep the header's
+/// brackets nest, which npyz's Python-literal parser backtracks over exponentially (about 70
+/// unclosed `{` take minutes). A plain header is a dict holding one tuple (depth 2); anything
+/// past [`MAX_HEADER_DEPTH`] is a structured dtype nsac rejects anyway. Files too short to hold
+/// the length, or with a bad magic or version, are left to npyz to report.
+fn header_is_plain(bytes: &[u8]) -> Result<(), String> {
+    let (claimed, start) = match bytes.get(6) {
+        Some(1) => (
+            bytes
+                .get(8..10)
+                .map(|b| usize::from(u16::from_le_bytes([b[0], b[1]]))),
+            10,
+        ),
+        Some(2 | 3) => (
+            bytes
+                .get(8..12)
+                .and_then(|b| usize::try_from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])).ok()),
+            12,
+        ),
+        _ => return Ok(()),
+    };
+    let Some(claimed) = claimed else {
+        return Ok(());
+    };
+    let held = bytes.len().saturating_sub(start);
+    if claimed > held {
+        return Err(format!(
+            "truncated: the header claims {claimed} bytes, the file holds {held} after the preamble"
+        ));
+    }
+    let mut depth = 0usize;
+    for &c in &bytes[start..start + claimed] {
+        match c {
+            b'(' | b'[' | b'{' => depth += 1,
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        if depth > MAX_HEADER_DEPTH {
+            return Err(format!(
+                "the header nests brackets more than {MAX_HEADER_DEPTH} deep; a plain array's nests 2"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The deepest bracket nesting accepted in an `.npy` header (a plain one has 2).
+const MAX_HEADER_DEPTH: usize = 8;
 
 fn unsupported(path: &Path, name: &str, dtype: String) -> TensorIoError {
     TensorIoError::UnsupportedDtype {
