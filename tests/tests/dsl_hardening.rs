@@ -221,3 +221,17 @@ fn special_files_are_refused_as_specs() {
     let err = nsac_dsl::load(&link).unwrap_err();
     assert!(err.to_string().contains("character device"), "{err}");
 }
+
+/// The inputs the `spec_text` fuzz target found (a lone CR after a comment: the comment used to
+/// swallow the next field and `fmt` printed it twice): `fmt` keeps the spec and is idempotent.
+#[test]
+fn lone_cr_after_a_comment_survives_fmt() {
+    let dir = root().join("fuzz/regressions/spec_text");
+    for name in ["lone-cr-minimal.nsa", "lone-cr-after-comment.nsa"] {
+        let source = std::fs::read_to_string(dir.join(name)).expect("regression input");
+        let spec = parse_text(&source).expect("the input is a valid spec");
+        let once = format_source(&source).expect("formats");
+        assert_eq!(parse_text(&once).expect("formatted text parses"), spec, "{name}");
+        assert_eq!(format_source(&once).expect("formats"), once, "{name}: idempotent");
+    }
+}
