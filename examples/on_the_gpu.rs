@@ -5,7 +5,8 @@
 
 use nsac::dsl::problem::{DType, Sequences};
 use nsac::dsl::spec::{HeadDim, Heads};
-use nsac::{Attention, Device, Error, Options};
+use nsac::runtime::tensor_io::HostTensor;
+use nsac::{Attention, Device, Error, Options, Run};
 
 fn main() -> Result<(), String> {
     let show = |e: Error| e.render(false);
@@ -43,17 +44,7 @@ fn main() -> Result<(), String> {
         )
         .map_err(show)?;
     let want = reference.run(&f32_problem, &inputs).map_err(show)?;
-    let (o, r) = (
-        got.outputs["o"].to_f32().ok_or("o is f32")?,
-        want.outputs["o"].to_f32().ok_or("o is f32")?,
-    );
-    let scale = r.data.iter().fold(0f32, |m, x| m.max(x.abs()));
-    let err = o
-        .data
-        .iter()
-        .zip(&r.data)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
-        / scale;
+    let err = relative_error(&got, &want)?;
     println!(
         "{}: {:.2} ms, max|o - ref| / max|ref| = {err:.1e} (bar 1e-2)",
         got.device,
@@ -63,4 +54,14 @@ fn main() -> Result<(), String> {
         return Err(format!("the GPU result is off by {err:e}"));
     }
     Ok(())
+}
+
+/// max |o − ref| / max |ref| (the numerics bar's measure) of `o` against the reference's `o`.
+fn relative_error(got: &Run, want: &Run) -> Result<f64, String> {
+    let o = got.outputs["o"].to_f32().ok_or("o is a float tensor")?;
+    match &want.outputs["o"] {
+        HostTensor::F64(r) => nsac::kernels::reference::relative_error(&o, r)
+            .ok_or_else(|| "o has another shape than the reference's".to_string()),
+        _ => Err("the reference's o is f64".into()),
+    }
 }

@@ -11,6 +11,8 @@ use nsac_dsl::Spec;
 use nsac_dsl::problem::{DType, Problem, Sequences, Shape};
 use nsac_dsl::spec::{HeadDim, Heads};
 use nsac_kernels::io::{Inputs, Tensor};
+use nsac_compiler::cpu::CpuVariant;
+use nsac_compiler::ir::Sizes;
 use nsac_runtime::cpu::CpuKernel;
 use nsac_runtime::cuda::{CudaDevice, CudaKernel};
 use nsac_runtime::tensor_io::{HostTensor, TensorSet, reference_outputs};
@@ -68,7 +70,7 @@ pub struct Run {
 }
 
 struct CpuEntry {
-    kernel: CpuKernel,
+    kernel: Arc<CpuKernel>,
     threads: usize,
     origin: VariantOrigin,
     warnings: Vec<String>,
@@ -86,13 +88,16 @@ enum Backend {
     Cuda(Arc<CudaDevice>),
 }
 
-/// A spec prepared for a device. Kernels are compiled on first use for each problem bucket and
-/// kept; [`Compiled::run`] can be called from several threads.
+/// A spec prepared for a device. Kernels are compiled on first use and kept — on the CPU one per
+/// Variant, serving every length and packing; on the GPU one per problem — and
+/// [`Compiled::run`] can be called from several threads.
 pub struct Compiled {
     spec: Spec,
     options: Options,
     backend: Backend,
-    cpu: Mutex<HashMap<Shape, Arc<CpuEntry>>>,
+    /// CPU kernels by Variant: the generated code does not depend on the lengths, so one
+    /// compiled kernel serves every problem that picks the same Variant.
+    cpu: Mutex<HashMap<CpuVariant, Arc<CpuKernel>>>,
     cuda: Mutex<HashMap<Shape, Arc<CudaEntry>>>,
 }
 
@@ -164,22 +169,27 @@ impl Compiled {
         }
     }
 
-    fn cpu_kernel(&self, shape: &Shape) -> Result<(Arc<CpuEntry>, Option<Duration>), Error> {
-        let mut cache = self.cpu.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(k) = cache.get(shape) {
-            return Ok((k.clone(), None));
-        }
+    fn cpu_kernel(&self, shape: &Shape) -> Result<(CpuEntry, Option<Duration>), Error> {
+        // The Variant is looked up per problem (the tuning database buckets lengths); the
+        // kernel is compiled once per Variant.
         let (choice, warnings) = pick_cpu(&self.spec, shape, &self.request())?;
-        let kernel = CpuKernel::compile(&self.spec, shape, &choice.variant)?;
-        let compile = kernel.compile_time();
-        let entry = Arc::new(CpuEntry {
+        let mut cache = self.cpu.lock().unwrap_or_else(|e| e.into_inner());
+        let (kernel, compile) = match cache.get(&choice.variant) {
+            Some(k) => (k.clone(), None),
+            None => {
+                let kernel = Arc::new(CpuKernel::compile(&self.spec, shape, &choice.variant)?);
+                cache.insert(choice.variant, kernel.clone());
+                let compile = kernel.compile_time();
+                (kernel, Some(compile))
+            }
+        };
+        let entry = CpuEntry {
             kernel,
             threads: choice.threads,
             origin: choice.origin,
             warnings,
-        });
-        cache.insert(shape.clone(), entry.clone());
-        Ok((entry, Some(compile)))
+        };
+        Ok((entry, compile))
     }
 
     fn cuda_kernel(
@@ -228,7 +238,9 @@ impl Compiled {
             Backend::Cpu => {
                 let (entry, compile) = self.cpu_kernel(&shape)?;
                 let start = Instant::now();
-                let out = entry.kernel.run(inputs, entry.threads)?;
+                let out = entry
+                    .kernel
+                    .run_sizes(&Sizes::of(&shape), inputs, entry.threads)?;
                 Ok(Run {
                     outputs: collect(out.o, out.branches, out.selected),
                     device: format!("cpu ({} threads, Cranelift JIT, f32)", entry.threads),

@@ -231,7 +231,15 @@ fn lone_cr_after_a_comment_survives_fmt() {
         let source = std::fs::read_to_string(dir.join(name)).expect("regression input");
         let spec = parse_text(&source).expect("the input is a valid spec");
         let once = format_source(&source).expect("formats");
-        assert_eq!(parse_text(&once).expect("formatted text parses"), spec, "{name}");
-        assert_eq!(format_source(&once).expect("formats"), once, "{name}: idempotent");
+        assert_eq!(
+            parse_text(&once).expect("formatted text parses"),
+            spec,
+            "{name}"
+        );
+        assert_eq!(
+            format_source(&once).expect("formats"),
+            once,
+            "{name}: idempotent"
+        );
     }
 }
