@@ -2,7 +2,7 @@
 //! how the Variant's knobs show in them and in the generated PTX; that the PTX does not depend
 //! on the problem's lengths.
 
-use nsac_compiler::plan::Plan;
+use nsac_compiler::ir::{Plan, Sizes};
 use nsac_compiler::ptx::{
     Arch, GpuVariant, KernelInfo, Manifest, Param, PtxError, emit_ptx, segment_table,
 };
@@ -72,7 +72,10 @@ fn rejects_bad_variants_and_oversized_problems() {
 fn segment_table_repeats_segments_per_row() {
     let table = |spec: &Spec, p: Problem| {
         let shape = p.resolve(spec).expect("valid");
-        segment_table(&Plan::new(spec, &shape).expect("plan"))
+        segment_table(
+            &Plan::for_shape(spec, &shape).expect("plan"),
+            &Sizes::of(&shape),
+        )
     };
     let spec = window_spec();
     assert_eq!(

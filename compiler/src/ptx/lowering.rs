@@ -1,18 +1,19 @@
-//! The PTX backend's view of a [`Plan`]: one GPU stage per plan stage (pool, compressed
-//! attention, top-n selection, selected/window attention, combine) in the plan's order, each
-//! naming the plan buffers it reads and writes, with the sizes the kernels are specialized on
+//! The PTX backend's reading of a [`Plan`]: its ops grouped into GPU stages in plan order — a
+//! pool, an attention over compressed tokens, a score with its top-k (one top-n kernel: the
+//! scores never leave it), an attention over gathered blocks or a window, the combine — each
+//! naming the plan tensors it reads and writes, with the sizes the kernels are specialized on
 //! (heads, head dims, block sizes, dtype) as `u32`s. Nothing here depends on the sequence
-//! length, the batch or the segments: those are run-time values ([`CallSizes`], the kernels'
-//! `u32` parameters), so one PTX module serves every length and packing.
+//! length, the batch or the segments: those are run-time values ([`Sizes`], [`CallSizes`], the
+//! kernels' `u32` parameters), so one PTX module serves every length and packing.
 //!
 //! The backend's own scratch, which the Plan does not have, is declared here too
 //! ([`backend_scratch`]): the `seg` table and the 16-bit copies of the compressed tokens the
-//! tensor-core kernels stage, each derived from plan buffers and sized like them.
+//! tensor-core kernels stage, each derived from plan tensors and sized like them for a call.
 
 use nsac_dsl::problem::DType;
 
 use super::{BufferInfo, BufferRole, PtxError};
-use crate::plan::{self, CombineMode, Plan, Pool};
+use crate::ir::{self, CombineMode, Extent, KeySet, Op, Plan, PoolKind, ScoreSource, Sizes};
 
 /// Sizes shared by all stages: everything but the lengths.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,7 +61,7 @@ pub struct Term {
     pub gate: Option<String>,
 }
 
-/// One GPU stage; every buffer is named as in the plan (and the launch manifest).
+/// One GPU stage; every buffer is named as the plan's tensor (and the launch manifest's buffer).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Stage {
     /// Pools blocks of keys/values into compressed tokens.
@@ -72,7 +73,7 @@ pub enum Stage {
         out: Compressed,
         block: u32,
         stride: u32,
-        pool: Pool,
+        pool: PoolKind,
     },
     /// Softmax attention over compressed tokens; writes `out` and, when scored, `lse`.
     AttendCompressed {
@@ -143,23 +144,26 @@ pub struct CallSizes {
 }
 
 impl CallSizes {
-    /// The sizes of the plan's problem.
-    pub fn of(plan: &Plan) -> CallSizes {
-        let d = &plan.dims;
+    /// The launch sizes of a call of `sizes`.
+    pub fn of(sizes: &Sizes) -> CallSizes {
         CallSizes {
-            tokens: (d.batch * d.seq_len) as u64,
-            max_len: d
+            tokens: sizes.tokens() as u64,
+            max_len: sizes
                 .segments
                 .iter()
                 .map(|(s, e)| e - s)
                 .max()
-                .unwrap_or(d.seq_len) as u64,
+                .unwrap_or(sizes.queries) as u64,
         }
     }
 }
 
 fn to_u32(v: usize, what: &'static str) -> Result<u32, PtxError> {
     u32::try_from(v).map_err(|_| PtxError::TooLarge(what))
+}
+
+fn unsupported(what: String) -> PtxError {
+    PtxError::Unsupported(what)
 }
 
 /// Whether the pool kernel also writes the 16-bit compressed scratch (`kc16_<b>`: hi and lo
@@ -180,49 +184,46 @@ fn half_names(branch: &str) -> KvNames {
     }
 }
 
-/// The sizes every stage shares, from the plan's dims (no length among them).
+/// The plan's pool ops, in order.
+fn pools(plan: &Plan) -> impl Iterator<Item = &ir::Pool> {
+    plan.ops.iter().filter_map(|op| match op {
+        Op::Pool(p) => Some(p),
+        _ => None,
+    })
+}
+
+/// The sizes every stage shares, from the plan's compiled-in constants (no length among them).
 fn dims_of(plan: &Plan) -> Result<Dims, PtxError> {
-    let d = &plan.dims;
+    let c = &plan.consts;
     let (hq, h) = (
-        to_u32(d.heads_q, "query heads")?,
-        to_u32(d.heads_kv, "kv heads")?,
+        to_u32(c.heads_q, "query heads")?,
+        to_u32(c.heads_kv, "kv heads")?,
     );
     if h == 0 || hq == 0 || hq % h != 0 {
         return Err(PtxError::Unsupported(format!(
             "heads {hq}/{h}: query heads must be a positive multiple of kv heads"
         )));
     }
-    let (dqk, dv) = (to_u32(d.dqk, "head dim")?, to_u32(d.dv, "head dim")?);
-    let pools = plan
-        .stages
-        .iter()
-        .filter(|s| matches!(s, plan::Stage::Pool(_)))
-        .count();
+    let (dqk, dv) = (to_u32(c.dqk, "head dim")?, to_u32(c.dv, "head dim")?);
     Ok(Dims {
         hq,
         h,
         group: hq / h,
         dqk,
         dv,
-        causal: d.causal,
-        scale_log2: (d.scale * std::f64::consts::LOG2_E) as f32,
-        dtype: d.dtype,
-        seg_cols: to_u32(2 + pools, "compress branches")?,
+        causal: c.causal,
+        scale_log2: (c.scale * std::f64::consts::LOG2_E) as f32,
+        dtype: c.dtype,
+        seg_cols: to_u32(2 + pools(plan).count(), "compress branches")?,
     })
 }
 
-/// The compressed tokens of compress branch `branch` (its pool stage's buffers).
+/// The compressed tokens of compress branch `branch` (its pool op's tensors).
 fn compressed(plan: &Plan, dims: &Dims, branch: &str) -> Result<Compressed, PtxError> {
-    let (column, pool) = plan
-        .stages
-        .iter()
-        .filter_map(|s| match s {
-            plan::Stage::Pool(p) => Some(p),
-            _ => None,
-        })
+    let (column, pool) = pools(plan)
         .enumerate()
         .find(|(_, p)| p.branch == branch)
-        .ok_or_else(|| PtxError::Unsupported(format!("compress `{branch}` has no pool stage")))?;
+        .ok_or_else(|| unsupported(format!("compress `{branch}` has no pool op")))?;
     Ok(Compressed {
         kv: kv_names(plan, pool.kc, pool.vc),
         half: half_scratch(dims).then(|| half_names(branch)),
@@ -230,32 +231,43 @@ fn compressed(plan: &Plan, dims: &Dims, branch: &str) -> Result<Compressed, PtxE
     })
 }
 
-fn name(plan: &Plan, id: plan::BufferId) -> String {
-    plan.buffer(id).name.clone()
+fn name(plan: &Plan, id: ir::TensorId) -> String {
+    plan.tensor(id).name.clone()
 }
 
-fn kv_names(plan: &Plan, k: plan::BufferId, v: plan::BufferId) -> KvNames {
+fn kv_names(plan: &Plan, k: ir::TensorId, v: ir::TensorId) -> KvNames {
     KvNames {
         k: name(plan, k),
         v: name(plan, v),
     }
 }
 
-/// The most tokens a call of `plan`'s spec may have for 32-bit element indices: the widest
-/// per-token extent of any buffer the kernels index (q and o rows, the 16-bit compressed keys'
-/// hi + lo rows, the selections), times the tokens, stays below 2³¹.
+/// The most tokens a call of `plan` may have for 32-bit element indices: the widest per-token
+/// extent of any tensor the kernels index (q and o rows, the 16-bit compressed keys' hi + lo
+/// rows, the selections), times the tokens, stays below 2³¹.
 fn max_tokens(plan: &Plan, dims: &Dims) -> u64 {
     let (hq, h) = (u64::from(dims.hq), u64::from(dims.h));
     let (dqk, dv) = (u64::from(dims.dqk), u64::from(dims.dv));
     let mut widest = (hq * dqk.max(dv))
         .max(2 * h * dqk)
         .max(u64::from(dims.seg_cols));
-    for s in &plan.stages {
-        if let plan::Stage::SelectBlocks(sb) = s {
-            widest = widest.max(h * sb.top as u64);
+    for op in &plan.ops {
+        if let Op::TopK(t) = op {
+            widest = widest.max(h * t.k as u64);
         }
     }
     ((1u64 << 31) - 1) / widest.max(1)
+}
+
+/// The `k` of the top-k that writes index tensor `idx` (its last extent).
+fn top_of(plan: &Plan, idx: ir::TensorId) -> Result<usize, PtxError> {
+    match plan.tensor(idx).shape.last() {
+        Some(Extent::Const(n)) => Ok(*n),
+        _ => Err(unsupported(format!(
+            "index tensor `{}` without a fixed top-n",
+            plan.tensor(idx).name
+        ))),
+    }
 }
 
 /// Lowers `plan` into GPU stages.
@@ -263,62 +275,91 @@ pub fn lower(plan: &Plan) -> Result<Program, PtxError> {
     let dims = dims_of(plan)?;
     let size = |v: usize, what: &'static str| to_u32(v, what);
     let mut stages = Vec::new();
-    for stage in &plan.stages {
-        stages.push(match stage {
-            plan::Stage::Pool(p) => Stage::Pool {
+    let mut ops = plan.ops.iter().peekable();
+    while let Some(op) = ops.next() {
+        stages.push(match op {
+            Op::Pool(p) => Stage::Pool {
                 branch: p.branch.clone(),
                 kv: kv_names(plan, p.k, p.v),
                 weights: p.weights.iter().map(|&w| name(plan, w)).collect(),
                 out: compressed(plan, &dims, &p.branch)?,
                 block: size(p.block, "compress block")?,
                 stride: size(p.stride, "compress stride")?,
-                pool: p.pool,
+                pool: p.kind,
             },
-            plan::Stage::CompressedAttention(c) => {
-                let pool = plan.pool_of(&c.branch).ok_or_else(|| {
-                    PtxError::Unsupported(format!("compress `{}` has no pool stage", c.branch))
-                })?;
-                Stage::AttendCompressed {
-                    branch: c.branch.clone(),
-                    q: name(plan, c.q),
-                    keys: compressed(plan, &dims, &c.branch)?,
-                    out: name(plan, c.out),
-                    lse: (plan.selects_scored_by(&c.branch) > 0).then(|| name(plan, c.lse)),
-                    block: size(pool.block, "compress block")?,
-                    stride: size(pool.stride, "compress stride")?,
+            Op::Attend(a) => match &a.keys {
+                KeySet::Compressed { block, stride } => Stage::AttendCompressed {
+                    branch: a.branch.clone(),
+                    q: name(plan, a.q),
+                    keys: compressed(plan, &dims, &a.branch)?,
+                    out: name(plan, a.out),
+                    lse: a.lse.map(|l| name(plan, l)),
+                    block: size(*block, "compress block")?,
+                    stride: size(*stride, "compress stride")?,
+                },
+                KeySet::Gather { idx, granularity } => Stage::AttendSelected {
+                    branch: a.branch.clone(),
+                    q: name(plan, a.q),
+                    kv: kv_names(plan, a.k, a.v),
+                    idx: name(plan, *idx),
+                    out: name(plan, a.out),
+                    block: size(*granularity, "select block")?,
+                    top: size(top_of(plan, *idx)?, "top")?,
+                },
+                KeySet::Window { size: w } => Stage::AttendWindow {
+                    branch: a.branch.clone(),
+                    q: name(plan, a.q),
+                    kv: kv_names(plan, a.k, a.v),
+                    out: name(plan, a.out),
+                    size: size(*w, "window")?,
+                },
+                KeySet::Causal => {
+                    return Err(unsupported(format!(
+                        "dense causal attention (branch `{}`)",
+                        a.branch
+                    )));
+                }
+            },
+            Op::Score(score) => {
+                let Some(Op::TopK(topk)) = ops.next() else {
+                    return Err(unsupported(format!(
+                        "a score op of `{}` not followed by its top-k",
+                        score.branch
+                    )));
+                };
+                if topk.scores != score.out || topk.block != score.granularity {
+                    return Err(unsupported(format!(
+                        "top-k `{}` reading another op's scores",
+                        topk.branch
+                    )));
+                }
+                let ScoreSource::Compressed {
+                    branch: by,
+                    block: cb,
+                    stride: cs,
+                    q,
+                    lse,
+                    ..
+                } = &score.source;
+                Stage::TopN {
+                    branch: topk.branch.clone(),
+                    scored_by: by.clone(),
+                    q: name(plan, *q),
+                    keys: compressed(plan, &dims, by)?,
+                    lse: name(plan, *lse),
+                    idx: name(plan, topk.idx),
+                    cmp_block: size(*cb, "compress block")?,
+                    cmp_stride: size(*cs, "compress stride")?,
+                    block: size(topk.block, "select block")?,
+                    top: size(topk.k, "top")?,
+                    keep_first: size(topk.forced.first, "keep_first")?,
+                    keep_last: size(topk.forced.last, "keep_last")?,
                 }
             }
-            plan::Stage::SelectBlocks(s) => Stage::TopN {
-                branch: s.branch.clone(),
-                scored_by: s.scored_by.clone(),
-                q: name(plan, s.q),
-                keys: compressed(plan, &dims, &s.scored_by)?,
-                lse: name(plan, s.lse),
-                idx: name(plan, s.idx),
-                cmp_block: size(s.cmp_block, "compress block")?,
-                cmp_stride: size(s.cmp_stride, "compress stride")?,
-                block: size(s.block, "select block")?,
-                top: size(s.top, "top")?,
-                keep_first: size(s.keep_first, "keep_first")?,
-                keep_last: size(s.keep_last, "keep_last")?,
-            },
-            plan::Stage::SelectedAttention(s) => Stage::AttendSelected {
-                branch: s.branch.clone(),
-                q: name(plan, s.q),
-                kv: kv_names(plan, s.k, s.v),
-                idx: name(plan, s.idx),
-                out: name(plan, s.out),
-                block: size(s.block, "select block")?,
-                top: size(s.top, "top")?,
-            },
-            plan::Stage::WindowAttention(w) => Stage::AttendWindow {
-                branch: w.branch.clone(),
-                q: name(plan, w.q),
-                kv: kv_names(plan, w.k, w.v),
-                out: name(plan, w.out),
-                size: size(w.size, "window")?,
-            },
-            plan::Stage::Combine(c) => Stage::Combine {
+            Op::TopK(t) => {
+                return Err(unsupported(format!("top-k `{}` without scores", t.branch)));
+            }
+            Op::Combine(c) => Stage::Combine {
                 terms: c
                     .terms
                     .iter()
@@ -343,21 +384,25 @@ pub fn lower(plan: &Plan) -> Result<Program, PtxError> {
     })
 }
 
-/// The GPU's scratch beside the plan's buffers, derived from them: `seg` `[B·T, seg_cols]`
-/// int32 (per token: its segment's start and end in flattened tokens, then for each compress
-/// branch the first slot of the segment's compressed tokens, [`segment_table`]) and, when the
-/// tensor-core kernels run, per compress branch `kc16_<b>` `[B, NC, H, 2, Dqk]` (hi and lo
-/// rows of the plan's `kc_<b>`) and `vc16_<b>` `[B, NC, H, Dv]` (the plan's `vc_<b>` rounded),
-/// in the input dtype and with the plan buffers' compressed-token extent NC.
-pub fn backend_scratch(plan: &Plan, program: &Program) -> Vec<BufferInfo> {
-    let d = &plan.dims;
+/// The GPU's scratch beside the plan's tensors, derived from them and sized for a call of
+/// `sizes`: `seg` `[B·T, seg_cols]` int32 (per token: its segment's start and end in flattened
+/// tokens, then for each compress branch the first slot of the segment's compressed tokens,
+/// [`segment_table`]) and, when the tensor-core kernels run, per compress branch `kc16_<b>`
+/// `[B, NC, H, 2, Dqk]` (hi and lo rows of the plan's `kc_<b>`) and `vc16_<b>` `[B, NC, H, Dv]`
+/// (the plan's `vc_<b>` rounded), in the input dtype and with the plan tensors' compressed-token
+/// extent NC.
+pub fn backend_scratch(
+    plan: &Plan,
+    sizes: &Sizes,
+    program: &Program,
+) -> Result<Vec<BufferInfo>, PtxError> {
     let dims = &program.dims;
-    let dt = d.dtype.name().to_string();
+    let dt = dims.dtype.name().to_string();
     let mut out = vec![BufferInfo {
         name: "seg".into(),
         role: BufferRole::Segments,
         elem: "i32".into(),
-        shape: vec![d.batch * d.seq_len, dims.seg_cols as usize],
+        shape: vec![sizes.tokens(), dims.seg_cols as usize],
     }];
     for stage in &program.stages {
         let Stage::Pool {
@@ -372,11 +417,11 @@ pub fn backend_scratch(plan: &Plan, program: &Program) -> Vec<BufferInfo> {
         else {
             continue;
         };
-        let (Some(kc), Some(vc)) = (plan.buffer_named(&kv.k), plan.buffer_named(&kv.v)) else {
+        let (Some(kc), Some(vc)) = (plan.tensor_named(&kv.k), plan.tensor_named(&kv.v)) else {
             continue;
         };
         // kc [B, NC, H, Dqk] → [B, NC, H, 2, Dqk]; vc keeps its shape
-        let mut kshape = plan.buffer(kc).dims.clone();
+        let mut kshape = sizes.shape(plan, kc)?;
         let last = kshape.pop().unwrap_or(0);
         kshape.extend([2, last]);
         out.push(BufferInfo {
@@ -389,37 +434,30 @@ pub fn backend_scratch(plan: &Plan, program: &Program) -> Vec<BufferInfo> {
             name: half.v.clone(),
             role: BufferRole::Scratch,
             elem: dt.clone(),
-            shape: plan.buffer(vc).dims.clone(),
+            shape: sizes.shape(plan, vc)?,
         });
     }
-    out
+    Ok(out)
 }
 
-/// The `seg` table of `plan`'s problem: per flattened token, its segment's (start, end) in
-/// flattened tokens, then for each pool stage in plan order the flattened first slot of the
-/// segment's compressed tokens in `kc_<b>` (`row · NC + cmp_offsets[segment]`).
-pub fn segment_table(plan: &Plan) -> Vec<i32> {
-    let d = &plan.dims;
-    let pools: Vec<(&plan::PoolStage, usize)> = plan
-        .stages
-        .iter()
-        .filter_map(|s| match s {
-            plan::Stage::Pool(p) => {
-                let nc = plan.buffer(p.kc).dims.get(1).copied().unwrap_or(0);
-                Some((p, nc))
-            }
-            _ => None,
-        })
+/// The `seg` table of a call of `sizes`: per flattened token, its segment's (start, end) in
+/// flattened tokens, then for each pool op in plan order the flattened first slot of the
+/// segment's compressed tokens in `kc_<b>` (`row · NC + offset of the segment`, the offsets
+/// and NC from [`Sizes::compressed_offsets`]).
+pub fn segment_table(plan: &Plan, sizes: &Sizes) -> Vec<i32> {
+    let pools: Vec<(Vec<usize>, usize)> = pools(plan)
+        .map(|p| sizes.compressed_offsets(p.block, p.stride))
         .collect();
-    let mut out = Vec::with_capacity(d.batch * d.seq_len * (2 + pools.len()));
-    for b in 0..d.batch {
-        let row = b * d.seq_len;
-        for (si, &(s, e)) in d.segments.iter().enumerate() {
+    let t = sizes.queries;
+    let mut out = Vec::with_capacity(sizes.tokens() * (2 + pools.len()));
+    for b in 0..sizes.batch {
+        let row = b * t;
+        for (si, &(s, e)) in sizes.segments.iter().enumerate() {
             for _ in s..e {
                 out.push((row + s) as i32);
                 out.push((row + e) as i32);
-                for (p, nc) in &pools {
-                    let off = p.cmp_offsets.get(si).copied().unwrap_or(0);
+                for (offsets, nc) in &pools {
+                    let off = offsets.get(si).copied().unwrap_or(0);
                     out.push((b * nc + off) as i32);
                 }
             }

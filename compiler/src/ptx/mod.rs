@@ -9,14 +9,17 @@
 //! ([`Manifest::launches`], where the 32-bit index limit is checked too). One module serves
 //! every length and packing.
 //!
-//! Buffers ([`Manifest::buffers`]): the plan's buffers the kernels touch (inputs in the call's
-//! dtype, f32 intermediates `kc_<b>`, `vc_<b>` `[B, NC, H, D]` and `lse_<b>`, outputs `o`,
-//! `o_<b>` in f32 and `idx_<b>` in int32), then the backend's scratch, derived from them
+//! Buffers ([`Manifest::buffers`]): the plan's tensors in declaration order, shaped for the
+//! manifest's call ([`Sizes::shape`]) — its `In` tensors in the problem's dtype, its `Out`
+//! tensors (`o`, `o_<b>` in f32, `idx_<b>` in int32) and the `Scratch` tensors a kernel touches
+//! (f32 `kc_<b>`, `vc_<b>` `[B, NC, H, D]` and `lse_<b>`; the top-n kernels keep the plan's
+//! `scores_<s>` to themselves) — then the backend's scratch, derived from them
 //! ([`lowering::backend_scratch`]): `seg` (per token its segment's start and end and, per
 //! compress branch, the segment's first compressed slot) and, for the tensor-core kernels, the
 //! 16-bit copies `kc16_<b>`, `vc16_<b>` of the compressed tokens.
 //!
-//! Kernels: one per plan stage, in the plan's order, on one stream. With
+//! Kernels: one per GPU stage ([`lowering::lower`]: one per plan op, except that a score and
+//! its top-k are one top-n kernel), in the plan's order, on one stream. With
 //! [`GpuVariant::fuse_combine`] = 1 and a last branch kernel that can fuse (the tensor-core
 //! selected attention or the window attention), that kernel, renamed `…_attend_<b>_combine`,
 //! also computes `o` in its epilogue and takes the other branches' outputs, the gates (gated
@@ -36,7 +39,7 @@ use nsac_dsl::Spec;
 use nsac_dsl::problem::{DType, Shape};
 use serde::{Deserialize, Serialize};
 
-use crate::plan::{self, Plan};
+use crate::ir::{self, Plan, Role, Sizes};
 use kernels::{KernelOut, attend, combine, pool, tc_compress, tc_select, topn};
 pub use launch::{Geometry, LaunchDims, Param, Scalar};
 pub use lowering::{CallSizes, segment_table};
@@ -47,7 +50,9 @@ pub use variant::{GPU_VARIANT_FIELDS, GpuVariant, GpuVariantError};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PtxError {
     #[error(transparent)]
-    Plan(#[from] crate::plan::PlanError),
+    Lower(#[from] ir::LowerError),
+    #[error(transparent)]
+    Sizes(#[from] ir::SizesError),
     #[error("the PTX backend does not support this: {0}")]
     Unsupported(String),
     #[error("the problem is too large for the PTX backend's 32-bit indexing: {0}")]
@@ -220,19 +225,34 @@ impl Manifest {
     }
 }
 
-/// The element type of plan buffer `b` on the GPU: inputs in the call's dtype, the rest as the
-/// plan declares.
-fn gpu_elem(b: &plan::Buffer, dtype: DType) -> String {
-    match (b.role, b.elem) {
-        (plan::BufferRole::Input, _) => dtype.name().to_string(),
-        (_, plan::Elem::F32) => "f32".into(),
-        (_, plan::Elem::I32) => "i32".into(),
+/// The element type of plan tensor `t` on the GPU: inputs in the problem's dtype, the rest as
+/// the plan declares them (f32 results and scratch, i32 indices).
+fn gpu_elem(t: &ir::Tensor, dtype: DType) -> String {
+    match t.role {
+        Role::In => dtype.name().to_string(),
+        _ => t.elem.name().to_string(),
     }
 }
 
-/// The buffers of the manifest: the plan's inputs and outputs, the plan's intermediates some
-/// kernel reads or writes, then the backend's scratch, all in declaration order.
-fn buffers(plan: &Plan, program: &Program, outs: &[KernelOut]) -> Vec<BufferInfo> {
+/// The manifest role of a plan tensor; `None` for roles a forward plan does not have.
+fn gpu_role(role: Role) -> Option<BufferRole> {
+    match role {
+        Role::In => Some(BufferRole::Input),
+        Role::Out => Some(BufferRole::Output),
+        Role::Scratch => Some(BufferRole::Scratch),
+        Role::Saved | Role::Grad | Role::State => None,
+    }
+}
+
+/// The buffers of the manifest for a call of `sizes`: the plan's inputs and outputs, the plan's
+/// scratch tensors some kernel reads or writes (the top-n kernels keep their `scores_<s>` to
+/// themselves), then the backend's scratch, all in declaration order.
+fn buffers(
+    plan: &Plan,
+    sizes: &Sizes,
+    program: &Program,
+    outs: &[KernelOut],
+) -> Result<Vec<BufferInfo>, PtxError> {
     let used = |name: &str| {
         outs.iter().any(|k| {
             k.params
@@ -240,34 +260,34 @@ fn buffers(plan: &Plan, program: &Program, outs: &[KernelOut]) -> Vec<BufferInfo
                 .any(|p| matches!(p, Param::Buffer { name: n } if n == name))
         })
     };
-    let mut out: Vec<BufferInfo> = plan
-        .buffers
-        .iter()
-        .filter(|b| b.role != plan::BufferRole::Intermediate || used(&b.name))
-        .map(|b| BufferInfo {
-            name: b.name.clone(),
-            role: match b.role {
-                plan::BufferRole::Input => BufferRole::Input,
-                plan::BufferRole::Output => BufferRole::Output,
-                plan::BufferRole::Intermediate => BufferRole::Scratch,
-            },
-            elem: gpu_elem(b, plan.dims.dtype),
-            shape: b.dims.clone(),
-        })
-        .collect();
+    let mut out = Vec::new();
+    for (i, t) in plan.tensors.iter().enumerate() {
+        let role = gpu_role(t.role).ok_or_else(|| {
+            PtxError::Unsupported(format!("tensor `{}` of role {}", t.name, t.role.name()))
+        })?;
+        if t.role == Role::Scratch && !used(&t.name) {
+            continue;
+        }
+        out.push(BufferInfo {
+            name: t.name.clone(),
+            role,
+            elem: gpu_elem(t, plan.consts.dtype),
+            shape: sizes.shape(plan, ir::TensorId(i))?,
+        });
+    }
     out.extend(
-        lowering::backend_scratch(plan, program)
+        lowering::backend_scratch(plan, sizes, program)?
             .into_iter()
             .filter(|b| used(&b.name)),
     );
-    out
+    Ok(out)
 }
 
 /// The `seg` columns of `plan`.
 fn seg_columns(plan: &Plan) -> Vec<SegColumn> {
     let mut cols = vec![SegColumn::Start, SegColumn::End];
-    cols.extend(plan.stages.iter().filter_map(|s| match s {
-        plan::Stage::Pool(p) => Some(SegColumn::CompressedBase {
+    cols.extend(plan.ops.iter().filter_map(|op| match op {
+        ir::Op::Pool(p) => Some(SegColumn::CompressedBase {
             branch: p.branch.clone(),
             block: p.block,
             stride: p.stride,
@@ -487,10 +507,11 @@ fn generate(program: &Program, variant: &GpuVariant) -> Vec<KernelOut> {
 }
 
 /// PTX text and launch manifest for `plan` with `variant`, targeting `arch`. The PTX does not
-/// depend on the plan's lengths or segments; the manifest's buffers and evaluated launches are
-/// those of the plan's problem.
+/// depend on `sizes` (the plan has no lengths); the manifest's buffers and evaluated launches
+/// are those of a call of `sizes`.
 pub fn emit_plan(
     plan: &Plan,
+    sizes: &Sizes,
     variant: &GpuVariant,
     arch: Arch,
 ) -> Result<(String, Manifest), PtxError> {
@@ -501,7 +522,7 @@ pub fn emit_plan(
     let outs = generate(&program, variant);
     let texts: Vec<String> = outs.iter().map(|k| k.ptx.clone()).collect();
     let ptx = builder::module(arch.target(), &texts);
-    let sizes = CallSizes::of(plan);
+    let call = CallSizes::of(sizes);
     let mut kernels = Vec::new();
     for k in &outs {
         let name = k
@@ -514,7 +535,7 @@ pub fn emit_plan(
         let now = k
             .launch
             .geometry
-            .evaluate(&k.params, sizes, program.max_tokens)?;
+            .evaluate(&k.params, call, program.max_tokens)?;
         kernels.push(KernelInfo {
             name,
             params: k.params.clone(),
@@ -526,32 +547,37 @@ pub fn emit_plan(
             launch: k.launch.formula.clone(),
         });
     }
-    let d = &plan.dims;
     let manifest = Manifest {
         spec: plan.name.clone(),
         arch: arch.target().to_string(),
-        dtype: d.dtype.name().to_string(),
+        dtype: plan.consts.dtype.name().to_string(),
         max_tokens: program.max_tokens,
-        tokens: d.batch * d.seq_len,
-        batch: d.batch,
-        seq_len: d.seq_len,
-        segments: d.segments.iter().map(|&(a, b)| [a, b]).collect(),
+        tokens: sizes.tokens(),
+        batch: sizes.batch,
+        seq_len: sizes.queries,
+        segments: sizes.segments.iter().map(|&(a, b)| [a, b]).collect(),
         seg_columns: seg_columns(plan),
-        buffers: buffers(plan, &program, &outs),
+        buffers: buffers(plan, sizes, &program, &outs)?,
         kernels,
     };
     Ok((ptx, manifest))
 }
 
-/// [`emit_plan`] of the plan of `spec` on `shape` (the spec and shape are only used to build
-/// it).
+/// [`emit_plan`] of the plan of `spec` for `shape`'s heads, head dims and dtype, with the
+/// manifest written for a call of `shape`'s sizes (the spec and shape are only used to build
+/// them).
 pub fn emit_ptx(
     spec: &Spec,
     shape: &Shape,
     variant: &GpuVariant,
     arch: Arch,
 ) -> Result<(String, Manifest), PtxError> {
-    emit_plan(&Plan::new(spec, shape)?, variant, arch)
+    emit_plan(
+        &Plan::for_shape(spec, shape)?,
+        &Sizes::of(shape),
+        variant,
+        arch,
+    )
 }
 
 /// The ceiling probe of the arithmetic `plan` runs on: tensor-core `mma` when its attention
@@ -559,14 +585,14 @@ pub fn emit_ptx(
 pub fn ceiling_probe_for(plan: &Plan) -> Result<probe::Probe, PtxError> {
     let program = lowering::lower(plan)?;
     Ok(probe::Probe::for_kernels(
-        plan.dims.dtype,
+        plan.consts.dtype,
         tc_select::eligible(&program.dims),
     ))
 }
 
-/// [`ceiling_probe_for`] the plan of `spec` on `shape`.
+/// [`ceiling_probe_for`] the plan of `spec` for `shape`'s heads, head dims and dtype.
 pub fn ceiling_probe(spec: &Spec, shape: &Shape) -> Result<probe::Probe, PtxError> {
-    ceiling_probe_for(&Plan::new(spec, shape)?)
+    ceiling_probe_for(&Plan::for_shape(spec, shape)?)
 }
 
 /// Whether `dtype` is one the PTX kernels read.

@@ -1,7 +1,7 @@
 //! A compiled plan on a CUDA device: buffers per the PTX manifest (which lists the plan's
-//! buffers and the backend's scratch), kernels launched in order with their launch geometry and
-//! `u32` size parameters evaluated for the call, outputs read back from the plan's output
-//! buffers under the oracle's names (`o`, `o_<b>`, `idx_<b>`). The PTX does not depend on the
+//! tensors and the backend's scratch), kernels launched in order with their launch geometry and
+//! `u32` size parameters evaluated for the call, outputs read back from the plan's `Out`
+//! tensors under the oracle's names (`o`, `o_<b>`, `idx_<b>`). The PTX does not depend on the
 //! problem's lengths, so modules are cached by their text and shared by every shape.
 
 use std::collections::BTreeMap;
@@ -9,16 +9,18 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
-use nsac_compiler::plan::{Plan, Stage};
+use nsac_compiler::ir::{Op, Plan, Sizes};
 use nsac_compiler::ptx::{
-    BufferRole, CallSizes, GpuVariant, LaunchDims, Manifest, Param, emit_plan, segment_table,
+    BufferRole, CallSizes, GpuVariant, LaunchDims, Manifest, Param, PtxError, emit_plan,
+    segment_table,
 };
 use nsac_dsl::Spec;
 use nsac_dsl::problem::{DType, Shape};
-use nsac_kernels::io::{InputError, Inputs, Tensor};
+use nsac_kernels::io::{Inputs, Tensor};
 
 use super::{CudaDevice, CudaError, driver, time_on_stream};
 use crate::bench::median;
+use crate::contract::ContractError;
 
 /// What one GPU call produces (f32 outputs, int32 indices).
 #[derive(Debug, Clone, PartialEq)]
@@ -44,10 +46,12 @@ pub struct KernelTime {
     pub median_ms: f32,
 }
 
-/// A plan compiled for one variant on one device.
+/// A plan compiled for one variant on one device, with the sizes of the call its buffers are
+/// laid out for.
 pub struct CudaKernel {
     device: Arc<CudaDevice>,
     plan: Plan,
+    sizes: Sizes,
     variant: GpuVariant,
     manifest: Manifest,
     ptx: String,
@@ -109,17 +113,19 @@ impl CudaKernel {
         shape: &Shape,
         variant: &GpuVariant,
     ) -> Result<CudaKernel, CudaError> {
-        let plan = Plan::new(spec, shape).map_err(nsac_compiler::ptx::PtxError::from)?;
-        Self::compile_plan(device, plan, variant)
+        let plan = Plan::for_shape(spec, shape).map_err(PtxError::from)?;
+        Self::compile_plan(device, plan, Sizes::of(shape), variant)
     }
 
-    /// Generates PTX for `plan` with `variant` and loads it (cached per device).
+    /// Generates PTX for `plan` with `variant` and loads it (cached per device); buffers are
+    /// laid out for a call of `sizes`.
     pub fn compile_plan(
         device: &Arc<CudaDevice>,
         plan: Plan,
+        sizes: Sizes,
         variant: &GpuVariant,
     ) -> Result<CudaKernel, CudaError> {
-        let (ptx, manifest) = emit_plan(&plan, variant, device.arch())?;
+        let (ptx, manifest) = emit_plan(&plan, &sizes, variant, device.arch())?;
         let module = device.module(&ptx, &plan.name)?;
         let mut functions = Vec::new();
         for k in &manifest.kernels {
@@ -133,6 +139,7 @@ impl CudaKernel {
         Ok(CudaKernel {
             device: device.clone(),
             plan,
+            sizes,
             variant: *variant,
             manifest,
             ptx,
@@ -190,46 +197,13 @@ impl CudaKernel {
         &self.variant
     }
 
-    /// Checks that `inputs` holds exactly the plan's input buffers, with their shapes and
-    /// finite values.
-    fn check_inputs(&self, inputs: &Inputs) -> Result<(), InputError> {
-        let expected: Vec<_> = self
-            .plan
-            .buffers
-            .iter()
-            .filter(|b| b.role == nsac_compiler::plan::BufferRole::Input)
-            .collect();
-        for e in &expected {
-            let t = inputs
-                .get(&e.name)
-                .ok_or_else(|| InputError::Missing(e.name.clone()))?;
-            if t.shape != e.dims {
-                return Err(InputError::BadShape {
-                    name: e.name.clone(),
-                    got: t.shape.clone(),
-                    expected: e.dims.clone(),
-                });
-            }
-            if t.data.len() != t.numel() {
-                return Err(InputError::BadLength {
-                    name: e.name.clone(),
-                    shape: t.shape.clone(),
-                    got: t.data.len(),
-                    expected: t.numel(),
-                });
-            }
-            if t.data.iter().any(|x| !x.is_finite()) {
-                return Err(InputError::NonFinite(e.name.clone()));
-            }
-        }
-        if let Some(name) = inputs
-            .keys()
-            .find(|n| !expected.iter().any(|e| e.name == **n))
-        {
-            let reads: Vec<&str> = expected.iter().map(|e| e.name.as_str()).collect();
-            return Err(InputError::Unexpected(name.clone(), reads.join(", ")));
-        }
-        Ok(())
+    /// Checks that `inputs` holds exactly the plan's `In` tensors, with their shapes for the
+    /// kernel's sizes and finite values.
+    fn check_inputs(&self, inputs: &Inputs) -> Result<(), CudaError> {
+        crate::contract::check_inputs(&self.plan, &self.sizes, inputs).map_err(|e| match e {
+            ContractError::Input(e) => CudaError::Input(e),
+            ContractError::Sizes(e) => CudaError::Ptx(PtxError::Sizes(e)),
+        })
     }
 
     /// The launch manifest.
@@ -245,8 +219,8 @@ impl CudaKernel {
     /// Allocates this kernel's buffers and copies `inputs` (converted to the shape's dtype) in.
     pub fn upload(&self, inputs: &Inputs) -> Result<DeviceBuffers, CudaError> {
         self.check_inputs(inputs)?;
-        let launches = self.launches(CallSizes::of(&self.plan))?;
-        let dtype = self.plan.dims.dtype;
+        let launches = self.launches(CallSizes::of(&self.sizes))?;
+        let dtype = self.plan.consts.dtype;
         let stream = &self.device.stream;
         let mut bufs = BTreeMap::new();
         for b in &self.manifest.buffers {
@@ -262,7 +236,7 @@ impl CudaKernel {
                     )?
                 }
                 BufferRole::Segments => {
-                    let seg: Vec<u8> = segment_table(&self.plan)
+                    let seg: Vec<u8> = segment_table(&self.plan, &self.sizes)
                         .iter()
                         .flat_map(|x| x.to_le_bytes())
                         .collect();
@@ -374,31 +348,25 @@ impl CudaKernel {
             || "waiting for the kernels".into(),
             self.device.stream.synchronize(),
         )?;
-        let name = |id| self.plan.buffer(id).name.as_str();
+        let name = |id| self.plan.tensor(id).name.as_str();
         let mut o = None;
         let mut branches = BTreeMap::new();
         let mut selected = BTreeMap::new();
-        for stage in &self.plan.stages {
-            match stage {
-                Stage::CompressedAttention(c) => {
-                    branches.insert(c.branch.clone(), self.download_f32(&bufs, name(c.out))?);
+        for op in &self.plan.ops {
+            match op {
+                Op::Attend(a) => {
+                    branches.insert(a.branch.clone(), self.download_f32(&bufs, name(a.out))?);
                 }
-                Stage::SelectedAttention(s) => {
-                    branches.insert(s.branch.clone(), self.download_f32(&bufs, name(s.out))?);
-                }
-                Stage::WindowAttention(w) => {
-                    branches.insert(w.branch.clone(), self.download_f32(&bufs, name(w.out))?);
-                }
-                Stage::SelectBlocks(s) => {
-                    let (bytes, shape) = self.download(&bufs, name(s.idx))?;
+                Op::TopK(t) => {
+                    let (bytes, shape) = self.download(&bufs, name(t.idx))?;
                     let data = bytes
                         .chunks_exact(4)
                         .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                         .collect();
-                    selected.insert(s.branch.clone(), Tensor { shape, data });
+                    selected.insert(t.branch.clone(), Tensor { shape, data });
                 }
-                Stage::Combine(c) => o = Some(self.download_f32(&bufs, name(c.out))?),
-                Stage::Pool(_) => {}
+                Op::Combine(c) => o = Some(self.download_f32(&bufs, name(c.out))?),
+                Op::Pool(_) | Op::Score(_) => {}
             }
         }
         let o = o.ok_or_else(|| CudaError::Manifest("the plan has no combine".into()))?;

@@ -51,7 +51,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use nsac_compiler::plan::{Plan, Stage};
+use nsac_compiler::ir::{Op, Plan};
 use nsac_compiler::ptx::{Arch, GpuVariant, emit_ptx};
 use nsac_dsl::Spec;
 use nsac_dsl::problem::{DType, Shape};
@@ -146,10 +146,10 @@ pub struct GpuSpace {
     limits: GpuLimits,
 }
 
-/// The (block, top) of every select stage of `plan`.
+/// The (block, top) of every top-k op of `plan` (one per select branch).
 fn selects(plan: &Plan) -> impl Iterator<Item = (usize, usize)> + '_ {
-    plan.stages.iter().filter_map(|s| match s {
-        Stage::SelectedAttention(a) => Some((a.block, a.top)),
+    plan.ops.iter().filter_map(|op| match op {
+        Op::TopK(t) => Some((t.block, t.k)),
         _ => None,
     })
 }
@@ -176,7 +176,7 @@ impl GpuSpace {
                 *values = vec![own];
             }
         }
-        let select_blocks = Plan::new(spec, shape)
+        let select_blocks = Plan::for_shape(spec, shape)
             .map(|p| selects(&p).map(|(block, _)| block).collect())
             .unwrap_or_default();
         GpuSpace {
@@ -324,7 +324,7 @@ impl GpuBench {
         spec: &Spec,
         shape: &Shape,
     ) -> Result<Self, GpuCheckError> {
-        let plan = Plan::new(spec, shape)
+        let plan = Plan::for_shape(spec, shape)
             .map_err(|e| CudaError::from(nsac_compiler::ptx::PtxError::from(e)))?;
         let check_shape = check_shape(spec, shape, check_seq_len(&plan)).map_err(Mismatch::from)?;
         let cases = check_cases(spec, &check_shape, Some(shape.dtype)).map_err(Mismatch::from)?;

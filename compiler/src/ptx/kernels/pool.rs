@@ -8,7 +8,7 @@
 
 use nsac_dsl::problem::DType;
 
-use crate::plan::Pool;
+use crate::ir::PoolKind;
 use crate::ptx::builder::{KernelBuilder, Reg, RegClass, fimm, imm, mem};
 use crate::ptx::lowering::{Compressed, Dims, KvNames};
 
@@ -30,7 +30,7 @@ struct Side {
 fn pool_side(
     b: &mut KernelBuilder,
     side: &Side,
-    pool: Pool,
+    pool: PoolKind,
     kt0: Reg,
     h: Reg,
     slot_row: Reg,
@@ -46,14 +46,14 @@ fn pool_side(
         b.ins("mov.f32", [(*a).into(), fimm(0.0)]);
     }
     match pool {
-        Pool::Mean | Pool::Weighted => {
+        PoolKind::Mean | PoolKind::Weighted => {
             for_range(b, imm(0), imm(i64::from(block)), 1, |b, i| {
                 let kt = b.op2(RegClass::B32, "add.u32", kt0.into(), i.into());
                 let th = b.op3(RegClass::B32, "mad.lo.u32", kt.into(), imm(hh), h.into());
                 let off = b.op2(RegClass::B32, "mul.lo.u32", th.into(), imm(i64::from(dim)));
                 let x = load_vec(b, side.src, off, lane, dim, elem);
                 let w = match (pool, side.weights) {
-                    (Pool::Weighted, Some(wb)) => {
+                    (PoolKind::Weighted, Some(wb)) => {
                         let wi = b.op3(
                             RegClass::B32,
                             "mad.lo.u32",
@@ -77,7 +77,7 @@ fn pool_side(
                 }
             });
         }
-        Pool::Linear => {
+        PoolKind::Linear => {
             let Some(wb) = side.weights else {
                 return acc;
             };
@@ -199,7 +199,7 @@ pub struct PoolArgs<'a> {
     pub out: &'a Compressed,
     pub block: u32,
     pub stride: u32,
-    pub pool: Pool,
+    pub pool: PoolKind,
 }
 
 /// Generates the pooling kernel of a compress branch.
@@ -233,8 +233,8 @@ pub fn pool(name: &str, a: &PoolArgs<'_>, dims: &Dims, warps: u32) -> KernelOut 
         split: false,
     };
     let (wk, wv) = match (pool, a.weights.len()) {
-        (Pool::Weighted, 1) => (Some(ptrs[3]), Some(ptrs[3])),
-        (Pool::Linear, 2) => (Some(ptrs[3]), Some(ptrs[4])),
+        (PoolKind::Weighted, 1) => (Some(ptrs[3]), Some(ptrs[3])),
+        (PoolKind::Linear, 2) => (Some(ptrs[3]), Some(ptrs[4])),
         _ => (None, None),
     };
     let hh = i64::from(dims.h);
