@@ -7,12 +7,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use nsac_compiler::cpu::CpuVariant;
+use nsac_compiler::ir::Sizes;
 use nsac_dsl::Spec;
 use nsac_dsl::problem::{DType, Problem, Sequences, Shape};
 use nsac_dsl::spec::{HeadDim, Heads};
 use nsac_kernels::io::{Inputs, Tensor};
-use nsac_compiler::cpu::CpuVariant;
-use nsac_compiler::ir::Sizes;
 use nsac_runtime::cpu::CpuKernel;
 use nsac_runtime::cuda::{CudaDevice, CudaKernel};
 use nsac_runtime::tensor_io::{HostTensor, TensorSet, reference_outputs};
