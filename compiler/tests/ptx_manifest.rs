@@ -2,9 +2,10 @@
 //! how the Variant's knobs show in them and in the generated PTX; that the PTX does not depend
 //! on the problem's lengths.
 
-use nsac_compiler::ir::{Plan, Sizes};
+use nsac_compiler::ir::{Op, Plan, Role, Sizes, TensorId};
 use nsac_compiler::ptx::{
-    Arch, GpuVariant, KernelInfo, Manifest, Param, PtxError, emit_ptx, segment_table,
+    Arch, BufferRole, GpuVariant, KernelInfo, Manifest, Param, PtxError, emit_plan, emit_ptx,
+    lowering, segment_table,
 };
 use nsac_dsl::problem::{DType, Problem};
 use nsac_dsl::spec::{
@@ -586,4 +587,80 @@ fn ptx_is_the_same_for_every_length_and_packing() {
             assert_eq!(own, from_first);
         }
     }
+}
+
+/// The manifest's buffers are the plan's tensors in declaration order, shaped by the call's
+/// `Sizes` (all but the scores, which the top-n kernel keeps to itself), then the backend's
+/// scratch; roles and element types follow the plan's.
+#[test]
+fn manifest_buffers_are_the_plans_tensors() {
+    let spec = tensor_core_spec();
+    for mut p in [
+        Problem::batched(2, 77),
+        Problem::varlen(vec![0, 20, 51, 90]),
+    ] {
+        p.dtype = DType::Bf16;
+        let shape = p.resolve(&spec).expect("valid");
+        let plan = Plan::for_shape(&spec, &shape).expect("plan");
+        let sizes = Sizes::of(&shape);
+        let (_, m) = emit_plan(&plan, &sizes, &GpuVariant::default(), Arch::Sm90).expect("emits");
+        let want: Vec<(String, Vec<usize>)> = plan
+            .tensors
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| !t.name.starts_with("scores_"))
+            .map(|(i, t)| {
+                let shape = sizes.shape(&plan, TensorId(i)).expect("sized");
+                (t.name.clone(), shape)
+            })
+            .collect();
+        assert!(want.len() < plan.tensors.len(), "the plan declares scores");
+        let got: Vec<(String, Vec<usize>)> = m
+            .buffers
+            .iter()
+            .map(|b| (b.name.clone(), b.shape.clone()))
+            .collect();
+        assert_eq!(got[..want.len()], want[..]);
+        let rest: Vec<&str> = m.buffers[want.len()..]
+            .iter()
+            .map(|b| b.name.as_str())
+            .collect();
+        assert_eq!(rest, ["seg", "kc16_cmp", "vc16_cmp"]);
+        for b in &m.buffers[..want.len()] {
+            let t = plan.tensor(plan.tensor_named(&b.name).expect("a plan tensor"));
+            let (role, elem) = match t.role {
+                Role::In => (BufferRole::Input, "bf16"),
+                Role::Out => (BufferRole::Output, t.elem.name()),
+                _ => (BufferRole::Scratch, t.elem.name()),
+            };
+            assert_eq!((b.role, b.elem.as_str()), (role, elem), "{}", b.name);
+        }
+        assert_eq!(m.buffer("idx_slc").map(|b| b.elem.as_str()), Some("i32"));
+    }
+}
+
+/// A plan whose score op is not followed by its top-k has no GPU stage: an error, not a panic.
+#[test]
+fn a_score_without_its_top_k_is_unsupported() {
+    let spec = tensor_core_spec();
+    let shape = Problem::batched(1, 50).resolve(&spec).expect("valid");
+    let plan = Plan::for_shape(&spec, &shape).expect("plan");
+    assert!(lowering::lower(&plan).is_ok());
+    let topk = plan
+        .ops
+        .iter()
+        .position(|op| matches!(op, Op::TopK(_)))
+        .expect("a top-k");
+    let mut lone = plan.clone();
+    lone.ops.remove(topk);
+    assert!(matches!(
+        lowering::lower(&lone),
+        Err(PtxError::Unsupported(_))
+    ));
+    let mut swapped = plan.clone();
+    swapped.ops.swap(topk - 1, topk);
+    assert!(matches!(
+        lowering::lower(&swapped),
+        Err(PtxError::Unsupported(_))
+    ));
 }
