@@ -5,8 +5,7 @@
 
 use nsac::dsl::problem::{DType, Sequences};
 use nsac::dsl::spec::{HeadDim, Heads};
-use nsac::runtime::tensor_io::HostTensor;
-use nsac::{Attention, Device, Error, Options, Run};
+use nsac::{Attention, Device, Error, Options};
 
 fn main() -> Result<(), String> {
     let show = |e: Error| e.render(false);
@@ -44,7 +43,9 @@ fn main() -> Result<(), String> {
         )
         .map_err(show)?;
     let want = reference.run(&f32_problem, &inputs).map_err(show)?;
-    let err = relative_error(&got, &want)?;
+    let err = got
+        .relative_error(&want, "o")
+        .ok_or("o is missing or shaped unlike the reference's")?;
     println!(
         "{}: {:.2} ms, max|o - ref| / max|ref| = {err:.1e} (bar 1e-2)",
         got.device,
@@ -54,14 +55,4 @@ fn main() -> Result<(), String> {
         return Err(format!("the GPU result is off by {err:e}"));
     }
     Ok(())
-}
-
-/// max |o − ref| / max |ref| (the numerics bar's measure) of `o` against the reference's `o`.
-fn relative_error(got: &Run, want: &Run) -> Result<f64, String> {
-    let o = got.outputs["o"].to_f32().ok_or("o is a float tensor")?;
-    match &want.outputs["o"] {
-        HostTensor::F64(r) => nsac::kernels::reference::relative_error(&o, r)
-            .ok_or_else(|| "o has another shape than the reference's".to_string()),
-        _ => Err("the reference's o is f64".into()),
-    }
 }

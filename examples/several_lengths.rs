@@ -5,8 +5,7 @@
 
 use nsac::dsl::problem::Sequences;
 use nsac::dsl::spec::{HeadDim, Heads};
-use nsac::runtime::tensor_io::HostTensor;
-use nsac::{Attention, Device, Options, Run};
+use nsac::{Attention, Device, Options};
 
 fn main() -> Result<(), String> {
     let show = |e: nsac::Error| e.render(false);
@@ -33,7 +32,9 @@ fn main() -> Result<(), String> {
         let inputs = attn.random_inputs(&problem, 1).map_err(show)?;
         let got = cpu.run(&problem, &inputs).map_err(show)?;
         let want = reference.run(&problem, &inputs).map_err(show)?;
-        let err = relative_error(&got, &want)?;
+        let err = got
+            .relative_error(&want, "o")
+            .ok_or("o is missing or shaped unlike the reference's")?;
         println!(
             "{sequences:?}: {} in {:.1} ms ({} variant{}), max|o - ref| / max|ref| = {err:.1e}",
             got.device,
@@ -48,14 +49,4 @@ fn main() -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// max |o − ref| / max |ref| (the numerics bar's measure) of `o` against the reference's `o`.
-fn relative_error(got: &Run, want: &Run) -> Result<f64, String> {
-    let o = got.outputs["o"].to_f32().ok_or("o is a float tensor")?;
-    match &want.outputs["o"] {
-        HostTensor::F64(r) => nsac::kernels::reference::relative_error(&o, r)
-            .ok_or_else(|| "o has another shape than the reference's".to_string()),
-        _ => Err("the reference's o is f64".into()),
-    }
 }

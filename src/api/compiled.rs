@@ -82,6 +82,26 @@ struct CudaEntry {
     warnings: Vec<String>,
 }
 
+impl Run {
+    /// max |x − ref| / max |ref| of output `name` against the same output of `reference` (the
+    /// numerics bar's measure, docs/ARCHITECTURE.md §4); `None` when either run lacks it, it
+    /// is not a float tensor, or the shapes differ.
+    pub fn relative_error(&self, reference: &Run, name: &str) -> Option<f64> {
+        let got = self.outputs.get(name)?.to_f32()?;
+        let want = match reference.outputs.get(name)? {
+            HostTensor::F64(t) => t.clone(),
+            other => {
+                let t = other.to_f32()?;
+                Tensor {
+                    shape: t.shape,
+                    data: t.data.into_iter().map(f64::from).collect(),
+                }
+            }
+        };
+        nsac_kernels::reference::relative_error(&got, &want)
+    }
+}
+
 enum Backend {
     Reference,
     Cpu,
