@@ -19,7 +19,7 @@ use nsac_dsl::problem::Shape;
 use nsac_dsl::spec::{BranchKind, KvSource, Spec};
 use nsac_kernels::io::expected_inputs;
 
-use super::{CostError, keys};
+use super::{CostError, add, keys, prod};
 
 /// Bytes a run holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,16 +40,6 @@ impl Footprint {
     pub fn reference(&self) -> u128 {
         3 * self.inputs + 4 * self.outputs + self.scratch
     }
-}
-
-fn prod(xs: &[u128]) -> Result<u128, CostError> {
-    xs.iter()
-        .try_fold(1u128, |a, &x| a.checked_mul(x))
-        .ok_or(CostError::Overflow)
-}
-
-fn add(a: u128, b: u128) -> Result<u128, CostError> {
-    a.checked_add(b).ok_or(CostError::Overflow)
 }
 
 /// The footprint of `spec` on `shape` with `threads` worker threads.

@@ -155,12 +155,14 @@ pub fn estimate(spec: &Spec, shape: &Shape) -> Result<CostReport, CostError> {
     Ok(CostReport::new(spec, shape, branches, bytes))
 }
 
+/// The checked product of `xs` (also the footprint's).
 fn prod(xs: &[u128]) -> Result<u128, CostError> {
     xs.iter()
         .try_fold(1u128, |a, &x| a.checked_mul(x))
         .ok_or(CostError::Overflow)
 }
 
+/// The checked sum `a + b` (also the footprint's).
 fn add(a: u128, b: u128) -> Result<u128, CostError> {
     a.checked_add(b).ok_or(CostError::Overflow)
 }
