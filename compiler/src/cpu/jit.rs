@@ -151,8 +151,11 @@ pub fn emit_clif(plan: &Plan, variant: &CpuVariant) -> Result<String, CpuError> 
     Ok(out)
 }
 
-/// The lowered machine instructions of every function, compiled for this host.
-pub fn emit_asm(plan: &Plan, variant: &CpuVariant) -> Result<String, CpuError> {
+/// A host module with every function of `plan` declared and built (not yet defined).
+fn generate_host(
+    plan: &Plan,
+    variant: &CpuVariant,
+) -> Result<(JITModule, Vec<Generated>), CpuError> {
     variant.validate()?;
     let mut module = host_module()?;
     let funcs = codegen::generate(
@@ -163,6 +166,12 @@ pub fn emit_asm(plan: &Plan, variant: &CpuVariant) -> Result<String, CpuError> {
         host_has_fma(),
     )
     .map_err(|e| CpuError::Codegen(e.to_string()))?;
+    Ok((module, funcs))
+}
+
+/// The lowered machine instructions of every function, compiled for this host.
+pub fn emit_asm(plan: &Plan, variant: &CpuVariant) -> Result<String, CpuError> {
+    let (mut module, funcs) = generate_host(plan, variant)?;
     let asm = define_all(&mut module, &funcs, true)?;
     // SAFETY: nothing compiled in this module is referenced after this point.
     unsafe { module.free_memory() };
@@ -174,17 +183,8 @@ pub fn compile_host(
     plan: &Plan,
     variant: &CpuVariant,
 ) -> Result<(JITModule, Vec<Generated>, Duration), CpuError> {
-    variant.validate()?;
     let start = Instant::now();
-    let mut module = host_module()?;
-    let funcs = codegen::generate(
-        &mut module,
-        plan,
-        &super::steps(plan)?,
-        variant,
-        host_has_fma(),
-    )
-    .map_err(|e| CpuError::Codegen(e.to_string()))?;
+    let (mut module, funcs) = generate_host(plan, variant)?;
     define_all(&mut module, &funcs, false)?;
     Ok((module, funcs, start.elapsed()))
 }
