@@ -7,26 +7,29 @@
 //!   (S = scale·Q·Kᵀ over a key tile, rows × key-vector register tiles of F32X4 FMAs), `softmax`
 //!   (masked online-softmax update: running max and sum, −∞-safe, rescales the accumulator),
 //!   `pv` (O += P·V, rows × value-vector register tiles), `finish` (O/ℓ, 0 for an empty row);
-//! * one driver per plan stage: `pool_<c>` (pooling into packed compressed K̃/Ṽ),
+//! * one driver per step of [`steps`]: `pool_<c>` (pooling into packed compressed K̃/Ṽ),
 //!   `cmp_<c>` (compressed attention in key tiles; when scored, keeps every tile's P and
 //!   leaves the normalized probabilities for scoring),
-//!   `topn_<s>` (block scores by overlap weights, forced blocks, partial top-n selection
+//!   `topk_<s>` (block scores by overlap weights, forced blocks, partial top-k selection
 //!   with the oracle's tie rule), `sel_<s>` / `win_<w>` (online softmax over the chosen blocks /
 //!   the window), `combine` (gated or plain sum).
 //!
-//! Drivers handle one work item — (b, segment, kv head, position) — so the runtime runs items in
-//! parallel with rayon; every item writes disjoint output rows. Everything the spec computes
-//! runs in generated code, with no helper calls: `exp` is an inline polynomial (see `emit`).
-//! The runtime only packs K/V into the layouts documented in `codegen::tile` and loops over items.
+//! Every driver has the one signature of [`abi`]: a pointer to an argument block whose slots
+//! its [`abi::Entry`] names. A driver handles one work item — (b, segment, kv head, position) —
+//! and the executor (`exec`, beside the code that defines the ABI) runs items in parallel with
+//! rayon; every item writes disjoint output rows. Everything the spec computes runs in
+//! generated code, with no helper calls: `exp` is an inline polynomial (see `emit`); the
+//! executor only packs K/V into the layouts documented in `codegen::tile` and loops over items.
+//! [`CpuProgram::run`] is the checked entry: it checks the inputs against the plan first.
 //!
-//! The function pointer types below are the exact ABI of the drivers (all integers i64,
-//! pointers to f32/i32 host memory, System V / host default call convention). The score
-//! scratch `s` holds G rows of [`score_stride`] floats, a constant of the generated code
-//! (the scored compressed attention: one such tile per chunk, [`compressed_scratch`]). No
-//! generated code depends on B, T or `cu_seqlens`: lengths arrive as arguments.
+//! The score scratch `s` holds G rows of [`score_stride`] floats, a constant of the generated
+//! code (the scored compressed attention: one such tile per chunk, [`compressed_scratch`]).
+//! No generated code depends on B, T or `cu_seqlens`: lengths arrive in the argument block.
 
+pub mod abi;
 mod codegen;
 mod emit;
+mod exec;
 mod jit;
 pub mod schedule;
 mod variant;
@@ -38,9 +41,14 @@ use cranelift_jit::JITModule;
 pub use jit::{emit_asm, emit_clif, host_has_fma};
 pub use variant::{CpuVariant, VariantError, candidates};
 
-use crate::ir::Plan;
+use crate::ir::contract::{ContractError, check_inputs};
+use crate::ir::{Plan, Sizes};
+use abi::Driver;
 use codegen::Role;
-pub use schedule::{Step, TopnParams, steps};
+use nsac_kernels::io::Inputs;
+
+pub use exec::CpuOutput;
+pub use schedule::{Step, TopKParams, steps};
 
 /// Why CPU code generation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -53,6 +61,10 @@ pub enum CpuError {
     Isa(String),
     #[error("code generation failed: {0}")]
     Codegen(String),
+    #[error(transparent)]
+    Contract(#[from] ContractError),
+    #[error(transparent)]
+    Abi(#[from] abi::AbiError),
     #[error(
         "the CPU backend's code grows with the group size and head dims: G = {group}, head dims {dqk}/{dv} exceed its limits (G ≤ {MAX_GROUP}, dims ≤ {MAX_HEAD_DIM}, G·(Dqk+Dv) ≤ {MAX_GROUP_DIMS}); use fewer query heads per kv head, smaller dims, or another device"
     )]
@@ -67,70 +79,8 @@ pub const MAX_HEAD_DIM: usize = 1024;
 /// at dims 128 about 110 MB and 2 s to compile; G = 256 at dims 1024, 3.7 GB and 47 s).
 pub const MAX_GROUP_DIMS: usize = 65536;
 
-/// `pool(k, v, wk, wv, ntok, kcp, vcp)`.
-pub type PoolFn =
-    unsafe extern "C" fn(*const f32, *const f32, *const f32, *const f32, i64, *mut f32, *mut f32);
-/// `cmp(q, kcp, vcp, nvis, s, mc, m, l, o, out)`: `s` holds one key tile of G rows, or, when
-/// a select branch is scored by this branch, `⌈nvis/key_tile⌉` of them (chunk-major, see
-/// [`compressed_scratch`]) with `mc` the running maxima after each chunk (`[chunk][G]`).
-pub type CompressedFn = unsafe extern "C" fn(
-    *const f32,
-    *const f32,
-    *const f32,
-    i64,
-    *mut f32,
-    *mut f32,
-    *mut f32,
-    *mut f32,
-    *mut f32,
-    *mut f32,
-);
-/// `topn(p, nvis, t, len, scores, idx) -> count`; `p` is the scoring branch's chunk-major
-/// normalized probabilities.
-pub type TopnFn = unsafe extern "C" fn(*const f32, i64, i64, i64, *mut f32, *mut i32) -> i64;
-/// `sel(q, kp, vp, idx, count, t, len, s, m, l, o, out)`.
-pub type SelectedFn = unsafe extern "C" fn(
-    *const f32,
-    *const f32,
-    *const f32,
-    *const i32,
-    i64,
-    i64,
-    i64,
-    *mut f32,
-    *mut f32,
-    *mut f32,
-    *mut f32,
-    *mut f32,
-);
-/// `win(q, kp, vp, t, len, s, m, l, o, out)`.
-pub type WindowFn = unsafe extern "C" fn(
-    *const f32,
-    *const f32,
-    *const f32,
-    i64,
-    i64,
-    *mut f32,
-    *mut f32,
-    *mut f32,
-    *mut f32,
-    *mut f32,
-);
-/// `combine(args)` with `args = [o, o_1, g_1, …]`.
-pub type CombineFn = unsafe extern "C" fn(*const *mut f32);
 /// `fma_peak(iters) -> checksum`: 12 chains × 8 FLOPs per iteration.
 pub type PeakFn = unsafe extern "C" fn(i64) -> f32;
-
-/// The compiled driver of one step (same index as [`steps`]).
-#[derive(Debug, Clone, Copy)]
-pub enum StageFn {
-    Pool(PoolFn),
-    Compressed(CompressedFn),
-    Topn(TopnFn),
-    Selected(SelectedFn),
-    Window(WindowFn),
-    Combine(CombineFn),
-}
 
 /// Floats between consecutive rows of the score scratch (S/P) every attention driver is given:
 /// enough for a key tile (`variant.key_tile`: the chunk width of compressed and window
@@ -182,12 +132,14 @@ pub fn compressed_scratch(
 /// A plan compiled for this host. The code lives as long as this value.
 pub struct CpuProgram {
     module: Option<JITModule>,
+    /// The plan the code was generated from (the executor walks its steps).
+    plan: Plan,
     /// One driver per step of [`steps`], in order.
-    pub stages: Vec<StageFn>,
+    pub drivers: Vec<Driver>,
     /// Wall time of code generation + JIT compilation.
     pub compile_time: Duration,
     pub variant: CpuVariant,
-    /// [`score_stride`] of this plan and variant: the `s_stride` every driver must be given.
+    /// [`score_stride`] of this plan and variant: the S/P row stride of every driver.
     pub score_stride: usize,
 }
 
@@ -200,7 +152,8 @@ unsafe impl Sync for CpuProgram {}
 impl std::fmt::Debug for CpuProgram {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CpuProgram")
-            .field("stages", &self.stages.len())
+            .field("plan", &self.plan.name)
+            .field("drivers", &self.drivers.len())
             .field("compile_time", &self.compile_time)
             .field("variant", &self.variant)
             .finish()
@@ -237,42 +190,47 @@ pub fn compile(plan: &Plan, variant: &CpuVariant) -> Result<CpuProgram, CpuError
     }
     let steps = steps(plan)?;
     let (module, funcs, compile_time) = jit::compile_host(plan, variant)?;
-    let mut stages = Vec::new();
+    let mut drivers = Vec::new();
     for (i, step) in steps.iter().enumerate() {
         let g = funcs
             .iter()
             .find(|g| g.role == Role::Stage(i))
             .ok_or_else(|| CpuError::Codegen(format!("step {i} has no function")))?;
         let ptr = module.get_finalized_function(g.id);
-        // SAFETY: `ptr` is the finalized code of a function built with exactly the signature
-        // of the corresponding type (see `codegen::generate`).
-        let f = unsafe {
-            match step {
-                Step::Pool(_) => StageFn::Pool(std::mem::transmute::<*const u8, PoolFn>(ptr)),
-                Step::Compressed { .. } => {
-                    StageFn::Compressed(std::mem::transmute::<*const u8, CompressedFn>(ptr))
-                }
-                Step::Topn { .. } => StageFn::Topn(std::mem::transmute::<*const u8, TopnFn>(ptr)),
-                Step::Selected { .. } => {
-                    StageFn::Selected(std::mem::transmute::<*const u8, SelectedFn>(ptr))
-                }
-                Step::Window { .. } => {
-                    StageFn::Window(std::mem::transmute::<*const u8, WindowFn>(ptr))
-                }
-                Step::Combine(_) => {
-                    StageFn::Combine(std::mem::transmute::<*const u8, CombineFn>(ptr))
-                }
-            }
+        // SAFETY: `ptr` is the finalized code of a function built with the one driver
+        // signature, loading exactly the slots of `abi::entry(plan, step)`
+        // (`codegen::generate`).
+        let driver = unsafe {
+            Driver::new(
+                g.name.clone(),
+                abi::entry(plan, step),
+                std::mem::transmute::<*const u8, abi::EntryFn>(ptr),
+            )
         };
-        stages.push(f);
+        drivers.push(driver);
     }
     Ok(CpuProgram {
         module: Some(module),
-        stages,
+        plan: plan.clone(),
+        drivers,
         compile_time,
         variant: *variant,
         score_stride: score_stride(plan, variant),
     })
+}
+
+impl CpuProgram {
+    /// The plan the code was generated from.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// Runs the program on `inputs` of any batch, lengths and packing (`sizes`), after checking
+    /// them against the plan's `In` tensors; work items run on the current rayon pool.
+    pub fn run(&self, sizes: &Sizes, inputs: &Inputs) -> Result<CpuOutput, CpuError> {
+        check_inputs(&self.plan, sizes, inputs)?;
+        exec::execute(self, sizes, inputs)
+    }
 }
 
 /// The JIT'd 128-bit FMA ceiling probe.

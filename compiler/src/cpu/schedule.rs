@@ -12,7 +12,7 @@ use super::CpuError;
 
 /// The constants a `topn` driver is specialized on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TopnParams {
+pub struct TopKParams {
     /// l′: keys per selection block.
     pub block: usize,
     pub top: usize,
@@ -34,11 +34,11 @@ pub enum Step<'p> {
         scored: bool,
     },
     /// Block scores from the compress branch `by` and the top-n choice, written to `idx`.
-    Topn {
+    TopK {
         score: &'p Score,
         topk: &'p TopK,
         by: &'p str,
-        params: TopnParams,
+        params: TopKParams,
     },
     /// Attention over the keys of the blocks in `idx`.
     Selected {
@@ -62,7 +62,7 @@ impl Step<'_> {
             Step::Compressed { attend, .. }
             | Step::Selected { attend, .. }
             | Step::Window { attend, .. } => Some(&attend.branch),
-            Step::Topn { topk, .. } => Some(&topk.branch),
+            Step::TopK { topk, .. } => Some(&topk.branch),
             Step::Combine(_) => None,
         }
     }
@@ -132,11 +132,11 @@ pub fn steps(plan: &Plan) -> Result<Vec<Step<'_>>, CpuError> {
                     stride,
                     ..
                 } = &score.source;
-                Step::Topn {
+                Step::TopK {
                     score,
                     topk,
                     by: branch,
-                    params: TopnParams {
+                    params: TopKParams {
                         block: topk.block,
                         top: topk.k,
                         keep_first: topk.forced.first,

@@ -19,6 +19,7 @@
 //! live in [`rules`] and are relative to the start of a segment. [`Plan::text`] is the stable
 //! text form (`nsac compile --emit plan`).
 
+pub mod contract;
 pub mod lower;
 mod op;
 pub mod rules;

@@ -6,17 +6,15 @@
 //! per (b, segment, kv head)), then runs the work items (b, segment, kv head, chunk of
 //! positions) in parallel with rayon on a pool of the requested size. Items write disjoint rows.
 
-mod pack;
-mod run;
-
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use nsac_compiler::cpu::{self as backend, CpuError, CpuProgram, CpuVariant};
+
+pub use nsac_compiler::cpu::CpuOutput;
 use nsac_compiler::ir::{LowerError, Plan, Sizes};
 use nsac_dsl::Spec;
 use nsac_dsl::problem::{Problem, ProblemError, Shape};
-use nsac_kernels::io::{InputError, Inputs, Tensor};
+use nsac_kernels::io::{InputError, Inputs};
 
 /// Why compiling or running a CPU kernel failed.
 #[derive(Debug, thiserror::Error)]
@@ -39,23 +37,11 @@ pub enum CpuKernelError {
     ThreadPool(String),
 }
 
-/// What one call computes (the f32/i32 counterpart of `kernels::reference::Output`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct CpuOutput {
-    /// `o` \[B,T,HQ,Dv\].
-    pub o: Tensor<f32>,
-    /// `o_<b>` \[B,T,HQ,Dv\] by branch name.
-    pub branches: BTreeMap<String, Tensor<f32>>,
-    /// `idx_<b>` \[B,T,H,top\] by select branch name, ascending, −1 padded.
-    pub selected: BTreeMap<String, Tensor<i32>>,
-}
-
 /// A spec compiled for one shape and variant.
 #[derive(Debug)]
 pub struct CpuKernel {
     spec: Spec,
     shape: Shape,
-    plan: Plan,
     program: CpuProgram,
     /// The worker pool of the last `run`, kept for the next call with the same thread count
     /// (starting threads on every call costs more than a small problem's work).
@@ -92,7 +78,6 @@ impl CpuKernel {
         Ok(CpuKernel {
             spec: spec.clone(),
             shape: shape.clone(),
-            plan,
             program,
             pool: std::sync::Mutex::new(None),
         })
@@ -114,7 +99,7 @@ impl CpuKernel {
     }
 
     pub fn plan(&self) -> &Plan {
-        &self.plan
+        self.program.plan()
     }
 
     pub fn shape(&self) -> &Shape {
@@ -146,7 +131,7 @@ impl CpuKernel {
         if threads == 0 {
             return Err(CpuKernelError::NoThreads);
         }
-        crate::contract::check_inputs(&self.plan, sizes, inputs)?;
+        crate::contract::check_inputs(self.program.plan(), sizes, inputs)?;
         let shape = Shape {
             batch: sizes.batch,
             seq_len: sizes.queries,
@@ -155,7 +140,7 @@ impl CpuKernel {
         };
         crate::guard::check(&self.spec, &shape, inputs, crate::guard::Arithmetic::F32)?;
         let pool = self.pool(threads)?;
-        Ok(pool.install(|| run::execute(&self.plan, &self.program, sizes, inputs)))
+        Ok(pool.install(|| self.program.run(sizes, inputs))?)
     }
 }
 

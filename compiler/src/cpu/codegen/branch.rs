@@ -7,7 +7,7 @@ use cranelift_codegen::ir::types::{F32, F32X4, I32, I64};
 use cranelift_codegen::ir::{FuncRef, InstBuilder, Value};
 
 use super::{Consts, Emit, mem};
-use crate::cpu::schedule::TopnParams;
+use crate::cpu::schedule::TopKParams;
 use crate::ir::{Pool, PoolKind};
 
 /// Indices into the callee list every attention driver is given.
@@ -215,12 +215,12 @@ pub fn window(e: &mut Emit, c: &Consts, f: &[FuncRef], p: &[Value], size: usize)
     e.b.ins().call(f[FINISH], &[o, l, out]);
 }
 
-/// `topn_<s>(p, nvis, t, len, scores, idx) -> count`: block scores from the scoring
+/// `topk_<s>(p, nvis, t, len, scores, idx) -> count`: block scores from the scoring
 /// branch's normalized probabilities `p` (chunk-major G rows per key tile, as `compressed`
 /// leaves them), forced blocks = +∞, then `count = min(top, nb)` rounds
 /// of an arg-max scan (strict `>`, ascending index: ties go to the lower block); chosen blocks
 /// are marked −1 and written to `idx` in ascending order, the rest of `idx` is −1.
-pub fn topn(e: &mut Emit, c: &Consts, p: &[Value], sb: &TopnParams) -> Value {
+pub fn topk(e: &mut Emit, c: &Consts, p: &[Value], sb: &TopKParams) -> Value {
     let (pp, nvis, t, len, scores, idx) = (p[0], p[1], p[2], p[3], p[4], p[5]);
     let bl = sb.block as i64;
     let nb = if c.causal {
@@ -445,18 +445,15 @@ pub fn pool(e: &mut Emit, c: &Consts, p: &[Value], ps: &Pool) {
     pool_one(e, ps, v, c.h * c.dv, c.dv, wv, ntok, &vdst);
 }
 
-/// `combine(args)`: `args` = [o, o_1, g_1, o_2, g_2, …] (no g for `sum`), all pointing at the G
-/// rows of one (position, kv head); `o[r][d] = Σ_b g_b[r]·o_b[r][d]`.
+/// `combine(out, o_1, g_1, o_2, g_2, …)` (no g for `sum`), all pointing at the G rows of one
+/// (position, kv head); `out[r][d] = Σ_b g_b[r]·o_b[r][d]`.
 pub fn combine(e: &mut Emit, c: &Consts, p: &[Value], terms: usize, gated: bool) {
-    let args = p[0];
     let stride = if gated { 2 } else { 1 };
-    let out = e.b.ins().load(I64, mem(), args, 0);
+    let out = p[0];
     let ptrs: Vec<(Value, Option<Value>)> = (0..terms)
         .map(|b| {
-            let base = (1 + b * stride) as i32 * 8;
-            let o = e.b.ins().load(I64, mem(), args, base);
-            let g = gated.then(|| e.b.ins().load(I64, mem(), args, base + 8));
-            (o, g)
+            let at = 1 + b * stride;
+            (p[at], gated.then(|| p[at + 1]))
         })
         .collect();
     let start = e.int(0);

@@ -14,6 +14,7 @@ use cranelift_codegen::isa::CallConv;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{FuncId, Linkage, Module, ModuleError};
 
+use super::abi;
 use super::variant::CpuVariant;
 use crate::cpu::schedule::Step;
 use crate::ir::Plan;
@@ -170,44 +171,53 @@ pub fn generate<M: Module>(
     }
     for (i, step) in steps.iter().enumerate() {
         let branch = sanitize(step.branch().unwrap_or_default());
-        let (name, nparams, ret) = match step {
-            Step::Pool(_) => (format!("pool_{branch}"), 7, None),
-            Step::Compressed { .. } => (format!("cmp_{branch}"), 10, None),
-            Step::Topn { .. } => (format!("topn_{branch}"), 6, Some(I64)),
-            Step::Selected { .. } => (format!("sel_{branch}"), 12, None),
-            Step::Window { .. } => (format!("win_{branch}"), 10, None),
-            Step::Combine(_) => ("combine".to_string(), 1, None),
+        let name = match step {
+            Step::Pool(_) => format!("pool_{branch}"),
+            Step::Compressed { .. } => format!("cmp_{branch}"),
+            Step::TopK { .. } => format!("topk_{branch}"),
+            Step::Selected { .. } => format!("sel_{branch}"),
+            Step::Window { .. } => format!("win_{branch}"),
+            Step::Combine(_) => "combine".to_string(),
         };
-        let sig = signature(cc, nparams, ret);
+        // Every driver: `(args) -> i64`, the argument block described by its entry.
+        let slots = abi::entry(plan, step).slots.len();
+        let sig = signature(cc, 1, Some(I64));
         let (name, id) = declare(module, format!("{prefix}_{name}"), &sig)?;
-        let func = build(module, id, &sig, &tile_ids, fma, |e, p, f| match step {
-            Step::Pool(s) => {
-                branch::pool(e, &c, p, s);
-                vec![]
-            }
-            Step::Compressed { scored, .. } => {
-                branch::compressed(e, &c, f, p, *scored);
-                vec![]
-            }
-            Step::Topn { params, .. } => vec![branch::topn(e, &c, p, params)],
-            Step::Selected { block, .. } => {
-                branch::selected(e, &c, f, p, *block);
-                vec![]
-            }
-            Step::Window { size, .. } => {
-                branch::window(e, &c, f, p, *size);
-                vec![]
-            }
-            Step::Combine(s) => {
-                branch::combine(
-                    e,
-                    &c,
-                    p,
-                    s.terms.len(),
-                    s.terms.iter().any(|t| t.gate.is_some()),
-                );
-                vec![]
-            }
+        let func = build(module, id, &sig, &tile_ids, fma, |e, block, f| {
+            let p: Vec<Value> = (0..slots)
+                .map(|j| e.b.ins().load(I64, mem(), block[0], (j * 8) as i32))
+                .collect();
+            let p = p.as_slice();
+            let count = match step {
+                Step::Pool(s) => {
+                    branch::pool(e, &c, p, s);
+                    None
+                }
+                Step::Compressed { scored, .. } => {
+                    branch::compressed(e, &c, f, p, *scored);
+                    None
+                }
+                Step::TopK { params, .. } => Some(branch::topk(e, &c, p, params)),
+                Step::Selected { block, .. } => {
+                    branch::selected(e, &c, f, p, *block);
+                    None
+                }
+                Step::Window { size, .. } => {
+                    branch::window(e, &c, f, p, *size);
+                    None
+                }
+                Step::Combine(s) => {
+                    branch::combine(
+                        e,
+                        &c,
+                        p,
+                        s.terms.len(),
+                        s.terms.iter().any(|t| t.gate.is_some()),
+                    );
+                    None
+                }
+            };
+            vec![count.unwrap_or_else(|| e.int(0))]
         });
         out.push(Generated {
             name,

@@ -1,0 +1,57 @@
+//! Inputs against a plan's tensor contract: every `In` tensor present under its name with the
+//! shape its symbolic extents take for the call's [`Sizes`], exactly as many values, all finite,
+//! and nothing the plan does not read. Every backend's checked entry calls it.
+
+use super::{Plan, Role, Sizes, SizesError};
+use nsac_kernels::io::{InputError, Inputs};
+
+/// Why inputs do not fit a plan on some sizes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ContractError {
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error(transparent)]
+    Sizes(#[from] SizesError),
+}
+
+/// Checks `inputs` against the `In` tensors of `plan` bound by `sizes`.
+pub fn check_inputs(plan: &Plan, sizes: &Sizes, inputs: &Inputs) -> Result<(), ContractError> {
+    let expected: Vec<_> = plan.tensors_with(Role::In).collect();
+    for &id in &expected {
+        let name = &plan.tensor(id).name;
+        let want = sizes.shape(plan, id)?;
+        let t = inputs
+            .get(name)
+            .ok_or_else(|| InputError::Missing(name.clone()))?;
+        if t.shape != want {
+            return Err(InputError::BadShape {
+                name: name.clone(),
+                got: t.shape.clone(),
+                expected: want,
+            }
+            .into());
+        }
+        if t.data.len() != t.numel() {
+            return Err(InputError::BadLength {
+                name: name.clone(),
+                shape: t.shape.clone(),
+                got: t.data.len(),
+                expected: t.numel(),
+            }
+            .into());
+        }
+        if t.data.iter().any(|x| !x.is_finite()) {
+            return Err(InputError::NonFinite(name.clone()).into());
+        }
+    }
+    for name in inputs.keys() {
+        if !expected.iter().any(|&id| plan.tensor(id).name == *name) {
+            let names: Vec<&str> = expected
+                .iter()
+                .map(|&id| plan.tensor(id).name.as_str())
+                .collect();
+            return Err(InputError::Unexpected(name.clone(), names.join(", ")).into());
+        }
+    }
+    Ok(())
+}
