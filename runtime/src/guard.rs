@@ -30,8 +30,8 @@
 //! backend matches the oracle within its bar, outside them the caller gets a [`GuardError`]
 //! naming the tensor and the bound (boxed: it is large next to the callers' other errors).
 
-use nsac_dsl::problem::{DType, Shape};
-use nsac_dsl::spec::{BranchKind, CombineMode, KvSource, Pool, Spec};
+use nsac_compiler::ir::{Op, Plan, PoolKind, Sizes, TensorId};
+use nsac_dsl::problem::DType;
 use nsac_kernels::io::Inputs;
 
 /// Headroom below f32::MAX that every bounded intermediate keeps.
@@ -96,11 +96,11 @@ fn dtype_max(d: DType) -> f64 {
     }
 }
 
-/// Checks `inputs` (already shape-checked by `check_inputs`) for `spec` on `shape` against the
-/// bounds of `arith`.
+/// Checks `inputs` (already shape-checked against `plan` on `sizes`) against the bounds of
+/// `arith`, branch by branch: every attention of the plan with the pool that made its keys.
 pub fn check(
-    spec: &Spec,
-    shape: &Shape,
+    plan: &Plan,
+    sizes: &Sizes,
     inputs: &Inputs,
     arith: Arithmetic,
 ) -> Result<(), Box<GuardError>> {
@@ -137,33 +137,50 @@ pub fn check(
             within(t, &|| format!("max|{t}|"), max(t), storage_max)?;
         }
     }
-    let dqk = f64::from(shape.head_dim.qk);
-    let dv = f64::from(shape.head_dim.v);
-    let scale = spec.scale_for(shape.head_dim.qk);
-    let longest = shape.segments.iter().map(|(s, e)| e - s).max().unwrap_or(0) as f64;
+    let d = &plan.consts;
+    let (dqk, dv) = (d.dqk as f64, d.dv as f64);
+    let scale = d.scale;
+    let longest = sizes.max_segment() as f64;
     let q = max("q");
-    let dqk_n = shape.head_dim.qk as usize;
-    let norm = |t: &str| inputs.get(t).map_or(0.0, |t| max_row_norm(&t.data, dqk_n));
+    let norm = |t: &str| inputs.get(t).map_or(0.0, |t| max_row_norm(&t.data, d.dqk));
     let qn = norm("q");
+    let tname = |id: TensorId| plan.tensor(id).name.clone();
+    let combine = plan.ops.iter().find_map(|op| match op {
+        Op::Combine(c) => Some(c),
+        _ => None,
+    });
     let mut combined = 0.0f64;
-    for br in &spec.branches {
-        let (kn, vn) = match br.kv {
-            KvSource::Shared => ("k".to_string(), "v".to_string()),
-            KvSource::Own => (format!("k_{}", br.name), format!("v_{}", br.name)),
+    for op in &plan.ops {
+        let Op::Attend(a) = op else {
+            continue;
         };
+        let br = &a.branch;
+        // The raw keys and values the branch reads (through its pool, when compressed).
+        let pool = plan.producer(a.k).and_then(|(_, op)| match op {
+            Op::Pool(p) => Some(p),
+            _ => None,
+        });
+        let (kn, vn) = match pool {
+            Some(p) => (tname(p.k), tname(p.v)),
+            None => (tname(a.k), tname(a.v)),
+        };
+        let gate_tensor = combine
+            .and_then(|c| c.terms.iter().find(|t| t.out == a.out))
+            .and_then(|t| t.gate)
+            .map(tname);
         let (mut kmax, mut vmax) = (max(&kn), max(&vn));
         let mut kn_norm = norm(&kn);
-        if let BranchKind::Compress(c) = &br.kind {
-            let l = f64::from(c.block);
-            let (kp, vp, kw, vw) = match c.pool {
-                Pool::Mean => (l * kmax, l * vmax, None, None),
-                Pool::Weighted => {
-                    let w = format!("w_{}", br.name);
+        if let Some(c) = pool {
+            let l = c.block as f64;
+            let (kp, vp, kw, vw) = match c.kind {
+                PoolKind::Mean => (l * kmax, l * vmax, None, None),
+                PoolKind::Weighted => {
+                    let w = tname(c.weights[0]);
                     let wm = max(&w);
                     (l * wm * kmax, l * wm * vmax, Some(w.clone()), Some(w))
                 }
-                Pool::Linear => {
-                    let (wk, wv) = (format!("wk_{}", br.name), format!("wv_{}", br.name));
+                PoolKind::Linear => {
+                    let (wk, wv) = (tname(c.weights[0]), tname(c.weights[1]));
                     let (wkm, wvm) = (max(&wk), max(&wv));
                     (
                         l * dqk * wkm * kmax,
@@ -182,20 +199,20 @@ pub fn check(
             };
             let wkm = kw.as_deref().map_or(0.0, max);
             let wvm = vw.as_deref().map_or(0.0, max);
-            let pooled = |x: &str| format!("the block sum of `{}` pooling {x}", br.name);
+            let pooled = |x: &str| format!("the block sum of `{br}` pooling {x}");
             within(&blame(&kw, &kn, kmax, wkm), &|| pooled(&kn), kp, LIMIT)?;
             within(&blame(&vw, &vn, vmax, wvm), &|| pooled(&vn), vp, LIMIT)?;
-            if c.pool != Pool::Mean {
+            if c.kind != PoolKind::Mean {
                 (kmax, vmax) = (kp, vp);
             }
             // ‖K̃‖: a mean stays within the largest row; a weighted sum within l·max|w| rows;
             // the linear map within ‖W‖_F·‖block‖ ≤ √(l·D·D)·max|wk| · √l·max‖k‖.
-            kn_norm *= match c.pool {
-                Pool::Mean => 1.0,
-                Pool::Weighted => l * wkm,
-                Pool::Linear => (l * dqk * dqk).sqrt() * wkm * l.sqrt(),
+            kn_norm *= match c.kind {
+                PoolKind::Mean => 1.0,
+                PoolKind::Weighted => l * wkm,
+                PoolKind::Linear => (l * dqk * dqk).sqrt() * wkm * l.sqrt(),
             };
-            let tilde = |x: &str| format!("max|{x}| pooled by `{}`", br.name);
+            let tilde = |x: &str| format!("max|{x}| pooled by `{br}`");
             within(&kn, &|| tilde(&kn), kmax, storage_max)?;
             within(&vn, &|| tilde(&vn), vmax, storage_max)?;
         }
@@ -209,7 +226,7 @@ pub fn check(
         };
         within(
             blame,
-            &|| format!("max(scale, 1)·Dqk·max|q|·max|{kn}| in branch `{}`", br.name),
+            &|| format!("max(scale, 1)·Dqk·max|q|·max|{kn}| in branch `{br}`"),
             scores,
             LIMIT,
         )?;
@@ -218,8 +235,7 @@ pub fn check(
             if qn >= kn_norm { "q" } else { kn.as_str() },
             &|| {
                 format!(
-                    "the largest score scale·max‖q‖·max‖{kn}‖ of branch `{}` (softmax over scores this large is too sensitive to f32 rounding for the 1e-5 bar)",
-                    br.name
+                    "the largest score scale·max‖q‖·max‖{kn}‖ of branch `{br}` (softmax over scores this large is too sensitive to f32 rounding for the 1e-5 bar)"
                 )
             },
             conditioned,
@@ -227,14 +243,11 @@ pub fn check(
         )?;
         within(
             &vn,
-            &|| format!("T·max|{vn}| (the sum over the keys of `{}`)", br.name),
+            &|| format!("T·max|{vn}| (the sum over the keys of `{br}`)"),
             longest * vmax,
             LIMIT,
         )?;
-        let gate = match spec.combine.mode {
-            CombineMode::Gate => max(&format!("g_{}", br.name)),
-            CombineMode::Sum => 1.0,
-        };
+        let gate = gate_tensor.as_deref().map_or(1.0, max);
         combined += gate * vmax;
         let tiny = |tensor: &str, what: String, value: f64| {
             if value == 0.0 || value >= TINY {
@@ -251,16 +264,12 @@ pub fn check(
                 }))
             }
         };
-        tiny(&vn, format!("max|{vn}| as `{}` reads it", br.name), vmax)?;
-        if spec.combine.mode == CombineMode::Gate {
-            let g = format!("g_{}", br.name);
+        tiny(&vn, format!("max|{vn}| as `{br}` reads it"), vmax)?;
+        if let Some(g) = &gate_tensor {
             let blame = if gate < vmax { g.as_str() } else { vn.as_str() };
             tiny(blame, format!("max|{g}|·max|{vn}|"), gate * vmax)?;
         }
-        let gn = match spec.combine.mode {
-            CombineMode::Gate => format!("g_{}", br.name),
-            CombineMode::Sum => vn.clone(),
-        };
+        let gn = gate_tensor.clone().unwrap_or_else(|| vn.clone());
         within(
             &gn,
             &|| "Σ_b max|g_b|·max|v_b| (the combined output)".to_string(),

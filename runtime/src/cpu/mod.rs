@@ -40,7 +40,8 @@ pub enum CpuKernelError {
 /// A spec compiled for one shape and variant.
 #[derive(Debug)]
 pub struct CpuKernel {
-    spec: Spec,
+    /// The shape it was compiled for (the default of [`CpuKernel::run`]; any other sizes run
+    /// through [`CpuKernel::run_sizes`]).
     shape: Shape,
     program: CpuProgram,
     /// The worker pool of the last `run`, kept for the next call with the same thread count
@@ -76,7 +77,6 @@ impl CpuKernel {
         let plan = Plan::for_shape(spec, shape)?;
         let program = backend::compile(&plan, variant)?;
         Ok(CpuKernel {
-            spec: spec.clone(),
             shape: shape.clone(),
             program,
             pool: std::sync::Mutex::new(None),
@@ -106,10 +106,6 @@ impl CpuKernel {
         &self.shape
     }
 
-    pub fn spec(&self) -> &Spec {
-        &self.spec
-    }
-
     pub fn variant(&self) -> &CpuVariant {
         &self.program.variant
     }
@@ -131,14 +127,9 @@ impl CpuKernel {
         if threads == 0 {
             return Err(CpuKernelError::NoThreads);
         }
-        crate::contract::check_inputs(self.program.plan(), sizes, inputs)?;
-        let shape = Shape {
-            batch: sizes.batch,
-            seq_len: sizes.queries,
-            segments: sizes.segments.clone(),
-            ..self.shape.clone()
-        };
-        crate::guard::check(&self.spec, &shape, inputs, crate::guard::Arithmetic::F32)?;
+        let plan = self.program.plan();
+        crate::contract::check_inputs(plan, sizes, inputs)?;
+        crate::guard::check(plan, sizes, inputs, crate::guard::Arithmetic::F32)?;
         let pool = self.pool(threads)?;
         Ok(pool.install(|| self.program.run(sizes, inputs))?)
     }
