@@ -209,3 +209,30 @@ pub fn check_inputs(spec: &Spec, shape: &Shape, inputs: &Inputs) -> Result<(), I
     }
     Ok(())
 }
+
+/// A borrowed dense row-major tensor: the caller's memory, read in place (no copy).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TensorRef<'a, T> {
+    pub shape: &'a [usize],
+    pub data: &'a [T],
+}
+
+impl<'a, T> From<&'a Tensor<T>> for TensorRef<'a, T> {
+    fn from(t: &'a Tensor<T>) -> Self {
+        TensorRef {
+            shape: &t.shape,
+            data: &t.data,
+        }
+    }
+}
+
+/// Named borrowed input tensors of one call (what a backend reads in place).
+pub type InputRefs<'a> = BTreeMap<&'a str, TensorRef<'a, f32>>;
+
+/// Borrows every tensor of `inputs`.
+pub fn input_refs(inputs: &Inputs) -> InputRefs<'_> {
+    inputs
+        .iter()
+        .map(|(k, t)| (k.as_str(), TensorRef::from(t)))
+        .collect()
+}

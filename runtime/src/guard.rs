@@ -32,7 +32,7 @@
 
 use nsac_compiler::ir::{Op, Plan, PoolKind, Sizes, TensorId};
 use nsac_dsl::problem::DType;
-use nsac_kernels::io::Inputs;
+use nsac_kernels::io::InputRefs;
 
 /// Headroom below f32::MAX that every bounded intermediate keeps.
 pub const LIMIT: f64 = f32::MAX as f64 / 1024.0;
@@ -101,7 +101,7 @@ fn dtype_max(d: DType) -> f64 {
 pub fn check(
     plan: &Plan,
     sizes: &Sizes,
-    inputs: &Inputs,
+    inputs: &InputRefs<'_>,
     arith: Arithmetic,
 ) -> Result<(), Box<GuardError>> {
     let (name, storage_max) = match arith {
@@ -142,7 +142,7 @@ pub fn check(
     let scale = d.scale;
     let longest = sizes.max_segment() as f64;
     let q = max("q");
-    let norm = |t: &str| inputs.get(t).map_or(0.0, |t| max_row_norm(&t.data, d.dqk));
+    let norm = |t: &str| inputs.get(t).map_or(0.0, |t| max_row_norm(t.data, d.dqk));
     let qn = norm("q");
     let tname = |id: TensorId| plan.tensor(id).name.clone();
     let combine = plan.ops.iter().find_map(|op| match op {

@@ -41,13 +41,13 @@ use cranelift_jit::JITModule;
 pub use jit::{emit_asm, emit_clif, host_has_fma};
 pub use variant::{CpuVariant, VariantError, candidates};
 
-use crate::ir::contract::{ContractError, check_inputs};
-use crate::ir::{Plan, Sizes};
+use crate::ir::contract::{ContractError, check_input_refs};
+use crate::ir::{Elem, Plan, Role as TensorRole, Sizes};
 use abi::Driver;
 use codegen::Role;
-use nsac_kernels::io::Inputs;
+use nsac_kernels::io::{InputRefs, Inputs, input_refs};
 
-pub use exec::CpuOutput;
+pub use exec::{CpuOutput, OutputRef, OutputRefs};
 pub use schedule::{Step, TopKParams, steps};
 
 /// Why CPU code generation failed.
@@ -65,6 +65,8 @@ pub enum CpuError {
     Contract(#[from] ContractError),
     #[error(transparent)]
     Abi(#[from] abi::AbiError),
+    #[error("{0}")]
+    Output(String),
     #[error(
         "the CPU backend's code grows with the group size and head dims: G = {group}, head dims {dqk}/{dv} exceed its limits (G ≤ {MAX_GROUP}, dims ≤ {MAX_HEAD_DIM}, G·(Dqk+Dv) ≤ {MAX_GROUP_DIMS}); use fewer query heads per kv head, smaller dims, or another device"
     )]
@@ -228,8 +230,64 @@ impl CpuProgram {
     /// Runs the program on `inputs` of any batch, lengths and packing (`sizes`), after checking
     /// them against the plan's `In` tensors; work items run on the current rayon pool.
     pub fn run(&self, sizes: &Sizes, inputs: &Inputs) -> Result<CpuOutput, CpuError> {
-        check_inputs(&self.plan, sizes, inputs)?;
-        exec::execute(self, sizes, inputs)
+        let refs = input_refs(inputs);
+        check_input_refs(&self.plan, sizes, &refs)?;
+        let owned = exec::execute(self, sizes, &refs, &mut OutputRefs::new())?;
+        CpuOutput::from_owned(&self.plan, owned)
+    }
+
+    /// Runs the program on borrowed inputs, writing the outputs named in `outputs` (any of the
+    /// plan's `Out` tensors: `o`, `o_<b>`, `idx_<b>`) in place — no copy in or out. Outputs
+    /// not lent are computed in scratch and dropped. Inputs and lent buffers are checked
+    /// against the plan first (names, element types, lengths for `sizes`).
+    pub fn run_into(
+        &self,
+        sizes: &Sizes,
+        inputs: &InputRefs<'_>,
+        outputs: &mut OutputRefs<'_>,
+    ) -> Result<(), CpuError> {
+        check_input_refs(&self.plan, sizes, inputs)?;
+        self.check_outputs(sizes, outputs)?;
+        exec::execute(self, sizes, inputs, outputs)?;
+        Ok(())
+    }
+
+    fn check_outputs(&self, sizes: &Sizes, outputs: &OutputRefs<'_>) -> Result<(), CpuError> {
+        for (name, buf) in outputs {
+            let id = self
+                .plan
+                .tensors_with(TensorRole::Out)
+                .find(|&id| self.plan.tensor(id).name == *name)
+                .ok_or_else(|| {
+                    let names: Vec<&str> = self
+                        .plan
+                        .tensors_with(TensorRole::Out)
+                        .map(|id| self.plan.tensor(id).name.as_str())
+                        .collect();
+                    CpuError::Output(format!(
+                        "`{name}` is not an output of this plan (its outputs: {})",
+                        names.join(", ")
+                    ))
+                })?;
+            let want = sizes.numel(&self.plan, id).map_err(ContractError::from)?;
+            let (len, is_i32) = match buf {
+                OutputRef::F32(b) => (b.len(), false),
+                OutputRef::I32(b) => (b.len(), true),
+            };
+            if is_i32 != (self.plan.tensor(id).elem == Elem::I32) {
+                return Err(CpuError::Output(format!(
+                    "`{name}` holds {} values, the buffer lent for it {}",
+                    if is_i32 { "f32" } else { "i32" },
+                    if is_i32 { "i32" } else { "f32" },
+                )));
+            }
+            if len != want {
+                return Err(CpuError::Output(format!(
+                    "the buffer lent for `{name}` holds {len} values, the output has {want}"
+                )));
+            }
+        }
+        Ok(())
     }
 }
 

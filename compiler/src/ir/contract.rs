@@ -3,7 +3,7 @@
 //! and nothing the plan does not read. Every backend's checked entry calls it.
 
 use super::{Plan, Role, Sizes, SizesError};
-use nsac_kernels::io::{InputError, Inputs};
+use nsac_kernels::io::{InputError, InputRefs, Inputs, input_refs};
 
 /// Why inputs do not fit a plan on some sizes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -16,27 +16,37 @@ pub enum ContractError {
 
 /// Checks `inputs` against the `In` tensors of `plan` bound by `sizes`.
 pub fn check_inputs(plan: &Plan, sizes: &Sizes, inputs: &Inputs) -> Result<(), ContractError> {
+    check_input_refs(plan, sizes, &input_refs(inputs))
+}
+
+/// [`check_inputs`] for borrowed tensors.
+pub fn check_input_refs(
+    plan: &Plan,
+    sizes: &Sizes,
+    inputs: &InputRefs<'_>,
+) -> Result<(), ContractError> {
     let expected: Vec<_> = plan.tensors_with(Role::In).collect();
     for &id in &expected {
         let name = &plan.tensor(id).name;
         let want = sizes.shape(plan, id)?;
         let t = inputs
-            .get(name)
+            .get(name.as_str())
             .ok_or_else(|| InputError::Missing(name.clone()))?;
-        if t.shape != want {
+        if t.shape != want.as_slice() {
             return Err(InputError::BadShape {
                 name: name.clone(),
-                got: t.shape.clone(),
+                got: t.shape.to_vec(),
                 expected: want,
             }
             .into());
         }
-        if t.data.len() != t.numel() {
+        let numel: usize = t.shape.iter().product();
+        if t.data.len() != numel {
             return Err(InputError::BadLength {
                 name: name.clone(),
-                shape: t.shape.clone(),
+                shape: t.shape.to_vec(),
                 got: t.data.len(),
-                expected: t.numel(),
+                expected: numel,
             }
             .into());
         }
@@ -50,7 +60,7 @@ pub fn check_inputs(plan: &Plan, sizes: &Sizes, inputs: &Inputs) -> Result<(), C
                 .iter()
                 .map(|&id| plan.tensor(id).name.as_str())
                 .collect();
-            return Err(InputError::Unexpected(name.clone(), names.join(", ")).into());
+            return Err(InputError::Unexpected(name.to_string(), names.join(", ")).into());
         }
     }
     Ok(())

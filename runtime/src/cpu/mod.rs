@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use nsac_compiler::cpu::{self as backend, CpuError, CpuProgram, CpuVariant};
 
-pub use nsac_compiler::cpu::CpuOutput;
+pub use nsac_compiler::cpu::{CpuOutput, OutputRef, OutputRefs};
 use nsac_compiler::ir::{LowerError, Plan, Sizes};
 use nsac_dsl::Spec;
 use nsac_dsl::problem::{Problem, ProblemError, Shape};
-use nsac_kernels::io::{InputError, Inputs};
+use nsac_kernels::io::{InputError, InputRefs, Inputs, input_refs};
 
 /// Why compiling or running a CPU kernel failed.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +52,9 @@ pub struct CpuKernel {
 impl CpuKernel {
     /// A pool of `threads` workers: the cached one if it has that many.
     fn pool(&self, threads: usize) -> Result<std::sync::Arc<rayon::ThreadPool>, CpuKernelError> {
+        if threads == 0 {
+            return Err(CpuKernelError::NoThreads);
+        }
         let mut cached = self.pool.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((n, pool)) = cached.as_ref()
             && *n == threads
@@ -124,37 +127,27 @@ impl CpuKernel {
         inputs: &Inputs,
         threads: usize,
     ) -> Result<CpuOutput, CpuKernelError> {
-        if threads == 0 {
-            return Err(CpuKernelError::NoThreads);
-        }
         let plan = self.program.plan();
-        crate::contract::check_inputs(plan, sizes, inputs)?;
-        crate::guard::check(plan, sizes, inputs, crate::guard::Arithmetic::F32)?;
+        let refs = input_refs(inputs);
+        crate::contract::check_input_refs(plan, sizes, &refs)?;
+        crate::guard::check(plan, sizes, &refs, crate::guard::Arithmetic::F32)?;
         let pool = self.pool(threads)?;
         Ok(pool.install(|| self.program.run(sizes, inputs))?)
     }
-}
 
-/// The CLIF text of `spec` on `shape` under `variant` (`nsac compile --target cpu --emit clif`):
-/// deterministic and independent of the host CPU.
-pub fn emit_clif(
-    spec: &Spec,
-    shape: &Shape,
-    variant: &CpuVariant,
-) -> Result<String, CpuKernelError> {
-    let plan = Plan::for_shape(spec, shape)?;
-    backend::check_size(&plan)?;
-    Ok(backend::emit_clif(&plan, variant)?)
-}
-
-/// The host machine code of `spec` on `shape` under `variant` (`--emit asm`), as Cranelift's
-/// lowered instruction listing.
-pub fn emit_asm(
-    spec: &Spec,
-    shape: &Shape,
-    variant: &CpuVariant,
-) -> Result<String, CpuKernelError> {
-    let plan = Plan::for_shape(spec, shape)?;
-    backend::check_size(&plan)?;
-    Ok(backend::emit_asm(&plan, variant)?)
+    /// Runs the kernel on borrowed inputs and writes the lent outputs in place (see
+    /// `CpuProgram::run_into`): no copy of the caller's tensors.
+    pub fn run_into(
+        &self,
+        sizes: &Sizes,
+        inputs: &InputRefs<'_>,
+        outputs: &mut OutputRefs<'_>,
+        threads: usize,
+    ) -> Result<(), CpuKernelError> {
+        let plan = self.program.plan();
+        crate::contract::check_input_refs(plan, sizes, inputs)?;
+        crate::guard::check(plan, sizes, inputs, crate::guard::Arithmetic::F32)?;
+        let pool = self.pool(threads)?;
+        Ok(pool.install(|| self.program.run_into(sizes, inputs, outputs))?)
+    }
 }

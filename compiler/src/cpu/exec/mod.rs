@@ -9,7 +9,7 @@ mod pack;
 
 use std::collections::BTreeMap;
 
-use nsac_kernels::io::{Inputs, Tensor};
+use nsac_kernels::io::{InputRefs, Tensor};
 use rayon::prelude::*;
 
 use super::abi::{AbiError, Args, Driver, SlotRef};
@@ -51,14 +51,62 @@ struct Prepared<'a> {
     /// Pooled K̃/Ṽ per compress branch per slot index.
     pooled: BTreeMap<String, Vec<Packed>>,
     slots: Vec<Slot>,
-    inputs: &'a Inputs,
+    inputs: &'a InputRefs<'a>,
 }
 
-fn input<'a>(plan: &Plan, inputs: &'a Inputs, id: TensorId) -> &'a [f32] {
+fn input<'a>(plan: &Plan, inputs: &'a InputRefs<'a>, id: TensorId) -> &'a [f32] {
     inputs
-        .get(&plan.tensor(id).name)
-        .map(|t| t.data.as_slice())
+        .get(plan.tensor(id).name.as_str())
+        .map(|t| t.data)
         .unwrap_or(&[])
+}
+
+/// An output buffer the caller lends: written in place.
+#[derive(Debug)]
+pub enum OutputRef<'a> {
+    F32(&'a mut [f32]),
+    I32(&'a mut [i32]),
+}
+
+/// Named output buffers the caller lends (any subset of the plan's `Out` tensors).
+pub type OutputRefs<'a> = BTreeMap<&'a str, OutputRef<'a>>;
+
+/// The outputs the executor allocated itself (those the caller did not lend), by tensor.
+#[derive(Debug, Default)]
+pub(super) struct Owned {
+    pub f32: BTreeMap<TensorId, Tensor<f32>>,
+    pub i32: BTreeMap<TensorId, Tensor<i32>>,
+}
+
+impl CpuOutput {
+    /// The outputs under the oracle's names, by the ops that write them.
+    pub(super) fn from_owned(plan: &Plan, mut owned: Owned) -> Result<CpuOutput, CpuError> {
+        let mut o = None;
+        let mut branches = BTreeMap::new();
+        let mut selected = BTreeMap::new();
+        for op in &plan.ops {
+            match op {
+                Op::Attend(a) => {
+                    if let Some(t) = owned.f32.remove(&a.out) {
+                        branches.insert(a.branch.clone(), t);
+                    }
+                }
+                Op::TopK(k) => {
+                    if let Some(t) = owned.i32.remove(&k.idx) {
+                        selected.insert(k.branch.clone(), t);
+                    }
+                }
+                Op::Combine(c) => o = owned.f32.remove(&c.out),
+                Op::Pool(_) | Op::Score(_) => {}
+            }
+        }
+        let o = o.ok_or_else(|| CpuError::Codegen("the plan has no combine output".into()))?;
+        Ok(CpuOutput {
+            o,
+            branches,
+            selected,
+        })
+    }
 }
 
 fn prepare<'a>(
@@ -66,7 +114,7 @@ fn prepare<'a>(
     steps: &[Step<'_>],
     sizes: &Sizes,
     program: &CpuProgram,
-    inputs: &'a Inputs,
+    inputs: &'a InputRefs<'a>,
 ) -> Result<Prepared<'a>, AbiError> {
     let d = &plan.consts;
     let seq_len = sizes.keys;
@@ -239,12 +287,14 @@ fn bind_scratch(d: &Driver, a: &mut Args, s: &mut Scratch, tile: *mut f32) -> Re
     Ok(())
 }
 
-/// Runs the program on `sizes`; inputs were checked by [`CpuProgram::run`].
-pub(super) fn execute(
+/// Runs the program on `sizes`, writing the outputs in `lent` in place and allocating the
+/// others; inputs and lent outputs were checked by [`CpuProgram::run_into`].
+pub(super) fn execute<'a>(
     program: &CpuProgram,
     sizes: &Sizes,
-    inputs: &Inputs,
-) -> Result<CpuOutput, CpuError> {
+    inputs: &'a InputRefs<'a>,
+    lent: &mut OutputRefs<'_>,
+) -> Result<Owned, CpuError> {
     let plan = &program.plan;
     let d = &plan.consts;
     let steps = steps(plan)?;
@@ -254,30 +304,35 @@ pub(super) fn execute(
     let dvp = dv.div_ceil(4) * 4;
     let g = d.group;
 
-    // Outputs.
-    let mut f32_out: BTreeMap<TensorId, Tensor<f32>> = BTreeMap::new();
-    let mut i32_out: BTreeMap<TensorId, Tensor<i32>> = BTreeMap::new();
+    // Outputs: the lent ones filled like fresh ones (0, and −1 for indices), the rest owned.
+    let mut owned = Owned::default();
+    let mut fptr: BTreeMap<TensorId, Shared<f32>> = BTreeMap::new();
+    let mut iptr: BTreeMap<TensorId, Shared<i32>> = BTreeMap::new();
     for id in plan.tensors_with(Role::Out) {
-        let shape = sizes
-            .shape(plan, id)
-            .map_err(crate::ir::contract::ContractError::from)?;
-        match plan.tensor(id).elem {
-            Elem::I32 => {
-                i32_out.insert(id, Tensor::full(shape, -1));
+        let t = plan.tensor(id);
+        match (lent.get_mut(t.name.as_str()), t.elem) {
+            (Some(OutputRef::I32(buf)), Elem::I32) => {
+                buf.fill(-1);
+                iptr.insert(id, Shared(buf.as_mut_ptr()));
+            }
+            (Some(OutputRef::F32(buf)), e) if e != Elem::I32 => {
+                buf.fill(0.0);
+                fptr.insert(id, Shared(buf.as_mut_ptr()));
             }
             _ => {
-                f32_out.insert(id, Tensor::full(shape, 0.0));
+                let shape = sizes
+                    .shape(plan, id)
+                    .map_err(crate::ir::contract::ContractError::from)?;
+                if t.elem == Elem::I32 {
+                    let buf = owned.i32.entry(id).or_insert(Tensor::full(shape, -1));
+                    iptr.insert(id, Shared(buf.data.as_mut_ptr()));
+                } else {
+                    let buf = owned.f32.entry(id).or_insert(Tensor::full(shape, 0.0));
+                    fptr.insert(id, Shared(buf.data.as_mut_ptr()));
+                }
             }
         }
     }
-    let fptr: BTreeMap<TensorId, Shared<f32>> = f32_out
-        .iter_mut()
-        .map(|(k, t)| (*k, Shared(t.data.as_mut_ptr())))
-        .collect();
-    let iptr: BTreeMap<TensorId, Shared<i32>> = i32_out
-        .iter_mut()
-        .map(|(k, t)| (*k, Shared(t.data.as_mut_ptr())))
-        .collect();
     let missing = |what: &str| CpuError::Codegen(format!("the executor has no {what}"));
     let out_ptr = |id: &TensorId| {
         fptr.get(id)
@@ -528,30 +583,5 @@ pub(super) fn execute(
             Ok(())
         })?;
 
-    // The outputs under the oracle's names, by the ops that write them.
-    let mut o = None;
-    let mut branches = BTreeMap::new();
-    let mut selected = BTreeMap::new();
-    for op in &plan.ops {
-        match op {
-            Op::Attend(a) => {
-                if let Some(t) = f32_out.remove(&a.out) {
-                    branches.insert(a.branch.clone(), t);
-                }
-            }
-            Op::TopK(k) => {
-                if let Some(t) = i32_out.remove(&k.idx) {
-                    selected.insert(k.branch.clone(), t);
-                }
-            }
-            Op::Combine(c) => o = f32_out.remove(&c.out),
-            Op::Pool(_) | Op::Score(_) => {}
-        }
-    }
-    let o_out = o.ok_or_else(|| missing("combine output"))?;
-    Ok(CpuOutput {
-        o: o_out,
-        branches,
-        selected,
-    })
+    Ok(owned)
 }
