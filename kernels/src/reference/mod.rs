@@ -61,6 +61,7 @@
 //! The oracle first checks the shape, the spec's references and sizes, and the inputs
 //! (`crate::io::check_inputs`), and returns a [`ReferenceError`] instead of panicking.
 
+mod backward;
 mod call;
 mod combine;
 mod compare;
@@ -88,6 +89,7 @@ use crate::io::{InputError, Inputs, Tensor};
 
 use call::Call;
 
+pub use backward::{Gradients, backward, backward_with_blocks, gradient_name};
 pub use compare::relative_error;
 pub use inspect::{block_scores, compressed_probabilities, pooled};
 pub use pool::Pooled;
