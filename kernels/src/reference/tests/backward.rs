@@ -7,10 +7,12 @@
 
 use std::collections::BTreeMap;
 
+use nsac_dsl::problem::Problem;
 use nsac_dsl::spec::{CombineMode, HeadDim, Heads, Pool, Spec};
 use proptest::prelude::*;
 
 use super::grad_check::{BAR, check, check_with, on_grid, upstream};
+use super::library::library_specs;
 use super::support::*;
 use crate::io::{InputError, Tensor};
 use crate::reference::{ReferenceError, backward, backward_with_blocks, forward};
@@ -328,6 +330,60 @@ fn a_bad_upstream_gradient_is_a_typed_error() {
     let mut missing = inputs.clone();
     missing.remove("g_win");
     assert!(backward(&spec, &shape, &missing, &good).is_err());
+}
+
+/// o is linear in every value tensor (`v`, `v_<b>`: each pool is linear in V for fixed
+/// weights) and in the gates, so Σ ⟨dv, v⟩ = Σ ⟨dg, g⟩ = L = Σ dO ∘ o (Euler's identity) —
+/// exact checks at the library's real block sizes, where finite differences of every element
+/// would be too slow.
+#[test]
+fn library_specs_satisfy_the_linearity_identities() {
+    for (path, spec) in library_specs() {
+        let group = spec.heads.group();
+        for (seed, sequences) in [
+            (140, Problem::batched(1, 77)),
+            (141, Problem::varlen(vec![0, 29, 77])),
+        ] {
+            let shape = Problem {
+                heads: Some(Heads {
+                    q: 2 * group,
+                    kv: 2,
+                }),
+                head_dim: Some(HeadDim { qk: 8, v: 4 }),
+                ..sequences
+            }
+            .resolve(&spec)
+            .unwrap();
+            let inputs = random(&spec, &shape, seed);
+            let d_o = upstream(&shape, seed);
+            let o = forward(&spec, &shape, &inputs).unwrap().o;
+            let g = backward(&spec, &shape, &inputs, &d_o).unwrap();
+            let loss: f64 = o
+                .data
+                .iter()
+                .zip(&d_o.data)
+                .map(|(o, &d)| o * f64::from(d))
+                .sum();
+            let inner = |pick: fn(&str) -> bool| -> f64 {
+                (inputs.iter().filter(|(name, _)| pick(name)))
+                    .map(|(name, x)| {
+                        let dx = &g[&format!("d{name}")].data;
+                        x.data
+                            .iter()
+                            .zip(dx)
+                            .map(|(&x, d)| f64::from(x) * d)
+                            .sum::<f64>()
+                    })
+                    .sum()
+            };
+            let what = path.display();
+            assert!(loss.abs() > 1e-3, "{what}: L = {loss} is too small to test");
+            assert_close(inner(|n| n == "v" || n.starts_with("v_")), loss, 1e-10);
+            if spec.combine.mode == CombineMode::Gate {
+                assert_close(inner(|n| n.starts_with("g_")), loss, 1e-10);
+            }
+        }
+    }
 }
 
 proptest! {
