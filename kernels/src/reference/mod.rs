@@ -37,10 +37,42 @@
 //!   `sum(…)`: all gates 1.
 //! - Softmax subtracts the row maximum; an empty row gives output 0, never NaN.
 //!
+//! # Gradients
+//!
+//! [`backward`] takes the upstream gradient dO \[B,T,HQ,Dv\] (`do`, f32 like every input) and
+//! returns the exact gradient of L = Σ dO ∘ o with respect to every input of the call
+//! ([`Gradients`]): the key is the input's name prefixed with `d` ([`gradient_name`]) and the
+//! shape is the input's — `dq`, `dk`, `dv`; `dg_<b>` for each gate of a gated combine;
+//! `dw_<c>` (weighted pool), `dwk_<c>`/`dwv_<c>` (linear pool); `dk_<b>`/`dv_<b>` for
+//! branches with `kv = own`. An input without influence gets an all-zero gradient.
+//!
+//! - **combine**: dg_b(t,qh) = dO(t,qh)·o_b(t,qh); branch b's upstream is g_b·dO (`sum`: dO).
+//! - **attention rows** (every branch): with p = softmax(s·q·kᵢ) over the row's keys,
+//!   dvᵢ += pᵢ·dO_b, dsᵢ = pᵢ·(dO_b·vᵢ − dO_b·o_b), dq += s·Σᵢ dsᵢ·kᵢ, dkᵢ += s·dsᵢ·q — summed
+//!   over the query heads of each kv head's group and over all queries.
+//! - **selection passes no gradient** (as in the paper): which blocks a query attends is
+//!   piecewise constant, so the block scores are constants; o_s is differentiated with the
+//!   chosen blocks held fixed, and the scoring branch's probabilities get no gradient from it.
+//! - **compressed keys and values** get gradient only through the compressed branch's own
+//!   attention (when that branch is combined), and flow back through the pool: mean gives
+//!   dK += dK̃/l to each covered key, `weighted` dK += w·dK̃ and dw\[h,i\] += K·dK̃ + V·dṼ
+//!   (one weight for both), `linear` dK = dK̃·wkᵀ per block row and dwk += K ⊗ dK̃ (V likewise).
+//! - **empty rows** (a query that sees no compressed token, a window of 0, no block chosen)
+//!   have output 0 and give exactly zero gradient, never NaN.
+//!
+//! [`backward_with_blocks`] is [`forward_with_blocks`]' twin: the selected attention
+//! differentiated with given blocks. The oracle recomputes the forward; the only state a
+//! forward/backward pair must keep is the chosen blocks — `forward`, then
+//! `backward_with_blocks` with its `selected`, equals `backward`. Queries run in parallel and
+//! every sum has a fixed order: the gradients are bit-identical for any number of threads. They
+//! are checked against central finite differences of every input element (relative error
+//! ≤ 1e-6; the tests' `backward` and `grad_check`).
+//!
 //! # Output and API
 //!
 //! - [`forward`] returns `o`, every branch's ungated `o_<b>` and every select branch's
 //!   `idx_<b>` ([`Output`]).
+//! - [`backward`] / [`backward_with_blocks`] return the gradients above ([`Gradients`]).
 //! - [`pooled`], [`compressed_probabilities`] and [`block_scores`] expose the intermediates
 //!   per sequence (in the order of [`sequences`]) so a backend can be checked stage by stage.
 //! - Near-ties: a backend scoring blocks in f32 may order two blocks whose f64 scores differ by
@@ -55,12 +87,16 @@
 //!
 //! Speed: query positions run in parallel (rayon); T = 4096, HQ = 16, H = 1, D = 64 with
 //! paper-like branches takes about 8 CPU-seconds in release (see the ignored `large` test).
+//! The backward recomputes the forward and takes several times as long: `nsa-paper.nsa` at
+//! T = 1000, heads 16/4, head dims 64/32 took 0.9 s forward and 6.4 s backward on a busy
+//! 2-core machine (the ignored `large_paper_backward_is_finite`).
 //!
 //! # Checks
 //!
 //! The oracle first checks the shape, the spec's references and sizes, and the inputs
 //! (`crate::io::check_inputs`), and returns a [`ReferenceError`] instead of panicking.
 
+mod backward;
 mod call;
 mod combine;
 mod compare;
@@ -88,6 +124,7 @@ use crate::io::{InputError, Inputs, Tensor};
 
 use call::Call;
 
+pub use backward::{Gradients, backward, backward_with_blocks, gradient_name};
 pub use compare::relative_error;
 pub use inspect::{block_scores, compressed_probabilities, pooled};
 pub use pool::Pooled;

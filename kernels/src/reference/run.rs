@@ -75,15 +75,15 @@ pub(crate) fn run(
 }
 
 /// What one query position produces.
-struct QueryOutput {
+pub(crate) struct QueryOutput {
     /// Per branch: \[HQ\]\[Dv\].
-    branches: Vec<Vec<Vec<f64>>>,
+    pub(crate) branches: Vec<Vec<Vec<f64>>>,
     /// Per branch: for select branches, the chosen blocks per kv head \[H\]\[..\].
-    chosen: Vec<Option<Vec<Vec<usize>>>>,
+    pub(crate) chosen: Vec<Option<Vec<Vec<usize>>>>,
 }
 
 /// Pools every compress branch of the sequence (`None` for other branches).
-fn pool_all(call: &Call<'_>, data: &SeqData) -> Vec<Option<PooledTokens>> {
+pub(crate) fn pool_all(call: &Call<'_>, data: &SeqData) -> Vec<Option<PooledTokens>> {
     let d = &call.dims;
     call.spec
         .branches
@@ -101,7 +101,7 @@ fn pool_all(call: &Call<'_>, data: &SeqData) -> Vec<Option<PooledTokens>> {
 
 /// Every branch's output for query position `t` of one sequence; `given(b)` returns the
 /// caller's blocks \[H\]\[..\] for select branch b, if any.
-fn query(
+pub(crate) fn query(
     call: &Call<'_>,
     data: &SeqData,
     pooled: &[Option<PooledTokens>],

@@ -82,6 +82,16 @@ impl Tokens {
         }
     }
 
+    /// `len × heads` zero vectors of length `dim` (a gradient accumulator).
+    pub(crate) fn zeros(len: usize, heads: usize, dim: usize) -> Tokens {
+        Tokens {
+            data: vec![0.0; len * heads * dim],
+            len,
+            heads,
+            dim,
+        }
+    }
+
     /// Cuts `seq` out of a checked \[B, T, heads, dim\] tensor, widening every value exactly.
     pub(crate) fn cut(tensor: &Tensor<f32>, seq: Sequence) -> Tokens {
         let (seq_len, heads, dim) = (tensor.shape[1], tensor.shape[2], tensor.shape[3]);
@@ -103,6 +113,20 @@ impl Tokens {
     pub(crate) fn at(&self, t: usize, h: usize) -> &[f64] {
         let offset = (t * self.heads + h) * self.dim;
         &self.data[offset..offset + self.dim]
+    }
+
+    /// The vector of token `t`, head `h`, for accumulating into.
+    pub(crate) fn at_mut(&mut self, t: usize, h: usize) -> &mut [f64] {
+        let offset = (t * self.heads + h) * self.dim;
+        &mut self.data[offset..offset + self.dim]
+    }
+
+    /// Writes these values back where [`Tokens::cut`] took them from: rows `seq` of a
+    /// \[B, T, heads, dim\] tensor.
+    pub(crate) fn paste(&self, tensor: &mut Tensor<f64>, seq: Sequence) {
+        let row = self.heads * self.dim;
+        let from = (seq.batch * tensor.shape[1] + seq.start) * row;
+        tensor.data[from..from + self.data.len()].copy_from_slice(&self.data);
     }
 
     /// Number of tokens.

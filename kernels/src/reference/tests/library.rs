@@ -32,7 +32,8 @@ fn check_output(spec: &Spec, inputs: &Inputs, out: &Output) {
     }
 }
 
-fn library_specs() -> Vec<(PathBuf, Spec)> {
+/// Every spec file of the library, parsed, in path order.
+pub(super) fn library_specs() -> Vec<(PathBuf, Spec)> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut specs = Vec::new();
     for entry in std::fs::read_dir(&dir).unwrap() {

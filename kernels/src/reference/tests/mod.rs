@@ -1,9 +1,11 @@
 //! Tests of the oracle: hand-computed cases with explicit numbers, edge cases, and properties on
 //! random inputs (odd lengths, several seeds).
 
+mod backward;
 mod edges;
 mod errors;
 mod given;
+mod grad_check;
 mod hand;
 mod kinds;
 mod large;
