@@ -151,3 +151,27 @@ impl CpuKernel {
         Ok(pool.install(|| self.program.run_into(sizes, inputs, outputs))?)
     }
 }
+
+/// The CLIF text of `spec` on `shape` under `variant` (`nsac compile --target cpu --emit clif`):
+/// deterministic and independent of the host CPU.
+pub fn emit_clif(
+    spec: &Spec,
+    shape: &Shape,
+    variant: &CpuVariant,
+) -> Result<String, CpuKernelError> {
+    let plan = Plan::for_shape(spec, shape)?;
+    backend::check_size(&plan)?;
+    Ok(backend::emit_clif(&plan, variant)?)
+}
+
+/// The host machine code of `spec` on `shape` under `variant` (`--emit asm`), as Cranelift's
+/// lowered instruction listing.
+pub fn emit_asm(
+    spec: &Spec,
+    shape: &Shape,
+    variant: &CpuVariant,
+) -> Result<String, CpuKernelError> {
+    let plan = Plan::for_shape(spec, shape)?;
+    backend::check_size(&plan)?;
+    Ok(backend::emit_asm(&plan, variant)?)
+}
