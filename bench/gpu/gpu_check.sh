@@ -36,6 +36,26 @@ if [[ $MODE == ab ]]; then
   timeout 120 $D/nsac run kernels/nsa-fla.nsa --device cuda --cu-seqlens 0,1000,5099,8192 --dtype bf16 2>&1 | tail -4
   exit 0
 fi
+if [[ $MODE == cpu-ab ]]; then
+  # `cpu-ab ROUNDS`: the CPU backend, previous build (.devbin/nsac-old) against this one
+  # (.devbin/nsac), alternating within each round, pinned to the same two cores, on the GPU
+  # host's otherwise idle CPUs: nsa-fla and nsa-paper at T=16384, heads 16/1, dim 64.
+  ROUNDS=${2:-3}
+  for round in $(seq "$ROUNDS"); do
+    for spec in nsa-fla nsa-paper; do
+      for bin in nsac-old nsac; do
+        echo "== $bin $spec round $round"
+        taskset -c 2,3 timeout 150 $D/$bin bench kernels/$spec.nsa --seq 16384 --heads 16/1 \
+          --head-dim 64 --device cpu --threads 2 --variant key_tile=64 --oracle-seq 0 --json \
+          > "$OUT/cpu-$bin-$spec-$round.json" 2> "$OUT/cpu-$bin-$spec-$round.err"
+        echo "exit $?"
+        python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); print("median_ms", j["median_ms"], "ceiling_ratio", round(j["ceiling_ratio"], 4))' \
+          "$OUT/cpu-$bin-$spec-$round.json" 2>&1 | tail -1
+      done
+    done
+  done
+  exit 0
+fi
 if [[ $MODE == tune ]]; then
   T=${2:-65536}
   timeout 240 $D/gpu_tune --nocapture 2>&1 | tee "$OUT/gpu_tune.log" | grep -E "device|test result|panicked|SKIPPED"
