@@ -101,6 +101,7 @@ mod call;
 mod combine;
 mod compare;
 pub mod compress;
+pub mod decode;
 mod given;
 mod inspect;
 pub mod pool;
