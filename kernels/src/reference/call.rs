@@ -110,7 +110,8 @@ impl<'a> Call<'a> {
     }
 }
 
-fn check_shape(spec: &Spec, shape: &Shape) -> Result<Dims, ReferenceError> {
+/// Checks the heads, head dims, segments and scale of `shape`; its concrete sizes.
+pub(crate) fn check_shape(spec: &Spec, shape: &Shape) -> Result<Dims, ReferenceError> {
     let bad = |why: String| Err(ReferenceError::BadShape(why));
     let (q, kv) = (shape.heads.q, shape.heads.kv);
     if q == 0 || kv == 0 || !q.is_multiple_of(kv) {
@@ -152,7 +153,8 @@ fn check_shape(spec: &Spec, shape: &Shape) -> Result<Dims, ReferenceError> {
     })
 }
 
-fn check_names(spec: &Spec) -> Result<(), ReferenceError> {
+/// Checks that branch names are unique and block sizes and strides are non-zero.
+pub(crate) fn check_names(spec: &Spec) -> Result<(), ReferenceError> {
     let mut seen = BTreeSet::new();
     for b in &spec.branches {
         if !seen.insert(b.name.as_str()) {
@@ -175,7 +177,7 @@ fn check_names(spec: &Spec) -> Result<(), ReferenceError> {
 }
 
 /// Every tensor the call reads or writes must have an element count that fits in `usize`.
-fn check_sizes(spec: &Spec, shape: &Shape) -> Result<(), ReferenceError> {
+pub(crate) fn check_sizes(spec: &Spec, shape: &Shape) -> Result<(), ReferenceError> {
     let fits = |dims: &[usize]| {
         dims.iter()
             .try_fold(1usize, |n, &d| n.checked_mul(d))
@@ -213,7 +215,12 @@ fn check_sizes(spec: &Spec, shape: &Shape) -> Result<(), ReferenceError> {
     Ok(())
 }
 
-fn branch_index(spec: &Spec, name: &str, used_by: &str) -> Result<usize, ReferenceError> {
+/// The index of branch `name` in `spec.branches`, or an error naming who refers to it.
+pub(crate) fn branch_index(
+    spec: &Spec,
+    name: &str,
+    used_by: &str,
+) -> Result<usize, ReferenceError> {
     spec.branches
         .iter()
         .position(|b| b.name == name)
@@ -223,7 +230,8 @@ fn branch_index(spec: &Spec, name: &str, used_by: &str) -> Result<usize, Referen
         })
 }
 
-fn plan<'a>(
+/// Resolves one branch: its parameters, scorer and pool weights (looked up in `inputs`).
+pub(crate) fn plan<'a>(
     spec: &'a Spec,
     inputs: &'a Inputs,
     name: &str,

@@ -68,11 +68,37 @@
 //! are checked against central finite differences of every input element (relative error
 //! ≤ 1e-6; the tests' `backward` and `grad_check`).
 //!
+//! # Decode
+//!
+//! Cached inference ([`decode`]), defined for causal specs only (without causality a later key
+//! would change earlier outputs; `causal = false` is refused with a typed error). A cache holds,
+//! per sequence, the keys and values seen so far (shared `k`/`v` and every `kv = own` branch's
+//! `k_<b>`/`v_<b>`) and, per compress branch, the compressed tokens completed so far: token j
+//! exists once keys [j·d, j·d+l) are all in the cache (with d < l one completes at every
+//! stride), pooled once, when the key completing it arrives. A new query t is answered against
+//! the cache as it was right after its own key arrived: keys [0, t], the compressed tokens
+//! completed among them, the selection blocks 0 ..= ⌊t/l′⌋.
+//!
+//! - **The rule**: decoding query t against the cache gives exactly row t of [`forward`] over
+//!   the whole sequence — the same scale, the same forced blocks, the same tie rule; the
+//!   selection's candidates are the blocks with i·l′ ≤ t. So prefilling T tokens and stepping
+//!   N gives rows T..T+N of the forward over T+N tokens, for every T ≥ 0.
+//! - **Chunked prefill** (a block of Tq new queries against a cache of Tk ≥ Tq keys, the
+//!   chunk's own keys included) is the same rule for each query: query t sees keys ≤ t.
+//! - **Ragged batches**: one cache per sequence, each with its own length
+//!   ([`decode::step_batch`]).
+//! - The decode oracle is written from this rule, not by running the forward on a prefix,
+//!   and sums in the forward's order: its rows are bit-identical to the forward's (`o`, every
+//!   `o_<b>`, every `idx_<b>`), which its tests check exactly on random inputs.
+//!
 //! # Output and API
 //!
 //! - [`forward`] returns `o`, every branch's ungated `o_<b>` and every select branch's
 //!   `idx_<b>` ([`Output`]).
 //! - [`backward`] / [`backward_with_blocks`] return the gradients above ([`Gradients`]).
+//! - [`decode`]: a [`decode::Model`] (a causal spec with its sizes and pool weights), a
+//!   [`decode::Cache`] per sequence, [`decode::prefill`], [`decode::Cache::step`],
+//!   [`decode::Cache::chunk`] and [`decode::step_batch`], returning [`decode::Decoded`] rows.
 //! - [`pooled`], [`compressed_probabilities`] and [`block_scores`] expose the intermediates
 //!   per sequence (in the order of [`sequences`]) so a backend can be checked stage by stage.
 //! - Near-ties: a backend scoring blocks in f32 may order two blocks whose f64 scores differ by
@@ -101,6 +127,7 @@ mod call;
 mod combine;
 mod compare;
 pub mod compress;
+pub mod decode;
 mod given;
 mod inspect;
 pub mod pool;

@@ -66,14 +66,36 @@ pub(crate) fn pool(
 ) -> PooledTokens {
     let n = token_count(k.len(), c);
     let (l, d) = (c.block as usize, c.stride as usize);
-    let (k_map, v_map) = match weights {
-        PoolWeights::Mean => (Map::Mean, Map::Mean),
-        PoolWeights::Weighted(w) => (Map::Weighted(w), Map::Weighted(w)),
-        PoolWeights::Linear { wk, wv } => (Map::Linear(wk), Map::Linear(wv)),
-    };
+    let (k_map, v_map) = maps(weights);
     PooledTokens {
         k: Tokens::from_fn(n, h, dqk, |j, head| pool_one(k_map, k, j * d, l, head, dqk)),
         v: Tokens::from_fn(n, h, dv, |j, head| pool_one(v_map, v, j * d, l, head, dv)),
+    }
+}
+
+/// Pools compressed token `j` alone from keys `k` and values `v` that hold at least its block
+/// [j·d, j·d + l): K̃_j \[H·Dqk\] and Ṽ_j \[H·Dv\], head by head — the rows [`pool`] gives
+/// token j, computed the same way (a decode cache pools each token once, when it completes).
+pub(crate) fn pool_token(
+    c: &Compress,
+    weights: PoolWeights<'_>,
+    (k, v): (&Tokens, &Tokens),
+    j: usize,
+    (h, dqk, dv): (usize, usize, usize),
+) -> (Vec<f64>, Vec<f64>) {
+    let (l, d) = (c.block as usize, c.stride as usize);
+    let (k_map, v_map) = maps(weights);
+    let k_row = (0..h).flat_map(|head| pool_one(k_map, k, j * d, l, head, dqk));
+    let v_row = (0..h).flat_map(|head| pool_one(v_map, v, j * d, l, head, dv));
+    (k_row.collect(), v_row.collect())
+}
+
+/// How K and V are pooled for `weights`.
+fn maps(weights: PoolWeights<'_>) -> (Map<'_>, Map<'_>) {
+    match weights {
+        PoolWeights::Mean => (Map::Mean, Map::Mean),
+        PoolWeights::Weighted(w) => (Map::Weighted(w), Map::Weighted(w)),
+        PoolWeights::Linear { wk, wv } => (Map::Linear(wk), Map::Linear(wv)),
     }
 }
 

@@ -82,6 +82,24 @@ impl Tokens {
         }
     }
 
+    /// No token yet: a store that [`Tokens::push`] grows (a decode cache).
+    pub(crate) fn empty(heads: usize, dim: usize) -> Tokens {
+        Tokens {
+            data: Vec::new(),
+            len: 0,
+            heads,
+            dim,
+        }
+    }
+
+    /// Appends one token: its `heads × dim` values, head by head.
+    pub(crate) fn push(&mut self, values: impl IntoIterator<Item = f64>) {
+        let before = self.data.len();
+        self.data.extend(values);
+        debug_assert_eq!(self.data.len() - before, self.heads * self.dim);
+        self.len += 1;
+    }
+
     /// `len × heads` zero vectors of length `dim` (a gradient accumulator).
     pub(crate) fn zeros(len: usize, heads: usize, dim: usize) -> Tokens {
         Tokens {

@@ -33,7 +33,7 @@ fn check_output(spec: &Spec, inputs: &Inputs, out: &Output) {
 }
 
 /// Every spec file of the library, parsed, in path order.
-pub(super) fn library_specs() -> Vec<(PathBuf, Spec)> {
+pub(in crate::reference) fn library_specs() -> Vec<(PathBuf, Spec)> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut specs = Vec::new();
     for entry in std::fs::read_dir(&dir).unwrap() {

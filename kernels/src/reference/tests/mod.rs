@@ -10,6 +10,6 @@ mod hand;
 mod kinds;
 mod large;
 mod layout;
-mod library;
+pub(super) mod library;
 mod props;
-mod support;
+pub(super) mod support;
