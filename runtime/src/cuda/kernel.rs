@@ -18,7 +18,7 @@ use nsac_dsl::Spec;
 use nsac_dsl::problem::{DType, Shape};
 use nsac_kernels::io::{Inputs, Tensor};
 
-use super::tensors::{DeviceTensors, TensorsError};
+use super::tensors::{DeviceTensors, TensorsError, check_sizes};
 use super::{CudaDevice, CudaError, driver, time_on_stream};
 use crate::bench::median;
 use crate::contract::ContractError;
@@ -207,9 +207,10 @@ impl CudaKernel {
     /// Allocates the buffers of a call of `sizes` on the device's stream: the segment table
     /// uploaded, scratch and outputs zeroed, inputs unbound (set them with
     /// [`DeviceTensors::set_input`], [`DeviceTensors::bind_input`] or
-    /// [`DeviceTensors::bind_input_raw`]). Fails before allocating when the call is more than
-    /// the kernels can index.
+    /// [`DeviceTensors::bind_input_raw`]). Fails before allocating when `sizes` is not a
+    /// forward call (segments partitioning each row) or more than the kernels can index.
     pub fn alloc<'a>(&self, sizes: &Sizes) -> Result<DeviceTensors<'a>, CudaError> {
+        check_sizes(sizes)?;
         self.manifest.launches(CallSizes::of(sizes))?;
         let layout = self.layout(sizes)?;
         DeviceTensors::allocate(

@@ -53,6 +53,8 @@ pub enum TensorsError {
         "these device tensors were laid out for another plan (another spec, heads, head dims or dtype)"
     )]
     OtherPlan,
+    #[error("sizes the kernels cannot run: {0}")]
+    BadSizes(String),
 }
 
 /// One buffer's device memory.
@@ -150,6 +152,42 @@ fn check_raw(b: &BufferInfo, ptr: CUdeviceptr, bytes: usize) -> Result<(), Tenso
             name: b.name.clone(),
             ptr,
         });
+    }
+    Ok(())
+}
+
+/// Checks that `sizes` is a forward call the kernels index within its buffers: at least one
+/// batch row, as many keys as queries, and segments that partition each row's positions in
+/// ascending order, none empty (as [`nsac_dsl::problem::Problem::resolve`] makes them).
+pub(super) fn check_sizes(sizes: &Sizes) -> Result<(), TensorsError> {
+    let bad = |why: String| Err(TensorsError::BadSizes(why));
+    if sizes.batch == 0 || sizes.queries == 0 {
+        return bad(format!(
+            "{} rows of {} positions",
+            sizes.batch, sizes.queries
+        ));
+    }
+    if sizes.keys != sizes.queries {
+        return bad(format!(
+            "{} keys for {} queries (a forward call has as many)",
+            sizes.keys, sizes.queries
+        ));
+    }
+    let mut at = 0;
+    for &(s, e) in &sizes.segments {
+        if s != at || e <= s {
+            return bad(format!(
+                "segments {:?} do not partition 0..{} in ascending order",
+                sizes.segments, sizes.queries
+            ));
+        }
+        at = e;
+    }
+    if at != sizes.queries {
+        return bad(format!(
+            "segments {:?} do not partition 0..{} in ascending order",
+            sizes.segments, sizes.queries
+        ));
     }
     Ok(())
 }
@@ -579,6 +617,37 @@ mod tests {
             check_raw(q, 0x7f00_0000_0100, exact + 16),
             Err(TensorsError::ByteLength { .. })
         ));
+    }
+
+    #[test]
+    fn only_sizes_of_a_forward_call_are_laid_out() {
+        let sizes = |batch, queries, keys, segments: &[(usize, usize)]| Sizes {
+            batch,
+            queries,
+            keys,
+            segments: segments.to_vec(),
+        };
+        assert_eq!(check_sizes(&sizes(2, 301, 301, &[(0, 301)])), Ok(()));
+        assert_eq!(
+            check_sizes(&sizes(1, 410, 410, &[(0, 77), (77, 410)])),
+            Ok(())
+        );
+        for bad in [
+            sizes(0, 301, 301, &[(0, 301)]),
+            sizes(1, 0, 0, &[]),
+            sizes(1, 301, 300, &[(0, 301)]),
+            sizes(1, 301, 301, &[]),
+            sizes(1, 301, 301, &[(0, 300)]),
+            sizes(1, 301, 301, &[(0, 400)]),
+            sizes(1, 10, 10, &[(0, 5), (3, 10)]),
+            sizes(1, 10, 10, &[(0, 5), (5, 5), (5, 10)]),
+            sizes(1, 10, 10, &[(5, 15), (0, 5)]),
+        ] {
+            assert!(
+                matches!(check_sizes(&bad), Err(TensorsError::BadSizes(_))),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]
