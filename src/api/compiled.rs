@@ -259,7 +259,7 @@ impl Compiled {
     /// on a GPU.
     ///
     /// ```no_run
-    /// use nsac::{Attention, Device, Options, Problem};
+    /// use nsac::{Attention, Device, Options};
     /// let attn = Attention::load("kernels/nsa-fla.nsa")?;
     /// let gpu = attn.compile(&Device::Cuda, &Options::default())?;
     /// let problem = gpu.problem(nsac::dsl::problem::Sequences::Batched { batch: 1, len: 4096 });
@@ -360,4 +360,34 @@ pub(crate) fn collect(
         outputs.insert(format!("idx_{b}"), HostTensor::from(t));
     }
     outputs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::Attention;
+
+    #[test]
+    fn device_resident_calls_need_a_gpu_and_take_the_problems_sizes() {
+        let attn = Attention::parse(
+            "attention tiny {\n heads = 4/2\n head_dim = 16\n window w { size = 8 }\n combine = sum(w)\n}",
+        )
+        .expect("parses");
+        let cpu = attn
+            .compile(&Device::Cpu, &Options::default())
+            .expect("compiles");
+        let problem = cpu.problem(Sequences::Varlen {
+            cu_seqlens: vec![0, 5, 12],
+        });
+        assert!(matches!(cpu.cuda_kernel(&problem), Err(Error::Invalid(_))));
+        let sizes = cpu.sizes(&problem).expect("sizes");
+        assert_eq!(
+            (sizes.batch, sizes.queries, sizes.segments),
+            (1, 12, vec![(0, 5), (5, 12)])
+        );
+        let bad = cpu.problem(Sequences::Varlen {
+            cu_seqlens: vec![0, 5, 5],
+        });
+        assert!(matches!(cpu.sizes(&bad), Err(Error::Problem(_))));
+    }
 }
