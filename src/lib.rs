@@ -39,3 +39,5 @@ pub use nsac_dsl::problem::{DType, Problem};
 pub use nsac_kernels as kernels;
 pub use nsac_kernels::io::{Inputs, Tensor};
 pub use nsac_runtime as runtime;
+/// The GPU backend: devices, kernels and device-resident tensors ([`Compiled::cuda_kernel`]).
+pub use nsac_runtime::cuda;

@@ -4,8 +4,8 @@
 
 use nsac_compiler::ir::{Op, Plan, Role, Sizes, TensorId};
 use nsac_compiler::ptx::{
-    Arch, BufferRole, GpuVariant, KernelInfo, Manifest, Param, PtxError, emit_plan, emit_ptx,
-    lowering, segment_table,
+    Arch, BufferRole, GpuVariant, KernelInfo, Manifest, Param, PtxError, emit_module, emit_plan,
+    emit_ptx, lowering, segment_table,
 };
 use nsac_dsl::problem::{DType, Problem};
 use nsac_dsl::spec::{
@@ -663,4 +663,49 @@ fn a_score_without_its_top_k_is_unsupported() {
         lowering::lower(&swapped),
         Err(PtxError::Unsupported(_))
     ));
+}
+
+/// One module manifest serves every call: written once per plan and Variant, its manifest for a
+/// call's sizes is the one `emit_plan` writes for them (the PTX too), and its buffers and
+/// launches follow each call's lengths and segments.
+#[test]
+fn one_module_manifest_serves_every_call() {
+    let spec = tensor_core_spec();
+    let mut base = Problem::batched(1, 64);
+    base.dtype = DType::Bf16;
+    let plan = Plan::for_shape(&spec, &base.resolve(&spec).expect("valid")).expect("plan");
+    for variant in [
+        GpuVariant::default(),
+        GpuVariant::parse("select_tokens=4,fuse_combine=1").expect("valid"),
+    ] {
+        let (ptx, module) = emit_module(&plan, &variant, Arch::Sm90).expect("emits");
+        let mut seen = Vec::new();
+        for mut p in [
+            Problem::batched(2, 77),
+            Problem::batched(1, 301),
+            Problem::varlen(vec![0, 20, 51, 90]),
+        ] {
+            p.dtype = DType::Bf16;
+            let shape = p.resolve(&spec).expect("valid");
+            let sizes = Sizes::of(&shape);
+            let (want_ptx, want) = emit_plan(&plan, &sizes, &variant, Arch::Sm90).expect("emits");
+            assert_eq!(ptx, want_ptx);
+            let got = module.for_call(&plan, &sizes).expect("a manifest");
+            assert_eq!(got, want);
+            assert_eq!(
+                module.buffers(&plan, &sizes).expect("buffers"),
+                want.buffers
+            );
+            let call = lowering::CallSizes::of(&sizes);
+            assert_eq!(
+                module.launches(call).expect("launches"),
+                want.launches(call).expect("launches")
+            );
+            let q = want.buffer("q").expect("q");
+            assert_eq!(q.shape[..2], [shape.batch, shape.seq_len]);
+            seen.push(want.buffers);
+        }
+        assert_ne!(seen[0], seen[1], "the layout follows the lengths");
+        assert_ne!(seen[1], seen[2]);
+    }
 }

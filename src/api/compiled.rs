@@ -1,6 +1,6 @@
 //! A spec prepared for one device: the device chosen, the Variant taken (explicit, tuned or
 //! default) and the compiled kernels kept for reuse, so a program compiles once and calls many
-//! times.
+//! times; on a GPU, the kernel itself for device-resident calls ([`Compiled::cuda_kernel`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use nsac_compiler::cpu::CpuVariant;
 use nsac_compiler::ir::Sizes;
+use nsac_compiler::ptx::GpuVariant;
 use nsac_dsl::Spec;
 use nsac_dsl::problem::{DType, Problem, Sequences, Shape};
 use nsac_dsl::spec::{HeadDim, Heads};
@@ -77,7 +78,7 @@ struct CpuEntry {
 }
 
 struct CudaEntry {
-    kernel: CudaKernel,
+    kernel: Arc<CudaKernel>,
     origin: VariantOrigin,
     warnings: Vec<String>,
 }
@@ -108,9 +109,9 @@ enum Backend {
     Cuda(Arc<CudaDevice>),
 }
 
-/// A spec prepared for a device. Kernels are compiled on first use and kept — on the CPU one per
-/// Variant, serving every length and packing; on the GPU one per problem — and
-/// [`Compiled::run`] can be called from several threads.
+/// A spec prepared for a device. Kernels are compiled on first use and kept, one per Variant,
+/// each serving every length and packing, and [`Compiled::run`] can be called from several
+/// threads.
 pub struct Compiled {
     spec: Spec,
     options: Options,
@@ -118,7 +119,8 @@ pub struct Compiled {
     /// CPU kernels by Variant: the generated code does not depend on the lengths, so one
     /// compiled kernel serves every problem that picks the same Variant.
     cpu: Mutex<HashMap<CpuVariant, Arc<CpuKernel>>>,
-    cuda: Mutex<HashMap<Shape, Arc<CudaEntry>>>,
+    /// GPU kernels by Variant, likewise.
+    cuda: Mutex<HashMap<GpuVariant, Arc<CudaKernel>>>,
 }
 
 impl std::fmt::Debug for Compiled {
@@ -212,25 +214,76 @@ impl Compiled {
         Ok((entry, compile))
     }
 
-    fn cuda_kernel(
+    fn cuda_entry(
         &self,
         gpu: &Arc<CudaDevice>,
         shape: &Shape,
-    ) -> Result<(Arc<CudaEntry>, Option<Duration>), Error> {
-        let mut cache = self.cuda.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(k) = cache.get(shape) {
-            return Ok((k.clone(), None));
-        }
+    ) -> Result<(CudaEntry, Option<Duration>), Error> {
+        // As on the CPU: the Variant is looked up per problem, the kernel compiled once per
+        // Variant.
         let (choice, warnings) = pick_gpu(gpu, &self.spec, shape, &self.request())?;
-        let start = Instant::now();
-        let kernel = CudaKernel::compile(gpu, &self.spec, shape, &choice.variant)?;
-        let entry = Arc::new(CudaEntry {
+        let mut cache = self.cuda.lock().unwrap_or_else(|e| e.into_inner());
+        let (kernel, compile) = match cache.get(&choice.variant) {
+            Some(k) => (k.clone(), None),
+            None => {
+                let start = Instant::now();
+                let kernel = Arc::new(CudaKernel::compile(
+                    gpu,
+                    &self.spec,
+                    shape,
+                    &choice.variant,
+                )?);
+                cache.insert(choice.variant, kernel.clone());
+                (kernel, Some(start.elapsed()))
+            }
+        };
+        let entry = CudaEntry {
             kernel,
             origin: choice.origin,
             warnings,
-        });
-        cache.insert(shape.clone(), entry.clone());
-        Ok((entry, Some(start.elapsed())))
+        };
+        Ok((entry, compile))
+    }
+
+    /// The sizes of a call on `problem` (its batch, lengths and segments), which device tensors
+    /// are laid out for.
+    pub fn sizes(&self, problem: &Problem) -> Result<Sizes, Error> {
+        Ok(Sizes::of(&problem.resolve(&self.spec)?))
+    }
+
+    /// The GPU kernel [`Compiled::run`] takes for `problem` (the Variant it picks for it,
+    /// compiled once per Variant), for device-resident calls: upload inputs once, launch many
+    /// times, replace inputs in place, bind the caller's device memory, read outputs by name
+    /// only when asked ([`nsac_runtime::cuda::DeviceTensors`]). It serves every length:
+    /// `problem` only picks the Variant. Fails with [`Error::Invalid`] when this compile is not
+    /// on a GPU.
+    ///
+    /// ```no_run
+    /// use nsac::{Attention, Device, Options};
+    /// let attn = Attention::load("kernels/nsa-fla.nsa")?;
+    /// let gpu = attn.compile(&Device::Cuda, &Options::default())?;
+    /// let problem = gpu.problem(nsac::dsl::problem::Sequences::Batched { batch: 1, len: 4096 });
+    /// let kernel = gpu.cuda_kernel(&problem)?;
+    /// let mut tensors = kernel.upload(&gpu.sizes(&problem)?, &attn.random_inputs(&problem, 1)?)?;
+    /// for seed in 2..5 {
+    ///     kernel.launch(&tensors)?; // enqueued, no copy back
+    ///     let next = attn.random_inputs(&problem, seed)?;
+    ///     tensors.set_input("q", &next["q"])?; // ordered after the launch
+    /// }
+    /// kernel.launch(&tensors)?;
+    /// let o = tensors.download("o")?; // waits, copies `o` alone
+    /// assert_eq!(o.shape()[..2], [1, 4096]);
+    /// # Ok::<(), nsac::Error>(())
+    /// ```
+    pub fn cuda_kernel(&self, problem: &Problem) -> Result<Arc<CudaKernel>, Error> {
+        let Backend::Cuda(gpu) = &self.backend else {
+            return Err(Error::Invalid(format!(
+                "this compile runs on the {} device, not a GPU",
+                self.device()
+            )));
+        };
+        let shape = problem.resolve(&self.spec)?;
+        Ok(self.cuda_entry(gpu, &shape)?.0.kernel)
     }
 
     /// Runs on `inputs` (the README's tensor names and layouts) for the sequences of `problem`
@@ -271,9 +324,9 @@ impl Compiled {
                 })
             }
             Backend::Cuda(gpu) => {
-                let (entry, compile) = self.cuda_kernel(gpu, &shape)?;
+                let (entry, compile) = self.cuda_entry(gpu, &shape)?;
                 let start = Instant::now();
-                let out = entry.kernel.run(inputs)?;
+                let out = entry.kernel.run(&Sizes::of(&shape), inputs)?;
                 let (major, minor) = gpu.capability();
                 Ok(Run {
                     outputs: collect(out.o, out.branches, out.selected),
@@ -307,4 +360,34 @@ pub(crate) fn collect(
         outputs.insert(format!("idx_{b}"), HostTensor::from(t));
     }
     outputs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::Attention;
+
+    #[test]
+    fn device_resident_calls_need_a_gpu_and_take_the_problems_sizes() {
+        let attn = Attention::parse(
+            "attention tiny {\n heads = 4/2\n head_dim = 16\n window w { size = 8 }\n combine = sum(w)\n}",
+        )
+        .expect("parses");
+        let cpu = attn
+            .compile(&Device::Cpu, &Options::default())
+            .expect("compiles");
+        let problem = cpu.problem(Sequences::Varlen {
+            cu_seqlens: vec![0, 5, 12],
+        });
+        assert!(matches!(cpu.cuda_kernel(&problem), Err(Error::Invalid(_))));
+        let sizes = cpu.sizes(&problem).expect("sizes");
+        assert_eq!(
+            (sizes.batch, sizes.queries, sizes.segments),
+            (1, 12, vec![(0, 5), (5, 12)])
+        );
+        let bad = cpu.problem(Sequences::Varlen {
+            cu_seqlens: vec![0, 5, 5],
+        });
+        assert!(matches!(cpu.sizes(&bad), Err(Error::Problem(_))));
+    }
 }

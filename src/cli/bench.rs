@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use nsac_compiler::cost;
+use nsac_compiler::ir::Sizes;
 use nsac_compiler::ptx::GpuVariant;
 use nsac_dsl::Spec;
 use nsac_dsl::problem::{Sequences, Shape};
@@ -115,7 +116,7 @@ fn bench_gpu(
     }
     let kernel = CudaKernel::compile(gpu, spec, shape, &choice.variant)?;
     let inputs = random_inputs(spec, shape, 0);
-    let (median_ms, per_kernel) = kernel.time(&inputs, 2, args.runs)?;
+    let (median_ms, per_kernel) = kernel.time(&Sizes::of(shape), &inputs, 2, args.runs)?;
     let median_ms = f64::from(median_ms);
     let flops = cost::estimate(spec, shape)?.flops.attention;
     let gflops = flops / (median_ms / 1e3) / 1e9;

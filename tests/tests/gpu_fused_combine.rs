@@ -7,6 +7,7 @@
 
 mod gpu_common;
 
+use nsac_compiler::ir::Sizes;
 use nsac_compiler::ptx::{GpuVariant, emit_ptx};
 use nsac_dsl::problem::{DType, Problem, Shape};
 use nsac_dsl::spec::Spec;
@@ -34,7 +35,9 @@ fn same_bits(
             .kernels
             .iter()
             .any(|k| k.name.contains("_attend_") && k.name.ends_with("_combine"));
-        let out = k.run(&inputs).map_err(|e| e.to_string())?;
+        let out = k
+            .run(&Sizes::of(shape), &inputs)
+            .map_err(|e| e.to_string())?;
         Ok((out, fused))
     };
     let (a, _) = run(&base)?;

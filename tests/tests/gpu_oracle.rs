@@ -18,6 +18,7 @@ mod gpu_common;
 
 use std::collections::BTreeSet;
 
+use nsac_compiler::ir::Sizes;
 use nsac_compiler::ptx::GpuVariant;
 use nsac_dsl::problem::{DType, Problem, Shape};
 use nsac_dsl::spec::Spec;
@@ -131,7 +132,9 @@ fn run_case(
     let raw = random_inputs(spec, shape, seed);
     let inputs = round_inputs(&raw, shape.dtype);
     let kernel = CudaKernel::compile(dev, spec, shape, variant).map_err(|e| e.to_string())?;
-    let got = kernel.run(&inputs).map_err(|e| e.to_string())?;
+    let got = kernel
+        .run(&Sizes::of(shape), &inputs)
+        .map_err(|e| e.to_string())?;
     let want = reference::forward(spec, shape, &inputs).map_err(|e| e.to_string())?;
     let (hq, h, dv) = (
         shape.heads.q as usize,

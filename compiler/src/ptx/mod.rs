@@ -7,7 +7,9 @@
 //! `.param .u32` after its buffers ([`launch::Scalar`]), and the manifest describes each launch
 //! as a formula of them ([`launch::Geometry`]), which a launcher evaluates per call
 //! ([`Manifest::launches`], where the 32-bit index limit is checked too). One module serves
-//! every length and packing.
+//! every length and packing: [`emit_module`] writes it with its length-free
+//! [`ModuleManifest`], from which each call's launches and buffers follow; [`emit_plan`] adds
+//! the [`Manifest`] of one call.
 //!
 //! Buffers ([`Manifest::buffers`]): the plan's tensors in declaration order, shaped for the
 //! manifest's call ([`Sizes::shape`]) — its `In` tensors in the problem's dtype, its `Out`
@@ -225,6 +227,99 @@ impl Manifest {
     }
 }
 
+/// One kernel of a module, whatever the call: a [`KernelInfo`] without the evaluated launch of
+/// one problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelDecl {
+    pub name: String,
+    /// The kernel's parameters in order: buffers (by name), then `u32` sizes.
+    pub params: Vec<Param>,
+    /// The kernel's register cap per thread (`.maxnreg`), when it declares one.
+    pub max_regs: Option<u32>,
+    /// How grid and dynamic shared memory follow from a call's tokens and longest segment.
+    pub geometry: Geometry,
+    /// The same, in words.
+    pub launch: String,
+}
+
+/// The length-free part of a [`Manifest`], written by [`emit_module`] once per plan and
+/// Variant: a launcher keeps it beside the PTX and derives what each call needs from it, its
+/// launches ([`ModuleManifest::launches`]) and its buffer layout ([`ModuleManifest::buffers`]);
+/// [`ModuleManifest::for_call`] writes the whole [`Manifest`] of one call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleManifest {
+    pub spec: String,
+    pub arch: String,
+    pub dtype: String,
+    /// The most tokens (B·T) a call may have: the kernels' element indices are 32-bit.
+    pub max_tokens: u64,
+    /// The columns of `seg`, per token.
+    pub seg_columns: Vec<SegColumn>,
+    pub kernels: Vec<KernelDecl>,
+}
+
+impl ModuleManifest {
+    /// Every kernel's launch for a call of `sizes`, as [`Manifest::launches`].
+    pub fn launches(&self, sizes: CallSizes) -> Result<Vec<LaunchDims>, PtxError> {
+        self.kernels
+            .iter()
+            .map(|k| k.geometry.evaluate(&k.params, sizes, self.max_tokens))
+            .collect()
+    }
+
+    /// Whether some kernel takes buffer `name`.
+    fn uses(&self, name: &str) -> bool {
+        self.kernels.iter().any(|k| {
+            k.params
+                .iter()
+                .any(|p| matches!(p, Param::Buffer { name: n } if n == name))
+        })
+    }
+
+    /// The buffers of a call of `sizes` ([`Manifest::buffers`]); `plan` is the plan the module
+    /// was emitted from.
+    pub fn buffers(&self, plan: &Plan, sizes: &Sizes) -> Result<Vec<BufferInfo>, PtxError> {
+        let program = lowering::lower(plan)?;
+        buffers(plan, sizes, &program, |name| self.uses(name))
+    }
+
+    /// The manifest of a call of `sizes`: kernels with their launch for it, buffers shaped for
+    /// it; `plan` is the plan the module was emitted from.
+    pub fn for_call(&self, plan: &Plan, sizes: &Sizes) -> Result<Manifest, PtxError> {
+        let call = CallSizes::of(sizes);
+        let kernels = self
+            .kernels
+            .iter()
+            .map(|k| {
+                let now = k.geometry.evaluate(&k.params, call, self.max_tokens)?;
+                Ok(KernelInfo {
+                    name: k.name.clone(),
+                    params: k.params.clone(),
+                    grid: [now.grid, 1, 1],
+                    block: [now.block, 1, 1],
+                    shared_bytes: now.shared_bytes,
+                    max_regs: k.max_regs,
+                    geometry: k.geometry,
+                    launch: k.launch.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, PtxError>>()?;
+        Ok(Manifest {
+            spec: self.spec.clone(),
+            arch: self.arch.clone(),
+            dtype: self.dtype.clone(),
+            max_tokens: self.max_tokens,
+            tokens: sizes.tokens(),
+            batch: sizes.batch,
+            seq_len: sizes.queries,
+            segments: sizes.segments.iter().map(|&(a, b)| [a, b]).collect(),
+            seg_columns: self.seg_columns.clone(),
+            buffers: self.buffers(plan, sizes)?,
+            kernels,
+        })
+    }
+}
+
 /// The element type of plan tensor `t` on the GPU: inputs in the problem's dtype, the rest as
 /// the plan declares them (f32 results and scratch, i32 indices).
 fn gpu_elem(t: &ir::Tensor, dtype: DType) -> String {
@@ -245,21 +340,14 @@ fn gpu_role(role: Role) -> Option<BufferRole> {
 }
 
 /// The buffers of the manifest for a call of `sizes`: the plan's inputs and outputs, the plan's
-/// scratch tensors some kernel reads or writes (the top-n kernels keep their `scores_<s>` to
-/// themselves), then the backend's scratch, all in declaration order.
+/// scratch tensors some kernel reads or writes (`used`: the top-n kernels keep their
+/// `scores_<s>` to themselves), then the backend's scratch, all in declaration order.
 fn buffers(
     plan: &Plan,
     sizes: &Sizes,
     program: &Program,
-    outs: &[KernelOut],
+    used: impl Fn(&str) -> bool,
 ) -> Result<Vec<BufferInfo>, PtxError> {
-    let used = |name: &str| {
-        outs.iter().any(|k| {
-            k.params
-                .iter()
-                .any(|p| matches!(p, Param::Buffer { name: n } if n == name))
-        })
-    };
     let mut out = Vec::new();
     for (i, t) in plan.tensors.iter().enumerate() {
         let role = gpu_role(t.role).ok_or_else(|| {
@@ -506,15 +594,14 @@ fn generate(program: &Program, variant: &GpuVariant) -> Vec<KernelOut> {
         .collect()
 }
 
-/// PTX text and launch manifest for `plan` with `variant`, targeting `arch`. The PTX does not
-/// depend on `sizes` (the plan has no lengths); the manifest's buffers and evaluated launches
-/// are those of a call of `sizes`.
-pub fn emit_plan(
+/// PTX text and the length-free manifest of `plan` with `variant`, targeting `arch`: one
+/// module serves every call, each call's launches and buffers follow from the
+/// [`ModuleManifest`].
+pub fn emit_module(
     plan: &Plan,
-    sizes: &Sizes,
     variant: &GpuVariant,
     arch: Arch,
-) -> Result<(String, Manifest), PtxError> {
+) -> Result<(String, ModuleManifest), PtxError> {
     variant
         .validate()
         .map_err(|e| PtxError::BadVariant(e.to_string()))?;
@@ -522,45 +609,44 @@ pub fn emit_plan(
     let outs = generate(&program, variant);
     let texts: Vec<String> = outs.iter().map(|k| k.ptx.clone()).collect();
     let ptx = builder::module(arch.target(), &texts);
-    let call = CallSizes::of(sizes);
-    let mut kernels = Vec::new();
-    for k in &outs {
-        let name = k
-            .ptx
-            .lines()
-            .next()
-            .and_then(|l| l.strip_prefix(".visible .entry "))
-            .map(|l| l.trim_end_matches('(').to_string())
-            .unwrap_or_default();
-        let now = k
-            .launch
-            .geometry
-            .evaluate(&k.params, call, program.max_tokens)?;
-        kernels.push(KernelInfo {
-            name,
+    let kernels = outs
+        .iter()
+        .map(|k| KernelDecl {
+            name: k
+                .ptx
+                .lines()
+                .next()
+                .and_then(|l| l.strip_prefix(".visible .entry "))
+                .map(|l| l.trim_end_matches('(').to_string())
+                .unwrap_or_default(),
             params: k.params.clone(),
-            grid: [now.grid, 1, 1],
-            block: [now.block, 1, 1],
-            shared_bytes: now.shared_bytes,
             max_regs: k.max_regs,
             geometry: k.launch.geometry,
             launch: k.launch.formula.clone(),
-        });
-    }
-    let manifest = Manifest {
+        })
+        .collect();
+    let manifest = ModuleManifest {
         spec: plan.name.clone(),
         arch: arch.target().to_string(),
         dtype: plan.consts.dtype.name().to_string(),
         max_tokens: program.max_tokens,
-        tokens: sizes.tokens(),
-        batch: sizes.batch,
-        seq_len: sizes.queries,
-        segments: sizes.segments.iter().map(|&(a, b)| [a, b]).collect(),
         seg_columns: seg_columns(plan),
-        buffers: buffers(plan, sizes, &program, &outs)?,
         kernels,
     };
     Ok((ptx, manifest))
+}
+
+/// PTX text and launch manifest for `plan` with `variant`, targeting `arch`. The PTX does not
+/// depend on `sizes` (the plan has no lengths); the manifest's buffers and evaluated launches
+/// are those of a call of `sizes` ([`emit_module`], then [`ModuleManifest::for_call`]).
+pub fn emit_plan(
+    plan: &Plan,
+    sizes: &Sizes,
+    variant: &GpuVariant,
+    arch: Arch,
+) -> Result<(String, Manifest), PtxError> {
+    let (ptx, module) = emit_module(plan, variant, arch)?;
+    Ok((ptx, module.for_call(plan, sizes)?))
 }
 
 /// [`emit_plan`] of the plan of `spec` for `shape`'s heads, head dims and dtype, with the

@@ -72,6 +72,18 @@ impl CudaDevice {
         })))
     }
 
+    /// The device's stream (the context's default stream): where device tensors' work goes
+    /// unless they are given another.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// The device's CUDA context (the primary context, shared with other libraries on the
+    /// device): to make streams or buffers for device tensors.
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
     /// The device's name, e.g. "NVIDIA H100 80GB HBM3".
     pub fn name(&self) -> &str {
         &self.name

@@ -1,42 +1,35 @@
-//! A compiled plan on a CUDA device: buffers per the PTX manifest (which lists the plan's
-//! tensors and the backend's scratch), kernels launched in order with their launch geometry and
-//! `u32` size parameters evaluated for the call, outputs read back from the plan's `Out`
-//! tensors under the oracle's names (`o`, `o_<b>`, `idx_<b>`). The PTX does not depend on the
-//! problem's lengths, so modules are cached by their text and shared by every shape.
+//! A compiled plan on a CUDA device: one PTX module per (plan, Variant), serving every call.
+//! The PTX holds no length; each call's launches (grid, shared memory, `u32` sizes) and buffer
+//! layout follow from the length-free [`ModuleManifest`] and the call's [`Sizes`], which the
+//! [`DeviceTensors`] carry. Upload once and launch many times, or [`CudaKernel::run`] to do
+//! all of it and read the outputs back.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys::CUfunction_attribute;
-use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
-use nsac_compiler::ir::{Op, Plan, Sizes};
+use cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
+use nsac_compiler::ir::{Op, Plan, Sizes, TensorId};
 use nsac_compiler::ptx::{
-    BufferRole, CallSizes, GpuVariant, LaunchDims, Manifest, Param, PtxError, emit_plan,
-    segment_table,
+    BufferInfo, CallSizes, GpuVariant, LaunchDims, Manifest, ModuleManifest, Param, PtxError,
+    emit_module, segment_table,
 };
 use nsac_dsl::Spec;
 use nsac_dsl::problem::{DType, Shape};
 use nsac_kernels::io::{Inputs, Tensor};
 
+use super::tensors::{DeviceTensors, TensorsError, check_sizes};
 use super::{CudaDevice, CudaError, driver, time_on_stream};
 use crate::bench::median;
 use crate::contract::ContractError;
+use crate::tensor_io::HostTensor;
 
-/// What one GPU call produces (f32 outputs, int32 indices).
+/// What one GPU call produces (f32 outputs, int32 indices), by branch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CudaOutput {
     pub o: Tensor<f32>,
     pub branches: BTreeMap<String, Tensor<f32>>,
     pub selected: BTreeMap<String, Tensor<i32>>,
-}
-
-/// Device buffers laid out by one manifest, inputs uploaded: every Variant of a spec on a shape
-/// has the same buffers, so a tuner uploads once and times every candidate on them.
-pub struct DeviceBuffers {
-    layout: Vec<nsac_compiler::ptx::BufferInfo>,
-    slices: BTreeMap<String, CudaSlice<u8>>,
-    /// Every kernel's launch for these buffers' problem.
-    launches: Vec<LaunchDims>,
 }
 
 /// Median time of one kernel over timed runs.
@@ -46,14 +39,13 @@ pub struct KernelTime {
     pub median_ms: f32,
 }
 
-/// A plan compiled for one variant on one device, with the sizes of the call its buffers are
-/// laid out for.
+/// A plan compiled for one Variant on one device; it launches the [`DeviceTensors`] of any
+/// call of its plan.
 pub struct CudaKernel {
     device: Arc<CudaDevice>,
-    plan: Plan,
-    sizes: Sizes,
+    plan: Arc<Plan>,
     variant: GpuVariant,
-    manifest: Manifest,
+    manifest: ModuleManifest,
     ptx: String,
     functions: Vec<CudaFunction>,
     /// The dynamic shared bytes each function is allowed so far (raised when a call needs more
@@ -86,27 +78,19 @@ pub fn round_inputs(inputs: &Inputs, dtype: DType) -> Inputs {
         .collect()
 }
 
-fn to_bytes(data: &[f32], dtype: DType) -> Vec<u8> {
-    match dtype {
-        DType::F32 => data.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        DType::F16 => data
-            .iter()
-            .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
-            .collect(),
-        DType::Bf16 => data
-            .iter()
-            .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
-            .collect(),
-    }
-}
-
 /// The dynamic shared memory every kernel may use without opting in.
 const DEFAULT_SHARED: u32 = 48 * 1024;
 
+fn contract(e: ContractError) -> CudaError {
+    match e {
+        ContractError::Input(e) => CudaError::Input(e),
+        ContractError::Sizes(e) => CudaError::Ptx(PtxError::Sizes(e)),
+    }
+}
+
 impl CudaKernel {
-    /// Builds the plan of `spec` on `shape` (they are used for nothing else), generates its
-    /// PTX with `variant` and loads it (cached per device by the PTX text, which is the same
-    /// for every length and packing).
+    /// Builds the plan of `spec` for `shape`'s heads, head dims and dtype (its lengths are used
+    /// for nothing), generates its PTX with `variant` and loads it.
     pub fn compile(
         device: &Arc<CudaDevice>,
         spec: &Spec,
@@ -114,18 +98,17 @@ impl CudaKernel {
         variant: &GpuVariant,
     ) -> Result<CudaKernel, CudaError> {
         let plan = Plan::for_shape(spec, shape).map_err(PtxError::from)?;
-        Self::compile_plan(device, plan, Sizes::of(shape), variant)
+        Self::compile_plan(device, plan, variant)
     }
 
-    /// Generates PTX for `plan` with `variant` and loads it (cached per device); buffers are
-    /// laid out for a call of `sizes`.
+    /// Generates PTX for `plan` with `variant` and loads it (cached per device by the PTX
+    /// text).
     pub fn compile_plan(
         device: &Arc<CudaDevice>,
         plan: Plan,
-        sizes: Sizes,
         variant: &GpuVariant,
     ) -> Result<CudaKernel, CudaError> {
-        let (ptx, manifest) = emit_plan(&plan, &sizes, variant, device.arch())?;
+        let (ptx, manifest) = emit_module(&plan, variant, device.arch())?;
         let module = device.module(&ptx, &plan.name)?;
         let mut functions = Vec::new();
         for k in &manifest.kernels {
@@ -138,8 +121,7 @@ impl CudaKernel {
         let shared_allowed = Mutex::new(vec![DEFAULT_SHARED; functions.len()]);
         Ok(CudaKernel {
             device: device.clone(),
-            plan,
-            sizes,
+            plan: Arc::new(plan),
             variant: *variant,
             manifest,
             ptx,
@@ -178,9 +160,9 @@ impl CudaKernel {
         Ok(())
     }
 
-    /// Every kernel's launch for `sizes`, with the shared memory each needs allowed.
-    fn launches(&self, sizes: CallSizes) -> Result<Vec<LaunchDims>, CudaError> {
-        let launches = self.manifest.launches(sizes)?;
+    /// Every kernel's launch for a call of `sizes`, with the shared memory each needs allowed.
+    fn launches(&self, sizes: &Sizes) -> Result<Vec<LaunchDims>, CudaError> {
+        let launches = self.manifest.launches(CallSizes::of(sizes))?;
         for (i, l) in launches.iter().enumerate() {
             self.allow_shared(i, l.shared_bytes)?;
         }
@@ -197,18 +179,24 @@ impl CudaKernel {
         &self.variant
     }
 
-    /// Checks that `inputs` holds exactly the plan's `In` tensors, with their shapes for the
-    /// kernel's sizes and finite values.
-    fn check_inputs(&self, inputs: &Inputs) -> Result<(), CudaError> {
-        crate::contract::check_inputs(&self.plan, &self.sizes, inputs).map_err(|e| match e {
-            ContractError::Input(e) => CudaError::Input(e),
-            ContractError::Sizes(e) => CudaError::Ptx(PtxError::Sizes(e)),
-        })
+    /// The device the kernels are loaded on.
+    pub fn device(&self) -> &Arc<CudaDevice> {
+        &self.device
     }
 
-    /// The launch manifest.
-    pub fn manifest(&self) -> &Manifest {
+    /// The length-free launch manifest: kernels, their parameters and launch formulas.
+    pub fn manifest(&self) -> &ModuleManifest {
         &self.manifest
+    }
+
+    /// The launch manifest of a call of `sizes` (its launches and buffers).
+    pub fn manifest_for(&self, sizes: &Sizes) -> Result<Manifest, CudaError> {
+        Ok(self.manifest.for_call(&self.plan, sizes)?)
+    }
+
+    /// The buffers of a call of `sizes`, in the manifest's order.
+    pub fn layout(&self, sizes: &Sizes) -> Result<Vec<BufferInfo>, CudaError> {
+        Ok(self.manifest.buffers(&self.plan, sizes)?)
     }
 
     /// The PTX text that was loaded.
@@ -216,61 +204,68 @@ impl CudaKernel {
         &self.ptx
     }
 
-    /// Allocates this kernel's buffers and copies `inputs` (converted to the shape's dtype) in.
-    pub fn upload(&self, inputs: &Inputs) -> Result<DeviceBuffers, CudaError> {
-        self.check_inputs(inputs)?;
-        let launches = self.launches(CallSizes::of(&self.sizes))?;
-        let dtype = self.plan.consts.dtype;
-        let stream = &self.device.stream;
-        let mut bufs = BTreeMap::new();
-        for b in &self.manifest.buffers {
-            let slice = match b.role {
-                BufferRole::Input => {
-                    let t = inputs.get(&b.name).ok_or_else(|| {
-                        CudaError::Manifest(format!("no input for buffer `{}`", b.name))
-                    })?;
-                    let bytes = to_bytes(&t.data, dtype);
-                    driver(
-                        || format!("copying input `{}` to the device", b.name),
-                        stream.clone_htod(&bytes),
-                    )?
-                }
-                BufferRole::Segments => {
-                    let seg: Vec<u8> = segment_table(&self.plan, &self.sizes)
-                        .iter()
-                        .flat_map(|x| x.to_le_bytes())
-                        .collect();
-                    driver(|| "copying segments".into(), stream.clone_htod(&seg))?
-                }
-                // (at least one element: a problem may have no compressed token)
-                BufferRole::Scratch | BufferRole::Output => driver(
-                    || format!("allocating buffer `{}`", b.name),
-                    stream.alloc_zeros::<u8>(b.numel().max(1) * b.elem_bytes()),
-                )?,
-            };
-            bufs.insert(b.name.clone(), slice);
-        }
-        Ok(DeviceBuffers {
-            layout: self.manifest.buffers.clone(),
-            slices: bufs,
-            launches,
-        })
+    /// Allocates the buffers of a call of `sizes` on the device's stream: the segment table
+    /// uploaded, scratch and outputs zeroed, inputs unbound (set them with
+    /// [`DeviceTensors::set_input`], [`DeviceTensors::bind_input`] or
+    /// [`DeviceTensors::bind_input_raw`]). Fails before allocating when `sizes` is not a
+    /// forward call (segments partitioning each row) or more than the kernels can index.
+    pub fn alloc<'a>(&self, sizes: &Sizes) -> Result<DeviceTensors<'a>, CudaError> {
+        check_sizes(sizes)?;
+        self.manifest.launches(CallSizes::of(sizes))?;
+        let layout = self.layout(sizes)?;
+        DeviceTensors::allocate(
+            self.plan.clone(),
+            sizes.clone(),
+            layout,
+            &segment_table(&self.plan, sizes),
+            self.device.stream.clone(),
+        )
     }
 
-    fn launch_all(&self, bufs: &DeviceBuffers, only: Option<usize>) -> Result<(), CudaError> {
-        if bufs.layout != self.manifest.buffers {
-            return Err(CudaError::Manifest(
-                "the buffers were uploaded for another spec or shape".into(),
-            ));
+    /// [`CudaKernel::alloc`], then uploads `inputs` (f32 host tensors converted to the plan's
+    /// dtype; exactly the plan's inputs, shaped for `sizes`, finite).
+    pub fn upload<'a>(
+        &self,
+        sizes: &Sizes,
+        inputs: &Inputs,
+    ) -> Result<DeviceTensors<'a>, CudaError> {
+        crate::contract::check_inputs(&self.plan, sizes, inputs).map_err(contract)?;
+        let mut tensors = self.alloc(sizes)?;
+        for (name, t) in inputs {
+            tensors.set_input(name, t)?;
         }
-        let (slices, launches) = (&bufs.slices, &bufs.launches);
-        let stream = &self.device.stream;
+        Ok(tensors)
+    }
+
+    /// Enqueues every kernel on the tensors' stream: no wait and no copy back (read the outputs
+    /// with [`DeviceTensors::download`] or hand on [`DeviceTensors::output`]). Each launch is
+    /// checked; a kernel that fails while running surfaces at the next wait.
+    pub fn launch(&self, tensors: &DeviceTensors<'_>) -> Result<(), CudaError> {
+        self.launch_kernels(tensors, None)
+    }
+
+    fn launch_kernels(
+        &self,
+        tensors: &DeviceTensors<'_>,
+        only: Option<usize>,
+    ) -> Result<(), CudaError> {
+        // Tensors of the same plan have the same buffers under the same names and shapes for
+        // their sizes whatever the Variant; each kernel looks its buffers up by name.
+        if !(Arc::ptr_eq(tensors.plan(), &self.plan) || **tensors.plan() == *self.plan) {
+            return Err(TensorsError::OtherPlan.into());
+        }
+        let stream = tensors.stream();
+        if stream.context().cu_ctx() != self.device.ctx.cu_ctx() {
+            return Err(TensorsError::OtherContext("the tensors' stream".into()).into());
+        }
+        tensors.check_bound()?;
+        let launches = self.launches(tensors.sizes())?;
         for (i, ((k, f), l)) in self
             .manifest
             .kernels
             .iter()
             .zip(&self.functions)
-            .zip(launches)
+            .zip(&launches)
             .enumerate()
         {
             if only.is_some_and(|o| o != i) {
@@ -279,13 +274,7 @@ impl CudaKernel {
             let mut args = stream.launch_builder(f);
             for p in &k.params {
                 if let Param::Buffer { name } = p {
-                    let b = slices.get(name).ok_or_else(|| {
-                        CudaError::Manifest(format!(
-                            "kernel `{}` reads unknown buffer `{name}`",
-                            k.name
-                        ))
-                    })?;
-                    args.arg(b);
+                    tensors.push_arg(&mut args, name)?;
                 }
             }
             for x in &l.scalars {
@@ -297,9 +286,10 @@ impl CudaKernel {
                 shared_mem_bytes: l.shared_bytes,
             };
             // SAFETY: the parameters are exactly the kernel's parameters, in order: device
-            // buffers sized by the manifest of the problem they were uploaded for, then its
-            // `u32` sizes for that problem, evaluated with the launch (checked against the
-            // kernels' 32-bit index limit).
+            // buffers laid out by the manifest for the tensors' sizes (owned ones allocated so,
+            // borrowed ones checked to hold exactly their bytes), then its `u32` sizes for
+            // those sizes, evaluated with the launch (checked against the kernels' 32-bit
+            // index limit).
             unsafe { args.launch(cfg) }.map_err(|source| CudaError::Launch {
                 kernel: k.name.clone(),
                 grid: l.grid,
@@ -311,61 +301,48 @@ impl CudaKernel {
         Ok(())
     }
 
-    fn download_f32(&self, bufs: &DeviceBuffers, name: &str) -> Result<Tensor<f32>, CudaError> {
-        let (bytes, shape) = self.download(bufs, name)?;
-        let data = bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        Ok(Tensor { shape, data })
+    /// Runs the plan on `inputs` for a call of `sizes`: uploads, launches, waits and reads
+    /// every output back.
+    pub fn run(&self, sizes: &Sizes, inputs: &Inputs) -> Result<CudaOutput, CudaError> {
+        let tensors = self.upload(sizes, inputs)?;
+        self.launch(&tensors)?;
+        tensors.synchronize()?;
+        self.outputs(&tensors)
     }
 
-    fn download(
-        &self,
-        bufs: &DeviceBuffers,
-        name: &str,
-    ) -> Result<(Vec<u8>, Vec<usize>), CudaError> {
-        let info = self
-            .manifest
-            .buffer(name)
-            .ok_or_else(|| CudaError::Manifest(format!("no buffer `{name}`")))?;
-        let b = bufs
-            .slices
-            .get(name)
-            .ok_or_else(|| CudaError::Manifest(format!("buffer `{name}` not allocated")))?;
-        let bytes = driver(
-            || format!("copying output `{name}` to the host"),
-            self.device.stream.clone_dtoh(b),
-        )?;
-        Ok((bytes, info.shape.clone()))
-    }
-
-    /// Runs the spec on `inputs` (f32 host tensors, converted to the shape's dtype).
-    pub fn run(&self, inputs: &Inputs) -> Result<CudaOutput, CudaError> {
-        let bufs = self.upload(inputs)?;
-        self.launch_all(&bufs, None)?;
-        driver(
-            || "waiting for the kernels".into(),
-            self.device.stream.synchronize(),
-        )?;
-        let name = |id| self.plan.tensor(id).name.as_str();
+    /// The outputs of `tensors` by branch: `o`, each branch's `o_<b>`, each select branch's
+    /// `idx_<b>`.
+    pub fn outputs(&self, tensors: &DeviceTensors<'_>) -> Result<CudaOutput, CudaError> {
+        let name = |id: TensorId| self.plan.tensor(id).name.as_str();
+        let f32s = |id: TensorId| -> Result<Tensor<f32>, CudaError> {
+            match tensors.download(name(id))? {
+                HostTensor::F32(t) => Ok(t),
+                _ => Err(CudaError::Manifest(format!(
+                    "output `{}` is not f32",
+                    name(id)
+                ))),
+            }
+        };
         let mut o = None;
         let mut branches = BTreeMap::new();
         let mut selected = BTreeMap::new();
         for op in &self.plan.ops {
             match op {
                 Op::Attend(a) => {
-                    branches.insert(a.branch.clone(), self.download_f32(&bufs, name(a.out))?);
+                    branches.insert(a.branch.clone(), f32s(a.out)?);
                 }
-                Op::TopK(t) => {
-                    let (bytes, shape) = self.download(&bufs, name(t.idx))?;
-                    let data = bytes
-                        .chunks_exact(4)
-                        .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                        .collect();
-                    selected.insert(t.branch.clone(), Tensor { shape, data });
-                }
-                Op::Combine(c) => o = Some(self.download_f32(&bufs, name(c.out))?),
+                Op::TopK(t) => match tensors.download(name(t.idx))? {
+                    HostTensor::I32(idx) => {
+                        selected.insert(t.branch.clone(), idx);
+                    }
+                    _ => {
+                        return Err(CudaError::Manifest(format!(
+                            "output `{}` is not i32",
+                            name(t.idx)
+                        )));
+                    }
+                },
+                Op::Combine(c) => o = Some(f32s(c.out)?),
                 Op::Pool(_) | Op::Score(_) => {}
             }
         }
@@ -377,35 +354,34 @@ impl CudaKernel {
         })
     }
 
-    /// Runs every kernel once on `bufs` and returns the device time in milliseconds, measured
-    /// with CUDA events on the device's stream.
-    pub fn time_once(&self, bufs: &DeviceBuffers) -> Result<f32, CudaError> {
-        self.timed(|| self.launch_all(bufs, None))
-    }
-
-    fn timed(&self, launch: impl FnOnce() -> Result<(), CudaError>) -> Result<f32, CudaError> {
-        time_on_stream(&self.device.stream, launch)
+    /// Runs every kernel once on `tensors` and returns the device time in milliseconds,
+    /// measured with CUDA events on the tensors' stream.
+    pub fn time_once(&self, tensors: &DeviceTensors<'_>) -> Result<f32, CudaError> {
+        time_on_stream(tensors.stream(), || self.launch(tensors))
     }
 
     /// Median wall time of the whole call and of each kernel over `iters` timed runs after
-    /// `warmup` runs, measured with CUDA events on the device's stream.
+    /// `warmup` runs on `inputs` for a call of `sizes`, measured with CUDA events.
     pub fn time(
         &self,
+        sizes: &Sizes,
         inputs: &Inputs,
         warmup: usize,
         iters: usize,
     ) -> Result<(f32, Vec<KernelTime>), CudaError> {
-        let bufs = self.upload(inputs)?;
+        let tensors = self.upload(sizes, inputs)?;
         for _ in 0..warmup {
-            self.launch_all(&bufs, None)?;
+            self.launch(&tensors)?;
         }
         let whole = (0..iters.max(1))
-            .map(|_| self.time_once(&bufs))
+            .map(|_| self.time_once(&tensors))
             .collect::<Result<Vec<f32>, _>>()?;
         let mut per = Vec::new();
         for (i, k) in self.manifest.kernels.iter().enumerate() {
             let ts = (0..iters.max(1))
-                .map(|_| self.timed(|| self.launch_all(&bufs, Some(i))))
+                .map(|_| {
+                    time_on_stream(tensors.stream(), || self.launch_kernels(&tensors, Some(i)))
+                })
                 .collect::<Result<Vec<f32>, _>>()?;
             per.push(KernelTime {
                 kernel: k.name.clone(),

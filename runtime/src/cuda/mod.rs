@@ -1,15 +1,21 @@
 //! The CUDA device: generated PTX loaded through cudarc's driver API, dynamically loaded so
 //! that building needs no CUDA and the GPU is found at run time. Modules are cached per PTX
-//! text on the device (one module serves every length and packing of a spec and variant). Every CUDA call is checked; errors name the kernel and
-//! its launch configuration.
+//! text on the device (one module serves every length and packing of a spec and variant); a
+//! call's buffers live in [`DeviceTensors`], so inputs stay on the device across launches.
+//! Every CUDA call is checked; errors name the kernel and its launch configuration.
 
 mod ceiling;
 mod device;
 mod kernel;
+mod tensors;
 
 pub use ceiling::GpuCeiling;
+/// The cudarc this crate links, whose streams and device buffers [`DeviceTensors`] take.
+pub use cudarc;
+pub use cudarc::driver::{CudaSlice, CudaStream, sys::CUdeviceptr};
 pub use device::CudaDevice;
-pub use kernel::{CudaKernel, CudaOutput, DeviceBuffers, KernelTime, round_inputs};
+pub use kernel::{CudaKernel, CudaOutput, KernelTime, round_inputs};
+pub use tensors::{DeviceTensors, INPUT_ALIGN, TensorsError};
 
 use nsac_compiler::ptx::PtxError;
 use nsac_kernels::io::InputError;
@@ -38,6 +44,8 @@ pub enum CudaError {
     Ptx(#[from] PtxError),
     #[error(transparent)]
     Input(#[from] InputError),
+    #[error(transparent)]
+    Tensors(#[from] TensorsError),
     #[error(
         "kernel `{kernel}` needs {needed} B of shared memory per block for this call, the device allows {available} B (the top-n score arrays grow with the longest segment: shorten it, or lower the GPU variant's score_tokens)"
     )]

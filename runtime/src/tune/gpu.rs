@@ -51,7 +51,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use nsac_compiler::ir::{Op, Plan};
+use nsac_compiler::ir::{Op, Plan, Sizes};
 use nsac_compiler::ptx::{Arch, GpuVariant, emit_ptx};
 use nsac_dsl::Spec;
 use nsac_dsl::problem::{DType, Shape};
@@ -66,7 +66,7 @@ use super::key::TuneKey;
 use super::limits::{BlockNeeds, GpuLimits};
 use super::space::{Dimension, Point, PruneReason, VariantSpace};
 use super::tuner::{BenchError, Benchmark, Progress, TuneOptions};
-use crate::cuda::{CudaDevice, CudaError, CudaKernel, DeviceBuffers};
+use crate::cuda::{CudaDevice, CudaError, CudaKernel, DeviceTensors};
 
 /// The values each knob may take (before pruning).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -310,15 +310,15 @@ pub struct GpuBench {
     device: Arc<CudaDevice>,
     spec: Spec,
     shape: Shape,
-    buffers: DeviceBuffers,
+    tensors: DeviceTensors<'static>,
     check_shape: Shape,
     cases: Vec<CheckCase>,
 }
 
 impl GpuBench {
-    /// A benchmark of `spec` on `shape` (random inputs made and uploaded once, with the default
-    /// Variant's buffer layout, which every Variant shares), with the oracle's answers on the
-    /// check problem computed up front.
+    /// A benchmark of `spec` on `shape` (random inputs made and uploaded once: every Variant of
+    /// the plan launches the same device tensors, each with its own launch geometry), with the
+    /// oracle's answers on the check problem computed up front.
     pub fn new(
         device: &Arc<CudaDevice>,
         spec: &Spec,
@@ -329,12 +329,12 @@ impl GpuBench {
         let check_shape = check_shape(spec, shape, check_seq_len(&plan)).map_err(Mismatch::from)?;
         let cases = check_cases(spec, &check_shape, Some(shape.dtype)).map_err(Mismatch::from)?;
         let layout = CudaKernel::compile(device, spec, shape, &GpuVariant::default())?;
-        let buffers = layout.upload(&random_inputs(spec, shape, 0x1234))?;
+        let tensors = layout.upload(&Sizes::of(shape), &random_inputs(spec, shape, 0x1234))?;
         Ok(GpuBench {
             device: device.clone(),
             spec: spec.clone(),
             shape: shape.clone(),
-            buffers,
+            tensors,
             check_shape,
             cases,
         })
@@ -348,8 +348,9 @@ impl GpuBench {
     /// Runs `variant` on every check seed and compares it with the oracle.
     pub fn check_variant(&self, variant: &GpuVariant) -> Result<(), GpuCheckError> {
         let kernel = CudaKernel::compile(&self.device, &self.spec, &self.check_shape, variant)?;
+        let sizes = Sizes::of(&self.check_shape);
         for case in &self.cases {
-            let got = kernel.run(&case.inputs)?;
+            let got = kernel.run(&sizes, &case.inputs)?;
             let produced = Produced {
                 o: &got.o,
                 branches: &got.branches,
@@ -375,7 +376,7 @@ impl Benchmark<GpuVariant> for GpuBench {
     }
 
     fn time_once(&self, kernel: &mut CudaKernel) -> Result<Duration, BenchError> {
-        let ms = kernel.time_once(&self.buffers)?;
+        let ms = kernel.time_once(&self.tensors)?;
         Ok(Duration::from_secs_f64(f64::from(ms) * 1e-3))
     }
 
