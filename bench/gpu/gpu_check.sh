@@ -42,7 +42,7 @@ if [[ $MODE == cpu-ab ]]; then
   # host's otherwise idle CPUs: nsa-fla and nsa-paper at T=16384, heads 16/1, dim 64.
   ROUNDS=${2:-3}
   for round in $(seq "$ROUNDS"); do
-    for spec in nsa-fla nsa-paper; do
+    for spec in ${SPECS:-nsa-fla nsa-paper}; do
       for bin in nsac-old nsac; do
         echo "== $bin $spec round $round"
         taskset -c 2,3 timeout 150 $D/$bin bench kernels/$spec.nsa --seq 16384 --heads 16/1 \
