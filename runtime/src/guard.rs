@@ -40,19 +40,24 @@ pub const LIMIT: f64 = f32::MAX as f64 / 1024.0;
 /// The largest scale·max‖q‖·max‖K‖ (see the module doc).
 pub const SCORE_LIMIT: f64 = 4096.0;
 
-/// The largest Euclidean norm of the rows of `dim` consecutive values of `data`.
-fn max_row_norm(data: &[f32], dim: usize) -> f64 {
-    if dim == 0 {
-        return 0.0;
-    }
-    data.chunks(dim)
-        .map(|row| {
-            row.iter()
-                .map(|&x| f64::from(x) * f64::from(x))
-                .sum::<f64>()
-                .sqrt()
+/// max |x| and the largest Euclidean norm of the rows of `dim` consecutive values of `data`,
+/// in one pass, in parallel over blocks of rows (the guard runs on every call, so it must cost
+/// a small fraction of the kernel's time).
+fn magnitudes(data: &[f32], dim: usize) -> (f64, f64) {
+    use rayon::prelude::*;
+    let dim = dim.max(1);
+    let (m, sq) = data
+        .par_chunks(dim * 1024)
+        .map(|block| {
+            block.chunks(dim).fold((0.0f64, 0.0f64), |(m, n), row| {
+                let (rm, sq) = row.iter().fold((0.0f32, 0.0f64), |(rm, sq), &x| {
+                    (rm.max(x.abs()), sq + f64::from(x) * f64::from(x))
+                });
+                (m.max(f64::from(rm)), n.max(sq))
+            })
         })
-        .fold(0.0, f64::max)
+        .reduce(|| (0.0, 0.0), |a, b| (a.0.max(b.0), a.1.max(b.1)));
+    (m, sq.sqrt())
 }
 
 /// The smallest non-zero magnitude of a branch's values (see the module doc).
@@ -108,13 +113,13 @@ pub fn check(
         Arithmetic::F32 => ("f32", dtype_max(DType::F32)),
         Arithmetic::Inputs(d) => (d.name(), dtype_max(d)),
     };
-    let max = |t: &str| -> f64 {
-        inputs.get(t).map_or(0.0, |t| {
-            t.data
-                .iter()
-                .fold(0.0f64, |m, &x| m.max(f64::from(x).abs()))
-        })
-    };
+    // max |x| and the largest row norm (rows of Dqk) of every input, each scanned once.
+    let dqk_rows = plan.consts.dqk;
+    let stats: std::collections::BTreeMap<&str, (f64, f64)> = inputs
+        .iter()
+        .map(|(name, t)| (*name, magnitudes(t.data, dqk_rows)))
+        .collect();
+    let max = |t: &str| -> f64 { stats.get(t).map_or(0.0, |s| s.0) };
     let fail = |tensor: &str, what: String, value: f64, bound: f64| GuardError {
         tensor: tensor.to_string(),
         direction: "large",
@@ -142,7 +147,7 @@ pub fn check(
     let scale = d.scale;
     let longest = sizes.max_segment() as f64;
     let q = max("q");
-    let norm = |t: &str| inputs.get(t).map_or(0.0, |t| max_row_norm(t.data, d.dqk));
+    let norm = |t: &str| stats.get(t).map_or(0.0, |s| s.1);
     let qn = norm("q");
     let tname = |id: TensorId| plan.tensor(id).name.clone();
     let combine = plan.ops.iter().find_map(|op| match op {

@@ -190,7 +190,8 @@ fn compiled_device() -> impl TypedValueParser<Value = DeviceArg> {
 pub struct BudgetArgs {
     /// The most bytes of host memory the problem may need (inputs, outputs and scratch, counted
     /// from the shape before anything is allocated), e.g. `16GiB`, `500M` or `1000000`
-    /// (K/M/G/T are powers of 1024). Default: 8 GiB, or half of this machine's memory if less.
+    /// (K/M/G/T are powers of 1024). Default: half of this machine's memory (8 GiB where it
+    /// cannot be read).
     #[arg(long, value_name = "BYTES", env = "NSAC_MAX_BYTES", value_parser = parse_bytes)]
     pub max_bytes: Option<u64>,
 }

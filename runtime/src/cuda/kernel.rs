@@ -16,7 +16,7 @@ use nsac_compiler::ptx::{
 };
 use nsac_dsl::Spec;
 use nsac_dsl::problem::{DType, Shape};
-use nsac_kernels::io::{Inputs, Tensor};
+use nsac_kernels::io::{Inputs, Tensor, input_refs};
 
 use super::tensors::{DeviceTensors, TensorsError, check_sizes};
 use super::{CudaDevice, CudaError, driver, time_on_stream};
@@ -223,13 +223,17 @@ impl CudaKernel {
     }
 
     /// [`CudaKernel::alloc`], then uploads `inputs` (f32 host tensors converted to the plan's
-    /// dtype; exactly the plan's inputs, shaped for `sizes`, finite).
+    /// dtype; exactly the plan's inputs, shaped for `sizes`, finite, and within the magnitudes
+    /// the dtype and f32 accumulation represent: `crate::guard`). Inputs replaced later with
+    /// `set_input` or bound from device memory are checked for shape only.
     pub fn upload<'a>(
         &self,
         sizes: &Sizes,
         inputs: &Inputs,
     ) -> Result<DeviceTensors<'a>, CudaError> {
         crate::contract::check_inputs(&self.plan, sizes, inputs).map_err(contract)?;
+        let arith = crate::guard::Arithmetic::Inputs(self.plan.consts.dtype);
+        crate::guard::check(&self.plan, sizes, &input_refs(inputs), arith)?;
         let mut tensors = self.alloc(sizes)?;
         for (name, t) in inputs {
             tensors.set_input(name, t)?;

@@ -46,6 +46,8 @@ pub enum CudaError {
     Input(#[from] InputError),
     #[error(transparent)]
     Tensors(#[from] TensorsError),
+    #[error(transparent)]
+    Guard(#[from] Box<crate::guard::GuardError>),
     #[error(
         "kernel `{kernel}` needs {needed} B of shared memory per block for this call, the device allows {available} B (the top-n score arrays grow with the longest segment: shorten it, or lower the GPU variant's score_tokens)"
     )]
