@@ -366,7 +366,7 @@ impl CudaKernel {
                     selected.insert(t.branch.clone(), Tensor { shape, data });
                 }
                 Op::Combine(c) => o = Some(self.download_f32(&bufs, name(c.out))?),
-                Op::Pool(_) | Op::Score(_) => {}
+                _ => {}
             }
         }
         let o = o.ok_or_else(|| CudaError::Manifest("the plan has no combine".into()))?;
