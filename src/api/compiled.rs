@@ -20,6 +20,9 @@ use nsac_runtime::tensor_io::{HostTensor, TensorSet, reference_outputs};
 use super::Error;
 use super::choice::{VariantOrigin, VariantRequest, pick_cpu, pick_gpu};
 
+mod train;
+pub use train::{GradRun, NO_GPU_BACKWARD, TrainState};
+
 /// Where to run.
 #[derive(Debug, Clone, Default)]
 pub enum Device {
@@ -119,6 +122,8 @@ pub struct Compiled {
     /// compiled kernel serves every problem that picks the same Variant.
     cpu: Mutex<HashMap<CpuVariant, Arc<CpuKernel>>>,
     cuda: Mutex<HashMap<Shape, Arc<CudaEntry>>>,
+    /// CPU training kernels (forward + backward) by Variant (`train.rs`).
+    cpu_train: Mutex<HashMap<CpuVariant, Arc<CpuKernel>>>,
 }
 
 impl std::fmt::Debug for Compiled {
@@ -158,6 +163,7 @@ impl Compiled {
             backend,
             cpu: Mutex::new(HashMap::new()),
             cuda: Mutex::new(HashMap::new()),
+            cpu_train: Mutex::new(HashMap::new()),
         })
     }
 
