@@ -256,7 +256,7 @@ fn check_gradients(plan: &Plan) -> Result<(), VerifyError> {
                 continue;
             }
             let grad = plan.tensor_named(&format!("d{name}"));
-            if !grad.is_some_and(|g| plan.tensor(g).role == Role::Grad) {
+            if grad.is_none_or(|g| plan.tensor(g).role != Role::Grad) {
                 return Err(VerifyError::MissingGrad(name.clone()));
             }
         }
