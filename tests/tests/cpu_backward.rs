@@ -302,3 +302,45 @@ fn random_specs_fast_subset() {
 fn random_specs_sweep() {
     assert!(sweep(240, 0x5eed) >= 200);
 }
+
+#[test]
+fn the_backward_knobs_parse_validate_and_are_tuner_dimensions() {
+    use nsac_runtime::tune::VariantSpace;
+    use nsac_runtime::tune::cpu::{CpuCandidate, CpuKnobs, CpuSpace};
+    let v = CpuVariant::parse("bwd_key_tile=32,bwd_query_chunk=5").expect("valid");
+    assert_eq!((v.bwd_key_tile, v.bwd_query_chunk), (32, 5));
+    assert_eq!(CpuVariant::parse(&v.to_string()).expect("round trip"), v);
+    for bad in [
+        "bwd_key_tile=6",
+        "bwd_key_tile=0",
+        "bwd_key_tile=2048",
+        "bwd_query_chunk=0",
+    ] {
+        assert!(CpuVariant::parse(bad).is_err(), "{bad}");
+    }
+    let paper = cpu_common::nsa_paper();
+    let s = small(&paper, Problem::batched(1, 100));
+    let knobs = CpuKnobs {
+        bwd_key_tile: vec![32, 64, 6],
+        ..CpuKnobs::default()
+    };
+    let space = CpuSpace::with_cores(&s, knobs, 2);
+    let names: Vec<String> = space.dimensions().iter().map(|d| d.name.clone()).collect();
+    assert!(names.iter().any(|n| n == "bwd_key_tile"), "{names:?}");
+    assert!(names.iter().any(|n| n == "bwd_query_chunk"), "{names:?}");
+    let bad = CpuCandidate {
+        variant: CpuVariant {
+            rows: 2,
+            bwd_key_tile: 6,
+            ..CpuVariant::default()
+        },
+        threads: 1,
+    };
+    assert!(space.check(&bad).is_err());
+    // (rows ≤ the GQA group of 2)
+    let ok = CpuCandidate {
+        variant: CpuVariant { rows: 2, ..v },
+        threads: 1,
+    };
+    assert!(space.check(&ok).is_ok());
+}
