@@ -30,7 +30,9 @@
 
 pub mod api;
 
-pub use api::{Attention, Compiled, Device, Error, Options, Run, VariantOrigin};
+pub use api::{
+    Attention, Compiled, Device, Error, GradRun, Options, Run, TrainState, VariantOrigin,
+};
 pub use nsac_compiler as compiler;
 pub use nsac_compiler::ir::{Plan, Sizes};
 pub use nsac_dsl as dsl;

@@ -53,6 +53,7 @@ fn every_prune_reason_appears_on_library_specs() {
             unroll: vec![2, 3],
             query_chunk: vec![16],
             threads: vec![1, 2, 3],
+            ..CpuKnobs::default()
         };
         let space = CpuSpace::with_cores(&s, knobs, 2);
         let grid = enumerate(&space).unwrap();
@@ -152,6 +153,8 @@ fn the_check_accepts_variants_and_rejects_a_kernel_of_another_spec() {
             key_tile: 32,
             unroll: 4,
             query_chunk: 7,
+            bwd_key_tile: 8,
+            bwd_query_chunk: 3,
         },
     ] {
         bench
@@ -191,6 +194,7 @@ fn tiny_options() -> CpuTuneOptions {
             unroll: vec![2],
             query_chunk: vec![16],
             threads: vec![1],
+            ..CpuKnobs::default()
         },
         tune: TuneOptions {
             search: SearchConfig {

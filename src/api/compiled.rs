@@ -21,6 +21,9 @@ use nsac_runtime::tensor_io::{HostTensor, TensorSet, reference_outputs};
 use super::Error;
 use super::choice::{VariantOrigin, VariantRequest, pick_cpu, pick_gpu};
 
+mod train;
+pub use train::{GradRun, NO_GPU_BACKWARD, TrainState};
+
 /// Where to run.
 #[derive(Debug, Clone, Default)]
 pub enum Device {
@@ -121,6 +124,8 @@ pub struct Compiled {
     cpu: Mutex<HashMap<CpuVariant, Arc<CpuKernel>>>,
     /// GPU kernels by Variant, likewise.
     cuda: Mutex<HashMap<GpuVariant, Arc<CudaKernel>>>,
+    /// CPU training kernels (forward + backward) by Variant (`train.rs`).
+    cpu_train: Mutex<HashMap<CpuVariant, Arc<CpuKernel>>>,
 }
 
 impl std::fmt::Debug for Compiled {
@@ -160,6 +165,7 @@ impl Compiled {
             backend,
             cpu: Mutex::new(HashMap::new()),
             cuda: Mutex::new(HashMap::new()),
+            cpu_train: Mutex::new(HashMap::new()),
         })
     }
 

@@ -1,13 +1,14 @@
 //! The library entry: load a spec ([`Attention`]), compile it for a device ([`Attention::compile`],
 //! taking the tuned Variant when the tuning database has one), and call it on tensors
-//! ([`Compiled::run`]). The CLI is a client of this module; so can any Rust program be.
+//! ([`Compiled::run`]), or train with it ([`Compiled::forward_train`], then
+//! [`Compiled::backward`]). The CLI is a client of this module; so can any Rust program be.
 
 pub mod choice;
 mod compiled;
 mod error;
 
 pub use choice::VariantOrigin;
-pub use compiled::{Compiled, Device, Options, Run};
+pub use compiled::{Compiled, Device, GradRun, NO_GPU_BACKWARD, Options, Run, TrainState};
 pub use error::Error;
 
 use std::path::Path;
@@ -79,6 +80,13 @@ impl Attention {
     pub fn plan(&self, problem: &Problem) -> Result<Plan, Error> {
         let shape = problem.resolve(&self.spec)?;
         Ok(Plan::forward(&self.spec, &Signature::of(&shape))?)
+    }
+
+    /// The verified training pair (forward saving its log-sum-exps, then backward) for
+    /// `problem`'s heads, head dims and dtype (`nsac compile --emit plan --backward`).
+    pub fn backward_plan(&self, problem: &Problem) -> Result<Plan, Error> {
+        let shape = problem.resolve(&self.spec)?;
+        Ok(Plan::backward(&self.spec, &Signature::of(&shape))?)
     }
 
     /// Random inputs for `problem` from `seed` (standard-normal activations, uniform (0, 1)

@@ -237,7 +237,7 @@ pub struct RunArgs {
     pub db: Option<PathBuf>,
     /// An explicit Variant for the device that runs, `FIELD=VALUE,…` over the defaults; overrides
     /// the tuning database. CPU fields: rows, key_vectors, value_vectors, key_tile, unroll,
-    /// query_chunk. GPU fields: warps_per_block, select_tokens, select_chunk, compress_tokens,
+    /// query_chunk, bwd_key_tile, bwd_query_chunk. GPU fields: warps_per_block, select_tokens, select_chunk, compress_tokens,
     /// compress_max_regs, score_tokens, compress_stages, fuse_combine.
     #[arg(long, value_name = "FIELDS", conflicts_with = "tune")]
     pub variant: Option<String>,
@@ -245,6 +245,12 @@ pub struct RunArgs {
     /// tuning database has no current result for it (as `nsac tune` does), then run with them.
     #[arg(long)]
     pub tune: bool,
+    /// Also run the backward pass: the gradient of every input (dq, dk, dv, dg_<b>, dw_<c>, …)
+    /// for the upstream gradient `do` (read from `--inputs` when the file has it, else standard
+    /// normal from the seed), written next to `o` in `--output`; the summary prints a checksum
+    /// per gradient. On `--device cpu` (or auto without a GPU) and `--device reference`.
+    #[arg(long, conflicts_with = "tune")]
+    pub backward: bool,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
@@ -297,6 +303,10 @@ pub struct CompileArgs {
     /// Plan: the tensors and ops every backend reads, independent of --seq/--batch/--cu-seqlens.
     #[arg(long, value_enum)]
     pub emit: Option<Emit>,
+    /// With `--emit plan`: the training pair (the forward saving its log-sum-exps, then the
+    /// backward ops writing every input's gradient) instead of the forward.
+    #[arg(long)]
+    pub backward: bool,
     /// GPU architecture for --target ptx: sm_80 (Ampere) or sm_90 (Hopper).
     #[arg(long, default_value = "sm_90")]
     pub arch: String,

@@ -39,9 +39,18 @@ pub fn run(args: &CompileArgs) -> Result<(), CliError> {
     let spec = nsac_dsl::load(&args.spec)?;
     let shape = problem_from_args(&args.problem)?.resolve(&spec)?;
     let Some(target) = target else {
-        let text = Plan::for_shape(&spec, &shape)?.text();
-        return write_text(args.output.as_deref(), &text);
+        let plan = if args.backward {
+            Plan::backward(&spec, &nsac_compiler::ir::Signature::of(&shape))?
+        } else {
+            Plan::for_shape(&spec, &shape)?
+        };
+        return write_text(args.output.as_deref(), &plan.text());
     };
+    if args.backward {
+        return Err(CliError::Other(
+            "--backward applies to --emit plan only for now".into(),
+        ));
+    }
     match target {
         Target::Cpu => {
             let variant = explicit_variant(args.variant.as_deref())?.unwrap_or_default();

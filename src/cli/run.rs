@@ -1,7 +1,7 @@
 //! `nsac run`: run a spec on a problem with random or file inputs, print a summary and
 //! optionally write the outputs.
 
-use nsac_kernels::io::{Tensor, check_inputs, random_inputs};
+use nsac_kernels::io::{Tensor, check_inputs, random_inputs, random_upstream};
 use nsac_runtime::tensor_io::{self, HostTensor, TensorSet};
 use serde::Serialize;
 
@@ -38,6 +38,20 @@ pub struct RunSummary {
     /// Where the outputs were written, if anywhere.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub written: Option<String>,
+    /// With `--backward`: the backward's wall time and a checksum per gradient.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backward_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gradients: Vec<GradSummary>,
+}
+
+/// One gradient of a `--backward` run: its shape, Σ and Σ|·|.
+#[derive(Debug, Serialize)]
+pub struct GradSummary {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub sum: f64,
+    pub abs_sum: f64,
 }
 
 pub fn run(args: &RunArgs) -> Result<(), CliError> {
@@ -65,9 +79,13 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         _ => default_threads(checked_threads(args.threads)?),
     };
     let reference = args.device == DeviceArg::Reference;
+    let mut file_d_o = None;
     let (shape, inputs) = match &args.inputs {
         Some(path) => {
-            let file = tensor_io::read_kernel_inputs(path)?;
+            let mut file = tensor_io::read_kernel_inputs(path)?;
+            if args.backward {
+                file_d_o = file.inputs.remove(UPSTREAM);
+            }
             let problem = problem_from_inputs(&args.problem, &spec, &file.inputs, file.cu_seqlens)?;
             let shape = problem.resolve(&spec)?;
             budget::check(&spec, &shape, threads, reference, &args.budget)?;
@@ -126,6 +144,10 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         db: args.db.as_deref(),
         threads: args.threads,
     };
+    if args.backward {
+        let d_o = file_d_o.unwrap_or_else(|| random_upstream(&shape, args.seed));
+        return run_backward(args, &spec, &shape, &inputs, &d_o, &source);
+    }
     let run = run_on(args.device, &spec, &shape, &inputs, &source)?;
     for (name, t) in &run.outputs {
         let bad = values(t).iter().filter(|x| !x.is_finite()).count();
@@ -163,6 +185,113 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         sum: values.iter().sum(),
         abs_sum: values.iter().map(|x| x.abs()).sum(),
         written,
+        backward_ms: None,
+        gradients: Vec::new(),
+    };
+    print_summary(&summary, args.json)
+}
+
+/// The upstream gradient's name in an `--inputs` file.
+const UPSTREAM: &str = "do";
+
+/// `run --backward`: the forward with saved state, then the gradients for `d_o`.
+fn run_backward(
+    args: &RunArgs,
+    spec: &nsac_dsl::Spec,
+    shape: &nsac_dsl::problem::Shape,
+    inputs: &nsac_kernels::io::Inputs,
+    d_o: &Tensor<f32>,
+    source: &VariantSource<'_>,
+) -> Result<(), CliError> {
+    let device = match args.device {
+        DeviceArg::Reference => nsac::Device::Reference,
+        DeviceArg::Cpu | DeviceArg::Auto => {
+            if shape.dtype != DType::F32 {
+                return Err(CliError::Other(format!(
+                    "the CPU backward computes in f32 only (got --dtype {}): pass --dtype f32",
+                    shape.dtype.name()
+                )));
+            }
+            nsac::Device::Cpu
+        }
+        DeviceArg::Cuda => return Err(CliError::Other(nsac::api::NO_GPU_BACKWARD.into())),
+    };
+    let want = vec![
+        shape.batch,
+        shape.seq_len,
+        shape.heads.q as usize,
+        shape.head_dim.v as usize,
+    ];
+    if d_o.shape != want {
+        return Err(CliError::Other(format!(
+            "the upstream gradient `do` has shape {:?}, the output's is {want:?}",
+            d_o.shape
+        )));
+    }
+    let options = nsac::Options {
+        heads: Some(shape.heads),
+        head_dim: Some(shape.head_dim),
+        dtype: shape.dtype,
+        threads: checked_threads(source.threads)?,
+        variant: source.variant.map(str::to_string),
+        db: source.db.map(|p| p.to_path_buf()),
+        no_tuned: false,
+    };
+    let compiled = nsac::Attention::from_spec(spec.clone()).compile(&device, &options)?;
+    let (run, state) = compiled.forward_train(shape, inputs)?;
+    let grads = compiled.backward(shape, inputs, &state, d_o)?;
+    for (name, t) in run.outputs.iter().chain(&grads.gradients) {
+        let bad = values(t).iter().filter(|x| !x.is_finite()).count();
+        if bad > 0 {
+            return Err(CliError::Other(format!(
+                "`{name}` holds {bad} NaN or infinite values on {}: nothing is reported",
+                run.device
+            )));
+        }
+    }
+    let written = match &args.output {
+        Some(path) => {
+            let mut set = run.outputs.clone();
+            if !args.all_outputs {
+                set.retain(|name, _| name == "o");
+            }
+            set.extend(grads.gradients.clone());
+            tensor_io::write_outputs(path, &set)?;
+            Some(path.display().to_string())
+        }
+        None => None,
+    };
+    let o = run
+        .outputs
+        .get("o")
+        .ok_or_else(|| CliError::Other("the device returned no output `o`".into()))?;
+    let ov = values(o);
+    let gradients = grads
+        .gradients
+        .iter()
+        .map(|(name, t)| {
+            let v = values(t);
+            GradSummary {
+                name: name.clone(),
+                shape: t.shape().to_vec(),
+                sum: v.iter().sum(),
+                abs_sum: v.iter().map(|x| x.abs()).sum(),
+            }
+        })
+        .collect();
+    let summary = RunSummary {
+        spec: spec.name.clone(),
+        device: run.device,
+        shape: describe(shape),
+        output_shape: o.shape().to_vec(),
+        compile_ms: run.compile.map(|d| d.as_secs_f64() * 1e3),
+        time_ms: run.time.as_secs_f64() * 1e3,
+        max_abs: ov.iter().fold(0.0f64, |m, x| m.max(x.abs())),
+        sum: ov.iter().sum(),
+        abs_sum: ov.iter().map(|x| x.abs()).sum(),
+        written,
+        backward_ms: Some(grads.time.as_secs_f64() * 1e3),
+        gradients,
     };
     print_summary(&summary, args.json)
 }
@@ -177,6 +306,15 @@ fn print_summary(s: &RunSummary, json: bool) -> Result<(), CliError> {
     );
     if let Some(c) = s.compile_ms {
         text.push_str(&format!("compile  {c:.3} ms\n"));
+    }
+    if let Some(b) = s.backward_ms {
+        text.push_str(&format!("backward {b:.3} ms\n"));
+    }
+    for g in &s.gradients {
+        text.push_str(&format!(
+            "grad     {} {:?}: Σ = {:.6}, Σ|·| = {:.6}\n",
+            g.name, g.shape, g.sum, g.abs_sum
+        ));
     }
     if let Some(w) = &s.written {
         text.push_str(&format!("written  {w}\n"));

@@ -468,3 +468,81 @@ fn gpu_variants_compile_and_gpu_commands_need_a_gpu() {
         }
     }
 }
+
+/// Every tensor of a written file as f64, by name.
+fn read_all(path: &Path) -> std::collections::BTreeMap<String, Vec<f64>> {
+    let set = nsac_runtime::tensor_io::read_inputs(path).unwrap();
+    set.into_iter()
+        .filter_map(|(name, t)| {
+            let v = match t {
+                nsac_runtime::tensor_io::HostTensor::F64(t) => t.data,
+                other => other.to_f32()?.data.iter().map(|&x| f64::from(x)).collect(),
+            };
+            Some((name, v))
+        })
+        .collect()
+}
+
+/// `run --backward` on the CPU writes every gradient next to `o`, and the reference's agree
+/// at 1e-4 (max|d − ref| / max|ref| per gradient); the GPU says it has no backward yet.
+#[test]
+fn backward_writes_every_gradient_and_the_cpu_matches_the_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let common = [
+        "kernels/nsa-paper.nsa",
+        "--seq",
+        "203",
+        "--heads",
+        "4/2",
+        "--head-dim",
+        "16/12",
+        "--seed",
+        "7",
+        "--backward",
+    ];
+    let (cpu, reference) = (p("g.safetensors"), p("r.safetensors"));
+    let mut args = vec!["run"];
+    args.extend(common);
+    args.extend(["--device", "cpu", "--output", &cpu, "--json"]);
+    let out = nsac(&args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed: Vec<&str> = summary["gradients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, ["dg_cmp", "dg_slc", "dg_win", "dk", "dq", "dv"]);
+    let mut args = vec!["run"];
+    args.extend(common);
+    args.extend(["--device", "reference", "--output", &reference]);
+    let out = nsac(&args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("grad     dq [1, 203, 4, 16]"));
+    let (c, r) = (read_all(Path::new(&cpu)), read_all(Path::new(&reference)));
+    let names: Vec<&String> = c.keys().collect();
+    assert_eq!(names, ["dg_cmp", "dg_slc", "dg_win", "dk", "dq", "dv", "o"]);
+    for (name, want) in &r {
+        let got = &c[name];
+        let max_ref = want.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        let max_diff = want
+            .iter()
+            .zip(got)
+            .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+        assert!(max_ref > 0.0, "{name} is all zero");
+        let bar = if name == "o" { 1e-5 } else { 1e-4 };
+        assert!(max_diff / max_ref <= bar, "{name}: {}", max_diff / max_ref);
+    }
+    let out = nsac(&[
+        "run",
+        "kernels/nsa-paper.nsa",
+        "--seq",
+        "50",
+        "--backward",
+        "--device",
+        "cuda",
+    ]);
+    assert_reported_failure(&out, "backward on the GPU is not built yet");
+}

@@ -92,6 +92,7 @@ fn any_variant() -> impl Strategy<Value = CpuVariant> {
             key_tile: kt * 4,
             unroll: [1, 2, 4][u],
             query_chunk,
+            ..CpuVariant::default()
         },
     )
 }

@@ -35,3 +35,16 @@ fn the_plan_text_is_the_same_for_every_length_and_packing() {
         assert_eq!(base, text(Problem::varlen(vec![0, 500, 1000])), "{label}");
     }
 }
+
+#[test]
+fn backward_plans_of_library_specs() {
+    for (label, spec) in library_labeled() {
+        let sig = Signature {
+            heads: spec.heads,
+            head_dim: spec.head_dim,
+            dtype: DType::Bf16,
+        };
+        let plan = Plan::backward(&spec, &sig).expect("lowers and verifies");
+        insta::assert_snapshot!(format!("backward_plan_{label}"), plan.text());
+    }
+}

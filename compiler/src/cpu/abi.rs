@@ -122,6 +122,83 @@ pub fn entry(plan: &Plan, step: &Step<'_>) -> Entry {
             s.extend(slots(&[("out", Write)]));
             s
         }
+        Step::CombineGrad(cg) => {
+            let mut s = slots(&[("do", Read)]);
+            for term in &cg.terms {
+                let mut add = |id: crate::ir::TensorId, kind| {
+                    s.push(Slot {
+                        name: plan.tensor(id).name.clone(),
+                        kind,
+                    })
+                };
+                add(term.out, Read);
+                if let (Some(g), Some(dg)) = (term.gate, term.d_gate) {
+                    add(g, Read);
+                    add(dg, Write);
+                }
+                add(term.d_out, Write);
+                add(term.delta, Write);
+            }
+            s
+        }
+        Step::GradQ(_) => slots(&[
+            ("q", Read),
+            ("kt", Read),
+            ("kr", Read),
+            ("vt", Read),
+            ("do", Read),
+            ("lse", Read),
+            ("delta", Read),
+            ("ranges", ReadI32),
+            ("nranges", Int),
+            ("s", Scratch),
+            ("dp", Scratch),
+            ("acc", Scratch),
+            ("out", Write),
+        ]),
+        Step::GradKv(_) => slots(&[
+            ("q", Read),
+            ("kt", Read),
+            ("vt", Read),
+            ("do", Read),
+            ("lse", Read),
+            ("delta", Read),
+            ("list", ReadI32),
+            ("count", Int),
+            ("lo", Int),
+            ("hi", Int),
+            ("s", Scratch),
+            ("dp", Scratch),
+            ("qpad", Scratch),
+            ("dopad", Scratch),
+            ("kacc", Scratch),
+            ("vacc", Scratch),
+            ("dk", Write),
+            ("dv", Write),
+        ]),
+        Step::PoolGrad(_) => slots(&[
+            ("k", Read),
+            ("v", Read),
+            ("wk", Read),
+            ("wv", Read),
+            ("dkc", Read),
+            ("dvc", Read),
+            ("ntok", Int),
+            ("dk", Write),
+            ("dv", Write),
+            ("dwk", Write),
+            ("dwv", Write),
+        ]),
+        Step::GradSum(g) => {
+            let mut s = slots(&[("out", Write), ("n", Int)]);
+            for i in 0..g.parts.len() {
+                s.push(Slot {
+                    name: format!("part{i}"),
+                    kind: Read,
+                });
+            }
+            s
+        }
         Step::Combine(c) => {
             let mut s = slots(&[("out", Write)]);
             for term in &c.terms {
@@ -139,6 +216,13 @@ pub fn entry(plan: &Plan, step: &Step<'_>) -> Entry {
             s
         }
     };
+    let mut list = list;
+    if step.saves_lse(plan) {
+        list.push(Slot {
+            name: "lse".into(),
+            kind: Write,
+        });
+    }
     Entry {
         slots: list,
         returns_count,

@@ -41,13 +41,13 @@ use cranelift_jit::JITModule;
 pub use jit::{emit_asm, emit_clif, host_has_fma};
 pub use variant::{CpuVariant, VariantError, candidates};
 
-use crate::ir::contract::{ContractError, check_input_refs};
+use crate::ir::contract::{ContractError, check_input_refs_except};
 use crate::ir::{Elem, Plan, Role as TensorRole, Sizes};
 use abi::Driver;
 use codegen::Role;
 use nsac_kernels::io::{InputRefs, Inputs, input_refs};
 
-pub use exec::{CpuOutput, OutputRef, OutputRefs};
+pub use exec::{CpuOutput, Gradients, OutputRef, OutputRefs, Saved};
 pub use schedule::{Step, TopKParams, steps};
 
 /// Why CPU code generation failed.
@@ -103,6 +103,32 @@ pub fn score_stride(plan: &Plan, variant: &CpuVariant) -> usize {
         .fold(4, usize::max);
     // Rows a multiple of 256 bytes apart share L1 sets (4 KiB apart: all of them, more than
     // the 8 ways); one more cache line spreads the G rows over distinct sets.
+    if widest.is_multiple_of(64) {
+        widest + 16
+    } else {
+        widest
+    }
+}
+
+/// Floats between consecutive rows of the backward drivers' S/P and dP/dS scratch: a key tile
+/// of `bwd_key_tile` keys (tiles start at multiples of 4) and, for a gathered attention, a
+/// selection block plus the three keys of misalignment (its dK/dV tile). A constant of the
+/// generated code, like [`score_stride`].
+pub fn grad_stride(plan: &Plan, variant: &CpuVariant) -> usize {
+    let round4 = |x: usize| x.div_ceil(4).max(1) * 4;
+    let widest = plan
+        .ops
+        .iter()
+        .filter_map(|op| match op {
+            crate::ir::Op::AttendGrad(a) => Some(match a.keys {
+                crate::ir::KeySet::Gather { granularity, .. } => {
+                    round4(granularity + 3).max(variant.bwd_key_tile as usize)
+                }
+                _ => variant.bwd_key_tile as usize,
+            }),
+            _ => None,
+        })
+        .fold(4, usize::max);
     if widest.is_multiple_of(64) {
         widest + 16
     } else {
@@ -221,17 +247,30 @@ pub fn compile(plan: &Plan, variant: &CpuVariant) -> Result<CpuProgram, CpuError
     })
 }
 
+/// The name of the upstream gradient in a training plan's inputs.
+const UPSTREAM: &str = "do";
+
 impl CpuProgram {
     /// The plan the code was generated from.
     pub fn plan(&self) -> &Plan {
         &self.plan
     }
 
+    /// The forward's inputs: the plan's `In` tensors but the upstream gradient.
+    fn check_forward_inputs(&self, sizes: &Sizes, inputs: &InputRefs<'_>) -> Result<(), CpuError> {
+        Ok(check_input_refs_except(
+            &self.plan,
+            sizes,
+            inputs,
+            &[UPSTREAM],
+        )?)
+    }
+
     /// Runs the program on `inputs` of any batch, lengths and packing (`sizes`), after checking
     /// them against the plan's `In` tensors; work items run on the current rayon pool.
     pub fn run(&self, sizes: &Sizes, inputs: &Inputs) -> Result<CpuOutput, CpuError> {
         let refs = input_refs(inputs);
-        check_input_refs(&self.plan, sizes, &refs)?;
+        self.check_forward_inputs(sizes, &refs)?;
         let owned = exec::execute(self, sizes, &refs, &mut OutputRefs::new())?;
         CpuOutput::from_owned(&self.plan, owned)
     }
@@ -246,10 +285,95 @@ impl CpuProgram {
         inputs: &InputRefs<'_>,
         outputs: &mut OutputRefs<'_>,
     ) -> Result<(), CpuError> {
-        check_input_refs(&self.plan, sizes, inputs)?;
+        self.check_forward_inputs(sizes, inputs)?;
         self.check_outputs(sizes, outputs)?;
         exec::execute(self, sizes, inputs, outputs)?;
         Ok(())
+    }
+
+    /// The forward pass of a training plan ([`Plan::backward`]): the outputs, and what the
+    /// backward needs ([`Saved`]: every saved log-sum-exp, the branch outputs and the chosen
+    /// indices). On a forward-only plan this is [`CpuProgram::run`] with nothing saved.
+    pub fn forward_train(
+        &self,
+        sizes: &Sizes,
+        inputs: &InputRefs<'_>,
+    ) -> Result<(CpuOutput, Saved), CpuError> {
+        self.check_forward_inputs(sizes, inputs)?;
+        let mut owned = exec::execute(self, sizes, inputs, &mut OutputRefs::new())?;
+        let mut saved = Saved::default();
+        for id in self.plan.tensors_with(TensorRole::Saved) {
+            if let Some(t) = owned.f32.remove(&id) {
+                saved.f32.insert(self.plan.tensor(id).name.clone(), t);
+            }
+        }
+        let out = CpuOutput::from_owned(&self.plan, owned)?;
+        for op in &self.plan.ops {
+            if let crate::ir::Op::Attend(a) = op
+                && let Some(t) = out.branches.get(&a.branch)
+            {
+                saved
+                    .f32
+                    .insert(self.plan.tensor(a.out).name.clone(), t.clone());
+            }
+            if let crate::ir::Op::TopK(k) = op
+                && let Some(t) = out.selected.get(&k.branch)
+            {
+                saved
+                    .i32
+                    .insert(self.plan.tensor(k.idx).name.clone(), t.clone());
+            }
+        }
+        Ok((out, saved))
+    }
+
+    /// The backward pass of a training plan: the gradient of every input (by the names of
+    /// its `Grad` tensors, `dq`, `dk`, `dg_<b>`, …) for the upstream gradient `d_o`
+    /// \[B,T,HQ,DV\], given the forward's `inputs` and what [`CpuProgram::forward_train`] saved.
+    /// Deterministic: bit-identical for any number of threads.
+    pub fn backward(
+        &self,
+        sizes: &Sizes,
+        inputs: &InputRefs<'_>,
+        saved: &Saved,
+        d_o: &[f32],
+    ) -> Result<Gradients, CpuError> {
+        if !self.plan.has_backward() {
+            return Err(CpuError::Output(
+                "this program was compiled without a backward pass (compile Plan::backward)".into(),
+            ));
+        }
+        self.check_forward_inputs(sizes, inputs)?;
+        let id = self
+            .plan
+            .tensor_named(UPSTREAM)
+            .ok_or_else(|| CpuError::Output("the plan has no upstream gradient `do`".into()))?;
+        let shape = sizes.shape(&self.plan, id).map_err(ContractError::from)?;
+        let n: usize = shape.iter().product();
+        if d_o.len() != n {
+            return Err(CpuError::Contract(ContractError::Input(
+                nsac_kernels::io::InputError::BadLength {
+                    name: UPSTREAM.into(),
+                    shape,
+                    got: d_o.len(),
+                    expected: n,
+                },
+            )));
+        }
+        if d_o.iter().any(|x| !x.is_finite()) {
+            return Err(CpuError::Contract(ContractError::Input(
+                nsac_kernels::io::InputError::NonFinite(UPSTREAM.into()),
+            )));
+        }
+        let mut all = inputs.clone();
+        all.insert(
+            UPSTREAM,
+            nsac_kernels::io::TensorRef {
+                shape: &shape,
+                data: d_o,
+            },
+        );
+        exec::execute_backward(self, sizes, &all, saved)
     }
 
     fn check_outputs(&self, sizes: &Sizes, outputs: &OutputRefs<'_>) -> Result<(), CpuError> {

@@ -3,9 +3,15 @@
 //! when a score op reads its log-sum-exp), a score with its top-k (one `topn` driver: the
 //! scores never leave the work item), a gathered or windowed attention, the combine. Both the
 //! code generator and the executor walk this one list, so they cannot disagree on it.
+//!
+//! A plan with a backward pass adds its steps after the forward's: the combine's backward,
+//! two drivers per `attend_grad` (`GradQ`: one query's dq, parallel over queries; `GradKv`: one
+//! key tile's dK/dV over the queries that see it, in query order), a pool's backward and the
+//! gradient sums.
 
 use crate::ir::{
-    Attend, Combine, KeySet, Op, Plan, Pool, Role, Score, ScoreSource, TensorId, TopK,
+    Attend, AttendGrad, Combine, CombineGrad, GradSum, KeySet, Op, Plan, Pool, PoolGrad, Role,
+    Score, ScoreSource, TensorId, TopK,
 };
 
 use super::CpuError;
@@ -52,9 +58,44 @@ pub enum Step<'p> {
         size: usize,
     },
     Combine(&'p Combine),
+    /// The combine's backward: dg, the branches' upstream gradients and row terms.
+    CombineGrad(&'p CombineGrad),
+    /// dq of one query position (all G heads of a kv head) for an `attend_grad`.
+    GradQ(&'p AttendGrad),
+    /// dK/dV of one key tile for an `attend_grad`.
+    GradKv(&'p AttendGrad),
+    /// A pool's backward for one (b, segment, kv head).
+    PoolGrad(&'p PoolGrad),
+    /// `out = Σ parts` over a range of elements.
+    GradSum(&'p GradSum),
 }
 
 impl Step<'_> {
+    /// Whether the step belongs to the backward pass.
+    pub fn is_backward(&self) -> bool {
+        matches!(
+            self,
+            Step::CombineGrad(_)
+                | Step::GradQ(_)
+                | Step::GradKv(_)
+                | Step::PoolGrad(_)
+                | Step::GradSum(_)
+        )
+    }
+
+    /// Whether a forward attention step writes its log-sum-exp (a `Saved` tensor of a
+    /// training plan).
+    pub fn saves_lse(&self, plan: &Plan) -> bool {
+        match self {
+            Step::Compressed { attend, .. }
+            | Step::Selected { attend, .. }
+            | Step::Window { attend, .. } => attend
+                .lse
+                .is_some_and(|l| plan.tensor(l).role == Role::Saved),
+            _ => false,
+        }
+    }
+
     /// The branch the step belongs to (`None` for the combine).
     pub fn branch(&self) -> Option<&str> {
         match self {
@@ -63,7 +104,9 @@ impl Step<'_> {
             | Step::Selected { attend, .. }
             | Step::Window { attend, .. } => Some(&attend.branch),
             Step::TopK { topk, .. } => Some(&topk.branch),
-            Step::Combine(_) => None,
+            Step::GradQ(a) | Step::GradKv(a) => Some(&a.branch),
+            Step::PoolGrad(p) => Some(&p.branch),
+            Step::Combine(_) | Step::CombineGrad(_) | Step::GradSum(_) => None,
         }
     }
 }
@@ -77,7 +120,7 @@ pub fn steps(plan: &Plan) -> Result<Vec<Step<'_>>, CpuError> {
     let mut out = Vec::new();
     let mut ops = plan.ops.iter().peekable();
     while let Some(op) = ops.next() {
-        out.push(match op {
+        let step = match op {
             Op::Pool(p) => Step::Pool(p),
             Op::Attend(a) => match &a.keys {
                 KeySet::Compressed { .. } => {
@@ -148,7 +191,18 @@ pub fn steps(plan: &Plan) -> Result<Vec<Step<'_>>, CpuError> {
             }
             Op::TopK(t) => return Err(unsupported(format!("top-k `{}` without scores", t.branch))),
             Op::Combine(c) => Step::Combine(c),
-        });
+            Op::CombineGrad(c) => Step::CombineGrad(c),
+            Op::AttendGrad(a) => {
+                if let KeySet::Causal = a.keys {
+                    return Err(unsupported("the backward of dense causal attention".into()));
+                }
+                out.push(Step::GradQ(a));
+                Step::GradKv(a)
+            }
+            Op::PoolGrad(p) => Step::PoolGrad(p),
+            Op::GradSum(g) => Step::GradSum(g),
+        };
+        out.push(step);
     }
     Ok(out)
 }

@@ -23,6 +23,22 @@ pub struct CpuVariant {
     pub unroll: u32,
     /// Query positions per parallel work item (≥ 1).
     pub query_chunk: u32,
+    /// Backward: keys per tile of the dq and dK/dV drivers of the compressed and window
+    /// branches, and keys per dK/dV work item (multiple of 4, 4..=1024).
+    #[serde(default = "default_bwd_key_tile")]
+    pub bwd_key_tile: u32,
+    /// Backward: query positions per parallel work item of the dq drivers and the combine's
+    /// backward (1..=4096).
+    #[serde(default = "default_bwd_query_chunk")]
+    pub bwd_query_chunk: u32,
+}
+
+fn default_bwd_key_tile() -> u32 {
+    64
+}
+
+fn default_bwd_query_chunk() -> u32 {
+    16
 }
 
 impl Default for CpuVariant {
@@ -34,6 +50,8 @@ impl Default for CpuVariant {
             key_tile: 64,
             unroll: 2,
             query_chunk: 16,
+            bwd_key_tile: default_bwd_key_tile(),
+            bwd_query_chunk: default_bwd_query_chunk(),
         }
     }
 }
@@ -42,7 +60,7 @@ impl Default for CpuVariant {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VariantError {
     #[error(
-        "unknown variant field `{0}` (fields: rows, key_vectors, value_vectors, key_tile, unroll, query_chunk)"
+        "unknown variant field `{0}` (fields: rows, key_vectors, value_vectors, key_tile, unroll, query_chunk, bwd_key_tile, bwd_query_chunk)"
     )]
     UnknownField(String),
     #[error("variant setting `{0}` is not FIELD=NUMBER")]
@@ -77,13 +95,15 @@ impl std::fmt::Display for CpuVariant {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "rows={},key_vectors={},value_vectors={},key_tile={},unroll={},query_chunk={}",
+            "rows={},key_vectors={},value_vectors={},key_tile={},unroll={},query_chunk={},bwd_key_tile={},bwd_query_chunk={}",
             self.rows,
             self.key_vectors,
             self.value_vectors,
             self.key_tile,
             self.unroll,
-            self.query_chunk
+            self.query_chunk,
+            self.bwd_key_tile,
+            self.bwd_query_chunk
         )
     }
 }
@@ -108,6 +128,8 @@ impl CpuVariant {
                 "key_tile" => &mut v.key_tile,
                 "unroll" => &mut v.unroll,
                 "query_chunk" => &mut v.query_chunk,
+                "bwd_key_tile" => &mut v.bwd_key_tile,
+                "bwd_query_chunk" => &mut v.bwd_query_chunk,
                 other => return Err(VariantError::UnknownField(other.to_string())),
             };
             *field = value;
@@ -149,6 +171,20 @@ impl CpuVariant {
             (1..=4096).contains(&self.query_chunk),
             "1..=4096",
         )?;
+        check(
+            "bwd_key_tile",
+            self.bwd_key_tile,
+            self.bwd_key_tile >= 4
+                && self.bwd_key_tile.is_multiple_of(4)
+                && self.bwd_key_tile <= 1024,
+            "multiples of 4 in 4..=1024",
+        )?;
+        check(
+            "bwd_query_chunk",
+            self.bwd_query_chunk,
+            (1..=4096).contains(&self.bwd_query_chunk),
+            "1..=4096",
+        )?;
         Ok(())
     }
 
@@ -181,7 +217,7 @@ pub fn candidates(plan: &Plan) -> Vec<CpuVariant> {
                             value_vectors,
                             key_tile,
                             unroll,
-                            query_chunk: 16,
+                            ..CpuVariant::default()
                         };
                         if v.registers() <= 16 && v.validate().is_ok() && !out.contains(&v) {
                             out.push(v);

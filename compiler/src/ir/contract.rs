@@ -25,7 +25,21 @@ pub fn check_input_refs(
     sizes: &Sizes,
     inputs: &InputRefs<'_>,
 ) -> Result<(), ContractError> {
-    let expected: Vec<_> = plan.tensors_with(Role::In).collect();
+    check_input_refs_except(plan, sizes, inputs, &[])
+}
+
+/// [`check_input_refs`] without the `In` tensors named in `skip` (a training plan's forward
+/// pass does not read the upstream gradient `do`).
+pub fn check_input_refs_except(
+    plan: &Plan,
+    sizes: &Sizes,
+    inputs: &InputRefs<'_>,
+    skip: &[&str],
+) -> Result<(), ContractError> {
+    let expected: Vec<_> = plan
+        .tensors_with(Role::In)
+        .filter(|&id| !skip.contains(&plan.tensor(id).name.as_str()))
+        .collect();
     for &id in &expected {
         let name = &plan.tensor(id).name;
         let want = sizes.shape(plan, id)?;

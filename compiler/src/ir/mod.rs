@@ -18,6 +18,12 @@
 //! All positional rules (causality, compressed tokens, candidate and forced blocks, windows)
 //! live in [`rules`] and are relative to the start of a segment. [`Plan::text`] is the stable
 //! text form (`nsac compile --emit plan`).
+//!
+//! [`Plan::backward`] is the training pair: the forward with every attention's log-sum-exp
+//! kept as a `Saved` tensor, then the backward ops (`combine_grad`, `attend_grad`,
+//! `pool_grad`, `grad_sum`) that read it with the upstream gradient `do` and write one `Grad`
+//! tensor per input, named as the oracle's gradients (`dq`, `dk`, `dv`, `dg_<b>`, …).
+//! [`Plan::backward_start`] splits the ops into the two passes.
 
 pub mod contract;
 pub mod lower;
@@ -36,8 +42,8 @@ use nsac_dsl::spec::{HeadDim, Heads};
 
 pub use lower::LowerError;
 pub use op::{
-    Attend, Combine, CombineMode, Forced, KeySet, Op, Pool, PoolKind, Score, ScoreSource, Term,
-    Tie, TopK,
+    Attend, AttendGrad, Combine, CombineGrad, CombineMode, Forced, GradSum, KeySet, Op, Pool,
+    PoolGrad, PoolKind, Score, ScoreSource, Term, TermGrad, Tie, TopK,
 };
 pub use sizes::{Sizes, SizesError};
 pub use tensor::{Elem, Extent, Layout, Role, Tensor, TensorId};
@@ -110,6 +116,42 @@ impl Plan {
     /// [`Plan::forward`] for the compiled-in part of a resolved problem.
     pub fn for_shape(spec: &nsac_dsl::Spec, shape: &Shape) -> Result<Plan, LowerError> {
         Plan::forward(spec, &Signature::of(shape))
+    }
+
+    /// The training pair of `spec` for `signature`, verified: the forward (every attention
+    /// saving its log-sum-exp `lse_<b>` as a `Saved` tensor), then the backward for the
+    /// upstream gradient `do` (an `In` tensor \[B,Tq,HQ,DV\]) writing the gradient of every
+    /// input (`Grad` tensors `d<input>`). See `lower::backward`.
+    ///
+    /// ```
+    /// use nsac_compiler::ir::{Plan, Role, Signature};
+    /// let spec = nsac_dsl::load(std::path::Path::new("../kernels/nsa-fla.nsa")).unwrap();
+    /// let sig = Signature { heads: spec.heads, head_dim: spec.head_dim, dtype: Default::default() };
+    /// let plan = Plan::backward(&spec, &sig).unwrap();
+    /// let grads: Vec<&str> =
+    ///     plan.tensors_with(Role::Grad).map(|t| plan.tensor(t).name.as_str()).collect();
+    /// assert_eq!(grads, ["dq", "dk", "dv", "dg_cmp", "dg_slc"]);
+    /// assert!(plan.ops[plan.backward_start()].is_backward());
+    /// ```
+    pub fn backward(spec: &nsac_dsl::Spec, signature: &Signature) -> Result<Plan, LowerError> {
+        let forward = lower::forward(spec, signature)?;
+        let plan = lower::backward(forward)?;
+        plan.verify()?;
+        Ok(plan)
+    }
+
+    /// The index of the first backward op (`ops.len()` for a forward-only plan): the ops before
+    /// it are the forward pass, the rest the backward pass.
+    pub fn backward_start(&self) -> usize {
+        self.ops
+            .iter()
+            .position(Op::is_backward)
+            .unwrap_or(self.ops.len())
+    }
+
+    /// Whether the plan has a backward pass.
+    pub fn has_backward(&self) -> bool {
+        self.backward_start() < self.ops.len()
     }
 
     /// The tensor behind an id.

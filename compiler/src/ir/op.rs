@@ -1,7 +1,9 @@
 //! The op vocabulary of a [`super::Plan`]: a few general operations (pool, score, top-k, attend,
-//! combine) that every branch kind lowers onto, each naming the tensors it reads and writes.
-//! What each op computes is stated exactly in its docs, with the positional rules of
-//! [`super::rules`]; together they restate the semantics of the oracle (`kernels::reference`).
+//! combine) that every branch kind lowers onto, and their backward counterparts (combine-grad,
+//! attend-grad, pool-grad, grad-sum), each naming the tensors it reads and writes. What each op
+//! computes is stated exactly in its docs, with the positional rules of [`super::rules`];
+//! together they restate the semantics of the oracle (`kernels::reference`, forward and
+//! backward).
 
 use super::tensor::TensorId;
 
@@ -157,6 +159,91 @@ pub struct Combine {
     pub out: TensorId,
 }
 
+/// One term of a [`CombineGrad`]: the forward's branch output and gate, and what the backward
+/// writes for it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TermGrad {
+    pub branch: String,
+    /// The forward's `o_<b>` \[B,Tq,HQ,DV\].
+    pub out: TensorId,
+    /// The gate `g_<b>` (`None` for `sum`).
+    pub gate: Option<TensorId>,
+    /// `dg_<b>` \[B,Tq,HQ\] (a `Grad`; `None` for `sum`).
+    pub d_gate: Option<TensorId>,
+    /// `do_<b>` \[B,Tq,HQ,DV\]: the branch's upstream gradient `g_b·dO` (`dO` for `sum`).
+    pub d_out: TensorId,
+    /// `delta_<b>` \[B,Tq,HQ\]: `D = Σ_x do_b·o_b`, the FlashAttention-2 row term.
+    pub delta: TensorId,
+}
+
+/// The backward of a [`Combine`] for the upstream gradient `d_out` (`do`): per term,
+/// `dg_b = Σ_x dO·o_b` (gate mode), `do_b = g_b·dO` and `delta_b = Σ_x do_b·o_b`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CombineGrad {
+    pub mode: CombineMode,
+    pub d_out: TensorId,
+    pub terms: Vec<TermGrad>,
+}
+
+/// The backward of an [`Attend`] over the same key set (the FlashAttention-2 recipe): for every
+/// query `t`, query head `hq` and key `k` of its key set, P is recomputed from q, K and the
+/// saved `lse` (`p_k = exp(scale·q·K[k] − lse)`), `dp_k = do_b·V[k]`,
+/// `ds_k = p_k·(dp_k − delta)`; then `dq[t,hq] = scale·Σ_k ds_k·K[k]`,
+/// `dk[k] = scale·Σ_{t,hq} ds_k·q[t,hq]` and `dv[k] = Σ_{t,hq} p_k·do_b[t,hq]`, summed over the
+/// query heads of each kv head's group and over every query that sees the key. The chosen
+/// blocks of a gathered key set are read, never differentiated. A query whose key set is
+/// empty contributes nothing (zero gradient, never NaN).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AttendGrad {
+    pub branch: String,
+    pub keys: KeySet,
+    pub q: TensorId,
+    pub k: TensorId,
+    pub v: TensorId,
+    /// The forward's saved log-sum-exp \[B,Tq,HQ\].
+    pub lse: TensorId,
+    /// The branch's upstream gradient and row term from the [`CombineGrad`].
+    pub d_out: TensorId,
+    pub delta: TensorId,
+    /// This branch's part of the query gradient \[B,Tq,HQ,DQK\].
+    pub dq: TensorId,
+    /// The gradient of its keys and values (shaped as `k` and `v`, f32).
+    pub dk: TensorId,
+    pub dv: TensorId,
+}
+
+/// The backward of a [`Pool`]: pushes the compressed tokens' gradients `d_kc`/`d_vc` back into
+/// the pooled keys/values (`dk`/`dv`, shaped as `k`/`v`) and into the pool's weights:
+/// `mean` `dK[j·d+i] += dK̃_j/l`; `weighted` `dK[j·d+i] += w[h,i]·dK̃_j`,
+/// `dw[h,i] = Σ_j K[j·d+i]·dK̃_j + V[j·d+i]·dṼ_j` (one `dw` for both); `linear`
+/// `dK[j·d+i, f] += Σ_e wk[h, i·DQK+f, e]·dK̃_j[e]`, `dwk[h, i·DQK+f, e] = Σ_j K[j·d+i, f]·dK̃_j[e]`
+/// (V with `wv`, `dwv`). Sums over tokens and segments run in a fixed order.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolGrad {
+    pub branch: String,
+    pub kind: PoolKind,
+    pub block: usize,
+    pub stride: usize,
+    pub k: TensorId,
+    pub v: TensorId,
+    /// The forward pool's weights (`[w]`, `[wk, wv]` or none).
+    pub weights: Vec<TensorId>,
+    pub d_kc: TensorId,
+    pub d_vc: TensorId,
+    pub dk: TensorId,
+    pub dv: TensorId,
+    /// The weights' gradients, one per weight tensor, in the same order.
+    pub d_weights: Vec<TensorId>,
+}
+
+/// `out = Σ parts` elementwise, in part order (0 without parts): a gradient that several
+/// branches contribute to (`dq`, `dk`, `dv`, `dk_<b>`, `dv_<b>`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct GradSum {
+    pub parts: Vec<TensorId>,
+    pub out: TensorId,
+}
+
 /// One operation of a plan.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Op {
@@ -165,6 +252,10 @@ pub enum Op {
     TopK(TopK),
     Attend(Attend),
     Combine(Combine),
+    CombineGrad(CombineGrad),
+    AttendGrad(AttendGrad),
+    PoolGrad(PoolGrad),
+    GradSum(GradSum),
 }
 
 impl Op {
@@ -176,7 +267,19 @@ impl Op {
             Op::TopK(_) => "topk",
             Op::Attend(_) => "attend",
             Op::Combine(_) => "combine",
+            Op::CombineGrad(_) => "combine_grad",
+            Op::AttendGrad(_) => "attend_grad",
+            Op::PoolGrad(_) => "pool_grad",
+            Op::GradSum(_) => "grad_sum",
         }
+    }
+
+    /// Whether the op belongs to a backward pass.
+    pub fn is_backward(&self) -> bool {
+        matches!(
+            self,
+            Op::CombineGrad(_) | Op::AttendGrad(_) | Op::PoolGrad(_) | Op::GradSum(_)
+        )
     }
 
     /// The tensors the op reads, in a fixed order.
@@ -202,6 +305,26 @@ impl Op {
                 .iter()
                 .flat_map(|t| std::iter::once(t.out).chain(t.gate))
                 .collect(),
+            Op::CombineGrad(c) => std::iter::once(c.d_out)
+                .chain(
+                    c.terms
+                        .iter()
+                        .flat_map(|t| std::iter::once(t.out).chain(t.gate)),
+                )
+                .collect(),
+            Op::AttendGrad(a) => {
+                let mut r = vec![a.q, a.k, a.v, a.lse, a.d_out, a.delta];
+                if let KeySet::Gather { idx, .. } = a.keys {
+                    r.push(idx);
+                }
+                r
+            }
+            Op::PoolGrad(p) => [p.k, p.v]
+                .into_iter()
+                .chain(p.weights.iter().copied())
+                .chain([p.d_kc, p.d_vc])
+                .collect(),
+            Op::GradSum(g) => g.parts.clone(),
         }
     }
 
@@ -213,17 +336,30 @@ impl Op {
             Op::TopK(t) => vec![t.idx],
             Op::Attend(a) => std::iter::once(a.out).chain(a.lse).collect(),
             Op::Combine(c) => vec![c.out],
+            Op::CombineGrad(c) => c
+                .terms
+                .iter()
+                .flat_map(|t| t.d_gate.into_iter().chain([t.d_out, t.delta]))
+                .collect(),
+            Op::AttendGrad(a) => vec![a.dq, a.dk, a.dv],
+            Op::PoolGrad(p) => [p.dk, p.dv]
+                .into_iter()
+                .chain(p.d_weights.iter().copied())
+                .collect(),
+            Op::GradSum(g) => vec![g.out],
         }
     }
 
-    /// The branch the op belongs to (`None` for the combine).
+    /// The branch the op belongs to (`None` for the combine, its backward and the sums).
     pub fn branch(&self) -> Option<&str> {
         match self {
             Op::Pool(p) => Some(&p.branch),
             Op::Score(s) => Some(&s.branch),
             Op::TopK(t) => Some(&t.branch),
             Op::Attend(a) => Some(&a.branch),
-            Op::Combine(_) => None,
+            Op::AttendGrad(a) => Some(&a.branch),
+            Op::PoolGrad(p) => Some(&p.branch),
+            Op::Combine(_) | Op::CombineGrad(_) | Op::GradSum(_) => None,
         }
     }
 }

@@ -282,3 +282,159 @@ fn an_unused_scratch_tensor_is_reported() {
         Err(VerifyError::UnusedScratch("dead".into()))
     );
 }
+
+fn paper_backward() -> Plan {
+    let spec = library("nsa-paper.nsa");
+    Plan::backward(&spec, &sig(&spec)).expect("lowers")
+}
+
+#[test]
+fn backward_plans_save_every_lse_and_name_the_oracles_gradients() {
+    for name in LIBRARY {
+        let spec = library(name);
+        let plan = Plan::backward(&spec, &sig(&spec)).expect("lowers");
+        plan.verify().expect("verified");
+        let start = plan.backward_start();
+        assert!(start < plan.ops.len() && plan.has_backward());
+        assert!(plan.ops[..start].iter().all(|o| !o.is_backward()));
+        // The forward part is the forward plan's ops, every attention saving its lse.
+        let forward = Plan::forward(&spec, &sig(&spec)).expect("lowers");
+        assert_eq!(forward.ops.len(), start);
+        for op in &plan.ops[..start] {
+            if let Op::Attend(a) = op {
+                let lse = a.lse.expect("saved");
+                assert_eq!(plan.tensor(lse).role, Role::Saved);
+            }
+        }
+        // One gradient per input, `d<name>`, of the input's shape.
+        let inputs: Vec<String> = forward
+            .tensors_with(Role::In)
+            .map(|t| format!("d{}", forward.tensor(t).name))
+            .collect();
+        let grads: Vec<String> = plan
+            .tensors_with(Role::Grad)
+            .map(|t| plan.tensor(t).name.clone())
+            .collect();
+        assert_eq!(grads, inputs, "{name}");
+        assert!(
+            !plan
+                .tensors_with(Role::In)
+                .any(|t| plan.tensor(t).name.starts_with('d') && plan.tensor(t).name != "do")
+        );
+    }
+}
+
+/// Applies `edit` to the paper's backward plan and returns the verifier's verdict.
+fn broken_backward(edit: impl FnOnce(&mut Plan)) -> VerifyError {
+    let mut plan = paper_backward();
+    edit(&mut plan);
+    plan.verify().expect_err("the edit breaks the contract")
+}
+
+fn attend_grad(p: &mut Plan, branch: &str) -> usize {
+    p.ops
+        .iter()
+        .position(|o| matches!(o, Op::AttendGrad(a) if a.branch == branch))
+        .expect("attend_grad")
+}
+
+#[test]
+fn the_verifier_rejects_hand_broken_backward_plans() {
+    // a forward op after the backward began
+    let e = broken_backward(|p| {
+        let start = p.backward_start();
+        let op = p.ops.remove(start - 1);
+        p.ops.push(op);
+    });
+    assert!(
+        matches!(
+            e,
+            VerifyError::ForwardAfterBackward { .. } | VerifyError::ReadBeforeWrite { .. }
+        ),
+        "{e}"
+    );
+    // an attend_grad reading a log-sum-exp that is not saved
+    let e = broken_backward(|p| {
+        let i = attend_grad(p, "win");
+        if let Op::AttendGrad(a) = &p.ops[i] {
+            let lse = a.lse;
+            p.tensors[lse.0].role = Role::Scratch;
+        }
+    });
+    assert!(matches!(e, VerifyError::Malformed { .. }), "{e}");
+    // a backward op writing an output
+    let e = broken_backward(|p| {
+        let o = id(p, "o_win");
+        let i = attend_grad(p, "win");
+        if let Op::AttendGrad(a) = &mut p.ops[i] {
+            a.dq = o;
+        }
+    });
+    assert!(
+        matches!(
+            e,
+            VerifyError::RoleMismatch { .. }
+                | VerifyError::Shape { .. }
+                | VerifyError::TwoProducers { .. }
+        ),
+        "{e}"
+    );
+    // a gradient of the wrong shape
+    let e = broken_backward(|p| {
+        let dg = id(p, "dg_win");
+        p.tensors[dg.0].shape = vec![Extent::Batch, Extent::Queries, Extent::HeadsKv];
+    });
+    assert!(
+        matches!(
+            e,
+            VerifyError::Shape { .. } | VerifyError::GradWithoutInput(_)
+        ),
+        "{e}"
+    );
+    // an input without gradient: the last grad_sum dropped
+    let e = broken_backward(|p| {
+        p.ops.pop();
+    });
+    assert!(matches!(e, VerifyError::NeverProduced { .. }), "{e}");
+    // a gradient named after no input
+    let e = broken_backward(|p| {
+        let dq = id(p, "dq");
+        p.tensors[dq.0].name = "dqq".into();
+    });
+    assert!(
+        matches!(e, VerifyError::GradWithoutInput(ref n) if n == "dqq")
+            || matches!(e, VerifyError::MissingGrad(_)),
+        "{e}"
+    );
+    // a dK/dV tile over the wrong keys: the selected branch's gradient as compressed keys
+    let e = broken_backward(|p| {
+        let i = attend_grad(p, "slc");
+        let kc = id(p, "kc_cmp");
+        if let Op::AttendGrad(a) = &mut p.ops[i] {
+            a.k = kc;
+        }
+    });
+    assert!(
+        matches!(e, VerifyError::Shape { .. } | VerifyError::Elem { .. }),
+        "{e}"
+    );
+    // a gradient sum over parts of another shape
+    let e = broken_backward(|p| {
+        let pdq = id(p, "pdq_win");
+        let n = p.ops.len();
+        if let Op::GradSum(g) = &mut p.ops[n - 1] {
+            g.parts.push(pdq);
+        }
+    });
+    assert!(matches!(e, VerifyError::Shape { .. }), "{e}");
+    // a pool_grad without its weights' gradients
+    let spec = library("compress-only.nsa");
+    let mut plan = Plan::backward(&spec, &sig(&spec)).expect("lowers");
+    let n = plan.ops.len();
+    for op in &mut plan.ops[..n] {
+        if let Op::PoolGrad(pg) = op {
+            pg.weights.push(TensorId(0));
+        }
+    }
+    assert!(plan.verify().is_err());
+}

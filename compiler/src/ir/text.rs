@@ -55,9 +55,96 @@ pub(super) fn render(plan: &Plan) -> String {
     s
 }
 
+fn keys_text(plan: &Plan, keys: &KeySet) -> String {
+    match keys {
+        KeySet::Causal => "causal".to_string(),
+        KeySet::Compressed { block, stride } => {
+            format!("compressed(block={block}, stride={stride})")
+        }
+        KeySet::Window { size } => format!("window(size={size})"),
+        KeySet::Gather { idx, granularity } => {
+            format!("gather({}, granularity={granularity})", name(plan, *idx))
+        }
+    }
+}
+
+fn list(plan: &Plan, ids: &[TensorId]) -> String {
+    ids.iter()
+        .map(|id| name(plan, *id))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn op_text(plan: &Plan, op: &Op) -> String {
     let n = |id: TensorId| name(plan, id);
     match op {
+        Op::CombineGrad(cg) => {
+            let mode = match cg.mode {
+                CombineMode::Gate => "gate",
+                CombineMode::Sum => "sum",
+            };
+            let terms: Vec<String> = cg
+                .terms
+                .iter()
+                .map(|t| {
+                    let reads = std::iter::once(t.out).chain(t.gate).collect::<Vec<_>>();
+                    let writes = t
+                        .d_gate
+                        .into_iter()
+                        .chain([t.d_out, t.delta])
+                        .collect::<Vec<_>>();
+                    format!(
+                        "{}: ({}) -> ({})",
+                        t.branch,
+                        list(plan, &reads),
+                        list(plan, &writes)
+                    )
+                })
+                .collect();
+            format!(
+                "combine_grad {mode} (do {}) [{}]",
+                n(cg.d_out),
+                terms.join("; ")
+            )
+        }
+        Op::AttendGrad(a) => format!(
+            "attend_grad {} {} (q {}, k {}, v {}, lse {}, do {}, delta {}) -> (dq {}, dk {}, dv {})",
+            a.branch,
+            keys_text(plan, &a.keys),
+            n(a.q),
+            n(a.k),
+            n(a.v),
+            n(a.lse),
+            n(a.d_out),
+            n(a.delta),
+            n(a.dq),
+            n(a.dk),
+            n(a.dv)
+        ),
+        Op::PoolGrad(p) => {
+            let mut w = String::new();
+            for id in &p.weights {
+                let _ = write!(w, ", {}", n(*id));
+            }
+            let mut dw = String::new();
+            for id in &p.d_weights {
+                let _ = write!(dw, ", {}", n(*id));
+            }
+            format!(
+                "pool_grad {} {} block={} stride={} ({}, {}{w}, {}, {}) -> ({}, {}{dw})",
+                p.branch,
+                p.kind.name(),
+                p.block,
+                p.stride,
+                n(p.k),
+                n(p.v),
+                n(p.d_kc),
+                n(p.d_vc),
+                n(p.dk),
+                n(p.dv)
+            )
+        }
+        Op::GradSum(g) => format!("grad_sum ({}) -> ({})", list(plan, &g.parts), n(g.out)),
         Op::Pool(p) => {
             let mut w = String::new();
             for id in &p.weights {
@@ -76,16 +163,7 @@ fn op_text(plan: &Plan, op: &Op) -> String {
             )
         }
         Op::Attend(a) => {
-            let keys = match &a.keys {
-                KeySet::Causal => "causal".to_string(),
-                KeySet::Compressed { block, stride } => {
-                    format!("compressed(block={block}, stride={stride})")
-                }
-                KeySet::Window { size } => format!("window(size={size})"),
-                KeySet::Gather { idx, granularity } => {
-                    format!("gather({}, granularity={granularity})", n(*idx))
-                }
-            };
+            let keys = keys_text(plan, &a.keys);
             let lse = a.lse.map(|l| format!(", lse {}", n(l))).unwrap_or_default();
             format!(
                 "attend {} {keys} (q {}, k {}, v {}) -> ({}{lse})",

@@ -5,9 +5,14 @@
 //! provided tensors or tensors an earlier op produced; every `Out`/`Saved`/`Grad` tensor is
 //! produced and every `Scratch` tensor is read; each op's operands have the extents and element
 //! types it needs (q `[B,Tq,HQ,DQK]`, keys `[B,Tk|NC,H,DQK]`, …); op parameters are positive.
+//!
+//! With a backward pass, also: no forward op follows a backward op; backward ops write only
+//! `Grad` and `Scratch` tensors and forward ops no `Grad`; every `Saved` tensor is read; an
+//! `attend_grad` reads a `Saved` log-sum-exp; every `Grad` tensor is `d<input>` with its
+//! input's shape, and every input but the upstream `do` has one.
 
 use super::Plan;
-use super::op::{KeySet, Op, ScoreSource};
+use super::op::{CombineMode, KeySet, Op, ScoreSource};
 use super::tensor::{Elem, Extent, Role, TensorId};
 
 /// A broken contract: which op or tensor, and what is wrong.
@@ -57,6 +62,27 @@ pub enum VerifyError {
     },
     #[error("op {op}: parameter `{param}` must be positive")]
     ZeroParameter { op: usize, param: &'static str },
+    #[error("saved tensor `{0}` is produced but never read")]
+    UnusedSaved(String),
+    #[error("op {op} is a forward op after the backward pass began")]
+    ForwardAfterBackward { op: usize },
+    #[error("op {op} ({what}) writes `{name}`, a {role} tensor it may not write")]
+    RoleMismatch {
+        op: usize,
+        what: &'static str,
+        name: String,
+        role: &'static str,
+    },
+    #[error("gradient `{0}` names no input of the same shape")]
+    GradWithoutInput(String),
+    #[error("input `{0}` has no gradient in a plan with a backward pass")]
+    MissingGrad(String),
+    #[error("op {op} ({what}): {why}")]
+    Malformed {
+        op: usize,
+        what: &'static str,
+        why: String,
+    },
     #[error("op {op}: a compressed key set ({want}) does not match its pool ({got})")]
     PoolMismatch {
         op: usize,
@@ -161,6 +187,7 @@ pub(super) fn verify(plan: &Plan) -> Result<(), VerifyError> {
             }
             producer[id.0] = Some(i);
         }
+        check_roles(plan, i, op)?;
         check_op(plan, i, op)?;
     }
     for (i, t) in plan.tensors.iter().enumerate() {
@@ -173,8 +200,110 @@ pub(super) fn verify(plan: &Plan) -> Result<(), VerifyError> {
         if t.role == Role::Scratch && plan.consumers(TensorId(i)).next().is_none() {
             return Err(VerifyError::UnusedScratch(t.name.clone()));
         }
+        if t.role == Role::Saved && plan.consumers(TensorId(i)).next().is_none() {
+            return Err(VerifyError::UnusedSaved(t.name.clone()));
+        }
+    }
+    check_gradients(plan)
+}
+
+/// The upstream gradient's name: an input of the backward pass with no gradient of its own.
+pub(super) const UPSTREAM: &str = "do";
+
+/// Which roles an op may write, and that no forward op follows a backward one.
+fn check_roles(plan: &Plan, i: usize, op: &Op) -> Result<(), VerifyError> {
+    if !op.is_backward() && plan.ops[..i].iter().any(Op::is_backward) {
+        return Err(VerifyError::ForwardAfterBackward { op: i });
+    }
+    for id in op.writes() {
+        let t = plan.tensor(id);
+        let ok = if op.is_backward() {
+            matches!(t.role, Role::Grad | Role::Scratch)
+        } else {
+            t.role != Role::Grad
+        };
+        if !ok {
+            return Err(VerifyError::RoleMismatch {
+                op: i,
+                what: op.name(),
+                name: t.name.clone(),
+                role: t.role.name(),
+            });
+        }
     }
     Ok(())
+}
+
+/// Every `Grad` tensor is the gradient of an input of its shape; with a backward pass, every
+/// input (but `do`) has one.
+fn check_gradients(plan: &Plan) -> Result<(), VerifyError> {
+    for id in plan.tensors_with(Role::Grad) {
+        let g = plan.tensor(id);
+        let input = g
+            .name
+            .strip_prefix('d')
+            .and_then(|n| plan.tensor_named(n))
+            .map(|i| plan.tensor(i));
+        match input {
+            Some(t) if t.role == Role::In && t.shape == g.shape && g.elem == Elem::F32 => {}
+            _ => return Err(VerifyError::GradWithoutInput(g.name.clone())),
+        }
+    }
+    if plan.has_backward() {
+        for id in plan.tensors_with(Role::In) {
+            let name = &plan.tensor(id).name;
+            if name == UPSTREAM {
+                continue;
+            }
+            let grad = plan.tensor_named(&format!("d{name}"));
+            if grad.is_none_or(|g| plan.tensor(g).role != Role::Grad) {
+                return Err(VerifyError::MissingGrad(name.clone()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The key extent a key set attends over (`Tk`, or `NC_<c>` of the pool that made the keys),
+/// checking a compressed key set against its pool and a gathered one's index tensor.
+fn key_extent(c: &Checker<'_>, keys: &KeySet, k: TensorId) -> Result<Extent, VerifyError> {
+    use Extent::{Batch as B, HeadsKv as H, Keys as TK, Queries as TQ};
+    let plan = c.plan;
+    Ok(match keys {
+        KeySet::Compressed { block, stride } => {
+            c.positive(*block, "block")?;
+            c.positive(*stride, "stride")?;
+            let pool = plan.producer(k).and_then(|(_, op)| match op {
+                Op::Pool(p) => Some(p),
+                _ => None,
+            });
+            match pool {
+                Some(p) if (p.block, p.stride) == (*block, *stride) => {}
+                other => {
+                    return Err(VerifyError::PoolMismatch {
+                        op: c.op,
+                        want: format!("block {block}, stride {stride}"),
+                        got: other.map_or("no pool op".into(), |p| {
+                            format!("block {}, stride {}", p.block, p.stride)
+                        }),
+                    });
+                }
+            }
+            plan.tensor(k).shape[1].clone()
+        }
+        KeySet::Gather { idx, granularity } => {
+            c.positive(*granularity, "granularity")?;
+            let top = match plan.tensor(*idx).shape.get(3) {
+                Some(Extent::Const(n)) => *n,
+                _ => 0,
+            };
+            c.positive(top, "index width")?;
+            c.shape(*idx, &[B, TQ, H, Extent::Const(top)])?;
+            c.elem(*idx, Elem::I32)?;
+            TK
+        }
+        KeySet::Causal | KeySet::Window { .. } => TK,
+    })
 }
 
 /// The extents and element types each op needs of its operands.
@@ -286,6 +415,113 @@ fn check_op(plan: &Plan, i: usize, op: &Op) -> Result<(), VerifyError> {
             c.shape(t.idx, &[B, TQ, H, Extent::Const(t.k)])?;
             c.elem(t.scores, Elem::F32)?;
             c.elem(t.idx, Elem::I32)?;
+        }
+        Op::CombineGrad(cg) => {
+            c.shape(cg.d_out, &[B, TQ, HQ, Dv])?;
+            c.elem(cg.d_out, Elem::F32)?;
+            for term in &cg.terms {
+                for id in [term.out, term.d_out] {
+                    c.shape(id, &[B, TQ, HQ, Dv])?;
+                    c.elem(id, Elem::F32)?;
+                }
+                c.shape(term.delta, &[B, TQ, HQ])?;
+                c.elem(term.delta, Elem::F32)?;
+                let gated = cg.mode == CombineMode::Gate;
+                match (term.gate, term.d_gate) {
+                    (Some(g), Some(dg)) if gated => {
+                        c.shape(g, &[B, TQ, HQ])?;
+                        c.elem(g, act)?;
+                        c.shape(dg, &[B, TQ, HQ])?;
+                        c.elem(dg, Elem::F32)?;
+                    }
+                    (None, None) if !gated => {}
+                    _ => {
+                        return Err(VerifyError::Malformed {
+                            op: i,
+                            what: op.name(),
+                            why: format!(
+                                "term `{}` needs a gate and its gradient exactly when gated",
+                                term.branch
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+        Op::AttendGrad(a) => {
+            let keys = key_extent(&c, &a.keys, a.k)?;
+            let kv_elem = match a.keys {
+                KeySet::Compressed { .. } => Elem::F32,
+                _ => act,
+            };
+            c.shape(a.q, &[B, TQ, HQ, Dqk])?;
+            c.elem(a.q, act)?;
+            c.shape(a.k, &[B, keys.clone(), H, Dqk])?;
+            c.shape(a.v, &[B, keys.clone(), H, Dv])?;
+            c.elem(a.k, kv_elem)?;
+            c.elem(a.v, kv_elem)?;
+            c.shape(a.lse, &[B, TQ, HQ])?;
+            c.elem(a.lse, Elem::F32)?;
+            if plan.tensor(a.lse).role != Role::Saved {
+                return Err(VerifyError::Malformed {
+                    op: i,
+                    what: op.name(),
+                    why: format!(
+                        "`{}` is {}, not the forward's saved log-sum-exp",
+                        plan.tensor(a.lse).name,
+                        plan.tensor(a.lse).role.name()
+                    ),
+                });
+            }
+            c.shape(a.d_out, &[B, TQ, HQ, Dv])?;
+            c.shape(a.delta, &[B, TQ, HQ])?;
+            c.shape(a.dq, &[B, TQ, HQ, Dqk])?;
+            c.shape(a.dk, &[B, keys.clone(), H, Dqk])?;
+            c.shape(a.dv, &[B, keys, H, Dv])?;
+            for id in [a.d_out, a.delta, a.dq, a.dk, a.dv] {
+                c.elem(id, Elem::F32)?;
+            }
+        }
+        Op::PoolGrad(p) => {
+            c.positive(p.block, "block")?;
+            c.positive(p.stride, "stride")?;
+            let want = match p.kind {
+                super::op::PoolKind::Mean => 0,
+                super::op::PoolKind::Weighted => 1,
+                super::op::PoolKind::Linear => 2,
+            };
+            if p.weights.len() != want || p.d_weights.len() != want {
+                return Err(VerifyError::Malformed {
+                    op: i,
+                    what: op.name(),
+                    why: format!(
+                        "a {} pool has {want} weight tensors and as many gradients",
+                        p.kind.name()
+                    ),
+                });
+            }
+            for (w, dw) in p.weights.iter().zip(&p.d_weights) {
+                c.shape(*dw, &plan.tensor(*w).shape)?;
+                c.elem(*dw, Elem::F32)?;
+            }
+            c.shape(p.k, &[B, TK, H, Dqk])?;
+            c.shape(p.v, &[B, TK, H, Dv])?;
+            c.shape(p.dk, &[B, TK, H, Dqk])?;
+            c.shape(p.dv, &[B, TK, H, Dv])?;
+            let nc = Extent::Compressed(p.branch.clone());
+            c.shape(p.d_kc, &[B, nc.clone(), H, Dqk])?;
+            c.shape(p.d_vc, &[B, nc, H, Dv])?;
+            for id in [p.d_kc, p.d_vc, p.dk, p.dv] {
+                c.elem(id, Elem::F32)?;
+            }
+        }
+        Op::GradSum(g) => {
+            let shape = plan.tensor(g.out).shape.clone();
+            c.elem(g.out, Elem::F32)?;
+            for part in &g.parts {
+                c.shape(*part, &shape)?;
+                c.elem(*part, Elem::F32)?;
+            }
         }
         Op::Combine(cb) => {
             c.shape(cb.out, &[B, TQ, HQ, Dv])?;

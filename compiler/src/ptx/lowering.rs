@@ -359,6 +359,11 @@ pub fn lower(plan: &Plan) -> Result<Program, PtxError> {
             Op::TopK(t) => {
                 return Err(unsupported(format!("top-k `{}` without scores", t.branch)));
             }
+            Op::CombineGrad(_) | Op::AttendGrad(_) | Op::PoolGrad(_) | Op::GradSum(_) => {
+                return Err(unsupported(
+                    "a backward pass (backward on the GPU is not built yet)".to_string(),
+                ));
+            }
             Op::Combine(c) => Stage::Combine {
                 terms: c
                     .terms

@@ -5,16 +5,22 @@
 //! inputs, packs K/V into the generated code's layouts and pools compressed tokens (in parallel
 //! per (b, segment, kv head)), then runs the work items (b, segment, kv head, chunk of
 //! positions) in parallel with rayon on a pool of the requested size. Items write disjoint rows.
+//!
+//! Training: [`CpuKernel::compile_train`] compiles the forward/backward pair
+//! (`Plan::backward`); [`CpuKernel::forward_train`] returns the outputs with what the backward
+//! needs ([`Saved`]), and [`CpuKernel::backward`] the gradient of every input for an upstream
+//! gradient `do` — the two calls an autograd framework makes. The gradients are bit-identical
+//! for any thread count.
 
 use std::time::Duration;
 
 use nsac_compiler::cpu::{self as backend, CpuError, CpuProgram, CpuVariant};
 
-pub use nsac_compiler::cpu::{CpuOutput, OutputRef, OutputRefs};
+pub use nsac_compiler::cpu::{CpuOutput, Gradients, OutputRef, OutputRefs, Saved};
 use nsac_compiler::ir::{LowerError, Plan, Sizes};
 use nsac_dsl::Spec;
 use nsac_dsl::problem::{Problem, ProblemError, Shape};
-use nsac_kernels::io::{InputError, InputRefs, Inputs, input_refs};
+use nsac_kernels::io::{InputError, InputRefs, Inputs, Tensor, input_refs};
 
 /// Why compiling or running a CPU kernel failed.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +92,81 @@ impl CpuKernel {
         })
     }
 
+    /// Lowers the training pair of `spec` (forward saving its log-sum-exps, then backward;
+    /// `Plan::backward`) and JIT-compiles it: the kernel runs forward ([`CpuKernel::run`],
+    /// [`CpuKernel::forward_train`]) and backward ([`CpuKernel::backward`]).
+    pub fn compile_train(
+        spec: &Spec,
+        shape: &Shape,
+        variant: &CpuVariant,
+    ) -> Result<CpuKernel, CpuKernelError> {
+        let plan = Plan::backward(spec, &nsac_compiler::ir::Signature::of(shape))?;
+        let program = backend::compile(&plan, variant)?;
+        Ok(CpuKernel {
+            shape: shape.clone(),
+            program,
+            pool: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// Whether the kernel was compiled with a backward pass ([`CpuKernel::compile_train`]).
+    pub fn has_backward(&self) -> bool {
+        self.program.plan().has_backward()
+    }
+
+    /// The forward pass with saved state, on `inputs` of `sizes` (see
+    /// `CpuProgram::forward_train`).
+    pub fn forward_train(
+        &self,
+        sizes: &Sizes,
+        inputs: &Inputs,
+        threads: usize,
+    ) -> Result<(CpuOutput, Saved), CpuKernelError> {
+        self.forward_train_refs(sizes, &input_refs(inputs), threads)
+    }
+
+    /// [`CpuKernel::forward_train`] on borrowed inputs.
+    pub fn forward_train_refs(
+        &self,
+        sizes: &Sizes,
+        inputs: &InputRefs<'_>,
+        threads: usize,
+    ) -> Result<(CpuOutput, Saved), CpuKernelError> {
+        let plan = self.program.plan();
+        crate::guard::check(plan, sizes, inputs, crate::guard::Arithmetic::F32)?;
+        let pool = self.pool(threads)?;
+        Ok(pool.install(|| self.program.forward_train(sizes, inputs))?)
+    }
+
+    /// The gradient of every input (`dq`, `dk`, `dv`, `dg_<b>`, …) for the upstream gradient
+    /// `d_o` \[B,T,HQ,DV\], from the forward's `inputs` and what
+    /// [`CpuKernel::forward_train`] saved.
+    pub fn backward(
+        &self,
+        sizes: &Sizes,
+        inputs: &Inputs,
+        saved: &Saved,
+        d_o: &Tensor<f32>,
+        threads: usize,
+    ) -> Result<Gradients, CpuKernelError> {
+        self.backward_refs(sizes, &input_refs(inputs), saved, &d_o.data, threads)
+    }
+
+    /// [`CpuKernel::backward`] on borrowed inputs and upstream gradient.
+    pub fn backward_refs(
+        &self,
+        sizes: &Sizes,
+        inputs: &InputRefs<'_>,
+        saved: &Saved,
+        d_o: &[f32],
+        threads: usize,
+    ) -> Result<Gradients, CpuKernelError> {
+        let plan = self.program.plan();
+        crate::guard::check(plan, sizes, inputs, crate::guard::Arithmetic::F32)?;
+        let pool = self.pool(threads)?;
+        Ok(pool.install(|| self.program.backward(sizes, inputs, saved, d_o))?)
+    }
+
     /// [`CpuKernel::compile`] for a problem (resolved against the spec first).
     pub fn compile_problem(
         spec: &Spec,
@@ -129,7 +210,7 @@ impl CpuKernel {
     ) -> Result<CpuOutput, CpuKernelError> {
         let plan = self.program.plan();
         let refs = input_refs(inputs);
-        crate::contract::check_input_refs(plan, sizes, &refs)?;
+        nsac_compiler::ir::contract::check_input_refs_except(plan, sizes, &refs, &["do"])?;
         crate::guard::check(plan, sizes, &refs, crate::guard::Arithmetic::F32)?;
         let pool = self.pool(threads)?;
         Ok(pool.install(|| self.program.run(sizes, inputs))?)
@@ -145,7 +226,7 @@ impl CpuKernel {
         threads: usize,
     ) -> Result<(), CpuKernelError> {
         let plan = self.program.plan();
-        crate::contract::check_input_refs(plan, sizes, inputs)?;
+        nsac_compiler::ir::contract::check_input_refs_except(plan, sizes, inputs, &["do"])?;
         crate::guard::check(plan, sizes, inputs, crate::guard::Arithmetic::F32)?;
         let pool = self.pool(threads)?;
         Ok(pool.install(|| self.program.run_into(sizes, inputs, outputs))?)

@@ -347,7 +347,7 @@ impl CudaKernel {
                     }
                 },
                 Op::Combine(c) => o = Some(f32s(c.out)?),
-                Op::Pool(_) | Op::Score(_) => {}
+                _ => {}
             }
         }
         let o = o.ok_or_else(|| CudaError::Manifest("the plan has no combine".into()))?;

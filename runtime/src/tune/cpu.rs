@@ -18,8 +18,11 @@
 //! | `unroll` | 1, 2 | reduction unroll |
 //! | `query_chunk` | 16, 64 | positions per parallel work item: fine vs coarse grain |
 //! | `threads` | every core | on these kernels fewer threads never won; a list may say otherwise |
+//! | `bwd_key_tile` | 64 | backward: keys per dq/dK/dV tile (a `--backward` tune may widen it) |
+//! | `bwd_query_chunk` | 16 | backward: positions per dq work item |
 //!
-//! That is 48 points (96 with a window), measured exhaustively. Rejected before compiling,
+//! The two backward knobs hold one value each by default, so a forward tune measures the
+//! same points as before. That is 48 points (96 with a window), measured exhaustively. Rejected before compiling,
 //! each with its reason ([`PruneReason`]): [`CpuVariant::validate`] fails; more live F32X4
 //! registers than the 16 xmm registers of x86-64 ([`CpuVariant::registers`], the backend's own
 //! count); `rows` larger than the GQA group (the tile would be partly empty); more threads than
@@ -84,6 +87,18 @@ pub struct CpuKnobs {
     pub unroll: Vec<u32>,
     pub query_chunk: Vec<u32>,
     pub threads: Vec<usize>,
+    #[serde(default = "default_bwd_key_tiles")]
+    pub bwd_key_tile: Vec<u32>,
+    #[serde(default = "default_bwd_query_chunks")]
+    pub bwd_query_chunk: Vec<u32>,
+}
+
+fn default_bwd_key_tiles() -> Vec<u32> {
+    vec![CpuVariant::default().bwd_key_tile]
+}
+
+fn default_bwd_query_chunks() -> Vec<u32> {
+    vec![CpuVariant::default().bwd_query_chunk]
 }
 
 impl Default for CpuKnobs {
@@ -98,6 +113,8 @@ impl Default for CpuKnobs {
             unroll: vec![1, 2],
             query_chunk: vec![16, 64],
             threads: vec![available_cores()],
+            bwd_key_tile: default_bwd_key_tiles(),
+            bwd_query_chunk: default_bwd_query_chunks(),
         }
     }
 }
@@ -196,6 +213,8 @@ impl CpuSpace {
         add_value(&mut knobs.key_tile, v.key_tile);
         add_value(&mut knobs.unroll, v.unroll);
         add_value(&mut knobs.query_chunk, v.query_chunk);
+        add_value(&mut knobs.bwd_key_tile, v.bwd_key_tile);
+        add_value(&mut knobs.bwd_query_chunk, v.bwd_query_chunk);
         add_value(&mut knobs.threads, default.threads);
         let group = (shape.heads.q / shape.heads.kv.max(1)).max(1);
         CpuSpace {
@@ -243,6 +262,8 @@ impl VariantSpace for CpuSpace {
             Dimension::new("unroll", &k.unroll),
             Dimension::new("query_chunk", &k.query_chunk),
             Dimension::new("threads", &k.threads),
+            Dimension::new("bwd_key_tile", &k.bwd_key_tile),
+            Dimension::new("bwd_query_chunk", &k.bwd_query_chunk),
         ]
     }
 
@@ -257,6 +278,8 @@ impl VariantSpace for CpuSpace {
                 key_tile: pick(&k.key_tile, at(3)),
                 unroll: pick(&k.unroll, at(4)),
                 query_chunk: pick(&k.query_chunk, at(5)),
+                bwd_key_tile: pick(&k.bwd_key_tile, at(7)),
+                bwd_query_chunk: pick(&k.bwd_query_chunk, at(8)),
             },
             threads: pick(&k.threads, at(6)),
         }
@@ -273,6 +296,8 @@ impl VariantSpace for CpuSpace {
             position(&k.unroll, &v.unroll),
             position(&k.query_chunk, &v.query_chunk),
             position(&k.threads, &self.default.threads),
+            position(&k.bwd_key_tile, &v.bwd_key_tile),
+            position(&k.bwd_query_chunk, &v.bwd_query_chunk),
         ]
     }
 

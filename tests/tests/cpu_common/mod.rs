@@ -231,6 +231,8 @@ pub fn two_variants() -> [CpuVariant; 2] {
             key_tile: 8,
             unroll: 1,
             query_chunk: 5,
+            bwd_key_tile: 12,
+            bwd_query_chunk: 3,
         },
     ]
 }

@@ -83,7 +83,14 @@ fn chunk_count(e: &mut Emit, c: &Consts, n: Value) -> Value {
 /// `mc[chunk][G]`; a final pass scales chunk `k`'s P by `2^(m_k − m)/ℓ`, so that `s` holds
 /// exactly the normalized probabilities `2^(S − m)/ℓ` the block scoring reads (and `l` holds
 /// 1/ℓ afterwards). Otherwise every chunk reuses the one tile at `s` and `mc` is not read.
-pub fn compressed(e: &mut Emit, c: &Consts, f: &[FuncRef], p: &[Value], scored: bool) {
+pub fn compressed(
+    e: &mut Emit,
+    c: &Consts,
+    f: &[FuncRef],
+    p: &[Value],
+    scored: bool,
+    lse: Option<Value>,
+) {
     let (q, kcp, vcp, nvis, s, mc, m, l, o, out) =
         (p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9]);
     init_rows(e, c, m, l, o);
@@ -113,6 +120,9 @@ pub fn compressed(e: &mut Emit, c: &Consts, f: &[FuncRef], p: &[Value], scored: 
         }
     });
     e.b.ins().call(f[FINISH], &[o, l, out]);
+    if let Some(lse) = lse {
+        super::grad::store_lse(e, c, m, l, lse);
+    }
     if scored {
         // ℓ is not read after `finish`: keep 1/ℓ there (0 for an empty row), one division per
         // row instead of one per row and chunk.
@@ -165,7 +175,14 @@ pub fn compressed(e: &mut Emit, c: &Consts, f: &[FuncRef], p: &[Value], scored: 
 
 /// `sel_<s>(q, kp, vp, idx, count, t, len, s, m, l, o, out)`: online softmax over the
 /// keys of the `count` chosen blocks `idx[0..count]`, each block one tile.
-pub fn selected(e: &mut Emit, c: &Consts, f: &[FuncRef], p: &[Value], block: usize) {
+pub fn selected(
+    e: &mut Emit,
+    c: &Consts,
+    f: &[FuncRef],
+    p: &[Value],
+    block: usize,
+    lse: Option<Value>,
+) {
     let (q, kp, vp, idx, count, t, len, s, m, l, o, out) = (
         p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11],
     );
@@ -186,11 +203,21 @@ pub fn selected(e: &mut Emit, c: &Consts, f: &[FuncRef], p: &[Value], block: usi
         attend_range(e, c, f, [q, s, m, l, o], kp, vp, lo, hi);
     });
     e.b.ins().call(f[FINISH], &[o, l, out]);
+    if let Some(lse) = lse {
+        super::grad::store_lse(e, c, m, l, lse);
+    }
 }
 
 /// `win_<w>(q, kp, vp, t, len, s, m, l, o, out)`: online softmax over the window,
 /// in tiles of `key_tile` keys aligned to 4.
-pub fn window(e: &mut Emit, c: &Consts, f: &[FuncRef], p: &[Value], size: usize) {
+pub fn window(
+    e: &mut Emit,
+    c: &Consts,
+    f: &[FuncRef],
+    p: &[Value],
+    size: usize,
+    lse: Option<Value>,
+) {
     let (q, kp, vp, t, len, s, m, l, o, out) =
         (p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9]);
     init_rows(e, c, m, l, o);
@@ -213,6 +240,9 @@ pub fn window(e: &mut Emit, c: &Consts, f: &[FuncRef], p: &[Value], size: usize)
         attend_range(e, c, f, [q, s, m, l, o], kp, vp, tlo, end);
     });
     e.b.ins().call(f[FINISH], &[o, l, out]);
+    if let Some(lse) = lse {
+        super::grad::store_lse(e, c, m, l, lse);
+    }
 }
 
 /// `topk_<s>(p, nvis, t, len, scores, idx) -> count`: block scores from the scoring

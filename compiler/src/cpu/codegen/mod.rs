@@ -2,6 +2,7 @@
 //! stage, and their declaration in a `cranelift_module::Module`.
 
 pub mod branch;
+pub mod grad;
 pub mod tile;
 
 pub use super::emit::{Emit, mem};
@@ -33,6 +34,10 @@ pub struct Consts {
     pub variant: CpuVariant,
     /// Floats per S/P scratch row ([`super::score_stride`]).
     pub s_stride: usize,
+    /// Dqk rounded up to a multiple of 4.
+    pub dqkp: usize,
+    /// Floats per S/P and dP/dS scratch row of the backward drivers ([`super::grad_stride`]).
+    pub g_stride: usize,
 }
 
 impl Consts {
@@ -48,6 +53,8 @@ impl Consts {
             causal: d.causal,
             variant: *variant,
             s_stride: super::score_stride(plan, variant),
+            dqkp: d.dqk.div_ceil(4) * 4,
+            g_stride: super::grad_stride(plan, variant),
         }
     }
 }
@@ -59,6 +66,12 @@ pub enum Role {
     Softmax,
     Pv,
     Finish,
+    /// The backward's tile routines (`grad.rs`).
+    BQk,
+    BDp,
+    BSoft,
+    BPv,
+    BAcc,
     /// The driver of `plan.stages[i]`.
     Stage(usize),
     /// The FMA ceiling probe.
@@ -169,6 +182,38 @@ pub fn generate<M: Module>(
             func,
         });
     }
+    // A plan with a backward pass: its tile routines, callees 4.. of the backward drivers.
+    let mut grad_ids = tile_ids.clone();
+    if steps.iter().any(|s| s.is_backward()) {
+        let grad_sigs = [
+            (Role::BQk, "bqk", 4 + tile::POINTER_ALIASES - 1),
+            (Role::BDp, "bdp", 4 + tile::POINTER_ALIASES - 1),
+            (Role::BSoft, "bsoft", 7),
+            (Role::BPv, "bpv", 4 + tile::POINTER_ALIASES - 1),
+            (Role::BAcc, "bacc", 7),
+        ];
+        for (role, name, n) in grad_sigs {
+            let sig = signature(cc, n, None);
+            let (name, id) = declare(module, format!("{prefix}_{name}"), &sig)?;
+            let func = build(module, id, &sig, &[], fma, |e, p, _| {
+                match role {
+                    Role::BQk => tile::qk(e, &grad::qk_consts(&c), p),
+                    Role::BDp => tile::qk(e, &grad::dp_consts(&c), p),
+                    Role::BSoft => grad::soft(e, &c, p),
+                    Role::BPv => tile::pv(e, &grad::pv_consts(&c), p),
+                    _ => grad::acc(e, &c, p),
+                }
+                vec![]
+            });
+            grad_ids.push(id);
+            out.push(Generated {
+                name,
+                role,
+                id,
+                func,
+            });
+        }
+    }
     for (i, step) in steps.iter().enumerate() {
         let branch = sanitize(step.branch().unwrap_or_default());
         let name = match step {
@@ -178,32 +223,44 @@ pub fn generate<M: Module>(
             Step::Selected { .. } => format!("sel_{branch}"),
             Step::Window { .. } => format!("win_{branch}"),
             Step::Combine(_) => "combine".to_string(),
+            Step::CombineGrad(_) => "dcombine".to_string(),
+            Step::GradQ(_) => format!("dq_{branch}"),
+            Step::GradKv(_) => format!("dkv_{branch}"),
+            Step::PoolGrad(_) => format!("dpool_{branch}"),
+            Step::GradSum(g) => format!("gsum_{}", sanitize(&plan.tensor(g.out).name)),
         };
         // Every driver: `(args) -> i64`, the argument block described by its entry.
         let slots = abi::entry(plan, step).slots.len();
         let sig = signature(cc, 1, Some(I64));
         let (name, id) = declare(module, format!("{prefix}_{name}"), &sig)?;
-        let func = build(module, id, &sig, &tile_ids, fma, |e, block, f| {
+        let callees = if step.is_backward() {
+            &grad_ids
+        } else {
+            &tile_ids
+        };
+        let lse = step.saves_lse(plan);
+        let func = build(module, id, &sig, callees, fma, |e, block, f| {
             let p: Vec<Value> = (0..slots)
                 .map(|j| e.b.ins().load(I64, mem(), block[0], (j * 8) as i32))
                 .collect();
             let p = p.as_slice();
+            let lse = lse.then(|| p[slots - 1]);
             let count = match step {
                 Step::Pool(s) => {
                     branch::pool(e, &c, p, s);
                     None
                 }
                 Step::Compressed { scored, .. } => {
-                    branch::compressed(e, &c, f, p, *scored);
+                    branch::compressed(e, &c, f, p, *scored, lse);
                     None
                 }
                 Step::TopK { params, .. } => Some(branch::topk(e, &c, p, params)),
                 Step::Selected { block, .. } => {
-                    branch::selected(e, &c, f, p, *block);
+                    branch::selected(e, &c, f, p, *block, lse);
                     None
                 }
                 Step::Window { size, .. } => {
-                    branch::window(e, &c, f, p, *size);
+                    branch::window(e, &c, f, p, *size, lse);
                     None
                 }
                 Step::Combine(s) => {
@@ -214,6 +271,27 @@ pub fn generate<M: Module>(
                         s.terms.len(),
                         s.terms.iter().any(|t| t.gate.is_some()),
                     );
+                    None
+                }
+                Step::CombineGrad(cg) => {
+                    let gated = cg.terms.iter().any(|t| t.gate.is_some());
+                    grad::combine_grad(e, &c, p, cg.terms.len(), gated);
+                    None
+                }
+                Step::GradQ(_) => {
+                    grad::grad_q(e, &c, f, p);
+                    None
+                }
+                Step::GradKv(_) => {
+                    grad::grad_kv(e, &c, f, p);
+                    None
+                }
+                Step::PoolGrad(pg) => {
+                    grad::pool_grad(e, &c, p, pg);
+                    None
+                }
+                Step::GradSum(g) => {
+                    grad::grad_sum(e, p, g.parts.len());
                     None
                 }
             };

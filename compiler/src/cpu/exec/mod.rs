@@ -5,7 +5,11 @@
 //! the plan's `Out` tensors. It lives beside the code generator because it is the other half
 //! of the drivers' ABI.
 
+mod backward;
 mod pack;
+
+pub(super) use backward::execute_backward;
+pub use backward::{Gradients, Saved};
 
 use std::collections::BTreeMap;
 
@@ -30,7 +34,7 @@ pub struct CpuOutput {
 
 /// A raw pointer that work items share; each item writes only its own disjoint rows.
 #[derive(Clone, Copy)]
-struct Shared<T>(*mut T);
+pub(super) struct Shared<T>(pub(super) *mut T);
 // SAFETY: work items write disjoint elements (their own (position, kv head) rows), and the
 // buffers outlive the parallel section.
 unsafe impl<T> Send for Shared<T> {}
@@ -38,23 +42,23 @@ unsafe impl<T> Send for Shared<T> {}
 unsafe impl<T> Sync for Shared<T> {}
 
 impl<T> Shared<T> {
-    fn at(self, off: usize) -> *mut T {
+    pub(super) fn at(self, off: usize) -> *mut T {
         // SAFETY (for callers): `off` is within the allocation by construction of the offsets.
         self.0.wrapping_add(off)
     }
 }
 
 /// Everything prepared before the work items run.
-struct Prepared<'a> {
+pub(super) struct Prepared<'a> {
     /// Packed raw K/V per (K tensor) per slot index.
     raw: BTreeMap<TensorId, Vec<Packed>>,
     /// Pooled K̃/Ṽ per compress branch per slot index.
-    pooled: BTreeMap<String, Vec<Packed>>,
-    slots: Vec<Slot>,
+    pub(super) pooled: BTreeMap<String, Vec<Packed>>,
+    pub(super) slots: Vec<Slot>,
     inputs: &'a InputRefs<'a>,
 }
 
-fn input<'a>(plan: &Plan, inputs: &'a InputRefs<'a>, id: TensorId) -> &'a [f32] {
+pub(super) fn input<'a>(plan: &Plan, inputs: &'a InputRefs<'a>, id: TensorId) -> &'a [f32] {
     inputs
         .get(plan.tensor(id).name.as_str())
         .map(|t| t.data)
@@ -97,7 +101,7 @@ impl CpuOutput {
                     }
                 }
                 Op::Combine(c) => o = owned.f32.remove(&c.out),
-                Op::Pool(_) | Op::Score(_) => {}
+                _ => {}
             }
         }
         let o = o.ok_or_else(|| CpuError::Codegen("the plan has no combine output".into()))?;
@@ -109,7 +113,7 @@ impl CpuOutput {
     }
 }
 
-fn prepare<'a>(
+pub(super) fn prepare<'a>(
     plan: &Plan,
     steps: &[Step<'_>],
     sizes: &Sizes,
@@ -226,7 +230,8 @@ impl PoolRefs {
 }
 
 /// One work item's argument block for one step, with the per-item slots (packed K/V, the
-/// segment length, scratch) already set and the per-position ones resolved.
+/// segment length, scratch) already set and the per-position ones resolved; `lse` is the
+/// saved log-sum-exp's slot and tensor of a training plan's attention.
 enum Bound {
     Pool,
     Compressed {
@@ -234,6 +239,7 @@ enum Bound {
         q: SlotRef,
         nvis: SlotRef,
         out: SlotRef,
+        lse: Option<(SlotRef, TensorId)>,
     },
     TopK {
         args: Args,
@@ -248,12 +254,14 @@ enum Bound {
         count: SlotRef,
         t: SlotRef,
         out: SlotRef,
+        lse: Option<(SlotRef, TensorId)>,
     },
     Window {
         args: Args,
         q: SlotRef,
         t: SlotRef,
         out: SlotRef,
+        lse: Option<(SlotRef, TensorId)>,
     },
     Combine {
         args: Args,
@@ -308,7 +316,11 @@ pub(super) fn execute<'a>(
     let mut owned = Owned::default();
     let mut fptr: BTreeMap<TensorId, Shared<f32>> = BTreeMap::new();
     let mut iptr: BTreeMap<TensorId, Shared<i32>> = BTreeMap::new();
-    for id in plan.tensors_with(Role::Out) {
+    let produced: Vec<TensorId> = plan
+        .tensors_with(Role::Out)
+        .chain(plan.tensors_with(Role::Saved))
+        .collect();
+    for id in produced {
         let t = plan.tensor(id);
         match (lent.get_mut(t.name.as_str()), t.elem) {
             (Some(OutputRef::I32(buf)), Elem::I32) => {
@@ -401,8 +413,26 @@ pub(super) fn execute<'a>(
             let mut bound = Vec::with_capacity(steps.len());
             for ((i, st), dr) in steps.iter().enumerate().zip(&program.drivers) {
                 let mut args = dr.args();
+                let lse = match st {
+                    Step::Compressed { attend, .. }
+                    | Step::Selected { attend, .. }
+                    | Step::Window { attend, .. }
+                        if st.saves_lse(plan) =>
+                    {
+                        match attend.lse {
+                            Some(l) => Some((dr.write("lse")?, l)),
+                            None => None,
+                        }
+                    }
+                    _ => None,
+                };
                 let b = match st {
                     Step::Pool(_) => Bound::Pool,
+                    Step::CombineGrad(_)
+                    | Step::GradQ(_)
+                    | Step::GradKv(_)
+                    | Step::PoolGrad(_)
+                    | Step::GradSum(_) => Bound::Pool,
                     Step::Compressed { pool, .. } => {
                         let packed = &prep.pooled[&pool.branch][si];
                         args.ptr(dr.read("kc")?, packed.k.as_ptr());
@@ -415,6 +445,7 @@ pub(super) fn execute<'a>(
                             nvis: dr.int("nvis")?,
                             out: dr.write("out")?,
                             args,
+                            lse,
                         }
                     }
                     Step::TopK { by, .. } => {
@@ -446,9 +477,16 @@ pub(super) fn execute<'a>(
                                 q,
                                 t,
                                 out,
+                                lse,
                             }
                         } else {
-                            Bound::Window { args, q, t, out }
+                            Bound::Window {
+                                args,
+                                q,
+                                t,
+                                out,
+                                lse,
+                            }
                         }
                     }
                     Step::Combine(c) => {
@@ -483,6 +521,7 @@ pub(super) fn execute<'a>(
                     input(plan, prep.inputs, q)[(row * hq + slot.h * g) * d.dqk..].as_ptr()
                 };
                 let out_off = (row * hq + slot.h * g) * dv;
+                let lse_off = row * hq + slot.h * g;
                 for (i, (st, b)) in steps.iter().zip(bound.iter_mut()).enumerate() {
                     let dr = &program.drivers[i];
                     // SAFETY (every call below): each pointer addresses this item's rows of a
@@ -493,8 +532,17 @@ pub(super) fn execute<'a>(
                             Step::Compressed {
                                 attend: c, pool, ..
                             },
-                            Bound::Compressed { args, q, nvis, out },
+                            Bound::Compressed {
+                                args,
+                                q,
+                                nvis,
+                                out,
+                                lse,
+                            },
                         ) => {
+                            if let Some((slot_ref, id)) = lse {
+                                args.ptr(*slot_ref, out_ptr(id)?.at(lse_off));
+                            }
                             let n = rules::visible_compressed(
                                 t,
                                 slot.len,
@@ -541,8 +589,12 @@ pub(super) fn execute<'a>(
                                 count,
                                 t: ts,
                                 out,
+                                lse,
                             },
                         ) => {
+                            if let Some((slot_ref, id)) = lse {
+                                args.ptr(*slot_ref, out_ptr(id)?.at(lse_off));
+                            }
                             args.ptr(*q, q_at(sa.q));
                             let at = (row * d.heads_kv + slot.h) * top;
                             args.ptr(*idx, idx_ptr(sel_idx)?.at(at));
@@ -558,8 +610,12 @@ pub(super) fn execute<'a>(
                                 q,
                                 t: ts,
                                 out,
+                                lse,
                             },
                         ) => {
+                            if let Some((slot_ref, id)) = lse {
+                                args.ptr(*slot_ref, out_ptr(id)?.at(lse_off));
+                            }
                             args.ptr(*q, q_at(w.q));
                             args.int(*ts, t as i64);
                             args.ptr(*out, out_ptr(&w.out)?.at(out_off));

@@ -1,8 +1,10 @@
-//! Lowerings from a `Spec` onto the plan vocabulary: `forward` today; backward and decode
-//! lowerings add their ops and tensors beside it.
+//! Lowerings from a `Spec` onto the plan vocabulary: `forward`, and `backward`, which turns a
+//! forward plan into the training pair; decode lowerings add their ops and tensors beside them.
 
+mod backward;
 mod forward;
 
+pub use backward::{backward, gradient_name};
 pub use forward::forward;
 
 use super::VerifyError;
