@@ -149,15 +149,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         return run_backward(args, &spec, &shape, &inputs, &d_o, &source);
     }
     let run = run_on(args.device, &spec, &shape, &inputs, &source)?;
-    for (name, t) in &run.outputs {
-        let bad = values(t).iter().filter(|x| !x.is_finite()).count();
-        if bad > 0 {
-            return Err(CliError::Other(format!(
-                "the output `{name}` holds {bad} NaN or infinite values: the computation overflowed on {} (a device bug the magnitude guard missed); the summary would mislead, so nothing is reported",
-                run.device
-            )));
-        }
-    }
+    refuse_non_finite(&run.outputs, &run.device)?;
     let written = match &args.output {
         Some(path) => {
             let mut set = run.outputs.clone();
@@ -240,15 +232,7 @@ fn run_backward(
     let compiled = nsac::Attention::from_spec(spec.clone()).compile(&device, &options)?;
     let (run, state) = compiled.forward_train(shape, inputs)?;
     let grads = compiled.backward(shape, inputs, &state, d_o)?;
-    for (name, t) in run.outputs.iter().chain(&grads.gradients) {
-        let bad = values(t).iter().filter(|x| !x.is_finite()).count();
-        if bad > 0 {
-            return Err(CliError::Other(format!(
-                "`{name}` holds {bad} NaN or infinite values on {}: nothing is reported",
-                run.device
-            )));
-        }
-    }
+    refuse_non_finite(run.outputs.iter().chain(&grads.gradients), &run.device)?;
     let written = match &args.output {
         Some(path) => {
             let mut set = run.outputs.clone();
@@ -320,4 +304,21 @@ fn print_summary(s: &RunSummary, json: bool) -> Result<(), CliError> {
         text.push_str(&format!("written  {w}\n"));
     }
     emit(&text).map_err(CliError::Stdout)
+}
+
+/// Refuses to report tensors holding NaN or Inf: the computation overflowed on `device` (a
+/// device bug the magnitude guard missed), and a summary of them would mislead.
+fn refuse_non_finite<'a>(
+    tensors: impl IntoIterator<Item = (&'a String, &'a HostTensor)>,
+    device: &str,
+) -> Result<(), CliError> {
+    for (name, t) in tensors {
+        let bad = values(t).iter().filter(|x| !x.is_finite()).count();
+        if bad > 0 {
+            return Err(CliError::Other(format!(
+                "the output `{name}` holds {bad} NaN or infinite values: the computation overflowed on {device} (a device bug the magnitude guard missed); the summary would mislead, so nothing is reported"
+            )));
+        }
+    }
+    Ok(())
 }
