@@ -140,6 +140,20 @@ impl Checker<'_> {
         }
         Ok(())
     }
+
+    /// A gathered key set's index tensor: `[B, Tq, H, top]` of i32 with `top` and the
+    /// granularity positive.
+    fn gather_index(&self, idx: TensorId, granularity: usize) -> Result<(), VerifyError> {
+        use Extent::{Batch as B, HeadsKv as H, Queries as TQ};
+        self.positive(granularity, "granularity")?;
+        let top = match self.plan.tensor(idx).shape.get(3) {
+            Some(Extent::Const(n)) => *n,
+            _ => 0,
+        };
+        self.positive(top, "index width")?;
+        self.shape(idx, &[B, TQ, H, Extent::Const(top)])?;
+        self.elem(idx, Elem::I32)
+    }
 }
 
 pub(super) fn verify(plan: &Plan) -> Result<(), VerifyError> {
@@ -267,7 +281,7 @@ fn check_gradients(plan: &Plan) -> Result<(), VerifyError> {
 /// The key extent a key set attends over (`Tk`, or `NC_<c>` of the pool that made the keys),
 /// checking a compressed key set against its pool and a gathered one's index tensor.
 fn key_extent(c: &Checker<'_>, keys: &KeySet, k: TensorId) -> Result<Extent, VerifyError> {
-    use Extent::{Batch as B, HeadsKv as H, Keys as TK, Queries as TQ};
+    use Extent::Keys as TK;
     let plan = c.plan;
     Ok(match keys {
         KeySet::Compressed { block, stride } => {
@@ -292,14 +306,7 @@ fn key_extent(c: &Checker<'_>, keys: &KeySet, k: TensorId) -> Result<Extent, Ver
             plan.tensor(k).shape[1].clone()
         }
         KeySet::Gather { idx, granularity } => {
-            c.positive(*granularity, "granularity")?;
-            let top = match plan.tensor(*idx).shape.get(3) {
-                Some(Extent::Const(n)) => *n,
-                _ => 0,
-            };
-            c.positive(top, "index width")?;
-            c.shape(*idx, &[B, TQ, H, Extent::Const(top)])?;
-            c.elem(*idx, Elem::I32)?;
+            c.gather_index(*idx, *granularity)?;
             TK
         }
         KeySet::Causal | KeySet::Window { .. } => TK,
@@ -364,14 +371,7 @@ fn check_op(plan: &Plan, i: usize, op: &Op) -> Result<(), VerifyError> {
                     plan.tensor(a.k).shape[1].clone()
                 }
                 KeySet::Gather { idx, granularity } => {
-                    c.positive(*granularity, "granularity")?;
-                    let top = match plan.tensor(*idx).shape.get(3) {
-                        Some(Extent::Const(n)) => *n,
-                        _ => 0,
-                    };
-                    c.positive(top, "index width")?;
-                    c.shape(*idx, &[B, TQ, H, Extent::Const(top)])?;
-                    c.elem(*idx, Elem::I32)?;
+                    c.gather_index(*idx, *granularity)?;
                     c.elem(a.k, act)?;
                     c.elem(a.v, act)?;
                     TK
