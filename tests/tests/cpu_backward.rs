@@ -8,12 +8,12 @@
 
 mod cpu_common;
 
-use cpu_common::{compress, library_labeled, select, shape, spec, window, with_heads};
+use cpu_common::{compress, library_labeled, rel_err, select, shape, spec, window, with_heads};
 use nsac_compiler::cpu::CpuVariant;
 use nsac_dsl::Spec;
 use nsac_dsl::problem::{Problem, Shape};
 use nsac_dsl::spec::{CombineMode, KvSource, Pool};
-use nsac_kernels::io::{Tensor, random_inputs, random_upstream};
+use nsac_kernels::io::{random_inputs, random_upstream};
 use nsac_kernels::reference;
 use nsac_runtime::cpu::{CpuKernel, Gradients};
 use rand::{Rng, SeedableRng};
@@ -21,21 +21,6 @@ use rand_chacha::ChaCha8Rng;
 
 /// The bar of the brief: max|d − ref| / max|ref| per gradient.
 const BAR: f64 = 1e-4;
-
-fn rel_err(got: &Tensor<f32>, want: &Tensor<f64>) -> f64 {
-    assert_eq!(got.shape, want.shape, "shape mismatch");
-    let max_ref = want.data.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-    let max_diff = got
-        .data
-        .iter()
-        .zip(&want.data)
-        .fold(0.0f64, |m, (g, w)| m.max((f64::from(*g) - w).abs()));
-    if max_ref == 0.0 {
-        max_diff
-    } else {
-        max_diff / max_ref
-    }
-}
 
 /// Forward with saved state, backward, and the oracle on the same blocks; returns the CPU's
 /// gradients after checking every one of them (and that the names are the oracle's).

@@ -172,7 +172,8 @@ pub fn with_heads(mut p: Problem, q: u32, kv: u32, dqk: u32, dv: u32) -> Problem
     p
 }
 
-fn rel_err(got: &Tensor<f32>, want: &Tensor<f64>) -> f64 {
+/// max|got − want| / max|want| (the plain max difference when `want` is all zeros).
+pub fn rel_err(got: &Tensor<f32>, want: &Tensor<f64>) -> f64 {
     assert_eq!(got.shape, want.shape, "shape mismatch");
     let max_ref = want.data.iter().fold(0.0f64, |m, x| m.max(x.abs()));
     let max_diff = got
