@@ -1,9 +1,9 @@
 """Load and run nsac-generated PTX with its JSON manifest, from Python (cupy + torch).
 
 `nsac compile SPEC --target ptx -o FILE` (or `tests/tests/gpu_emit.rs`) writes FILE.ptx and a
-manifest: buffers (role input / segments / scratch / output, element type, shape, for the
-manifest's problem), the `seg` table's columns, and kernels, launched in order: name, typed
-parameters (`{"kind": "buffer", "name": ...}` pointers, then `{"kind": "u32", "name": "ntok" |
+manifest: buffers (the plan's role in / out / scratch, element type, shape, for the manifest's
+problem; the scratch buffer `seg` is the segment table), the `seg` table's columns, and kernels,
+launched in order: name, typed parameters (`{"kind": "buffer", "name": ...}` pointers, then `{"kind": "u32", "name": "ntok" |
 "score_bytes"}` sizes) and the launch geometry as formulas of the call's tokens and longest
 segment (`geometry`; `grid`/`shared_bytes` are its values for the manifest's problem). The PTX
 holds no length: this launcher evaluates the geometry and the sizes for the problem it binds.
@@ -94,11 +94,11 @@ class NsacPtx:
         bufs = {}
         for b in self.manifest["buffers"]:
             dt = DTYPES[b["elem"]]
-            if b["role"] == "input":
+            if b["role"] == "in":
                 t = inputs[b["name"]]
                 assert t.dtype == dt and list(t.shape) == b["shape"], (b["name"], t.dtype, t.shape, b)
                 bufs[b["name"]] = t.contiguous()
-            elif b["role"] == "segments":
+            elif b["name"] == "seg":
                 bufs[b["name"]] = self.segments()
             else:
                 bufs[b["name"]] = torch.zeros(b["shape"], dtype=dt, device="cuda")
@@ -120,7 +120,7 @@ class NsacPtx:
         self.bind(**inputs)
         self.launch()
         torch.cuda.synchronize()
-        return {b["name"]: self.buffers[b["name"]] for b in self.manifest["buffers"] if b["role"] == "output"}
+        return {b["name"]: self.buffers[b["name"]] for b in self.manifest["buffers"] if b["role"] == "out"}
 
 
 def _example(d):
@@ -129,7 +129,7 @@ def _example(d):
     dt = DTYPES[m["dtype"]]
     inputs = {}
     for b in m["buffers"]:
-        if b["role"] == "input":
+        if b["role"] == "in":
             x = np.fromfile(f"{d}/example.{b['name']}.f32", dtype=np.float32).reshape(b["shape"])
             inputs[b["name"]] = torch.from_numpy(x).to("cuda").to(dt)
     out = run(**inputs)

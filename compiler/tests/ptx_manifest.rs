@@ -2,10 +2,10 @@
 //! how the Variant's knobs show in them and in the generated PTX; that the PTX does not depend
 //! on the problem's lengths.
 
-use nsac_compiler::ir::{Op, Plan, Role, Sizes, TensorId};
+use nsac_compiler::ir::{Elem, Op, Plan, Role, Sizes, TensorId};
 use nsac_compiler::ptx::{
-    Arch, BufferRole, GpuVariant, KernelInfo, Manifest, Param, PtxError, emit_module, emit_plan,
-    emit_ptx, lowering, segment_table,
+    Arch, GpuVariant, KernelInfo, Manifest, Param, PtxError, emit_module, emit_plan, emit_ptx,
+    lowering, segment_table,
 };
 use nsac_dsl::problem::{DType, Problem};
 use nsac_dsl::spec::{
@@ -213,7 +213,7 @@ fn manifest_reflects_the_tensor_core_knobs() {
         );
         // the other kernels do not depend on these knobs
         assert_eq!(kernel(&m, "attend_cmp"), kernel(&m0, "attend_cmp"));
-        assert_eq!(kernel(&m, "topn_slc"), kernel(&m0, "topn_slc"));
+        assert_eq!(kernel(&m, "topk_slc"), kernel(&m0, "topk_slc"));
     }
 
     let cmp0 = kernel(&m0, "attend_cmp");
@@ -265,10 +265,10 @@ fn manifest_reflects_the_tensor_core_knobs() {
             ..GpuVariant::default()
         };
         let (ptx, m) = emit(v);
-        let topn = kernel(&m, "topn_slc");
+        let topk = kernel(&m, "topk_slc");
         // 77 tokens → 5 candidate blocks of 16: small score arrays, the whole request fits
-        assert_eq!(topn.block, [32 * tokens, 1, 1], "{v}");
-        assert_eq!(topn.grid[0], 77u32.div_ceil(tokens) * 2, "{v}");
+        assert_eq!(topk.block, [32 * tokens, 1, 1], "{v}");
+        assert_eq!(topk.grid[0], 77u32.div_ceil(tokens) * 2, "{v}");
         assert_eq!(ptx.contains(".maxntid"), tokens > 8, "{v}");
     }
 }
@@ -330,7 +330,7 @@ fn fused_combine_moves_into_the_tensor_core_select_kernel() {
                 [
                     "nsac_tc_pool_cmp",
                     "nsac_tc_attend_cmp",
-                    "nsac_tc_topn_slc",
+                    "nsac_tc_topk_slc",
                     "nsac_tc_attend_slc_combine"
                 ]
             );
@@ -465,14 +465,14 @@ fn a_third_compress_stage_adds_one_chunk_buffer_and_waits_for_two_groups() {
         ..GpuVariant::default()
     });
     // one staging buffer of 32 keys: K hi, K lo and V rows of 2*64+16 bytes (attention),
-    // K hi and lo rows (top-n scoring)
+    // K hi and lo rows (top-k scoring)
     let row = 2 * 64 + 16;
     let (attn_buf, score_buf) = (32 * 3 * row, 32 * 2 * row);
     let (a2, a3) = (kernel(&m2, "attend_cmp"), kernel(&m3, "attend_cmp"));
     assert_eq!(a2.shared_bytes, 2 * attn_buf + 8 * 8);
     assert_eq!(a3.shared_bytes, a2.shared_bytes + attn_buf);
     assert!(a3.launch.contains("shared = 3*32*(") && a3.launch.contains("triple-buffered"));
-    let (t2, t3) = (kernel(&m2, "topn_slc"), kernel(&m3, "topn_slc"));
+    let (t2, t3) = (kernel(&m2, "topk_slc"), kernel(&m3, "topk_slc"));
     assert_eq!(
         t3.block, t2.block,
         "8 score arrays still fit beside 3 buffers"
@@ -482,7 +482,7 @@ fn a_third_compress_stage_adds_one_chunk_buffer_and_waits_for_two_groups() {
     assert_eq!(kernel(&m3, "attend_slc"), kernel(&m2, "attend_slc"));
 
     // S buffers: wait until only the S - 1 newest groups are pending; the prologue commits
-    // S - 1 groups and each loop step one (attention and top-n hold one loop each)
+    // S - 1 groups and each loop step one (attention and top-k hold one loop each)
     let count = |ptx: &str, s: &str| ptx.matches(s).count();
     assert_eq!(count(&ptx2, "cp.async.wait_group 1;"), 2);
     assert_eq!(count(&ptx2, "cp.async.wait_group 2;"), 0);
@@ -523,7 +523,7 @@ fn top_n_keeps_its_tokens_and_sizes_its_scores_per_call() {
         let (ptx_short, short) = emit(Problem::batched(1, 77), &v);
         let (ptx_long, long) = emit(Problem::batched(1, 200_000), &v);
         assert_eq!(ptx_short, ptx_long, "the PTX does not depend on T");
-        let (a, b) = (kernel(&short, "topn_slc"), kernel(&long, "topn_slc"));
+        let (a, b) = (kernel(&short, "topk_slc"), kernel(&long, "topk_slc"));
         // the block size is the variant's, whatever T: the scores grow instead
         assert_eq!(a.block, [32 * tokens, 1, 1]);
         assert_eq!(b.block, a.block);
@@ -539,7 +539,7 @@ fn top_n_keeps_its_tokens_and_sizes_its_scores_per_call() {
             .kernels
             .iter()
             .position(|k| k.name == a.name)
-            .expect("topn")];
+            .expect("topk")];
         assert_eq!(
             (l.grid, l.block, l.shared_bytes),
             (b.grid[0], b.block[0], b.shared_bytes)
@@ -590,7 +590,7 @@ fn ptx_is_the_same_for_every_length_and_packing() {
 }
 
 /// The manifest's buffers are the plan's tensors in declaration order, shaped by the call's
-/// `Sizes` (all but the scores, which the top-n kernel keeps to itself), then the backend's
+/// `Sizes` (all but the scores, which the top-k kernel keeps to itself), then the backend's
 /// scratch; roles and element types follow the plan's.
 #[test]
 fn manifest_buffers_are_the_plans_tensors() {
@@ -628,14 +628,16 @@ fn manifest_buffers_are_the_plans_tensors() {
         assert_eq!(rest, ["seg", "kc16_cmp", "vc16_cmp"]);
         for b in &m.buffers[..want.len()] {
             let t = plan.tensor(plan.tensor_named(&b.name).expect("a plan tensor"));
-            let (role, elem) = match t.role {
-                Role::In => (BufferRole::Input, "bf16"),
-                Role::Out => (BufferRole::Output, t.elem.name()),
-                _ => (BufferRole::Scratch, t.elem.name()),
+            let elem = match t.role {
+                Role::In => Elem::Bf16,
+                _ => t.elem,
             };
-            assert_eq!((b.role, b.elem.as_str()), (role, elem), "{}", b.name);
+            assert_eq!((b.role, b.elem), (t.role, elem), "{}", b.name);
         }
-        assert_eq!(m.buffer("idx_slc").map(|b| b.elem.as_str()), Some("i32"));
+        for b in &m.buffers[want.len()..] {
+            assert_eq!(b.role, Role::Scratch, "{}", b.name);
+        }
+        assert_eq!(m.buffer("idx_slc").map(|b| b.elem), Some(Elem::I32));
     }
 }
 

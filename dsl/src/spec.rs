@@ -107,7 +107,7 @@ pub enum Pool {
     Linear,
 }
 
-/// Attention over the top-n key blocks chosen by a compress branch's scores.
+/// Attention over the top-k key blocks chosen by a compress branch's scores.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Select {
     pub block: u32,

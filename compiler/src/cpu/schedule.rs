@@ -1,6 +1,6 @@
 //! The CPU backend's reading of a [`Plan`]: the ops grouped into the steps it generates one
 //! driver for, in plan order — a pool, a compressed attention (which keeps its probabilities
-//! when a score op reads its log-sum-exp), a score with its top-k (one `topn` driver: the
+//! when a score op reads its log-sum-exp), a score with its top-k (one `topk` driver: the
 //! scores never leave the work item), a gathered or windowed attention, the combine. Both the
 //! code generator and the executor walk this one list, so they cannot disagree on it.
 //!
@@ -16,7 +16,7 @@ use crate::ir::{
 
 use super::CpuError;
 
-/// The constants a `topn` driver is specialized on.
+/// The constants a `topk` driver is specialized on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TopKParams {
     /// l′: keys per selection block.
@@ -33,13 +33,13 @@ pub struct TopKParams {
 #[derive(Debug, Clone, Copy)]
 pub enum Step<'p> {
     Pool(&'p Pool),
-    /// Attention over compressed tokens; `scored` when a top-n reads its probabilities.
+    /// Attention over compressed tokens; `scored` when a top-k reads its probabilities.
     Compressed {
         attend: &'p Attend,
         pool: &'p Pool,
         scored: bool,
     },
-    /// Block scores from the compress branch `by` and the top-n choice, written to `idx`.
+    /// Block scores from the compress branch `by` and the top-k choice, written to `idx`.
     TopK {
         score: &'p Score,
         topk: &'p TopK,

@@ -5,6 +5,8 @@
 
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 /// Index into [`super::Plan::tensors`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TensorId(pub usize);
@@ -15,8 +17,10 @@ impl fmt::Display for TensorId {
     }
 }
 
-/// Who provides a tensor, who consumes it and how long it lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Who provides a tensor, who consumes it and how long it lives (serialized by [`Role::name`],
+/// as GPU manifests carry it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Provided by the caller under [`Tensor::name`]; never written.
     In,
@@ -51,8 +55,9 @@ impl Role {
     }
 }
 
-/// Element type of a tensor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Element type of a tensor (serialized by [`Elem::name`], as GPU manifests carry it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Elem {
     F32,
     F16,
@@ -112,7 +117,7 @@ pub enum Extent {
     Dqk,
     /// `DV`: value head dim (compiled in).
     Dv,
-    /// A size the spec fixes (a top-n, a block length, a product of them with head dims).
+    /// A size the spec fixes (a top-k, a block length, a product of them with head dims).
     Const(usize),
 }
 

@@ -15,7 +15,7 @@ use super::lowering::CallSizes;
 pub enum Scalar {
     /// Tokens of the call (B·T).
     Ntok,
-    /// Bytes of one warp's top-n score array in dynamic shared memory:
+    /// Bytes of one warp's top-k score array in dynamic shared memory:
     /// `align16(4 · ceil(max_len / select block))` ([`Geometry::score_bytes`]).
     ScoreBytes,
 }
@@ -74,7 +74,7 @@ pub struct SharedRule {
 }
 
 /// How a kernel's launch follows from the call: a 1-D grid over the call's tokens, a fixed
-/// block, and dynamic shared memory that may grow with the longest segment (top-n scores).
+/// block, and dynamic shared memory that may grow with the longest segment (top-k scores).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Geometry {
     pub grid_x: GridRule,
@@ -111,7 +111,7 @@ impl Geometry {
         }
     }
 
-    /// Adds `arrays` top-n score arrays of candidate blocks of `block` keys to the shared bytes.
+    /// Adds `arrays` top-k score arrays of candidate blocks of `block` keys to the shared bytes.
     pub fn with_scores(mut self, arrays: u32, block: u32) -> Self {
         self.shared.score_arrays = arrays;
         self.shared.score_block = block;
@@ -166,7 +166,7 @@ impl Geometry {
             })
             .map(|s| match s {
                 Scalar::Ntok => fit(sizes.tokens, "token count"),
-                Scalar::ScoreBytes => fit(self.score_bytes(sizes.max_len), "top-n score array"),
+                Scalar::ScoreBytes => fit(self.score_bytes(sizes.max_len), "top-k score array"),
             })
             .collect::<Result<Vec<u32>, _>>()?;
         Ok(LaunchDims {
@@ -181,6 +181,7 @@ impl Geometry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ptx::SEG;
 
     #[test]
     fn geometry_follows_tokens_and_the_longest_segment() {
@@ -191,7 +192,7 @@ mod tests {
         assert_eq!(g.score_bytes(65 * 64), 272); // 65 blocks → 260 bytes → 272
         assert_eq!(g.shared_bytes(65 * 64), 1000 + 8 * 272);
         let params = [
-            Param::buffer("seg"),
+            Param::buffer(SEG),
             Param::U32 { name: Scalar::Ntok },
             Param::U32 {
                 name: Scalar::ScoreBytes,

@@ -1,5 +1,5 @@
 //! The PTX backend's reading of a [`Plan`]: its ops grouped into GPU stages in plan order — a
-//! pool, an attention over compressed tokens, a score with its top-k (one top-n kernel: the
+//! pool, an attention over compressed tokens, a score with its top-k (one top-k kernel: the
 //! scores never leave it), an attention over gathered blocks or a window, the combine — each
 //! naming the plan tensors it reads and writes, with the sizes the kernels are specialized on
 //! (heads, head dims, block sizes, dtype) as `u32`s. Nothing here depends on the sequence
@@ -12,7 +12,7 @@
 
 use nsac_dsl::problem::DType;
 
-use super::{BufferInfo, BufferRole, PtxError};
+use super::{BufferInfo, PtxError, SEG};
 use crate::ir::{self, CombineMode, Extent, KeySet, Op, Plan, PoolKind, ScoreSource, Sizes};
 
 /// Sizes shared by all stages: everything but the lengths.
@@ -86,7 +86,7 @@ pub enum Stage {
         stride: u32,
     },
     /// Scores selection blocks from a compress branch's probabilities and picks the top n.
-    TopN {
+    TopK {
         branch: String,
         scored_by: String,
         q: String,
@@ -264,7 +264,7 @@ fn top_of(plan: &Plan, idx: ir::TensorId) -> Result<usize, PtxError> {
     match plan.tensor(idx).shape.last() {
         Some(Extent::Const(n)) => Ok(*n),
         _ => Err(unsupported(format!(
-            "index tensor `{}` without a fixed top-n",
+            "index tensor `{}` without a fixed top-k",
             plan.tensor(idx).name
         ))),
     }
@@ -341,7 +341,7 @@ pub fn lower(plan: &Plan) -> Result<Program, PtxError> {
                     lse,
                     ..
                 } = &score.source;
-                Stage::TopN {
+                Stage::TopK {
                     branch: topk.branch.clone(),
                     scored_by: by.clone(),
                     q: name(plan, *q),
@@ -402,11 +402,11 @@ pub fn backend_scratch(
     program: &Program,
 ) -> Result<Vec<BufferInfo>, PtxError> {
     let dims = &program.dims;
-    let dt = dims.dtype.name().to_string();
+    let dt = ir::Elem::of(dims.dtype);
     let mut out = vec![BufferInfo {
-        name: "seg".into(),
-        role: BufferRole::Segments,
-        elem: "i32".into(),
+        name: SEG.into(),
+        role: ir::Role::Scratch,
+        elem: ir::Elem::I32,
         shape: vec![sizes.tokens(), dims.seg_cols as usize],
     }];
     for stage in &program.stages {
@@ -431,14 +431,14 @@ pub fn backend_scratch(
         kshape.extend([2, last]);
         out.push(BufferInfo {
             name: half.k.clone(),
-            role: BufferRole::Scratch,
-            elem: dt.clone(),
+            role: ir::Role::Scratch,
+            elem: dt,
             shape: kshape,
         });
         out.push(BufferInfo {
             name: half.v.clone(),
-            role: BufferRole::Scratch,
-            elem: dt.clone(),
+            role: ir::Role::Scratch,
+            elem: dt,
             shape: sizes.shape(plan, vc)?,
         });
     }

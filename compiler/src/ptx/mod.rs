@@ -14,14 +14,14 @@
 //! Buffers ([`Manifest::buffers`]): the plan's tensors in declaration order, shaped for the
 //! manifest's call ([`Sizes::shape`]) — its `In` tensors in the problem's dtype, its `Out`
 //! tensors (`o`, `o_<b>` in f32, `idx_<b>` in int32) and the `Scratch` tensors a kernel touches
-//! (f32 `kc_<b>`, `vc_<b>` `[B, NC, H, D]` and `lse_<b>`; the top-n kernels keep the plan's
+//! (f32 `kc_<b>`, `vc_<b>` `[B, NC, H, D]` and `lse_<b>`; the top-k kernels keep the plan's
 //! `scores_<s>` to themselves) — then the backend's scratch, derived from them
 //! ([`lowering::backend_scratch`]): `seg` (per token its segment's start and end and, per
 //! compress branch, the segment's first compressed slot) and, for the tensor-core kernels, the
 //! 16-bit copies `kc16_<b>`, `vc16_<b>` of the compressed tokens.
 //!
 //! Kernels: one per GPU stage ([`lowering::lower`]: one per plan op, except that a score and
-//! its top-k are one top-n kernel), in the plan's order, on one stream. With
+//! its top-k are one top-k kernel), in the plan's order, on one stream. With
 //! [`GpuVariant::fuse_combine`] = 1 and a last branch kernel that can fuse (the tensor-core
 //! selected attention or the window attention), that kernel, renamed `…_attend_<b>_combine`,
 //! also computes `o` in its epilogue and takes the other branches' outputs, the gates (gated
@@ -42,7 +42,7 @@ use nsac_dsl::problem::{DType, Shape};
 use serde::{Deserialize, Serialize};
 
 use crate::ir::{self, Plan, Role, Sizes};
-use kernels::{KernelOut, attend, combine, pool, tc_compress, tc_select, topn};
+use kernels::{KernelOut, attend, combine, pool, tc_compress, tc_select, topk};
 pub use launch::{Geometry, LaunchDims, Param, Scalar};
 pub use lowering::{CallSizes, segment_table};
 use lowering::{Program, Stage};
@@ -99,27 +99,18 @@ impl Arch {
     }
 }
 
-/// What a buffer is to the caller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BufferRole {
-    /// A tensor of the contract the caller provides.
-    Input,
-    /// `seg`: built from the problem ([`Manifest::seg_columns`], [`segment_table`]).
-    Segments,
-    /// Intermediate data; only its size matters.
-    Scratch,
-    /// A result (`o`, `o_<b>`, `idx_<b>`).
-    Output,
-}
+/// The name of the segment table every kernel reads: a [`Role::Scratch`] buffer of the
+/// backend's own, which the launcher fills per call from [`Manifest::seg_columns`] and
+/// [`segment_table`] (the other scratch buffers start zeroed).
+pub const SEG: &str = "seg";
 
 /// One device buffer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BufferInfo {
     pub name: String,
-    pub role: BufferRole,
-    /// `f32`, `f16`, `bf16` or `i32`.
-    pub elem: String,
+    /// The plan's role of the tensor ([`Role::Scratch`] for the backend's own buffers).
+    pub role: Role,
+    pub elem: ir::Elem,
     pub shape: Vec<usize>,
 }
 
@@ -130,10 +121,7 @@ impl BufferInfo {
     }
     /// Bytes per element.
     pub fn elem_bytes(&self) -> usize {
-        match self.elem.as_str() {
-            "f16" | "bf16" => 2,
-            _ => 4,
-        }
+        self.elem.size()
     }
 }
 
@@ -322,25 +310,23 @@ impl ModuleManifest {
 
 /// The element type of plan tensor `t` on the GPU: inputs in the problem's dtype, the rest as
 /// the plan declares them (f32 results and scratch, i32 indices).
-fn gpu_elem(t: &ir::Tensor, dtype: DType) -> String {
+fn gpu_elem(t: &ir::Tensor, dtype: DType) -> ir::Elem {
     match t.role {
-        Role::In => dtype.name().to_string(),
-        _ => t.elem.name().to_string(),
+        Role::In => ir::Elem::of(dtype),
+        _ => t.elem,
     }
 }
 
-/// The manifest role of a plan tensor; `None` for roles a forward plan does not have.
-fn gpu_role(role: Role) -> Option<BufferRole> {
+/// Whether the GPU launcher handles tensors of `role` (those a forward plan has).
+fn gpu_role(role: Role) -> bool {
     match role {
-        Role::In => Some(BufferRole::Input),
-        Role::Out => Some(BufferRole::Output),
-        Role::Scratch => Some(BufferRole::Scratch),
-        Role::Saved | Role::Grad | Role::State => None,
+        Role::In | Role::Out | Role::Scratch => true,
+        Role::Saved | Role::Grad | Role::State => false,
     }
 }
 
 /// The buffers of the manifest for a call of `sizes`: the plan's inputs and outputs, the plan's
-/// scratch tensors some kernel reads or writes (`used`: the top-n kernels keep their
+/// scratch tensors some kernel reads or writes (`used`: the top-k kernels keep their
 /// `scores_<s>` to themselves), then the backend's scratch, all in declaration order.
 fn buffers(
     plan: &Plan,
@@ -350,15 +336,19 @@ fn buffers(
 ) -> Result<Vec<BufferInfo>, PtxError> {
     let mut out = Vec::new();
     for (i, t) in plan.tensors.iter().enumerate() {
-        let role = gpu_role(t.role).ok_or_else(|| {
-            PtxError::Unsupported(format!("tensor `{}` of role {}", t.name, t.role.name()))
-        })?;
+        if !gpu_role(t.role) {
+            return Err(PtxError::Unsupported(format!(
+                "tensor `{}` of role {}",
+                t.name,
+                t.role.name()
+            )));
+        }
         if t.role == Role::Scratch && !used(&t.name) {
             continue;
         }
         out.push(BufferInfo {
             name: t.name.clone(),
-            role,
+            role: t.role,
             elem: gpu_elem(t, plan.consts.dtype),
             shape: sizes.shape(plan, ir::TensorId(i))?,
         });
@@ -502,7 +492,7 @@ fn generate(program: &Program, variant: &GpuVariant) -> Vec<KernelOut> {
                     None,
                 ),
             },
-            Stage::TopN {
+            Stage::TopK {
                 branch,
                 q,
                 keys,
@@ -515,9 +505,9 @@ fn generate(program: &Program, variant: &GpuVariant) -> Vec<KernelOut> {
                 keep_first,
                 keep_last,
                 ..
-            } => topn::topn(
-                &nm(&format!("topn_{branch}")),
-                &topn::TopNParams {
+            } => topk::topk(
+                &nm(&format!("topk_{branch}")),
+                &topk::TopKParams {
                     q,
                     keys,
                     lse,

@@ -25,12 +25,12 @@ pub struct GpuVariant {
     /// Register cap (`.maxnreg`) of the tensor-core compressed attention; 0 leaves it to
     /// ptxas (bounded by the block size): 0 or 32..=255.
     pub compress_max_regs: u32,
-    /// Consecutive tokens per thread block of the tensor-core top-n scoring (their score arrays
+    /// Consecutive tokens per thread block of the tensor-core top-k scoring (their score arrays
     /// grow with the call's longest segment; a call whose scores do not fit the device's shared
     /// memory is refused at launch): 1..=32.
     pub score_tokens: u32,
     /// Pipeline depth of the shared compressed-key chunks (tensor-core compressed attention and
-    /// top-n scoring): chunks in flight with `cp.async` while one is consumed; 2 (double
+    /// top-k scoring): chunks in flight with `cp.async` while one is consumed; 2 (double
     /// buffering) ..= 3.
     pub compress_stages: u32,
     /// 1: the gated/summed combine runs in the epilogue of the last branch's kernel (which reads

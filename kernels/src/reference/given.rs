@@ -2,7 +2,7 @@
 //! ([`super::forward_with_blocks`]).
 //!
 //! A backend that scores blocks in f32 may break a near-tie differently from the f64 oracle;
-//! its choice is still right when it is a valid top-n of the oracle's scores
+//! its choice is still right when it is a valid top-k of the oracle's scores
 //! ([`super::score::is_valid_choice`]). To then check its selected attention and output, the
 //! oracle recomputes everything with the backend's blocks. The given `idx_<b>` must follow the
 //! output contract: \[B,T,H,top\], per row the block indices strictly ascending, then −1 only.

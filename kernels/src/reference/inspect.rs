@@ -49,7 +49,7 @@ pub fn compressed_probabilities(
     })
 }
 
-/// The raw block scores p_s of select branch `branch` (before forcing and top-n): per
+/// The raw block scores p_s of select branch `branch` (before forcing and top-k): per
 /// sequence \[T_seg, H, NB\] with NB = [`score::block_count`].
 pub fn block_scores(
     spec: &Spec,

@@ -1,4 +1,4 @@
-//! Block scoring and top-n choice of a select branch (docs/ARCHITECTURE.md §3, select).
+//! Block scoring and top-k choice of a select branch (docs/ARCHITECTURE.md §3, select).
 //!
 //! Selection block i covers keys [i·l′, (i+1)·l′) of the sequence (the last one may be short).
 //! It is a candidate for query t iff i·l′ ≤ t (causal) / i·l′ < T_seg (non-causal). Its score

@@ -49,7 +49,7 @@ pub enum CudaError {
     #[error(transparent)]
     Guard(#[from] Box<crate::guard::GuardError>),
     #[error(
-        "kernel `{kernel}` needs {needed} B of shared memory per block for this call, the device allows {available} B (the top-n score arrays grow with the longest segment: shorten it, or lower the GPU variant's score_tokens)"
+        "kernel `{kernel}` needs {needed} B of shared memory per block for this call, the device allows {available} B (the top-k score arrays grow with the longest segment: shorten it, or lower the GPU variant's score_tokens)"
     )]
     SharedMemory {
         kernel: String,

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{CudaSlice, CudaStream, LaunchArgs, PushKernelArg};
-use nsac_compiler::ir::{Plan, Sizes};
-use nsac_compiler::ptx::{BufferInfo, BufferRole};
+use nsac_compiler::ir::{Elem, Plan, Role, Sizes};
+use nsac_compiler::ptx::{BufferInfo, SEG};
 use nsac_dsl::problem::DType;
 use nsac_kernels::io::{InputError, Tensor};
 
@@ -37,7 +37,7 @@ pub enum TensorsError {
     ByteLength {
         name: String,
         shape: Vec<usize>,
-        elem: String,
+        elem: &'static str,
         expected: usize,
         got: usize,
     },
@@ -87,12 +87,15 @@ pub struct DeviceTensors<'a> {
 }
 
 /// How a role reads in a message.
-fn role_name(role: BufferRole) -> &'static str {
-    match role {
-        BufferRole::Input => "an input",
-        BufferRole::Segments => "the segment table",
-        BufferRole::Scratch => "scratch",
-        BufferRole::Output => "an output",
+fn role_name(b: &BufferInfo) -> &'static str {
+    match b.role {
+        Role::In => "an input",
+        Role::Scratch if b.name == SEG => "the segment table",
+        Role::Scratch => "scratch",
+        Role::Out => "an output",
+        Role::Saved => "saved for the backward",
+        Role::Grad => "a gradient",
+        Role::State => "state",
     }
 }
 
@@ -117,26 +120,29 @@ fn find(layout: &[BufferInfo], name: &str) -> Result<usize, TensorsError> {
         })
 }
 
-fn expect_role(b: &BufferInfo, wanted: BufferRole) -> Result<(), TensorsError> {
+fn expect_role(b: &BufferInfo, wanted: Role) -> Result<(), TensorsError> {
     if b.role == wanted {
         return Ok(());
     }
     Err(TensorsError::Role {
         name: b.name.clone(),
-        role: role_name(b.role),
-        wanted: role_name(wanted),
+        role: role_name(b),
+        wanted: role_name(&BufferInfo {
+            role: wanted,
+            ..b.clone()
+        }),
     })
 }
 
 /// Checks that `got` bytes of device memory hold input `b` exactly.
 fn check_bytes(b: &BufferInfo, got: usize) -> Result<(), TensorsError> {
-    expect_role(b, BufferRole::Input)?;
+    expect_role(b, Role::In)?;
     let expected = b.numel() * b.elem_bytes();
     if got != expected {
         return Err(TensorsError::ByteLength {
             name: b.name.clone(),
             shape: b.shape.clone(),
-            elem: b.elem.clone(),
+            elem: b.elem.name(),
             expected,
             got,
         });
@@ -194,7 +200,7 @@ pub(super) fn check_sizes(sizes: &Sizes) -> Result<(), TensorsError> {
 
 /// Checks host tensor `t` against input `b`: its shape, as many values, all finite.
 fn check_host(b: &BufferInfo, t: &Tensor<f32>) -> Result<(), CudaError> {
-    expect_role(b, BufferRole::Input)?;
+    expect_role(b, Role::In)?;
     if t.shape != b.shape {
         return Err(InputError::BadShape {
             name: b.name.clone(),
@@ -246,29 +252,23 @@ fn decode(b: &BufferInfo, bytes: &[u8]) -> Result<HostTensor, CudaError> {
     let shape = b.shape.clone();
     let w4 = || bytes.chunks_exact(4).map(|c| [c[0], c[1], c[2], c[3]]);
     let w2 = || bytes.chunks_exact(2).map(|c| [c[0], c[1]]);
-    Ok(match b.elem.as_str() {
-        "f32" => HostTensor::F32(Tensor {
+    Ok(match b.elem {
+        Elem::F32 => HostTensor::F32(Tensor {
             shape,
             data: w4().map(f32::from_le_bytes).collect(),
         }),
-        "i32" => HostTensor::I32(Tensor {
+        Elem::I32 => HostTensor::I32(Tensor {
             shape,
             data: w4().map(i32::from_le_bytes).collect(),
         }),
-        "f16" => HostTensor::F16(Tensor {
+        Elem::F16 => HostTensor::F16(Tensor {
             shape,
             data: w2().map(half::f16::from_le_bytes).collect(),
         }),
-        "bf16" => HostTensor::Bf16(Tensor {
+        Elem::Bf16 => HostTensor::Bf16(Tensor {
             shape,
             data: w2().map(half::bf16::from_le_bytes).collect(),
         }),
-        other => {
-            return Err(CudaError::Manifest(format!(
-                "buffer `{}` has unknown element type `{other}`",
-                b.name
-            )));
-        }
     })
 }
 
@@ -290,8 +290,8 @@ impl<'a> DeviceTensors<'a> {
         let mut buffers = Vec::with_capacity(layout.len());
         for b in &layout {
             let buffer = match b.role {
-                BufferRole::Input => Buffer::Unbound,
-                BufferRole::Segments => {
+                Role::In | Role::State => Buffer::Unbound,
+                Role::Scratch if b.name == SEG => {
                     let bytes: Vec<u8> = seg.iter().flat_map(|x| x.to_le_bytes()).collect();
                     if bytes.len() != b.numel() * b.elem_bytes() {
                         return Err(CudaError::Manifest(format!(
@@ -307,7 +307,7 @@ impl<'a> DeviceTensors<'a> {
                         home.clone_htod(&bytes),
                     )?)
                 }
-                BufferRole::Scratch | BufferRole::Output => Buffer::Owned(driver(
+                Role::Scratch | Role::Out | Role::Saved | Role::Grad => Buffer::Owned(driver(
                     || format!("allocating buffer `{}`", b.name),
                     home.alloc_zeros::<u8>(alloc_bytes(b)),
                 )?),
@@ -348,7 +348,7 @@ impl<'a> DeviceTensors<'a> {
     pub fn output_names(&self) -> impl Iterator<Item = &str> {
         self.layout
             .iter()
-            .filter(|b| b.role == BufferRole::Output)
+            .filter(|b| b.role == Role::Out)
             .map(|b| b.name.as_str())
     }
 
@@ -482,7 +482,7 @@ impl<'a> DeviceTensors<'a> {
     /// the launches enqueued on [`DeviceTensors::stream`], once they have run.
     pub fn output(&self, name: &str) -> Result<&CudaSlice<u8>, CudaError> {
         let i = find(&self.layout, name)?;
-        expect_role(&self.layout[i], BufferRole::Output)?;
+        expect_role(&self.layout[i], Role::Out)?;
         match &self.buffers[i] {
             Buffer::Owned(s) => Ok(s),
             _ => Err(TensorsError::Unbound(name.to_string()).into()),
@@ -534,28 +534,28 @@ impl Drop for DeviceTensors<'_> {
 mod tests {
     use super::*;
 
-    fn input(name: &str, shape: &[usize], elem: &str) -> BufferInfo {
+    fn input(name: &str, shape: &[usize], elem: Elem) -> BufferInfo {
         BufferInfo {
             name: name.into(),
-            role: BufferRole::Input,
-            elem: elem.into(),
+            role: Role::In,
+            elem,
             shape: shape.to_vec(),
         }
     }
 
     fn layout() -> Vec<BufferInfo> {
         vec![
-            input("q", &[1, 7, 4, 16], "bf16"),
+            input("q", &[1, 7, 4, 16], Elem::Bf16),
             BufferInfo {
-                name: "seg".into(),
-                role: BufferRole::Segments,
-                elem: "i32".into(),
+                name: SEG.into(),
+                role: Role::Scratch,
+                elem: Elem::I32,
                 shape: vec![7, 3],
             },
             BufferInfo {
                 name: "o".into(),
-                role: BufferRole::Output,
-                elem: "f32".into(),
+                role: Role::Out,
+                elem: Elem::F32,
                 shape: vec![1, 7, 4, 16],
             },
         ]
@@ -570,14 +570,14 @@ mod tests {
         };
         assert_eq!((name.as_str(), known.as_str()), ("k", "q, seg, o"));
         assert_eq!(
-            expect_role(&l[2], BufferRole::Input),
+            expect_role(&l[2], Role::In),
             Err(TensorsError::Role {
                 name: "o".into(),
                 role: "an output",
                 wanted: "an input"
             })
         );
-        assert_eq!(expect_role(&l[2], BufferRole::Output), Ok(()));
+        assert_eq!(expect_role(&l[2], Role::Out), Ok(()));
     }
 
     #[test]
@@ -592,7 +592,7 @@ mod tests {
                 Err(TensorsError::ByteLength {
                     name: "q".into(),
                     shape: vec![1, 7, 4, 16],
-                    elem: "bf16".into(),
+                    elem: "bf16",
                     expected: exact,
                     got
                 })

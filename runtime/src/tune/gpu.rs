@@ -15,13 +15,13 @@
 //! | `select_chunk` | 16, 32, 64 | keys staged per step there |
 //! | `compress_tokens` | 4, 8, 16 | tensor-core compressed attention: tokens sharing a chunk |
 //! | `compress_max_regs` | 0 (none), 96, 128 | its register cap: blocks per multiprocessor vs spills |
-//! | `score_tokens` | 4, 8, 16 | tensor-core top-n: tokens sharing the staged keys |
+//! | `score_tokens` | 4, 8, 16 | tensor-core top-k: tokens sharing the staged keys |
 //! | `warps_per_block` | 2, 4, 8 | the scalar warp-per-row kernels (pool, combine, fallbacks) |
-//! | `compress_stages` | 2, 3 | compressed chunks in flight (compressed attention, top-n) |
+//! | `compress_stages` | 2, 3 | compressed chunks in flight (compressed attention, top-k) |
 //! | `fuse_combine` | 0, 1 | the combine in the last branch kernel's epilogue, or its own kernel |
 //!
 //! A knob is kept only when one of its values changes the generated PTX of this problem (an
-//! f32 problem has no tensor-core kernels, a spec without a select branch no top-n), so the
+//! f32 problem has no tensor-core kernels, a spec without a select branch no top-k), so the
 //! tuner never times two candidates that are the same code. What remains is searched
 //! exhaustively when small, else by coordinate descent ([`super::search`]); the knobs act on
 //! different kernels launched one after another, so their effects nearly add up, which is the
@@ -287,7 +287,7 @@ pub fn gpu_tolerance(dtype: DType) -> f64 {
 }
 
 /// Tokens of the GPU check problem for the plan of a problem: odd, at least 203, and past two
-/// blocks more than every select stage's top-n could cover, so the top-n really chooses.
+/// blocks more than every select stage's top-k could cover, so the top-k really chooses.
 pub fn check_seq_len(plan: &Plan) -> usize {
     let span = selects(plan)
         .map(|(block, top)| (top + 2) * block + 37)

@@ -1,5 +1,5 @@
 //! One generated driver per branch stage and per work item (b, segment, kv head, position t):
-//! pooling, compressed attention, block scoring + top-n, selected attention, window attention
+//! pooling, compressed attention, block scoring + top-k, selected attention, window attention
 //! and the gated combine. Attention drivers call the shared tile routines of `tile.rs`.
 
 use cranelift_codegen::ir::condcodes::FloatCC;

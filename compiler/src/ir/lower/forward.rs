@@ -1,7 +1,7 @@
 //! The forward pass: each branch of a spec onto pool / attend / score / top-k ops, then the
 //! combine. Compress branches pool their keys and attend over the compressed tokens (saving the
 //! log-sum-exp when a select branch is scored by them); select branches score blocks with the
-//! compress branch's probabilities, pick the top-n and gather their keys; window branches
+//! compress branch's probabilities, pick the top-k and gather their keys; window branches
 //! attend over a window. Op order: every pool, every compressed attention, every score and
 //! top-k, every other attention in declaration order, then the combine.
 

@@ -6,6 +6,7 @@
 //! stage): after storing its row, the warp also computes `o = Σ_b g_b·o_b` for the same elements
 //! (`combine::store_combined_vec`) and writes `o`; the combine kernel is then not launched.
 
+use crate::ptx::SEG;
 use crate::ptx::builder::{KernelBuilder, Reg, RegClass, fimm, imm, mem};
 use crate::ptx::lowering::{Compressed, Dims, KvNames};
 
@@ -97,11 +98,11 @@ pub fn attend(
     fused: Option<&Fused>,
 ) -> KernelOut {
     let mut b = KernelBuilder::new(name);
-    let mut params: Vec<String> = vec!["seg".into(), rows_io.q.to_string()];
+    let mut params: Vec<String> = vec![SEG.into(), rows_io.q.to_string()];
     let (kname, vname, kelem) = match &keys {
         Keys::Compressed { keys, .. } => (keys.kv.k.clone(), keys.kv.v.clone(), Elem::F32),
         Keys::Selected { kv, .. } | Keys::Window { kv, .. } => {
-            (kv.k.clone(), kv.v.clone(), Elem::Input(dims.dtype))
+            (kv.k.clone(), kv.v.clone(), Elem::of(dims.dtype))
         }
     };
     params.push(kname);
@@ -147,7 +148,7 @@ pub fn attend(
         wr.row.into(),
         imm(i64::from(dims.dqk)),
     );
-    let qraw = load_vec(&mut b, qb, qoff, wr.lane, dims.dqk, Elem::Input(dims.dtype));
+    let qraw = load_vec(&mut b, qb, qoff, wr.lane, dims.dqk, Elem::of(dims.dtype));
     let q: Vec<Reg> = qraw
         .iter()
         .map(|r| b.op2(RegClass::F32, "mul.f32", (*r).into(), fimm(dims.scale_log2)))

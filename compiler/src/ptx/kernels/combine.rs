@@ -112,7 +112,7 @@ pub fn store_combined_vec(
     let gates: Vec<Reg> = terms
         .gates
         .iter()
-        .map(|&g| load(b, g, row, Elem::Input(terms.dtype)))
+        .map(|&g| load(b, g, row, Elem::of(terms.dtype)))
         .collect();
     let ooff = b.op2(RegClass::B32, "mul.lo.u32", row.into(), imm(i64::from(dv)));
     let start = b.op2(RegClass::B32, "add.u32", ooff.into(), lane.into());
@@ -172,7 +172,7 @@ pub fn combine(name: &str, terms: &[Term], out: &str, dims: &Dims) -> KernelOut 
     for i in 0..nb {
         let x = load(&mut b, ptrs[i], n, Elem::F32);
         if gated {
-            let g = load(&mut b, ptrs[nb + i], th, Elem::Input(dims.dtype));
+            let g = load(&mut b, ptrs[nb + i], th, Elem::of(dims.dtype));
             b.ins("fma.rn.f32", [acc.into(), g.into(), x.into(), acc.into()]);
         } else {
             b.ins("add.f32", [acc.into(), acc.into(), x.into()]);

@@ -1,9 +1,7 @@
 //! Code pieces shared by the kernel generators: parameter declaration (buffers, then `u32`
-//! sizes), the warp-per-row prologue, segment lookup, typed element loads (bf16/f16/f32 → f32),
+//! sizes), the warp-per-row prologue, segment lookup, typed element loads (bf16/f16/f32/i32 → f32),
 //! warp-distributed head vectors, warp reductions, counted loops and the register bound of large
 //! thread blocks.
-
-use nsac_dsl::problem::DType;
 
 use crate::ptx::builder::{
     KernelBuilder, Label, Operand, ParamTy, Reg, RegClass, fimm, imm, mem, sym,
@@ -31,23 +29,9 @@ pub fn params_of(buffers: &[String], scalars: &[Scalar]) -> Vec<Param> {
         .collect()
 }
 
-/// The element type of a buffer as the kernels see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Elem {
-    /// The call's input dtype.
-    Input(DType),
-    /// f32 scratch or output.
-    F32,
-}
-
-impl Elem {
-    fn bytes(self) -> u32 {
-        match self {
-            Elem::Input(d) => d.size() as u32,
-            Elem::F32 => 4,
-        }
-    }
-}
+/// The element type of a buffer the kernels load from: the plan's own ([`Elem::of`] the call's
+/// dtype for inputs, f32 for the compressed tokens and branch outputs).
+pub use crate::ir::Elem;
 
 /// Registers of a multiprocessor (sm_80, sm_90) and the per-thread unit they are allocated in.
 const REGISTER_FILE: u32 = 64 * 1024;
@@ -180,20 +164,20 @@ pub fn load_if(
     elem: Elem,
     guard: Option<Reg>,
 ) -> Reg {
-    let a = b.addr(base, index, elem.bytes());
+    let a = b.addr(base, index, elem.size() as u32);
     let f = b.reg(RegClass::F32);
     let emit = |b: &mut KernelBuilder, op: &str, args: Vec<Operand>| match guard {
         Some(p) => b.ins_if(p, false, op, args),
         None => b.ins(op, args),
     };
     match elem {
-        Elem::F32 | Elem::Input(DType::F32) => {
+        Elem::F32 => {
             if guard.is_some() {
                 b.ins("mov.f32", [f.into(), fimm(0.0)]);
             }
             emit(b, "ld.global.f32", vec![f.into(), mem(a, 0)]);
         }
-        Elem::Input(DType::Bf16) => {
+        Elem::Bf16 => {
             let h = b.reg(RegClass::B16);
             if guard.is_some() {
                 b.ins("mov.b16", [h.into(), imm(0)]);
@@ -203,13 +187,21 @@ pub fn load_if(
             let s = b.op2(RegClass::B32, "shl.b32", w.into(), imm(16));
             b.ins("mov.b32", [f.into(), s.into()]);
         }
-        Elem::Input(DType::F16) => {
+        Elem::F16 => {
             let h = b.reg(RegClass::B16);
             if guard.is_some() {
                 b.ins("mov.b16", [h.into(), imm(0)]);
             }
             emit(b, "ld.global.b16", vec![h.into(), mem(a, 0)]);
             b.ins("cvt.f32.f16", [f.into(), h.into()]);
+        }
+        Elem::I32 => {
+            let i = b.reg(RegClass::B32);
+            if guard.is_some() {
+                b.ins("mov.b32", [i.into(), imm(0)]);
+            }
+            emit(b, "ld.global.s32", vec![i.into(), mem(a, 0)]);
+            b.ins("cvt.rn.f32.s32", [f.into(), i.into()]);
         }
     }
     f

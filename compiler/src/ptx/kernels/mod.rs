@@ -10,7 +10,7 @@ pub mod tc_common;
 pub mod tc_compress;
 pub mod tc_score;
 pub mod tc_select;
-pub mod topn;
+pub mod topk;
 
 use super::launch::Geometry;
 pub use super::launch::{Param, Scalar};

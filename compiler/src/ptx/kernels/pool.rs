@@ -9,6 +9,7 @@
 use nsac_dsl::problem::DType;
 
 use crate::ir::PoolKind;
+use crate::ptx::SEG;
 use crate::ptx::builder::{KernelBuilder, Reg, RegClass, fimm, imm, mem};
 use crate::ptx::lowering::{Compressed, Dims, KvNames};
 
@@ -40,7 +41,7 @@ fn pool_side(
 ) -> Vec<Reg> {
     let hh = i64::from(dims.h);
     let dim = side.dim;
-    let elem = Elem::Input(dims.dtype);
+    let elem = Elem::of(dims.dtype);
     let acc: Vec<Reg> = (0..chunks(dim)).map(|_| b.reg(RegClass::F32)).collect();
     for a in &acc {
         b.ins("mov.f32", [(*a).into(), fimm(0.0)]);
@@ -206,7 +207,7 @@ pub struct PoolArgs<'a> {
 pub fn pool(name: &str, a: &PoolArgs<'_>, dims: &Dims, warps: u32) -> KernelOut {
     let (block, stride, pool) = (a.block, a.stride, a.pool);
     let mut b = KernelBuilder::new(name);
-    let mut bufs: Vec<String> = vec!["seg".into(), a.kv.k.clone(), a.kv.v.clone()];
+    let mut bufs: Vec<String> = vec![SEG.into(), a.kv.k.clone(), a.kv.v.clone()];
     bufs.extend(a.weights.iter().cloned());
     bufs.push(a.out.kv.k.clone());
     bufs.push(a.out.kv.v.clone());

@@ -625,7 +625,7 @@ pub fn store_o_combined(
         let gates: Vec<Reg> = terms
             .gates
             .iter()
-            .map(|&g| load_if(b, g, grow, Elem::Input(terms.dtype), Some(ok)))
+            .map(|&g| load_if(b, g, grow, Elem::of(terms.dtype), Some(ok)))
             .collect();
         let off = |nt: usize| (half as i64) * i64::from(8 * dv * 4) + 32 * nt as i64;
         // Every load of the other branches' elements comes before the first store: ptxas may

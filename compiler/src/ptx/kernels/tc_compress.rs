@@ -13,6 +13,7 @@
 //! [`GpuVariant::compress_max_regs`] (0: only by the block size, through `.maxntid`), and never
 //! above what the block size lets launch.
 
+use crate::ptx::SEG;
 use crate::ptx::builder::{KernelBuilder, Reg, RegClass, imm, mem, sym};
 use crate::ptx::launch::Geometry;
 use crate::ptx::lowering::{Compressed, Dims, KvNames};
@@ -87,7 +88,7 @@ pub fn attend_compressed_tc(
     }
     bound_threads(&mut b, 32 * warps);
     let mut params: Vec<String> = vec![
-        "seg".into(),
+        SEG.into(),
         io.q.to_string(),
         io.half.k.clone(),
         io.half.v.clone(),

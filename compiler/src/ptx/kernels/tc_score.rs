@@ -1,4 +1,4 @@
-//! Block scoring for top-n on tensor cores: the group-summed compressed-attention probabilities
+//! Block scoring for top-k on tensor cores: the group-summed compressed-attention probabilities
 //! p(t,h,j) = 2^(q·k̃_j·scale·log2e − lse) of one (token, kv head), with the G ≤ 16 heads as the
 //! rows of `mma.sync.m16n8k16` tiles, spread over the selection blocks in key order.
 //!
@@ -25,7 +25,7 @@ use super::tc_common::{
     CHUNK, CpRows, Lanes, SharedChunks, buffering, cp_stage, k_lane_offset, lanes, load_q, mma_ops,
     qk_tiles, row_stride, shared_chunk_loop,
 };
-use super::topn::{TopNParams, spread_over_blocks};
+use super::topk::{TopKParams, spread_over_blocks};
 
 /// Whether the tensor-core scoring handles `dims`.
 pub fn eligible(dims: &Dims) -> bool {
@@ -45,7 +45,7 @@ pub fn staging_bytes(dims: &Dims, stages: u32) -> u32 {
     stages * buf_bytes(dims)
 }
 
-/// The registers and addresses the scoring needs from the top-n kernel.
+/// The registers and addresses the scoring needs from the top-k kernel.
 pub struct ScoreCtx {
     pub qb: Reg,
     /// `kc16_<b>`: per (slot, kv head) the hi row then the lo row of the compressed key.
@@ -124,7 +124,7 @@ fn score_chunk(
     c: &ScoreCtx,
     cs: &ChunkScore<'_>,
     c0: Reg,
-    p: &TopNParams<'_>,
+    p: &TopKParams<'_>,
     dims: &Dims,
 ) {
     b.comment("S = Q hi^T + Q lo^T");
@@ -235,7 +235,7 @@ fn score_chunk(
 
 /// Emits the scoring: `scores[i] += Σ_heads p(t,h,j)·overlap(j,i)/d` for every visible j.
 /// Every warp of the block runs it (the chunk loop holds block-wide barriers).
-pub fn tc_block_scores(b: &mut KernelBuilder, c: &ScoreCtx, p: &TopNParams<'_>, dims: &Dims) {
+pub fn tc_block_scores(b: &mut KernelBuilder, c: &ScoreCtx, p: &TopKParams<'_>, dims: &Dims) {
     let (g, hh, dqk) = (dims.group, dims.h, dims.dqk);
     let (mma, _) = mma_ops(dims.dtype);
     let rs = row_stride(dqk);

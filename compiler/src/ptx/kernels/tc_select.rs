@@ -22,6 +22,7 @@
 
 use nsac_dsl::problem::DType;
 
+use crate::ptx::SEG;
 use crate::ptx::builder::{KernelBuilder, Reg, RegClass, imm, mem, sym};
 use crate::ptx::launch::Geometry;
 use crate::ptx::lowering::{Dims, KvNames};
@@ -77,7 +78,7 @@ pub fn attend_selected_tc(
     b.use_dynamic_shared();
     bound_threads(&mut b, 32 * warps);
     let mut params: Vec<String> = vec![
-        "seg".into(),
+        SEG.into(),
         io.q.to_string(),
         io.kv.k.clone(),
         io.kv.v.clone(),

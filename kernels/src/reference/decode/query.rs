@@ -105,7 +105,7 @@ fn compressed(
     Compressed { probs, o }
 }
 
-/// The blocks each kv head attends: the top-n of the view's blocks by the overlap-weighted
+/// The blocks each kv head attends: the top-k of the view's blocks by the overlap-weighted
 /// scores of the scorer's probabilities, forced blocks first, ties to the lower index.
 fn choose(
     s: &Select,

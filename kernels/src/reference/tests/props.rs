@@ -1,5 +1,5 @@
 //! Properties on random specs and inputs (odd lengths, several seeds): branch outputs are
-//! convex combinations of what they attend, the chosen blocks are exactly the top-n of the
+//! convex combinations of what they attend, the chosen blocks are exactly the top-k of the
 //! block scores, selecting everything / a window ≥ T is plain dense attention, and varlen
 //! segments are independent sequences.
 

@@ -53,7 +53,7 @@ fn every_library_spec_decodes_to_the_forward_rows() {
 }
 
 /// 1100 tokens hold 18 selection blocks of 64: more than the 16 the paper's and fla's specs
-/// choose, so their top-n really chooses; the last 100 queries are decoded.
+/// choose, so their top-k really chooses; the last 100 queries are decoded.
 #[test]
 fn library_selection_specs_choose_the_forward_blocks_at_long_contexts() {
     for (path, spec) in library_specs() {

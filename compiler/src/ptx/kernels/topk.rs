@@ -1,4 +1,4 @@
-//! Block scoring and top-n selection: one warp per (token, kv head). Block scores live in
+//! Block scoring and top-k selection: one warp per (token, kv head). Block scores live in
 //! dynamic shared memory; they are the group-summed compressed-attention probabilities spread
 //! over the selection blocks by overlap (docs/ARCHITECTURE.md §3), forced blocks score +∞, and the
 //! top n are taken by (score descending, block index ascending) — the tie rule every backend
@@ -9,6 +9,7 @@
 //!
 //! [`GpuVariant::score_tokens`]: crate::ptx::GpuVariant::score_tokens
 
+use crate::ptx::SEG;
 use crate::ptx::builder::{KernelBuilder, Reg, RegClass, fimm, imm, mem, sym};
 use crate::ptx::launch::Geometry;
 use crate::ptx::lowering::{Compressed, Dims};
@@ -24,7 +25,7 @@ use super::tc_common::{
 use super::{KernelOut, Launch, Scalar, tc_score};
 
 /// Parameters of one select branch as the kernel needs them.
-pub struct TopNParams<'a> {
+pub struct TopKParams<'a> {
     pub q: &'a str,
     /// The scoring compress branch's compressed tokens.
     pub keys: &'a Compressed,
@@ -51,7 +52,7 @@ fn shared_addr(b: &mut KernelBuilder, base: Reg, i: Reg) -> Reg {
 /// thread runs it: its loads and stores of the scores are not ordered with other lanes'.
 pub(super) fn spread_over_blocks(
     b: &mut KernelBuilder,
-    p: &TopNParams<'_>,
+    p: &TopKParams<'_>,
     j: Reg,
     pw: Reg,
     nbc: Reg,
@@ -90,13 +91,13 @@ pub(super) fn spread_over_blocks(
     });
 }
 
-/// Generates the top-n kernel of a select branch; the tensor-core form holds
+/// Generates the top-k kernel of a select branch; the tensor-core form holds
 /// `variant.score_tokens` tokens per thread block and stages the compressed keys in
 /// `variant.compress_stages` buffers. Each warp's score array (one f32 per candidate block)
 /// lives in dynamic shared memory; its size follows the call's longest segment and is a
 /// parameter (`score_bytes`), so the launch's shared bytes grow with it
 /// ([`Geometry::with_scores`]): a launcher refuses a call whose scores do not fit the device.
-pub fn topn(name: &str, p: &TopNParams<'_>, dims: &Dims, variant: &GpuVariant) -> KernelOut {
+pub fn topk(name: &str, p: &TopKParams<'_>, dims: &Dims, variant: &GpuVariant) -> KernelOut {
     let stages = variant.compress_stages;
     let mut b = KernelBuilder::new(name);
     b.use_dynamic_shared();
@@ -104,7 +105,7 @@ pub fn topn(name: &str, p: &TopNParams<'_>, dims: &Dims, variant: &GpuVariant) -
     let tc = half.is_some();
     let kc = half.map_or(&p.keys.kv.k, |h| &h.k).clone();
     let bufs: Vec<String> = vec![
-        "seg".into(),
+        SEG.into(),
         p.q.to_string(),
         kc,
         p.lse.to_string(),
@@ -373,7 +374,7 @@ struct ScalarCtx {
 }
 
 /// Scores on CUDA cores: one head at a time, one compressed token per warp dot product.
-fn scalar_scores(b: &mut KernelBuilder, p: &TopNParams<'_>, dims: &Dims, c: &ScalarCtx) {
+fn scalar_scores(b: &mut KernelBuilder, p: &TopKParams<'_>, dims: &Dims, c: &ScalarCtx) {
     let ScalarCtx {
         qb,
         kcb,
@@ -405,7 +406,7 @@ fn scalar_scores(b: &mut KernelBuilder, p: &TopNParams<'_>, dims: &Dims, c: &Sca
             th.into(),
             imm(i64::from(dims.dqk)),
         );
-        let qraw = load_vec(b, qb, qoff, lane, dims.dqk, Elem::Input(dims.dtype));
+        let qraw = load_vec(b, qb, qoff, lane, dims.dqk, Elem::of(dims.dtype));
         let q: Vec<Reg> = qraw
             .iter()
             .map(|r| b.op2(RegClass::F32, "mul.f32", (*r).into(), fimm(dims.scale_log2)))
