@@ -4,7 +4,7 @@
 mod tune_common;
 
 use nsac_runtime::tune::db::SCHEMA_VERSION;
-use nsac_runtime::tune::key::NSAC_VERSION;
+use nsac_runtime::tune::key::nsac_version;
 use nsac_runtime::tune::search::SearchConfig;
 use nsac_runtime::tune::{
     DbError, DbWarning, DeviceFingerprint, Entry, Lookup, Outcome, Strategy, TuneKey, TuneOptions,
@@ -72,7 +72,7 @@ fn a_tuning_result_round_trips_through_the_yaml_file() {
     let result = tune(&space, &bench, &options, &mut |_| {}).unwrap();
     let key = key("c0ffee", 1000, fake_cpu("Test CPU"));
     assert_eq!(key.shape.seq_len, 1024, "T is bucketed to a power of two");
-    assert_eq!(key.nsac, NSAC_VERSION);
+    assert_eq!(key.nsac, nsac_version());
     let entry = Entry::from_result(key.clone(), &result).unwrap();
 
     let db = db_in(dir.path());

@@ -2,16 +2,25 @@
 //!
 //! The question is the spec (its canonical hash), the problem shape bucketed (sequence length
 //! rounded up to a power of two; batch, heads and dims exact) and the dtype. The answer is only
-//! trusted on the same device fingerprint and nsac version; a lookup that finds the question but
-//! not those retunes.
+//! trusted on the same device fingerprint and nsac version — the crate version and the code
+//! generator's own hash ([`nsac_compiler::CODE_VERSION`]), since two builds of one release can
+//! generate different code; a lookup that finds the question but not those retunes.
 
 use super::fingerprint::DeviceFingerprint;
 use nsac_dsl::Spec;
 use nsac_dsl::problem::Shape;
 use serde::{Deserialize, Serialize};
 
-/// nsac's version, part of every key: a new compiler may generate different code.
-pub const NSAC_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// nsac's version, part of every key: a new compiler may generate different code. The crate
+/// version alone does not say that (a development build changes the code generator without
+/// changing it), so the code generator's hash follows it: `0.1.0+1f2e…`.
+pub fn nsac_version() -> String {
+    format!(
+        "{}+{}",
+        env!("CARGO_PKG_VERSION"),
+        nsac_compiler::CODE_VERSION
+    )
+}
 
 /// One tuning-DB key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -84,7 +93,7 @@ impl TuneKey {
             shape: ShapeBucket::of(shape),
             dtype: shape.dtype.name().to_string(),
             device,
-            nsac: NSAC_VERSION.to_string(),
+            nsac: nsac_version(),
         }
     }
 
@@ -102,4 +111,19 @@ impl TuneKey {
 /// The spec's stable canonical hash as 16 lower-case hex digits (the DB's `spec` field).
 pub fn spec_hash_hex(spec: &Spec) -> String {
     format!("{:016x}", nsac_dsl::canonical_hash(spec))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_version_names_the_release_and_the_code_generator() {
+        let v = nsac_version();
+        let (release, code) = v.split_once('+').expect("release+code");
+        assert_eq!(release, env!("CARGO_PKG_VERSION"));
+        assert_eq!(code, nsac_compiler::CODE_VERSION);
+        assert_eq!(code.len(), 16, "{code}");
+        assert!(code.bytes().all(|b| b.is_ascii_hexdigit()), "{code}");
+    }
 }
