@@ -115,7 +115,7 @@ pub fn library_labeled() -> Vec<(String, Spec)> {
         .filter(|n| n.ends_with(".nsa") || n.ends_with(".yaml"))
         .collect();
     // The selection forms beyond NSA's blocks (kernels/dsa-indexer.nsa, nsa-hier.nsa) are
-    // defined by the oracle only; the backends refuse them (tests/tests/selection_refused.rs).
+    // defined by the oracle only; the backends refuse them (`LowerError::Unsupported`).
     files.retain(|f| library_file(f).beyond_blocks().is_none());
     files.sort();
     let mut out: Vec<(String, Spec)> = files
