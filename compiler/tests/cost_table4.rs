@@ -49,9 +49,10 @@ fn paper() -> Spec {
                 BranchKind::Select(Select {
                     block: 64,
                     top: 16,
-                    scored_by: "cmp".into(),
+                    scored_by: nsac_dsl::spec::Scorer::Branch("cmp".into()),
                     keep_first: 1,
                     keep_last: 2,
+                    within: None,
                 }),
             ),
             branch("win", BranchKind::Window(Window { size: 512 })),
@@ -132,9 +133,10 @@ fn compress_and_select_small_case_by_hand() {
         BranchKind::Select(Select {
             block: 3,
             top: 2,
-            scored_by: "cmp".into(),
+            scored_by: nsac_dsl::spec::Scorer::Branch("cmp".into()),
             keep_first: 0,
             keep_last: 1,
+            within: None,
         }),
     );
     let mut s = spec(vec![cmp, slc], true);
@@ -173,9 +175,10 @@ fn non_causal_sees_everything() {
                 BranchKind::Select(Select {
                     block: 3,
                     top: 8,
-                    scored_by: "cmp".into(),
+                    scored_by: nsac_dsl::spec::Scorer::Branch("cmp".into()),
                     keep_first: 0,
                     keep_last: 0,
+                    within: None,
                 }),
             ),
             branch("win", BranchKind::Window(Window { size: 3 })),
@@ -233,7 +236,7 @@ fn report_serialises_and_prints_a_table() {
 fn bad_scorer_and_zero_block_are_errors() {
     let mut s = paper();
     if let BranchKind::Select(sel) = &mut s.branches[1].kind {
-        sel.scored_by = "win".into();
+        sel.scored_by = nsac_dsl::spec::Scorer::Branch("win".into());
     }
     let shape = Problem::batched(1, 100).resolve(&s).unwrap();
     assert!(matches!(

@@ -163,9 +163,10 @@ fn tensor_core_spec() -> Spec {
                 BranchKind::Select(Select {
                     block: 16,
                     top: 4,
-                    scored_by: "cmp".into(),
+                    scored_by: nsac_dsl::spec::Scorer::Branch("cmp".into()),
                     keep_first: 1,
                     keep_last: 1,
+                    within: None,
                 }),
             ),
         ],

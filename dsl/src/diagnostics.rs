@@ -182,5 +182,14 @@ fn primary_message(d: &crate::error::Diagnostic) -> String {
         K::CombineTwice { .. } => "named again here".to_string(),
         K::BranchUnused { .. } => "declared but never combined".to_string(),
         K::NoBranches => "no branches".to_string(),
+        K::IndexInCombine { .. } => "an index branch".to_string(),
+        K::IndexUnused { .. } => "never scores a select branch".to_string(),
+        K::IndexNeedsTokens { .. } => "not 1".to_string(),
+        K::WithinMissing { .. } => "no such branch".to_string(),
+        K::WithinNotSelect { .. } => "not a select branch".to_string(),
+        K::WithinCycle { .. } => "leads back here".to_string(),
+        K::WithinNotDividing { .. } => "this size".to_string(),
+        K::TopExceedsCandidates { .. } => "more than there are candidates".to_string(),
+        K::GivenConflict { .. } => "has no meaning with `given = true`".to_string(),
     }
 }

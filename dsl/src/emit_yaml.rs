@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use crate::format::{combine_name, format_float, kv_name, pool_name};
-use crate::spec::{BranchKind, Spec};
+use crate::spec::{BranchKind, Scorer, Spec};
 
 /// Prints a spec in the YAML form; `parse_yaml(&to_yaml(s))` gives back `s`.
 pub fn to_yaml(spec: &Spec) -> String {
@@ -24,22 +24,38 @@ pub fn to_yaml(spec: &Spec) -> String {
                 c.stride,
                 pool_name(c.pool)
             ),
-            BranchKind::Select(s) => format!(
-                "block: {}, top: {}, scored_by: {}, keep_first: {}, keep_last: {}",
-                s.block,
-                s.top,
-                name(&s.scored_by),
-                s.keep_first,
-                s.keep_last
-            ),
+            BranchKind::Select(s) => {
+                let mut f = format!("block: {}, top: {}", s.block, s.top);
+                match &s.scored_by {
+                    Scorer::Branch(by) => {
+                        let _ = write!(
+                            f,
+                            ", scored_by: {}, keep_first: {}, keep_last: {}",
+                            name(by),
+                            s.keep_first,
+                            s.keep_last
+                        );
+                    }
+                    Scorer::Given => f.push_str(", given: true"),
+                }
+                if let Some(w) = &s.within {
+                    let _ = write!(f, ", within: {}", name(w));
+                }
+                f
+            }
             BranchKind::Window(w) => format!("size: {}", w.size),
+            BranchKind::Index(i) => format!("heads: {}, dim: {}", i.heads, i.dim),
+        };
+        let kv = if b.attends() {
+            format!(", kv: {}", kv_name(b.kv))
+        } else {
+            String::new()
         };
         let _ = writeln!(
             out,
-            "  - {{{}: {}, {fields}, kv: {}}}",
+            "  - {{{}: {}, {fields}{kv}}}",
             b.keyword(),
             name(&b.name),
-            kv_name(b.kv)
         );
     }
     let _ = writeln!(

@@ -123,6 +123,46 @@ pub enum DiagnosticKind {
     BranchUnused { name: String },
     #[error("the spec declares no branches")]
     NoBranches,
+    #[error(
+        "`combine` names `{name}`, an index branch; an index branch has no output, it only scores select branches"
+    )]
+    IndexInCombine { name: String },
+    #[error("index branch `{name}` scores no select branch")]
+    IndexUnused { name: String },
+    #[error(
+        "select `{select}` has block {block} but is scored by index branch `{index}`, which scores single tokens"
+    )]
+    IndexNeedsTokens {
+        select: String,
+        index: String,
+        block: u32,
+    },
+    #[error("`within` names `{name}`, which is not a declared branch")]
+    WithinMissing { name: String },
+    #[error("`within` names `{name}`, a {kind} branch; it must be a select branch")]
+    WithinNotSelect { name: String, kind: String },
+    #[error("`within` forms a cycle: {cycle}")]
+    WithinCycle { cycle: String },
+    #[error(
+        "block {fine_block} of `{fine}` does not divide block {coarse_block} of `{coarse}`, the branch it is within"
+    )]
+    WithinNotDividing {
+        fine: String,
+        fine_block: u32,
+        coarse: String,
+        coarse_block: u32,
+    },
+    #[error(
+        "top {top} of `{fine}` is more than the {candidates} blocks it can choose from within `{coarse}`"
+    )]
+    TopExceedsCandidates {
+        fine: String,
+        top: u32,
+        candidates: u64,
+        coarse: String,
+    },
+    #[error("select `{select}` has `given = true` and `{key}`; given blocks are used as given")]
+    GivenConflict { select: String, key: String },
 }
 
 impl DiagnosticKind {
@@ -154,6 +194,15 @@ impl DiagnosticKind {
             DiagnosticKind::CombineTwice { .. } => "E042",
             DiagnosticKind::BranchUnused { .. } => "E043",
             DiagnosticKind::NoBranches => "E044",
+            DiagnosticKind::IndexInCombine { .. } => "E050",
+            DiagnosticKind::IndexUnused { .. } => "E051",
+            DiagnosticKind::IndexNeedsTokens { .. } => "E052",
+            DiagnosticKind::WithinMissing { .. } => "E053",
+            DiagnosticKind::WithinNotSelect { .. } => "E054",
+            DiagnosticKind::WithinCycle { .. } => "E055",
+            DiagnosticKind::WithinNotDividing { .. } => "E056",
+            DiagnosticKind::TopExceedsCandidates { .. } => "E057",
+            DiagnosticKind::GivenConflict { .. } => "E058",
         }
     }
 }

@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 
 use crate::ast::{Document, Item};
 use crate::error::SpecError;
-use crate::spec::{Branch, BranchKind, CombineMode, KvSource, Pool, Spec};
+use crate::spec::{Branch, BranchKind, CombineMode, KvSource, Pool, Scorer, Spec};
 
 const INDENT: &str = "    ";
 
@@ -302,14 +302,27 @@ fn branch_fields(b: &Branch) -> Vec<(&'static str, String)> {
             ("stride", c.stride.to_string()),
             ("pool", pool_name(c.pool).to_string()),
         ],
-        BranchKind::Select(s) => vec![
-            ("block", s.block.to_string()),
-            ("top", s.top.to_string()),
-            ("scored_by", s.scored_by.clone()),
-            ("keep_first", s.keep_first.to_string()),
-            ("keep_last", s.keep_last.to_string()),
-        ],
+        BranchKind::Select(s) => {
+            let mut f = vec![("block", s.block.to_string()), ("top", s.top.to_string())];
+            // NSA's own forms print exactly as they always have; the wave-2 keys only when used.
+            match &s.scored_by {
+                Scorer::Branch(name) => {
+                    f.push(("scored_by", name.clone()));
+                    f.push(("keep_first", s.keep_first.to_string()));
+                    f.push(("keep_last", s.keep_last.to_string()));
+                }
+                Scorer::Given => f.push(("given", "true".to_string())),
+            }
+            if let Some(w) = &s.within {
+                f.push(("within", w.clone()));
+            }
+            f
+        }
         BranchKind::Window(w) => vec![("size", w.size.to_string())],
+        // An index branch has no `kv`: its inputs are always its own.
+        BranchKind::Index(i) => {
+            return vec![("heads", i.heads.to_string()), ("dim", i.dim.to_string())];
+        }
     };
     f.push(("kv", kv_name(b.kv).to_string()));
     f

@@ -26,6 +26,8 @@ pub const MAX_ELEMENTS: u128 = 1 << 56;
 pub fn limit_of(key: &str) -> u32 {
     match key {
         "heads" => MAX_HEADS,
+        // An index branch's dimension is a head dimension.
+        "dim" => MAX_HEAD_DIM,
         "head_dim" => MAX_HEAD_DIM,
         _ => MAX_EXTENT,
     }
@@ -224,13 +226,14 @@ fn check_extents(spec: &Spec) -> Result<(), ProblemError> {
                 ("keep_last", s.keep_last),
             ],
             BranchKind::Window(w) => &[("size", w.size)],
+            BranchKind::Index(i) => &[("heads", i.heads), ("dim", i.dim)],
         };
-        if let Some(&(key, value)) = sizes.iter().find(|(_, v)| *v > MAX_EXTENT) {
+        if let Some(&(key, value)) = sizes.iter().find(|(k, v)| *v > limit_of(k)) {
             return Err(ProblemError::ExtentTooLarge {
                 branch: br.name.clone(),
                 key,
                 value,
-                max: MAX_EXTENT,
+                max: limit_of(key),
             });
         }
     }

@@ -3,7 +3,7 @@
 
 use proptest::prelude::*;
 
-use crate::arbitrary::valid_spec;
+use crate::arbitrary::{selection_spec, valid_spec};
 use crate::format::{format_source, format_spec};
 use crate::{parse_text, parse_yaml, to_yaml};
 
@@ -96,6 +96,19 @@ proptest! {
         prop_assert!(parse_text(&text).is_ok(), "{}", text);
         prop_assert!(!spec.branches.is_empty());
         prop_assert_eq!(spec.combine.branches.len(), spec.branches.len());
+        prop_assert_eq!(spec.beyond_blocks(), None);
+    }
+
+    /// The same for the selection forms beyond NSA's blocks, which also round-trip through
+    /// both forms and format idempotently.
+    #[test]
+    fn selection_specs_are_valid_and_round_trip(spec in selection_spec()) {
+        let text = format_spec(&spec);
+        prop_assert_eq!(parse_text(&text), Ok(spec.clone()), "{}", text);
+        let yaml = to_yaml(&spec);
+        prop_assert_eq!(parse_yaml(&yaml), Ok(spec.clone()), "{}", yaml);
+        let again = format_source(&text).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(&again, &text);
     }
 }
 
@@ -106,7 +119,7 @@ proptest! {
     /// and the validator than random characters do.
     #[test]
     fn no_panic_on_token_soup(tokens in prop::collection::vec(
-        "attention|compress|select|window|heads|head_dim|block|stride|top|scored_by|keep_first|keep_last|size|pool|kv|combine|gate|sum|mean|own|true|[a-z]{1,3}|-?[0-9]{1,12}|0\\.5|=|/|,|\\{|\\}|\\(|\\)|\n| |#|:|- |\\[|\\]",
+        "attention|compress|select|window|index|within|given|dim|heads|head_dim|block|stride|top|scored_by|keep_first|keep_last|size|pool|kv|combine|gate|sum|mean|own|true|[a-z]{1,3}|-?[0-9]{1,12}|0\\.5|=|/|,|\\{|\\}|\\(|\\)|\n| |#|:|- |\\[|\\]",
         0..60,
     )) {
         let s = tokens.concat();

@@ -85,6 +85,20 @@ pub enum BranchKind {
     Compress(Compress),
     Select(Select),
     Window(Window),
+    /// A learned token scorer (DSA's lightning indexer); it scores select branches and has no
+    /// output of its own (it is never in `combine`).
+    Index(Index),
+}
+
+/// DSA's lightning indexer: per query token t and key s,
+/// I(t, s) = Σ_j w(t, j)·ReLU(q(t, j)·k(s)) over its `heads` j, from its own inputs
+/// `q_<branch>` \[B,T,heads,dim\], `k_<branch>` \[B,T,dim\] and `w_<branch>` \[B,T,heads\].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Index {
+    /// Indexer heads Hi.
+    pub heads: u32,
+    /// Indexer dimension Di.
+    pub dim: u32,
 }
 
 /// Attention over pooled blocks of keys: token j covers keys [j·stride, j·stride + block).
@@ -107,17 +121,85 @@ pub enum Pool {
     Linear,
 }
 
-/// Attention over the top-k key blocks chosen by a compress branch's scores.
+/// Attention over the top-k key blocks (single tokens at `block = 1`) chosen by a scorer, or
+/// given by the caller.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Select {
     pub block: u32,
     pub top: u32,
-    /// The name of the compress branch whose probabilities score the blocks.
-    pub scored_by: String,
+    /// What chooses the blocks.
+    pub scored_by: Scorer,
     /// Blocks 0..keep_first are always chosen (when they are candidates).
     pub keep_first: u32,
     /// The keep_last blocks ending at the query's own block are always chosen.
     pub keep_last: u32,
+    /// Hierarchical selection: the candidates are only the blocks inside the blocks that this
+    /// other select branch chose for the same query (`within = coarse`).
+    pub within: Option<String>,
+}
+
+/// What chooses a select branch's blocks.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Scorer {
+    /// The named compress branch (its probabilities spread over the blocks they overlap) or
+    /// index branch (its token scores; only at `block = 1`).
+    Branch(String),
+    /// The caller's input `idx_<select>` \[B,T,H,top\] (`given = true`).
+    Given,
+}
+
+impl Scorer {
+    /// The scoring branch's name; `None` for given blocks.
+    pub fn branch(&self) -> Option<&str> {
+        match self {
+            Scorer::Branch(name) => Some(name),
+            Scorer::Given => None,
+        }
+    }
+}
+
+impl Select {
+    /// A select branch scored by the named branch, without forced blocks or nesting — the
+    /// common case, for specs built in code.
+    pub fn scored(block: u32, top: u32, scored_by: &str) -> Select {
+        Select {
+            block,
+            top,
+            scored_by: Scorer::Branch(scored_by.to_string()),
+            keep_first: 0,
+            keep_last: 0,
+            within: None,
+        }
+    }
+
+    /// The scoring branch's name; `None` for given blocks.
+    pub fn scorer(&self) -> Option<&str> {
+        self.scored_by.branch()
+    }
+}
+
+/// A form of selection beyond NSA's compress-scored blocks (issue 12). The oracle defines them
+/// all; a backend that does not compute one yet refuses the spec naming it
+/// ([`Spec::beyond_blocks`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SelectionForm {
+    /// An `index` branch (DSA's lightning indexer) scoring single tokens.
+    Indexer,
+    /// A select branch `within` another (hierarchical selection).
+    Within,
+    /// A select branch whose blocks are given (`given = true`, input `idx_<branch>`).
+    Given,
+}
+
+impl SelectionForm {
+    /// The form in a user's words, for errors.
+    pub fn describe(self) -> &'static str {
+        match self {
+            SelectionForm::Indexer => "an index branch (learned token scorer)",
+            SelectionForm::Within => "hierarchical selection (`within`)",
+            SelectionForm::Given => "given selection indices (`given = true`)",
+        }
+    }
 }
 
 /// Attention over the last `size` keys (inclusive of the query's own position).
@@ -146,6 +228,22 @@ impl Spec {
     /// The branch with this name.
     pub fn branch(&self, name: &str) -> Option<&Branch> {
         self.branches.iter().find(|b| b.name == name)
+    }
+
+    /// The first branch (in declaration order) using a selection form beyond NSA's
+    /// compress-scored blocks, with that form; `None` for a spec every backend computes.
+    pub fn beyond_blocks(&self) -> Option<(&str, SelectionForm)> {
+        self.branches.iter().find_map(|b| {
+            let form = match &b.kind {
+                BranchKind::Index(_) => SelectionForm::Indexer,
+                BranchKind::Select(s) if s.scored_by == Scorer::Given => SelectionForm::Given,
+                BranchKind::Select(s) if s.within.is_some() => SelectionForm::Within,
+                // Token-level selection scored by a compress branch is NSA's overlap rule,
+                // which every backend computes; an index scorer is reported at its own branch.
+                _ => return None,
+            };
+            Some((b.name.as_str(), form))
+        })
     }
 
     /// The softmax scale for a query-key dimension (the spec's, or 1/√Dqk).
@@ -178,12 +276,24 @@ impl Branch {
             _ => None,
         }
     }
+    /// The index parameters, if this is an index branch.
+    pub fn as_index(&self) -> Option<&Index> {
+        match &self.kind {
+            BranchKind::Index(i) => Some(i),
+            _ => None,
+        }
+    }
+    /// Whether the branch has an output of its own (every kind but `index`).
+    pub fn attends(&self) -> bool {
+        !matches!(self.kind, BranchKind::Index(_))
+    }
     /// The keyword that introduces this branch in the text form.
     pub fn keyword(&self) -> &'static str {
         match &self.kind {
             BranchKind::Compress(_) => "compress",
             BranchKind::Select(_) => "select",
             BranchKind::Window(_) => "window",
+            BranchKind::Index(_) => "index",
         }
     }
 }

@@ -9,14 +9,24 @@ use std::collections::{HashMap, HashSet};
 use crate::ast::{BranchDecl, Document, Ident, Item, Setting, Span, Value, ValueKind};
 use crate::error::{Diagnostic, DiagnosticKind, SpecError};
 use crate::spec::{
-    Branch, BranchKind, Combine, CombineMode, Compress, HeadDim, Heads, KvSource, Pool, Scale,
-    Select, Spec, Window,
+    Branch, BranchKind, Combine, CombineMode, Compress, HeadDim, Heads, Index, KvSource, Pool,
+    Scale, Scorer, Select, Spec, Window,
 };
 
 const TOP_KEYS: &[&str] = &["heads", "head_dim", "causal", "scale", "combine"];
 const COMPRESS_KEYS: &[&str] = &["block", "stride", "pool", "kv"];
-const SELECT_KEYS: &[&str] = &["block", "top", "scored_by", "keep_first", "keep_last", "kv"];
+const SELECT_KEYS: &[&str] = &[
+    "block",
+    "top",
+    "scored_by",
+    "keep_first",
+    "keep_last",
+    "within",
+    "given",
+    "kv",
+];
 const WINDOW_KEYS: &[&str] = &["size", "kv"];
+const INDEX_KEYS: &[&str] = &["heads", "dim"];
 
 /// Checks a syntax tree and lowers it to a [`Spec`].
 pub fn validate(doc: &Document) -> Result<Spec, SpecError> {
@@ -90,9 +100,19 @@ enum PartialKind<'a> {
         keep_first: Option<u32>,
         keep_last: Option<u32>,
         keep_span: Span,
+        /// `within = NAME`, if written (a word; anything else is reported already).
+        within: Option<&'a Value>,
+        /// `given = true|false`; `None` when the value was bad (reported).
+        given: Option<bool>,
+        /// Settings that contradict `given = true`: (key, span of the key).
+        given_conflicts: Vec<(&'static str, Span)>,
     },
     Window {
         size: Option<u32>,
+    },
+    Index {
+        heads: Option<u32>,
+        dim: Option<u32>,
     },
 }
 
@@ -376,6 +396,8 @@ impl Validator {
             );
         }
         self.cross_check(&branches);
+        self.within_cycles(&branches);
+        self.index_used(&branches);
 
         let mut out = Vec::new();
         for b in &branches {
@@ -426,6 +448,7 @@ impl Validator {
                 "compress" => COMPRESS_KEYS,
                 "select" => SELECT_KEYS,
                 "window" => WINDOW_KEYS,
+                "index" => INDEX_KEYS,
                 other => {
                     self.push(
                         Diagnostic::new(
@@ -456,6 +479,7 @@ impl Validator {
             let context = format!("{} branch `{}`", decl.keyword.name, decl.name.name);
             let f = self.fields(decl.fields.iter(), known, &context);
             let kv = match f.get("kv") {
+                // An index branch has no `kv` key (its inputs are always its own).
                 None => Some(KvSource::Shared),
                 Some(s) => self.word(
                     "kv",
@@ -495,7 +519,21 @@ impl Validator {
                 "select" => {
                     let block = self.opt_integer(&f, "block", true);
                     let top = self.opt_integer(&f, "top", true).map(|(n, _)| n);
+                    let given = match f.get("given") {
+                        None => Some(false),
+                        Some(s) => match s.value.kind {
+                            ValueKind::Bool(b) => Some(b),
+                            _ => {
+                                self.wrong_type("given", "`true` or `false`", &s.value);
+                                None
+                            }
+                        },
+                    };
                     for (field, example) in [("block", "64"), ("top", "16"), ("scored_by", "cmp")] {
+                        // Given blocks need no scorer (a bad `given` value: no second report).
+                        if field == "scored_by" && given != Some(false) {
+                            continue;
+                        }
                         if f.get(field).is_none() {
                             self.missing(field, &context, at.clone(), example);
                         }
@@ -505,6 +543,27 @@ impl Validator {
                         && !matches!(v.kind, ValueKind::Word(_))
                     {
                         self.wrong_type("scored_by", "the name of a compress branch", v);
+                    }
+                    let within = f.get("within").map(|s| &s.value);
+                    if let Some(v) = within
+                        && !matches!(v.kind, ValueKind::Word(_))
+                    {
+                        self.wrong_type("within", "the name of a select branch", v);
+                    }
+                    let mut given_conflicts = Vec::new();
+                    if given == Some(true) {
+                        for key in ["scored_by", "within"] {
+                            if let Some(s) = f.get(key) {
+                                given_conflicts.push((key, s.key.span.clone()));
+                            }
+                        }
+                        for key in ["keep_first", "keep_last"] {
+                            if let Some(s) = f.get(key)
+                                && !matches!(&s.value.kind, ValueKind::Int(t) if t.trim_start_matches('-').bytes().all(|b| b == b'0'))
+                            {
+                                given_conflicts.push((key, s.key.span.clone()));
+                            }
+                        }
                     }
                     let keep_first = match f.get("keep_first") {
                         None => Some(0),
@@ -528,7 +587,20 @@ impl Validator {
                         keep_first,
                         keep_last,
                         keep_span,
+                        within,
+                        given,
+                        given_conflicts,
                     })
+                }
+                "index" => {
+                    let heads = self.opt_integer(&f, "heads", true).map(|(n, _)| n);
+                    let dim = self.opt_integer(&f, "dim", true).map(|(n, _)| n);
+                    for (field, example) in [("heads", "64"), ("dim", "128")] {
+                        if f.get(field).is_none() {
+                            self.missing(field, &context, at.clone(), example);
+                        }
+                    }
+                    Some(PartialKind::Index { heads, dim })
                 }
                 _ => {
                     let size = self.opt_integer(&f, "size", true).map(|(n, _)| n);
@@ -589,6 +661,9 @@ impl Validator {
                     keep_first,
                     keep_last,
                     keep_span,
+                    within,
+                    given,
+                    given_conflicts,
                 }) => {
                     if let (Some(t), Some(a), Some(z)) = (top, keep_first, keep_last)
                         && u64::from(*a) + u64::from(*z) > u64::from(*t)
@@ -605,53 +680,303 @@ impl Validator {
                             .help("forced blocks count towards `top`; raise `top` or keep fewer"),
                         );
                     }
+                    for (key, span) in given_conflicts {
+                        self.push(
+                            Diagnostic::new(
+                                DiagnosticKind::GivenConflict {
+                                    select: b.decl.name.name.clone(),
+                                    key: (*key).to_string(),
+                                },
+                                span.clone(),
+                            )
+                            .help(format!(
+                                "remove `{key}`, or drop `given = true` to choose the blocks here"
+                            )),
+                        );
+                    }
+                    if let Some(v) = within {
+                        self.check_within(b, v, block.as_ref(), *top, &by_name);
+                    }
+                    if *given == Some(true) {
+                        continue;
+                    }
                     let Some(v) = scored_by else { continue };
                     let ValueKind::Word(name) = &v.kind else {
                         continue;
                     };
-                    match by_name.get(name.as_str()) {
-                        None => self.push(
-                            Diagnostic::new(
-                                DiagnosticKind::ScoredByMissing { name: name.clone() },
-                                v.span.clone(),
-                            )
-                            .help("name a compress branch declared in this spec"),
-                        ),
-                        Some(target) => match &target.kind {
-                            Some(PartialKind::Compress { stride, .. }) => {
-                                if let (Some((d, d_span)), Some((l2, l2_span))) = (stride, block)
-                                    && *l2 % *d != 0
-                                {
-                                    self.push(
-                                        Diagnostic::new(
-                                            DiagnosticKind::StrideNotDividing {
-                                                compress: name.clone(),
-                                                what: format!("select `{}`", b.decl.name.name),
-                                                stride: *d,
-                                                block: *l2,
-                                            },
-                                            l2_span.clone(),
-                                        )
-                                        .label(d_span.clone(), "the compress stride")
-                                        .help("the overlap score map needs the stride to divide the select block"),
-                                    );
-                                }
-                            }
-                            Some(_) => self.push(
-                                Diagnostic::new(
-                                    DiagnosticKind::ScoredByNotCompress {
-                                        name: name.clone(),
-                                        kind: target.decl.keyword.name.clone(),
-                                    },
-                                    v.span.clone(),
-                                )
-                                .label(target.decl.name.span.clone(), "declared here"),
-                            ),
-                            None => {}
-                        },
-                    }
+                    self.check_scorer(b, name, v, block.as_ref(), &by_name);
                 }
                 _ => {}
+            }
+        }
+    }
+
+    /// The branch a select's `scored_by` names: a compress branch whose stride divides the
+    /// select block (any stride at `block = 1`: the probabilities spread over the tokens), or
+    /// an index branch at `block = 1`.
+    fn check_scorer(
+        &mut self,
+        b: &Parsed<'_>,
+        name: &str,
+        v: &Value,
+        block: Option<&(u32, Span)>,
+        by_name: &HashMap<&str, &Parsed<'_>>,
+    ) {
+        let Some(target) = by_name.get(name) else {
+            self.push(
+                Diagnostic::new(
+                    DiagnosticKind::ScoredByMissing {
+                        name: name.to_string(),
+                    },
+                    v.span.clone(),
+                )
+                .help("name a compress branch declared in this spec"),
+            );
+            return;
+        };
+        match &target.kind {
+            Some(PartialKind::Compress { stride, .. }) => {
+                if let (Some((d, d_span)), Some((l2, l2_span))) = (stride, block)
+                    && *l2 != 1
+                    && *l2 % *d != 0
+                {
+                    self.push(
+                        Diagnostic::new(
+                            DiagnosticKind::StrideNotDividing {
+                                compress: name.to_string(),
+                                what: format!("select `{}`", b.decl.name.name),
+                                stride: *d,
+                                block: *l2,
+                            },
+                            l2_span.clone(),
+                        )
+                        .label(d_span.clone(), "the compress stride")
+                        .help("the overlap score map needs the stride to divide the select block"),
+                    );
+                }
+            }
+            Some(PartialKind::Index { .. }) => {
+                if let Some((l2, l2_span)) = block
+                    && *l2 != 1
+                {
+                    self.push(
+                        Diagnostic::new(
+                            DiagnosticKind::IndexNeedsTokens {
+                                select: b.decl.name.name.clone(),
+                                index: name.to_string(),
+                                block: *l2,
+                            },
+                            l2_span.clone(),
+                        )
+                        .label(v.span.clone(), "an index branch")
+                        .help("use `block = 1` (token-level selection), or score blocks with a compress branch"),
+                    );
+                }
+            }
+            Some(_) => self.push(
+                Diagnostic::new(
+                    DiagnosticKind::ScoredByNotCompress {
+                        name: name.to_string(),
+                        kind: target.decl.keyword.name.clone(),
+                    },
+                    v.span.clone(),
+                )
+                .label(target.decl.name.span.clone(), "declared here"),
+            ),
+            None => {}
+        }
+    }
+
+    /// `within = coarse` of select `b`: `coarse` is a select branch, b's block divides its
+    /// block, and b's top does not exceed the blocks it can choose from. Cycles are checked
+    /// once for the whole spec ([`Validator::within_cycles`]).
+    fn check_within(
+        &mut self,
+        b: &Parsed<'_>,
+        v: &Value,
+        block: Option<&(u32, Span)>,
+        top: Option<u32>,
+        by_name: &HashMap<&str, &Parsed<'_>>,
+    ) {
+        let ValueKind::Word(name) = &v.kind else {
+            return;
+        };
+        let Some(target) = by_name.get(name.as_str()) else {
+            self.push(
+                Diagnostic::new(
+                    DiagnosticKind::WithinMissing { name: name.clone() },
+                    v.span.clone(),
+                )
+                .help("name a select branch declared in this spec"),
+            );
+            return;
+        };
+        let Some(PartialKind::Select {
+            block: coarse_block,
+            top: coarse_top,
+            ..
+        }) = &target.kind
+        else {
+            if target.kind.is_some() {
+                self.push(
+                    Diagnostic::new(
+                        DiagnosticKind::WithinNotSelect {
+                            name: name.clone(),
+                            kind: target.decl.keyword.name.clone(),
+                        },
+                        v.span.clone(),
+                    )
+                    .label(target.decl.name.span.clone(), "declared here"),
+                );
+            }
+            return;
+        };
+        if name == &b.decl.name.name {
+            return; // a cycle of one, reported by `within_cycles`
+        }
+        let (Some((fine, fine_span)), Some((coarse, coarse_span))) = (block, coarse_block) else {
+            return;
+        };
+        if coarse % fine != 0 {
+            self.push(
+                Diagnostic::new(
+                    DiagnosticKind::WithinNotDividing {
+                        fine: b.decl.name.name.clone(),
+                        fine_block: *fine,
+                        coarse: name.clone(),
+                        coarse_block: *coarse,
+                    },
+                    fine_span.clone(),
+                )
+                .label(coarse_span.clone(), "the block it is within")
+                .help("each block of the outer branch must split into whole blocks of this one"),
+            );
+            return;
+        }
+        if let (Some(top), Some(coarse_top)) = (top, coarse_top) {
+            let candidates = u64::from(*coarse_top) * u64::from(coarse / fine);
+            if u64::from(top) > candidates {
+                let top_span = b
+                    .decl
+                    .fields
+                    .iter()
+                    .find(|f| f.key.name == "top")
+                    .map_or_else(|| b.decl.name.span.clone(), |f| f.value.span.clone());
+                self.push(
+                    Diagnostic::new(
+                        DiagnosticKind::TopExceedsCandidates {
+                            fine: b.decl.name.name.clone(),
+                            top,
+                            candidates,
+                            coarse: name.clone(),
+                        },
+                        top_span,
+                    )
+                    .label(
+                        v.span.clone(),
+                        format!("{coarse_top} blocks of {coarse} keys"),
+                    )
+                    .help(format!(
+                        "at most top × block / {fine} of the outer branch: lower `top`"
+                    )),
+                );
+            }
+        }
+    }
+
+    /// Every cycle of `within` references, reported once at the `within` of its first
+    /// branch in declaration order (a branch within itself is a cycle of one).
+    fn within_cycles(&mut self, branches: &[Parsed<'_>]) {
+        fn within_of<'b>(p: &'b Parsed<'_>) -> Option<&'b str> {
+            match &p.kind {
+                Some(PartialKind::Select {
+                    within: Some(v), ..
+                }) => match &v.kind {
+                    ValueKind::Word(w) => Some(w.as_str()),
+                    _ => None,
+                },
+                _ => None,
+            }
+        }
+        let index: HashMap<&str, usize> = branches
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (b.decl.name.name.as_str(), i))
+            .collect();
+        let mut reported = vec![false; branches.len()];
+        for start in 0..branches.len() {
+            // Follow the chain from `start`; a cycle through `start` is reported by its
+            // first member in declaration order only.
+            let mut path = vec![start];
+            let mut at = start;
+            while let Some(next) = within_of(&branches[at]).and_then(|w| index.get(w).copied()) {
+                if next == start {
+                    if path.iter().all(|&i| i >= start && !reported[i]) {
+                        for &i in &path {
+                            reported[i] = true;
+                        }
+                        let mut names: Vec<&str> = path
+                            .iter()
+                            .map(|&i| branches[i].decl.name.name.as_str())
+                            .collect();
+                        names.push(branches[start].decl.name.name.as_str());
+                        let span = match &branches[start].kind {
+                            Some(PartialKind::Select {
+                                within: Some(v), ..
+                            }) => v.span.clone(),
+                            _ => branches[start].decl.name.span.clone(),
+                        };
+                        self.push(
+                            Diagnostic::new(
+                                DiagnosticKind::WithinCycle {
+                                    cycle: names.join(" → "),
+                                },
+                                span,
+                            )
+                            .help("the outermost select branch of a hierarchy has no `within`"),
+                        );
+                    }
+                    break;
+                }
+                if path.contains(&next) || path.len() > branches.len() {
+                    break; // a cycle not through `start`: its own first member reports it
+                }
+                path.push(next);
+                at = next;
+            }
+        }
+    }
+
+    /// Every index branch must score some select branch.
+    fn index_used(&mut self, branches: &[Parsed<'_>]) {
+        let scorers: HashSet<&str> = branches
+            .iter()
+            .filter_map(|p| match &p.kind {
+                Some(PartialKind::Select {
+                    scored_by: Some(v), ..
+                }) => match &v.kind {
+                    ValueKind::Word(w) => Some(w.as_str()),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
+        for p in branches {
+            if matches!(p.kind, Some(PartialKind::Index { .. }))
+                && !scorers.contains(p.decl.name.name.as_str())
+            {
+                self.push(
+                    Diagnostic::new(
+                        DiagnosticKind::IndexUnused {
+                            name: p.decl.name.name.clone(),
+                        },
+                        p.decl.name.span.clone(),
+                    )
+                    .help(format!(
+                        "name it in a select branch's `scored_by = {}`, or remove it",
+                        p.decl.name.name
+                    )),
+                );
             }
         }
     }
@@ -728,12 +1053,45 @@ impl Validator {
                 self.push(d);
                 ok = false;
                 used.insert(a.name.as_str(), a.span.clone());
+            } else if let Some(index) = branches
+                .iter()
+                .find(|b| b.decl.name.name == a.name && b.decl.keyword.name == "index")
+            {
+                self.push(
+                    Diagnostic::new(
+                        DiagnosticKind::IndexInCombine {
+                            name: a.name.clone(),
+                        },
+                        a.span.clone(),
+                    )
+                    .label(index.decl.name.span.clone(), "declared here")
+                    .help(format!("remove `{}` from `combine`", a.name)),
+                );
+                ok = false;
+                used.insert(a.name.as_str(), a.span.clone());
             } else {
                 used.insert(a.name.as_str(), a.span.clone());
             }
         }
+        // A select branch that another is `within` may only choose (no output of its own).
+        let outer: HashSet<&str> = branches
+            .iter()
+            .filter_map(|p| match &p.kind {
+                Some(PartialKind::Select {
+                    within: Some(v), ..
+                }) => match &v.kind {
+                    ValueKind::Word(w) => Some(w.as_str()),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
         for b in branches {
-            if !used.contains_key(b.decl.name.name.as_str()) {
+            let name = b.decl.name.name.as_str();
+            if b.decl.keyword.name == "index" || outer.contains(name) {
+                continue;
+            }
+            if !used.contains_key(name) {
                 self.push(
                     Diagnostic::new(
                         DiagnosticKind::BranchUnused {
@@ -777,20 +1135,39 @@ fn lower_branch(b: &Parsed<'_>) -> Option<Branch> {
             scored_by,
             keep_first,
             keep_last,
+            within,
+            given,
             ..
         } => {
-            let ValueKind::Word(scored_by) = &scored_by.as_ref()?.kind else {
-                return None;
+            let scored_by = if (*given)? {
+                Scorer::Given
+            } else {
+                let ValueKind::Word(name) = &scored_by.as_ref()?.kind else {
+                    return None;
+                };
+                Scorer::Branch(name.clone())
+            };
+            let within = match within {
+                None => None,
+                Some(v) => match &v.kind {
+                    ValueKind::Word(name) => Some(name.clone()),
+                    _ => return None,
+                },
             };
             BranchKind::Select(Select {
                 block: block.as_ref()?.0,
                 top: (*top)?,
-                scored_by: scored_by.clone(),
+                scored_by,
                 keep_first: (*keep_first)?,
                 keep_last: (*keep_last)?,
+                within,
             })
         }
         PartialKind::Window { size } => BranchKind::Window(Window { size: (*size)? }),
+        PartialKind::Index { heads, dim } => BranchKind::Index(Index {
+            heads: (*heads)?,
+            dim: (*dim)?,
+        }),
     };
     Some(Branch {
         name: b.decl.name.name.clone(),

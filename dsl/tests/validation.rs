@@ -3,7 +3,9 @@
 
 use nsac_dsl::diagnostics::line_col;
 use nsac_dsl::format::{format_source, format_spec};
-use nsac_dsl::spec::{BranchKind, CombineMode, Compress, HeadDim, Heads, KvSource, Pool, Select};
+use nsac_dsl::spec::{
+    BranchKind, CombineMode, Compress, HeadDim, Heads, KvSource, Pool, Scorer, Select,
+};
 use nsac_dsl::{DiagnosticKind, canonical_hash, parse_text, parse_yaml, to_yaml};
 
 const PAPER: &str = include_str!("../../kernels/nsa-paper.nsa");
@@ -40,9 +42,10 @@ fn defaults_fill_in_what_is_not_written() {
         BranchKind::Select(Select {
             block: 16,
             top: 3,
-            scored_by: "c".into(),
+            scored_by: Scorer::Branch("c".into()),
             keep_first: 0,
-            keep_last: 0
+            keep_last: 0,
+            within: None,
         })
     );
     assert_eq!(s.branches[1].kv, KvSource::Own);

@@ -4,13 +4,16 @@
 //! Every backend and the oracle agree on these names (documented in the README):
 //! `q` `[B,T,HQ,Dqk]`, `k` `[B,T,H,Dqk]`, `v` `[B,T,H,Dv]`; per gated branch `g_<b>` `[B,T,HQ]`;
 //! per `kv = own` branch `k_<b>`, `v_<b>`; per weighted compress branch `w_<b>` `[H,l]`; per linear
-//! compress branch `wk_<b>` `[H,l·Dqk,Dqk]` and `wv_<b>` `[H,l·Dv,Dv]`. Outputs: `o` `[B,T,HQ,Dv]`,
+//! compress branch `wk_<b>` `[H,l·Dqk,Dqk]` and `wv_<b>` `[H,l·Dv,Dv]`; per index branch
+//! `q_<i>` `[B,T,Hi,Di]`, `k_<i>` `[B,T,Di]`, `w_<i>` `[B,T,Hi]`; per given select branch
+//! `idx_<s>` `[B,T,H,top]` (block indices held as f32 integers, −1 for an unused slot).
+//! Outputs: `o` `[B,T,HQ,Dv]`,
 //! per branch `o_<b>` `[B,T,HQ,Dv]`, per select branch `idx_<b>` `[B,T,H,top]` (int32, −1 padded).
 
 use std::collections::BTreeMap;
 
 use nsac_dsl::problem::Shape;
-use nsac_dsl::spec::{BranchKind, CombineMode, KvSource, Pool, Spec};
+use nsac_dsl::spec::{BranchKind, CombineMode, KvSource, Pool, Scorer, Spec};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal, Uniform};
@@ -52,6 +55,12 @@ pub enum InputKind {
     Gate,
     /// Pool weights: normal, scaled by 1/√fan_in.
     Weight { fan_in: usize },
+    /// An index branch's per-token head weights `w_<i>` \[B,T,Hi\]: normal, scaled by
+    /// 1/√Hi (one row per token, unlike the pool weights).
+    TokenWeight { heads: usize },
+    /// A given selection `idx_<s>` \[B,T,H,top\]: integers; random inputs draw, per row, the
+    /// min(top, #candidates) distinct candidate blocks (of `block` keys) ascending, then −1.
+    Indices { block: usize, causal: bool },
 }
 
 /// One tensor a spec reads.
@@ -81,6 +90,28 @@ pub fn expected_inputs(spec: &Spec, shape: &Shape) -> Vec<InputSpec> {
         if br.kv == KvSource::Own {
             out.push(act(format!("k_{}", br.name), vec![b, t, h, dqk]));
             out.push(act(format!("v_{}", br.name), vec![b, t, h, dv]));
+        }
+        if let BranchKind::Index(i) = &br.kind {
+            let (hi, di) = (i.heads as usize, i.dim as usize);
+            out.push(act(format!("q_{}", br.name), vec![b, t, hi, di]));
+            out.push(act(format!("k_{}", br.name), vec![b, t, di]));
+            out.push(InputSpec {
+                name: format!("w_{}", br.name),
+                shape: vec![b, t, hi],
+                kind: InputKind::TokenWeight { heads: hi },
+            });
+        }
+        if let BranchKind::Select(s) = &br.kind
+            && s.scored_by == Scorer::Given
+        {
+            out.push(InputSpec {
+                name: format!("idx_{}", br.name),
+                shape: vec![b, t, h, s.top as usize],
+                kind: InputKind::Indices {
+                    block: s.block as usize,
+                    causal: spec.causal,
+                },
+            });
         }
         if let BranchKind::Compress(c) = &br.kind {
             let l = c.block as usize;
@@ -139,6 +170,18 @@ pub fn random_inputs(spec: &Spec, shape: &Shape, seed: u64) -> Inputs {
                     })
                     .collect()
             }
+            InputKind::TokenWeight { heads } => {
+                let s = 1.0 / (heads as f32).sqrt();
+                (0..n)
+                    .map(|_| {
+                        let x: f32 = StandardNormal.sample(&mut rng);
+                        s * x
+                    })
+                    .collect()
+            }
+            InputKind::Indices { block, causal } => {
+                random_indices(&input.shape, shape, block, causal, &mut rng)
+            }
         };
         inputs.insert(
             input.name,
@@ -149,6 +192,46 @@ pub fn random_inputs(spec: &Spec, shape: &Shape, seed: u64) -> Inputs {
         );
     }
     inputs
+}
+
+/// Random given blocks \[B,T,H,top\]: per row the min(top, #candidates) distinct candidate
+/// blocks of its sequence (causal: starting at or before the query), ascending, then −1.
+fn random_indices(
+    dims: &[usize],
+    shape: &Shape,
+    block: usize,
+    causal: bool,
+    rng: &mut ChaCha8Rng,
+) -> Vec<f32> {
+    let (h, top) = (dims[2], dims[3]);
+    let mut data = vec![-1.0f32; dims.iter().product()];
+    for batch in 0..shape.batch {
+        for &(start, end) in &shape.segments {
+            let len = end - start;
+            let nb = len.div_ceil(block.max(1));
+            for pos in 0..len {
+                let candidates = if causal { pos / block.max(1) + 1 } else { nb };
+                for kvh in 0..h {
+                    let row = ((batch * shape.seq_len + start + pos) * h + kvh) * top;
+                    // A partial Fisher–Yates shuffle of the candidates picks the first `top`.
+                    let mut pool: Vec<usize> = (0..candidates).collect();
+                    let take = top.min(candidates);
+                    for i in 0..take {
+                        let j = Uniform::new(i, candidates)
+                            .expect("i < candidates")
+                            .sample(rng);
+                        pool.swap(i, j);
+                    }
+                    let mut chosen = pool[..take].to_vec();
+                    chosen.sort_unstable();
+                    for (slot, b) in data[row..row + top].iter_mut().zip(chosen) {
+                        *slot = b as f32;
+                    }
+                }
+            }
+        }
+    }
+    data
 }
 
 /// A standard-normal upstream gradient `do` \[B,T,HQ,Dv\] for `shape`, reproducible from
@@ -190,6 +273,8 @@ pub enum InputError {
     NonFinite(String),
     #[error("unexpected input tensor `{0}` (this spec reads: {1})")]
     Unexpected(String, String),
+    #[error("input tensor `{0}` holds block indices, but a value is not an integer ≥ -1")]
+    NotIndex(String),
 }
 
 /// Checks that `inputs` holds exactly the tensors `spec` reads on `shape`, with finite values.
@@ -216,6 +301,11 @@ pub fn check_inputs(spec: &Spec, shape: &Shape, inputs: &Inputs) -> Result<(), I
         }
         if t.data.iter().any(|x| !x.is_finite()) {
             return Err(InputError::NonFinite(e.name.clone()));
+        }
+        if matches!(e.kind, InputKind::Indices { .. })
+            && t.data.iter().any(|x| x.fract() != 0.0 || *x < -1.0)
+        {
+            return Err(InputError::NotIndex(e.name.clone()));
         }
     }
     for name in inputs.keys() {

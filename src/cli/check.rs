@@ -128,11 +128,26 @@ pub fn summarize(spec: &Spec) -> String {
                     c.stride,
                     pool_name(c.pool)
                 ),
-                BranchKind::Select(s) => format!(
-                    "select {}(top {} of blocks of {} by {}, keep {}+{}{own})",
-                    b.name, s.top, s.block, s.scored_by, s.keep_first, s.keep_last
-                ),
+                BranchKind::Select(s) => {
+                    let within = s
+                        .within
+                        .as_ref()
+                        .map_or(String::new(), |w| format!(" within {w}"));
+                    match s.scorer() {
+                        Some(by) => format!(
+                            "select {}(top {} of blocks of {} by {}, keep {}+{}{within}{own})",
+                            b.name, s.top, s.block, by, s.keep_first, s.keep_last
+                        ),
+                        None => format!(
+                            "select {}(top {} of blocks of {} given{within}{own})",
+                            b.name, s.top, s.block
+                        ),
+                    }
+                }
                 BranchKind::Window(w) => format!("window {}(size {}{own})", b.name, w.size),
+                BranchKind::Index(i) => {
+                    format!("index {}(heads {}, dim {})", b.name, i.heads, i.dim)
+                }
             }
         })
         .collect();

@@ -48,3 +48,41 @@ fn backward_plans_of_library_specs() {
         insta::assert_snapshot!(format!("backward_plan_{label}"), plan.text());
     }
 }
+
+/// Every selection form the backends do not compute yet is refused by the lowering with a
+/// typed error naming the branch and the form — never a panic, never a plan that would compute
+/// something else. The two new library specs and one small spec per other form.
+#[test]
+fn selection_forms_beyond_nsa_blocks_are_refused_by_name() {
+    use nsac_compiler::ir::LowerError;
+    use nsac_dsl::spec::SelectionForm;
+    let lib = cpu_common::library_file;
+    let text = |body: &str| {
+        nsac_dsl::parse_text(&format!(
+            "attention t {{ heads = 4 / 2\n head_dim = 16 / 16\n causal = true\n{body}\n}}"
+        ))
+        .expect("valid spec")
+    };
+    let cases = [
+        (lib("dsa-indexer.nsa"), SelectionForm::Indexer),
+        (lib("nsa-hier.nsa"), SelectionForm::Within),
+        (
+            text("select slc { block = 8, top = 2, given = true }\n combine = gate(slc)"),
+            SelectionForm::Given,
+        ),
+    ];
+    for (spec, want) in cases {
+        let sig = Signature {
+            heads: spec.heads,
+            head_dim: spec.head_dim,
+            dtype: DType::F32,
+        };
+        match Plan::forward(&spec, &sig) {
+            Err(LowerError::Unsupported { form, branch }) => {
+                assert_eq!(form, want, "{}: branch {branch}", spec.name);
+                assert!(spec.branch(&branch).is_some(), "{branch}");
+            }
+            other => panic!("{}: {want:?} lowered to {other:?}", spec.name),
+        }
+    }
+}

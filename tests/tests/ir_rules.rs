@@ -19,9 +19,10 @@ fn select_of(block: usize, top: usize, first: usize, last: usize) -> Select {
     Select {
         block: block as u32,
         top: top as u32,
-        scored_by: "cmp".into(),
+        scored_by: nsac_dsl::spec::Scorer::Branch("cmp".into()),
         keep_first: first as u32,
         keep_last: last as u32,
+        within: None,
     }
 }
 

@@ -111,9 +111,10 @@ fn paper_spec_has_the_paper_numbers() {
             &BranchKind::Select(Select {
                 block: 64,
                 top: 16,
-                scored_by: "cmp".into(),
+                scored_by: nsac_dsl::spec::Scorer::Branch("cmp".into()),
                 keep_first: 1,
-                keep_last: 2
+                keep_last: 2,
+                within: None,
             }),
             &BranchKind::Window(Window { size: 512 }),
         ]

@@ -85,7 +85,7 @@ pub fn footprint(spec: &Spec, shape: &Shape, threads: usize) -> Result<Footprint
                 scratch = add(scratch, prod(&[b, tokens, h, dqk + dv, f32b])?)?;
                 row = row.max(u128::from(keys::compressed_tokens(c, longest)) + 4);
             }
-            BranchKind::Window(_) => {}
+            BranchKind::Window(_) | BranchKind::Index(_) => {}
         }
     }
     // A packed copy of the shared K/V and of every branch's own K/V.

@@ -44,6 +44,10 @@ pub fn window_keys(w: &Window, t: u64, len: u64, causal: bool) -> u64 {
 
 /// Keys in the blocks a select branch takes for query `t`.
 ///
+/// The same count serves every form of selection: token-level (`block = 1`, exact), given
+/// blocks (`top` blocks, counted as full), and a level `within` another (its candidates are a
+/// subset of these, so the count stays an upper bound).
+///
 /// The candidates are blocks i with i·l′ ≤ t (causal) or all ⌈len/l′⌉ blocks (non-causal; the
 /// `keep_last` blocks still end at the query's own block ⌊t/l′⌋); every candidate
 /// but the highest-indexed one holds l′ keys, that one holds the rest (clipped at t when
@@ -93,6 +97,8 @@ pub fn branch_keys(kind: &BranchKind, t: u64, len: u64, causal: bool) -> u64 {
         BranchKind::Compress(c) => compress_keys(c, t, len, causal),
         BranchKind::Select(s) => select_keys(s, t, len, causal),
         BranchKind::Window(w) => window_keys(w, t, len, causal),
+        // An index branch attends nothing: it only scores (its work is scoring FLOPs).
+        BranchKind::Index(_) => 0,
     }
 }
 

@@ -7,6 +7,8 @@
 //!   counted as full blocks, see [`keys::select_keys`]), min(w, t+1) (causal window; the
 //!   symmetric |k − t| < w inside the sequence when non-causal, as the oracle defines it). Reported at the
 //!   last position of the longest segment and averaged over every position of every segment.
+//!   A branch that `combine` does not name (a select that only chooses for another's
+//!   `within`, an index branch) attends nothing.
 //! - **attention FLOPs** = 2·(Dqk+Dv)·keys per query head (one multiply-add per key for q·k and
 //!   one per key for p·v), summed over queries, query heads and branches. Softmax
 //!   exponentials, maxima and the gate multiply are not counted.
@@ -16,7 +18,15 @@
 //! - **scoring FLOPs** of a select branch: per query head, per compressed token j of its
 //!   scorer visible to the query, 2 per selection block that j overlaps (multiply the
 //!   probability by the overlap weight, add it into the block's score; the group sum is this
-//!   add). Top-k comparisons are not FLOPs and are not counted.
+//!   add). Top-k comparisons are not FLOPs and are not counted. The same rule counts
+//!   token-level selection scored by a compress branch (block 1: every compressed token
+//!   overlaps its l tokens) and each level of a hierarchy at its own block size, over every
+//!   block (an upper bound for a level `within` another: a kernel need score only the blocks
+//!   inside the outer choice). Given blocks and index-scored selects score nothing themselves.
+//! - **indexer FLOPs** (an `index` branch, reported as its scoring): per query token — not per
+//!   head: the indexer is shared — and per key it may see (s ≤ t causal, every key otherwise),
+//!   2·Hi·Di for the Hi dot products q(t,j)·k(s) and 2·Hi for the weighted ReLU sum. An index
+//!   branch attends no keys.
 //! - **bytes**: every input of `kernels::io::expected_inputs` read once and `o` written once at
 //!   the problem's dtype, plus `cu_seqlens` (int32) for varlen problems. Debug outputs (`o_<b>`,
 //!   `idx_<b>`) are not counted. **Intermediate bytes** are reported separately: the minimum
@@ -99,9 +109,13 @@ pub fn estimate(spec: &Spec, shape: &Shape) -> Result<CostReport, CostError> {
         let mut score_units: u128 = 0; // Σ over positions of overlapped (token, block) pairs
         let mut pooled_tokens: u128 = 0;
         let scorer = scorer_of(spec, br)?;
+        // A select branch left out of `combine` (an outer level of a hierarchy) only chooses.
+        let attends = spec.combine.branches.contains(&br.name);
         for &(s, e) in &shape.segments {
             let len = (e - s) as u64;
-            key_sum = add(key_sum, sums::segment_keys(&br.kind, len, spec.causal)?)?;
+            if attends {
+                key_sum = add(key_sum, sums::segment_keys(&br.kind, len, spec.causal)?)?;
+            }
             if let (Some(c), BranchKind::Select(sel)) = (scorer, &br.kind) {
                 let units = sums::segment_score_units(c, sel.block, len, spec.causal)?;
                 score_units = add(score_units, units)?;
@@ -110,13 +124,27 @@ pub fn estimate(spec: &Spec, shape: &Shape) -> Result<CostReport, CostError> {
                 pooled_tokens += u128::from(keys::compressed_tokens(c, len));
             }
         }
-        let keys_last = if longest == 0 {
+        let keys_last = if longest == 0 || !attends {
             0
         } else {
             keys::branch_keys(&br.kind, longest - 1, longest, spec.causal)
         };
         let attention = 2.0 * (fqk + fv) * f(key_sum) * fq * fb;
-        let scoring = 2.0 * f(score_units) * fq * fb;
+        let mut scoring = 2.0 * f(score_units) * fq * fb;
+        if let BranchKind::Index(i) = &br.kind {
+            let (hi, di) = (f64::from(i.heads), f64::from(i.dim));
+            let mut pairs = 0u128; // Σ over positions of the keys each query may see
+            for &(s, e) in &shape.segments {
+                let len = (e - s) as u128;
+                let seen = if spec.causal {
+                    prod(&[len, len + 1])? / 2
+                } else {
+                    prod(&[len, len])?
+                };
+                pairs = add(pairs, seen)?;
+            }
+            scoring = (2.0 * hi * di + 2.0 * hi) * f(pairs) * fb;
+        }
         let pooling = match &br.kind {
             BranchKind::Compress(c) => {
                 let l = f64::from(c.block);
@@ -189,18 +217,23 @@ fn to_u64(x: u128) -> Result<u64, CostError> {
     u64::try_from(x).map_err(|_| CostError::Overflow)
 }
 
-/// The compress branch that scores a select branch (`None` for other kinds).
+/// The compress branch that scores a select branch (`None` for other kinds, for given
+/// blocks and for an index scorer, whose work is counted on the index branch).
 fn scorer_of<'a>(spec: &'a Spec, br: &Branch) -> Result<Option<&'a Compress>, CostError> {
     let BranchKind::Select(sel) = &br.kind else {
         return Ok(None);
     };
-    spec.branch(&sel.scored_by)
-        .and_then(Branch::as_compress)
-        .map(Some)
-        .ok_or_else(|| CostError::BadScorer {
+    let Some(name) = sel.scorer() else {
+        return Ok(None);
+    };
+    match spec.branch(name).map(|b| &b.kind) {
+        Some(BranchKind::Compress(c)) => Ok(Some(c)),
+        Some(BranchKind::Index(_)) => Ok(None),
+        _ => Err(CostError::BadScorer {
             branch: br.name.clone(),
-            scorer: sel.scored_by.clone(),
-        })
+            scorer: name.to_string(),
+        }),
+    }
 }
 
 fn check(spec: &Spec, shape: &Shape) -> Result<(), CostError> {
@@ -213,6 +246,8 @@ fn check(spec: &Spec, shape: &Shape) -> Result<(), CostError> {
             BranchKind::Compress(c) if c.block == 0 => return Err(zero(br, "block")),
             BranchKind::Compress(c) if c.stride == 0 => return Err(zero(br, "stride")),
             BranchKind::Select(s) if s.block == 0 => return Err(zero(br, "block")),
+            BranchKind::Index(i) if i.heads == 0 => return Err(zero(br, "heads")),
+            BranchKind::Index(i) if i.dim == 0 => return Err(zero(br, "dim")),
             _ => {}
         }
     }

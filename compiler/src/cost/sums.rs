@@ -20,6 +20,7 @@ pub fn segment_keys(kind: &BranchKind, len: u64, causal: bool) -> Result<u128, C
         BranchKind::Compress(c) => compress_sum(c, len, causal),
         BranchKind::Select(s) => select_sum(s, len, causal),
         BranchKind::Window(w) => window_sum(w, len, causal),
+        BranchKind::Index(_) => Ok(0),
     }
 }
 

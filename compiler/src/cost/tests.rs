@@ -56,7 +56,7 @@ proptest! {
         lb in 1u32..9, top in 0u32..8, first in 0u32..4, last in 0u32..4,
         len in 1u64..70, causal: bool,
     ) {
-        let s = Select { block: lb, top, scored_by: "c".into(), keep_first: first, keep_last: last };
+        let s = Select { block: lb, top, scored_by: nsac_dsl::spec::Scorer::Branch("c".into()), keep_first: first, keep_last: last, within: None };
         for t in 0..len {
             prop_assert_eq!(
                 keys::select_keys(&s, t, len, causal),
@@ -94,6 +94,7 @@ fn brute_keys(kind: &BranchKind, t: u64, len: u64, causal: bool) -> u64 {
         BranchKind::Compress(c) => brute_compress(c, t, len, causal),
         BranchKind::Select(s) => brute_select(s, t, len, causal),
         BranchKind::Window(w) => brute_window(w, t, len, causal),
+        BranchKind::Index(_) => 0,
     }
 }
 
@@ -117,9 +118,10 @@ fn random_spec(l: u32, d: u32, lb: u32, top: u32, w: u32, causal: bool) -> Spec 
             BranchKind::Select(Select {
                 block: lb,
                 top,
-                scored_by: "c".into(),
+                scored_by: nsac_dsl::spec::Scorer::Branch("c".into()),
                 keep_first: 1,
                 keep_last: 1,
+                within: None,
             }),
         ),
         branch("w", BranchKind::Window(Window { size: w })),
@@ -196,7 +198,7 @@ proptest! {
         last in 0u32..5, w in 0u32..90, len in 1u64..160, causal: bool,
     ) {
         let c = Compress { block: l, stride: d, pool: Pool::Mean };
-        let s = Select { block: lb, top, scored_by: "c".into(), keep_first: first, keep_last: last };
+        let s = Select { block: lb, top, scored_by: nsac_dsl::spec::Scorer::Branch("c".into()), keep_first: first, keep_last: last, within: None };
         for kind in [
             BranchKind::Compress(c),
             BranchKind::Select(s),

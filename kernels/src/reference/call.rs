@@ -9,7 +9,9 @@
 use std::collections::BTreeSet;
 
 use nsac_dsl::problem::Shape;
-use nsac_dsl::spec::{BranchKind, CombineMode, Compress, Pool, Select, Spec, Window};
+use nsac_dsl::spec::{
+    BranchKind, CombineMode, Compress, Index, Pool, Scorer, Select, Spec, Window,
+};
 
 use crate::io::{Inputs, Tensor, check_inputs, expected_inputs};
 
@@ -59,6 +61,29 @@ pub(crate) enum Plan<'a> {
         scorer_params: Compress,
     },
     Window(Window),
+    /// An index branch: it only scores (its inputs are cut per sequence by `SeqData`).
+    Index(Index),
+    /// A select branch in a form beyond NSA's blocks: scored by an index branch, given, or
+    /// `within` another select branch (an NSA-form select scored at `block = 1` by a compress
+    /// branch of any stride stays a [`Plan::Select`]: the overlap rule covers it).
+    Choose {
+        params: &'a Select,
+        source: Source<'a>,
+        /// Index (in `spec.branches`) of the select branch whose chosen blocks hold the
+        /// candidates.
+        within: Option<usize>,
+    },
+}
+
+/// What scores (or gives) the blocks of a [`Plan::Choose`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Source<'a> {
+    /// The probabilities of a compress branch, spread by overlap (as for NSA's blocks).
+    Compress { branch: usize, params: Compress },
+    /// The token scores of an index branch (`block = 1`).
+    Index { branch: usize },
+    /// The caller's `idx_<select>` \[B,T,H,top\] (checked by `Call::new`).
+    Given(&'a Tensor<f32>),
 }
 
 /// A call whose spec, shape and inputs have all been checked.
@@ -70,6 +95,9 @@ pub(crate) struct Call<'a> {
     pub(crate) plans: Vec<Plan<'a>>,
     /// The combined branches: (index in `spec.branches`, its gate tensor when gated).
     pub(crate) combine: Vec<(usize, Option<&'a Tensor<f32>>)>,
+    /// The select branches (indices in `spec.branches`) in an order where every branch comes
+    /// after the one it is `within`: the order their blocks are chosen in.
+    pub(crate) choice_order: Vec<usize>,
 }
 
 impl<'a> Call<'a> {
@@ -101,13 +129,87 @@ impl<'a> Call<'a> {
                 Ok((index, gate))
             })
             .collect::<Result<Vec<_>, ReferenceError>>()?;
+        let choice_order = choice_order(spec, &plans)?;
+        for (branch, plan) in spec.branches.iter().zip(&plans) {
+            if let Plan::Choose {
+                params,
+                source: Source::Given(idx),
+                ..
+            } = plan
+            {
+                super::choose::check_given(&branch.name, params, idx, shape, dims.h)?;
+            }
+        }
         Ok(Call {
             spec,
             dims,
             plans,
             combine,
+            choice_order,
         })
     }
+}
+
+/// The select branches in dependency order (each after the branch it is `within`); a cycle
+/// or a `within` that names no select branch is an error.
+fn choice_order(spec: &Spec, plans: &[Plan<'_>]) -> Result<Vec<usize>, ReferenceError> {
+    let within = |i: usize| match &plans[i] {
+        Plan::Choose { within, .. } => *within,
+        _ => None,
+    };
+    let mut order = Vec::new();
+    let mut placed = vec![false; plans.len()];
+    for start in 0..plans.len() {
+        if !matches!(plans[start], Plan::Select { .. } | Plan::Choose { .. }) || placed[start] {
+            continue;
+        }
+        // The chain start → within → … up to a placed branch or the outermost one.
+        let mut chain = vec![start];
+        while let Some(next) = within(*chain.last().unwrap_or(&start)) {
+            if chain.contains(&next) {
+                return Err(ReferenceError::WithinCycle(
+                    spec.branches[start].name.clone(),
+                ));
+            }
+            if placed[next] {
+                break;
+            }
+            chain.push(next);
+        }
+        for &i in chain.iter().rev() {
+            placed[i] = true;
+            order.push(i);
+        }
+    }
+    Ok(order)
+}
+
+/// Refuses a spec using a selection form beyond NSA's blocks for a pass the oracle defines
+/// for the forward only so far (`pass`: "backward", "decode").
+pub(crate) fn forward_only(spec: &Spec, pass: &'static str) -> Result<(), ReferenceError> {
+    match spec.beyond_blocks() {
+        Some((branch, form)) => Err(ReferenceError::ForwardOnly {
+            branch: branch.to_string(),
+            form,
+            pass,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The kinds a select branch's `within` and index scorer must have, checked for specs built in
+/// code (the validator guarantees them for parsed ones).
+fn check_select(spec: &Spec, name: &str, s: &Select) -> Result<(), ReferenceError> {
+    if let Some(w) = &s.within {
+        let i = branch_index(spec, w, name)?;
+        if spec.branches[i].as_select().is_none() {
+            return Err(ReferenceError::WrongKind {
+                branch: w.clone(),
+                expected: "select",
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Checks the heads, head dims, segments and scale of `shape`; its concrete sizes.
@@ -170,7 +272,15 @@ pub(crate) fn check_names(spec: &Spec) -> Result<(), ReferenceError> {
             BranchKind::Compress(c) if c.block == 0 => return zero("block"),
             BranchKind::Compress(c) if c.stride == 0 => return zero("stride"),
             BranchKind::Select(s) if s.block == 0 => return zero("block"),
+            BranchKind::Index(i) if i.heads == 0 => return zero("heads"),
+            BranchKind::Index(i) if i.dim == 0 => return zero("dim"),
             _ => {}
+        }
+        if b.kv == nsac_dsl::spec::KvSource::Own && !b.attends() {
+            return Err(ReferenceError::WrongKind {
+                branch: b.name.clone(),
+                expected: "attending (kv = own)",
+            });
         }
     }
     Ok(())
@@ -250,20 +360,50 @@ pub(crate) fn plan<'a>(
             },
         },
         BranchKind::Select(s) => {
-            let scorer = branch_index(spec, &s.scored_by, name)?;
-            let scorer_params = spec.branches[scorer]
-                .as_compress()
-                .copied()
-                .ok_or_else(|| ReferenceError::NotCompress {
-                    select: name.to_string(),
-                    scored_by: s.scored_by.clone(),
-                })?;
-            Plan::Select {
-                params: s,
-                scorer,
-                scorer_params,
+            check_select(spec, name, s)?;
+            let within = match &s.within {
+                Some(w) => Some(branch_index(spec, w, name)?),
+                None => None,
+            };
+            let by = match &s.scored_by {
+                Scorer::Given => {
+                    let idx = input(inputs, &format!("idx_{name}"))?;
+                    return Ok(Plan::Choose {
+                        params: s,
+                        source: Source::Given(idx),
+                        within,
+                    });
+                }
+                Scorer::Branch(by) => by,
+            };
+            let scorer = branch_index(spec, by, name)?;
+            let not_scorer = || ReferenceError::NotCompress {
+                select: name.to_string(),
+                scored_by: by.clone(),
+            };
+            match &spec.branches[scorer].kind {
+                BranchKind::Compress(c) if within.is_none() => Plan::Select {
+                    params: s,
+                    scorer,
+                    scorer_params: *c,
+                },
+                BranchKind::Compress(c) => Plan::Choose {
+                    params: s,
+                    source: Source::Compress {
+                        branch: scorer,
+                        params: *c,
+                    },
+                    within,
+                },
+                BranchKind::Index(_) if s.block == 1 => Plan::Choose {
+                    params: s,
+                    source: Source::Index { branch: scorer },
+                    within,
+                },
+                _ => return Err(not_scorer()),
             }
         }
         BranchKind::Window(w) => Plan::Window(*w),
+        BranchKind::Index(i) => Plan::Index(*i),
     })
 }

@@ -39,7 +39,7 @@ pub(crate) fn resolve<'a>(
                 name: name.clone(),
                 used_by: "the given blocks".into(),
             })?;
-        let Plan::Select { params, .. } = &call.plans[index] else {
+        let (Plan::Select { params, .. } | Plan::Choose { params, .. }) = &call.plans[index] else {
             return Err(ReferenceError::WrongKind {
                 branch: name.clone(),
                 expected: "select",

@@ -124,11 +124,13 @@
 
 mod backward;
 mod call;
+pub mod choose;
 mod combine;
 mod compare;
 pub mod compress;
 pub mod decode;
 mod given;
+pub mod index;
 mod inspect;
 pub mod pool;
 mod run;
@@ -196,6 +198,14 @@ pub enum ReferenceError {
     BadBlocks { branch: String, reason: String },
     #[error("tensor `{0}` would be too large to index")]
     TooLarge(String),
+    #[error("select branch `{0}` is within itself through a cycle of `within`")]
+    WithinCycle(String),
+    #[error("branch `{branch}` uses {}; the oracle defines it for the forward only, not for {pass} yet", form.describe())]
+    ForwardOnly {
+        branch: String,
+        form: nsac_dsl::spec::SelectionForm,
+        pass: &'static str,
+    },
 }
 
 /// Runs `spec` on `shape` with `inputs` in f64.

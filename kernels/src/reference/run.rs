@@ -9,10 +9,12 @@ use rayon::prelude::*;
 
 use crate::io::{Inputs, Tensor};
 
-use super::call::{Call, Plan};
+use super::call::{Call, Plan, Source};
 use super::pool::{self, PooledTokens};
 use super::tokens::{SeqData, sequences};
-use super::{Output, ReferenceError, combine, compress, given, score, select, window};
+use super::{
+    Output, ReferenceError, choose, combine, compress, given, index, score, select, window,
+};
 
 /// Computes a checked call; `given[b]` holds the caller's blocks for select branch b (an
 /// empty slice: none given).
@@ -32,9 +34,11 @@ pub(crate) fn run(
         selected: BTreeMap::new(),
     };
     for (branch, plan) in spec.branches.iter().zip(&call.plans) {
-        out.branches
-            .insert(branch.name.clone(), Tensor::full(out_shape.clone(), 0.0));
-        if let Plan::Select { params, .. } = plan {
+        if branch.attends() {
+            out.branches
+                .insert(branch.name.clone(), Tensor::full(out_shape.clone(), 0.0));
+        }
+        if let Plan::Select { params, .. } | Plan::Choose { params, .. } = plan {
             let idx = Tensor::full(vec![b, t, dims.h, params.top as usize], -1);
             out.selected.insert(branch.name.clone(), idx);
         }
@@ -46,7 +50,7 @@ pub(crate) fn run(
             .into_par_iter()
             .map(|pos| {
                 let token = seq.batch * t + seq.start + pos;
-                query(call, &data, &pooled, pos, |branch| {
+                query(call, &data, &pooled, pos, token, |branch| {
                     given
                         .get(branch)
                         .copied()
@@ -106,6 +110,7 @@ pub(crate) fn query(
     data: &SeqData,
     pooled: &[Option<PooledTokens>],
     t: usize,
+    token: usize,
     given: impl Fn(usize) -> Option<Vec<Vec<usize>>>,
 ) -> QueryOutput {
     let dims = &call.dims;
@@ -121,37 +126,103 @@ pub(crate) fn query(
             _ => None,
         })
         .collect();
-    let mut branches = Vec::with_capacity(call.plans.len());
-    let mut chosen = Vec::with_capacity(call.plans.len());
-    for (i, (branch, plan)) in call.spec.branches.iter().zip(&call.plans).enumerate() {
-        let (k, v) = data.kv(branch);
-        let (o, c) = match plan {
-            Plan::Compress { .. } => match (&probs[i], &pooled[i]) {
-                (Some(p), Some(pooled)) => (compress::output(p, dims, pooled), None),
-                _ => (vec![vec![0.0; dims.dv]; dims.hq], None),
-            },
+    // Choose every select branch's blocks first, each after the branch it is within.
+    let mut chosen: Vec<Option<Vec<Vec<usize>>>> = vec![None; call.plans.len()];
+    for &i in &call.choice_order {
+        let blocks = given(i).unwrap_or_else(|| match &call.plans[i] {
             Plan::Select {
                 params,
                 scorer,
                 scorer_params,
             } => {
-                let blocks = given(i).unwrap_or_else(|| {
-                    let p = probs[*scorer].as_deref().unwrap_or_default();
-                    let scores = score::scores(p, scorer_params, params, dims, len);
-                    scores
-                        .iter()
-                        .map(|s| score::choose(s, params, dims.causal, t, len))
-                        .collect()
-                });
-                let o = select::output(params, dims, (&data.q, k, v), &blocks, t);
-                (o, Some(blocks))
+                let p = probs[*scorer].as_deref().unwrap_or_default();
+                let scores = score::scores(p, scorer_params, params, dims, len);
+                scores
+                    .iter()
+                    .map(|s| score::choose(s, params, dims.causal, t, len))
+                    .collect()
             }
-            Plan::Window(w) => (window::output(w, dims, (&data.q, k, v), t), None),
+            Plan::Choose {
+                params,
+                source,
+                within,
+            } => {
+                let outer = within.and_then(|w| match (&call.plans[w], &chosen[w]) {
+                    (Plan::Select { params, .. } | Plan::Choose { params, .. }, Some(c)) => {
+                        Some((*params, c))
+                    }
+                    _ => None,
+                });
+                choose_blocks(call, data, &probs, params, source, outer, t, token)
+            }
+            _ => Vec::new(),
+        });
+        chosen[i] = Some(blocks);
+    }
+    let mut branches = Vec::with_capacity(call.plans.len());
+    for (i, (branch, plan)) in call.spec.branches.iter().zip(&call.plans).enumerate() {
+        let (k, v) = data.kv(branch);
+        let o = match plan {
+            Plan::Compress { .. } => match (&probs[i], &pooled[i]) {
+                (Some(p), Some(pooled)) => compress::output(p, dims, pooled),
+                _ => vec![vec![0.0; dims.dv]; dims.hq],
+            },
+            Plan::Select { params, .. } | Plan::Choose { params, .. } => {
+                let blocks = chosen[i].as_deref().unwrap_or_default();
+                select::output(params, dims, (&data.q, k, v), blocks, t)
+            }
+            Plan::Window(w) => window::output(w, dims, (&data.q, k, v), t),
+            // No output of its own (never combined, no `o_<i>`).
+            Plan::Index(_) => Vec::new(),
         };
         branches.push(o);
-        chosen.push(c);
     }
     QueryOutput { branches, chosen }
+}
+
+/// The blocks of a [`Plan::Choose`] select branch `s` for query `t` (absolute row `token`)
+/// per kv head \[H\]\[..\]; `outer` is the branch it is within and that branch's choice.
+#[allow(clippy::too_many_arguments)]
+fn choose_blocks(
+    call: &Call<'_>,
+    data: &SeqData,
+    probs: &[Option<Vec<Vec<f64>>>],
+    s: &nsac_dsl::spec::Select,
+    source: &Source<'_>,
+    outer: Option<(&nsac_dsl::spec::Select, &Vec<Vec<usize>>)>,
+    t: usize,
+    token: usize,
+) -> Vec<Vec<usize>> {
+    let dims = &call.dims;
+    let len = data.q.len();
+    let candidate = |kvh: usize, i: usize| {
+        score::is_candidate(s, dims.causal, i, t, len)
+            && outer.is_none_or(|(c, chosen)| choose::is_within(s, c, &chosen[kvh], i))
+    };
+    let per_head: Vec<Vec<f64>> = match source {
+        Source::Given(idx) => return choose::read_given(idx, token),
+        Source::Compress { branch, params } => {
+            let p = probs[*branch].as_deref().unwrap_or_default();
+            score::scores(p, params, s, dims, len)
+        }
+        Source::Index { branch } => {
+            let name = &call.spec.branches[*branch].name;
+            let heads = match &call.plans[*branch] {
+                Plan::Index(i) => i.heads as usize,
+                _ => 0,
+            };
+            let scores = data
+                .index(name)
+                .map(|x| index::scores(x, heads, t, len))
+                .unwrap_or_default();
+            vec![scores; dims.h]
+        }
+    };
+    per_head
+        .iter()
+        .enumerate()
+        .map(|(kvh, sc)| score::choose_among(sc, s, t, |i| candidate(kvh, i)))
+        .collect()
 }
 
 /// Writes one token's \[HQ\]\[Dv\] rows into a \[B,T,HQ,Dv\] tensor.

@@ -73,10 +73,22 @@ pub(crate) fn scores(
 /// The blocks query `t` attends for one kv head with raw scores `scores` \[NB\]: at most `top`
 /// block indices, ascending.
 pub fn choose(scores: &[f64], s: &Select, causal: bool, t: usize, len: usize) -> Vec<usize> {
+    choose_among(scores, s, t, |i| is_candidate(s, causal, i, t, len))
+}
+
+/// [`choose`] with the candidates given by `candidate` (hierarchical selection narrows them to
+/// the blocks inside an outer choice): the forced candidates, then the best by (score
+/// descending, index ascending), at most `top`, reported ascending.
+pub fn choose_among(
+    scores: &[f64],
+    s: &Select,
+    t: usize,
+    candidate: impl Fn(usize) -> bool,
+) -> Vec<usize> {
     let mut ranked: Vec<(f64, usize)> = scores
         .iter()
         .enumerate()
-        .filter(|&(i, _)| is_candidate(s, causal, i, t, len))
+        .filter(|&(i, _)| candidate(i))
         .map(|(i, &score)| {
             let forced = is_forced(s, i, t);
             (if forced { f64::INFINITY } else { score }, i)

@@ -112,7 +112,14 @@ impl Tokens {
 
     /// Cuts `seq` out of a checked \[B, T, heads, dim\] tensor, widening every value exactly.
     pub(crate) fn cut(tensor: &Tensor<f32>, seq: Sequence) -> Tokens {
-        let (seq_len, heads, dim) = (tensor.shape[1], tensor.shape[2], tensor.shape[3]);
+        Tokens::cut_as(tensor, seq, tensor.shape[2], tensor.shape[3])
+    }
+
+    /// [`Tokens::cut`] for a checked \[B, T, …\] tensor whose rows of one token hold
+    /// `heads × dim` values (an indexer's `k_<i>` \[B,T,Di\] is 1 × Di, its `w_<i>`
+    /// \[B,T,Hi\] is Hi × 1).
+    pub(crate) fn cut_as(tensor: &Tensor<f32>, seq: Sequence, heads: usize, dim: usize) -> Tokens {
+        let seq_len = tensor.shape[1];
         let row = heads * dim;
         let from = (seq.batch * seq_len + seq.start) * row;
         let to = (seq.batch * seq_len + seq.end) * row;
@@ -176,6 +183,17 @@ pub(crate) struct SeqData {
     k: Tokens,
     v: Tokens,
     own: BTreeMap<String, (Tokens, Tokens)>,
+    /// Every index branch's inputs, by branch name.
+    index: BTreeMap<String, IndexTokens>,
+}
+
+/// An index branch's inputs for one sequence: `q_<i>` \[T_seg, Hi, Di\], `k_<i>`
+/// \[T_seg, 1, Di\] and `w_<i>` \[T_seg, Hi, 1\].
+#[derive(Debug, Clone)]
+pub(crate) struct IndexTokens {
+    pub(crate) q: Tokens,
+    pub(crate) k: Tokens,
+    pub(crate) w: Tokens,
 }
 
 impl SeqData {
@@ -194,12 +212,31 @@ impl SeqData {
             );
             own.insert(b.name.clone(), kv);
         }
+        let mut index = BTreeMap::new();
+        for b in &spec.branches {
+            if let Some(i) = b.as_index() {
+                let (hi, di) = (i.heads as usize, i.dim as usize);
+                let tensor = |prefix: &str| input(inputs, &format!("{prefix}_{}", b.name));
+                let x = IndexTokens {
+                    q: Tokens::cut_as(tensor("q")?, seq, hi, di),
+                    k: Tokens::cut_as(tensor("k")?, seq, 1, di),
+                    w: Tokens::cut_as(tensor("w")?, seq, hi, 1),
+                };
+                index.insert(b.name.clone(), x);
+            }
+        }
         Ok(SeqData {
             q: cut("q")?,
             k: cut("k")?,
             v: cut("v")?,
             own,
+            index,
         })
+    }
+
+    /// The inputs of index branch `name` (`None` if it is not one).
+    pub(crate) fn index(&self, name: &str) -> Option<&IndexTokens> {
+        self.index.get(name)
     }
 
     /// The keys and values `branch` reads: its own with `kv = own`, else the shared ones.

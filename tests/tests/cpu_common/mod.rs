@@ -31,9 +31,10 @@ pub fn select(name: &str, block: u32, top: u32, by: &str, first: u32, last: u32)
         kind: BranchKind::Select(Select {
             block,
             top,
-            scored_by: by.into(),
+            scored_by: nsac_dsl::spec::Scorer::Branch(by.into()),
             keep_first: first,
             keep_last: last,
+            within: None,
         }),
     }
 }
@@ -113,6 +114,9 @@ pub fn library_labeled() -> Vec<(String, Spec)> {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.ends_with(".nsa") || n.ends_with(".yaml"))
         .collect();
+    // The selection forms beyond NSA's blocks (kernels/dsa-indexer.nsa, nsa-hier.nsa) are
+    // defined by the oracle only; the backends refuse them (`LowerError::Unsupported`).
+    files.retain(|f| library_file(f).beyond_blocks().is_none());
     files.sort();
     let mut out: Vec<(String, Spec)> = files
         .iter()

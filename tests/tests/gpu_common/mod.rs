@@ -36,9 +36,10 @@ fn slc(block: u32, top: u32, keep_first: u32, keep_last: u32) -> BranchKind {
     BranchKind::Select(Select {
         block,
         top,
-        scored_by: "cmp".into(),
+        scored_by: nsac_dsl::spec::Scorer::Branch("cmp".into()),
         keep_first,
         keep_last,
+        within: None,
     })
 }
 

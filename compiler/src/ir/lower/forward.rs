@@ -57,6 +57,12 @@ pub fn forward(spec: &Spec, sig: &Signature) -> Result<Plan, LowerError> {
     if sig.head_dim.qk == 0 || sig.head_dim.v == 0 {
         return Err(LowerError::BadHeadDim);
     }
+    if let Some((branch, form)) = spec.beyond_blocks() {
+        return Err(LowerError::Unsupported {
+            branch: branch.to_string(),
+            form,
+        });
+    }
     for name in &spec.combine.branches {
         if spec.branch(name).is_none() {
             return Err(LowerError::UnknownCombineBranch(name.clone()));
@@ -89,7 +95,7 @@ pub fn forward(spec: &Spec, sig: &Signature) -> Result<Plan, LowerError> {
     let scored: Vec<&str> = spec
         .branches
         .iter()
-        .filter_map(|b| b.as_select().map(|s| s.scored_by.as_str()))
+        .filter_map(|b| b.as_select().and_then(|s| s.scorer()))
         .collect();
 
     let (mut pools, mut compressed, mut selections, mut others) = (vec![], vec![], vec![], vec![]);
@@ -181,14 +187,15 @@ pub fn forward(spec: &Spec, sig: &Signature) -> Result<Plan, LowerError> {
             BranchKind::Select(s) => {
                 let block = positive(name, "block", s.block)?;
                 let top = positive(name, "top", s.top)?;
+                // Given and nested selections were refused above (`beyond_blocks`).
+                let by_name = s.scorer().unwrap_or_default();
                 let by = spec
-                    .branch(&s.scored_by)
+                    .branch(by_name)
                     .and_then(|c| c.as_compress())
                     .ok_or_else(|| LowerError::BadScoredBy {
                         branch: name.to_string(),
-                        by: s.scored_by.clone(),
+                        by: by_name.to_string(),
                     })?;
-                let by_name = s.scored_by.as_str();
                 let (cb, cs) = (
                     positive(by_name, "block", by.block)?,
                     positive(by_name, "stride", by.stride)?,
@@ -258,6 +265,13 @@ pub fn forward(spec: &Spec, sig: &Signature) -> Result<Plan, LowerError> {
                     out,
                     lse: None,
                 }));
+            }
+            // Refused before any tensor is declared (`beyond_blocks`).
+            BranchKind::Index(_) => {
+                return Err(LowerError::Unsupported {
+                    branch: name.to_string(),
+                    form: nsac_dsl::spec::SelectionForm::Indexer,
+                });
             }
             BranchKind::Window(w) => {
                 let out = t.add(format!("o_{name}"), Role::Out, Elem::F32, out_shape());

@@ -7,6 +7,8 @@ mod forward;
 pub use backward::{backward, gradient_name};
 pub use forward::forward;
 
+use nsac_dsl::spec::SelectionForm;
+
 use super::VerifyError;
 
 /// Why a spec cannot be lowered.
@@ -24,6 +26,13 @@ pub enum LowerError {
     BadHeads { q: u32, kv: u32 },
     #[error("head dims must be positive")]
     BadHeadDim,
+    /// A selection form beyond NSA's blocks (issue 12): the oracle defines it, the plan and
+    /// the backends do not lower it yet.
+    #[error(
+        "branch `{branch}` uses {}, which the compiled backends do not support yet (the f64 oracle runs it: `--device reference`)",
+        form.describe()
+    )]
+    Unsupported { branch: String, form: SelectionForm },
     #[error("the lowered plan breaks the IR contract (a compiler bug): {0}")]
     Verify(#[from] VerifyError),
 }

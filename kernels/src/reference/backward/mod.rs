@@ -49,6 +49,7 @@ pub fn backward(
     inputs: &Inputs,
     d_o: &Tensor<f32>,
 ) -> Result<Gradients, ReferenceError> {
+    super::call::forward_only(spec, "backward")?;
     let call = Call::new(spec, shape, inputs)?;
     upstream::check(d_o, shape, &call.dims)?;
     run::run(&call, shape, inputs, &[], d_o)
@@ -66,6 +67,7 @@ pub fn backward_with_blocks(
     blocks: &BTreeMap<String, Tensor<i32>>,
     d_o: &Tensor<f32>,
 ) -> Result<Gradients, ReferenceError> {
+    super::call::forward_only(spec, "backward")?;
     let call = Call::new(spec, shape, inputs)?;
     let given = given::resolve(&call, shape, blocks)?;
     upstream::check(d_o, shape, &call.dims)?;

@@ -88,7 +88,8 @@ pub(super) fn backward(
                 (&p.k, &p.v, vec![seen; dims.h])
             }
             (Plan::Compress { .. }, None) => (k, v, vec![Vec::new(); dims.h]),
-            (Plan::Select { params, .. }, _) => {
+            // The choice is held fixed, so every form of selection differentiates alike.
+            (Plan::Select { params, .. } | Plan::Choose { params, .. }, _) => {
                 let chosen = forward.chosen[i].as_ref().unwrap_or(&none);
                 let lists = (0..dims.h)
                     .map(|kvh| {
@@ -102,6 +103,8 @@ pub(super) fn backward(
                 let keys: Vec<usize> = window::keys(win, dims.causal, t, len).collect();
                 (k, v, vec![keys; dims.h])
             }
+            // An indexer only chooses, and the choice passes no gradient.
+            (Plan::Index(_), _) => (k, v, vec![Vec::new(); dims.h]),
         };
         let mut heads = Vec::with_capacity(dims.h);
         for (kvh, list) in lists.into_iter().enumerate() {

@@ -50,7 +50,7 @@ pub(super) fn run(
                 .into_par_iter()
                 .map(|pos| {
                     let token = token_of(pos);
-                    let forward = forward_row(call, &data, &pooled, pos, |branch| {
+                    let forward = forward_row(call, &data, &pooled, pos, token, |branch| {
                         given
                             .get(branch)
                             .copied()

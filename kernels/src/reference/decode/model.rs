@@ -96,6 +96,7 @@ impl Model {
             dtype: DType::F32,
         }
         .resolve(spec)?;
+        call::forward_only(spec, "decode")?;
         let dims = call::check_shape(spec, &shape)?;
         call::check_names(spec)?;
         call::check_sizes(spec, &shape)?;
@@ -104,7 +105,7 @@ impl Model {
         let rules = spec
             .branches
             .iter()
-            .map(|b| call::plan(spec, weights, &b.name, &b.kind).map(owned))
+            .map(|b| call::plan(spec, weights, &b.name, &b.kind).and_then(|p| owned(&b.name, p)))
             .collect::<Result<Vec<_>, _>>()?;
         let mut stores = vec![("k".to_string(), "v".to_string())];
         let source = spec
@@ -206,8 +207,10 @@ fn check_weights(expected: &[InputSpec], weights: &Inputs) -> Result<(), DecodeE
     Ok(())
 }
 
-fn owned(plan: Plan<'_>) -> Rule {
-    match plan {
+/// The decode rule of one resolved branch; the forms beyond NSA's blocks were refused before
+/// (`call::forward_only`), so meeting one here is an error, not a panic.
+fn owned(name: &str, plan: Plan<'_>) -> Result<Rule, ReferenceError> {
+    Ok(match plan {
         Plan::Compress { params, weights } => Rule::Compress {
             c: params,
             weights: match weights {
@@ -229,5 +232,11 @@ fn owned(plan: Plan<'_>) -> Rule {
             c: scorer_params,
         },
         Plan::Window(w) => Rule::Window(w),
-    }
+        Plan::Index(_) | Plan::Choose { .. } => {
+            return Err(ReferenceError::WrongKind {
+                branch: name.to_string(),
+                expected: "compress, NSA-form select or window (decode)",
+            });
+        }
+    })
 }

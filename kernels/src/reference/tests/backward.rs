@@ -12,7 +12,7 @@ use nsac_dsl::spec::{CombineMode, HeadDim, Heads, Pool, Spec};
 use proptest::prelude::*;
 
 use super::grad_check::{BAR, check, check_with, on_grid, upstream};
-use super::library::library_specs;
+use super::library::nsa_library_specs as library_specs;
 use super::support::*;
 use crate::io::{InputError, Tensor};
 use crate::reference::{ReferenceError, backward, backward_with_blocks, forward};

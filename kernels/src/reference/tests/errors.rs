@@ -27,14 +27,14 @@ fn bad_calls_are_typed_errors() {
 
     let mut s = spec0.clone();
     if let nsac_dsl::spec::BranchKind::Select(sel) = &mut s.branches[1].kind {
-        sel.scored_by = "win".into();
+        sel.scored_by = nsac_dsl::spec::Scorer::Branch("win".into());
     }
     assert!(matches!(
         forward(&s, &shape, &inputs),
         Err(ReferenceError::NotCompress { .. })
     ));
     if let nsac_dsl::spec::BranchKind::Select(sel) = &mut s.branches[1].kind {
-        sel.scored_by = "nope".into();
+        sel.scored_by = nsac_dsl::spec::Scorer::Branch("nope".into());
     }
     assert!(matches!(
         forward(&s, &shape, &inputs),

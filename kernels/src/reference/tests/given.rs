@@ -96,9 +96,10 @@ fn sel(top: u32, keep_first: u32, keep_last: u32) -> Select {
     Select {
         block: 4,
         top,
-        scored_by: "cmp".into(),
+        scored_by: nsac_dsl::spec::Scorer::Branch("cmp".into()),
         keep_first,
         keep_last,
+        within: None,
     }
 }
 

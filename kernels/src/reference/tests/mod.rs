@@ -2,6 +2,7 @@
 //! random inputs (odd lengths, several seeds).
 
 mod backward;
+mod beyond;
 mod edges;
 mod errors;
 mod given;

@@ -62,9 +62,10 @@ pub fn select(
         kind: BranchKind::Select(Select {
             block,
             top,
-            scored_by: scored_by.into(),
+            scored_by: nsac_dsl::spec::Scorer::Branch(scored_by.into()),
             keep_first,
             keep_last,
+            within: None,
         }),
     }
 }

@@ -6,7 +6,7 @@ use nsac_dsl::spec::{HeadDim, Heads, Spec};
 use proptest::prelude::*;
 
 use super::harness::{Schedule, check_decode, check_ragged};
-use crate::reference::tests::library::library_specs;
+use crate::reference::tests::library::nsa_library_specs as library_specs;
 use crate::reference::tests::support::random;
 
 /// `spec` on `sequences` with 4/2 heads (GQA, group 2) and head dims 8/4.
