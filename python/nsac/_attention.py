@@ -171,6 +171,11 @@ class Attention:
         for name, x in zip(self._names, values):
             if x is None:
                 raise TypeError(f"tensor `{name}` is None")
+            if not hasattr(x, "shape"):
+                raise TypeError(
+                    f"tensor `{name}` must be a torch.Tensor or numpy.ndarray like `q`, "
+                    f"got {type(x).__name__}"
+                )
         qs = tuple(q.shape)
         if len(qs) != 4:
             raise ValueError(f"tensor `q` must be [B, T, HQ, DQK], got shape {list(qs)}")
@@ -187,14 +192,16 @@ class Attention:
     # -- calls --------------------------------------------------------------------------------
 
     def __call__(self, q: Any, k: Any, v: Any, **tensors: Any) -> Any:
+        if not (_is_torch(q) or isinstance(q, np.ndarray)):
+            raise TypeError(
+                f"tensor `q` must be a torch.Tensor or numpy.ndarray, got {type(q).__name__}"
+            )
         values, cu = self._collect(q, k, v, tensors)
         if _is_torch(q):
             from . import _torch_ops
 
             return _torch_ops.call(self, values, cu)
-        if isinstance(q, np.ndarray):
-            return self._numpy_forward(values, cu)
-        raise TypeError(f"tensor `q` must be a torch.Tensor or numpy.ndarray, got {type(q).__name__}")
+        return self._numpy_forward(values, cu)
 
     def _numpy_forward(self, values: List[Any], cu: Any) -> np.ndarray:
         out_dtype = None

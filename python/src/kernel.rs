@@ -32,8 +32,17 @@ pub struct Kernel {
 
 /// Parses spec text, rendering its diagnostics (uncoloured) against the text itself.
 fn parse_spec(text: &str) -> PyResult<Attention> {
-    let trimmed = text.trim_start();
-    let yaml = trimmed.starts_with("---") || trimmed.starts_with("name:");
+    // YAML is a mapping (`attention: NAME`, `---`, …); the text form opens with
+    // `attention NAME {`. Leading comments and blank lines are the same in both.
+    let first = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .unwrap_or("");
+    let yaml = first.starts_with("---")
+        || first
+            .split_once(':')
+            .is_some_and(|(key, _)| !key.contains(char::is_whitespace) && !key.contains('{'));
     let parsed = if yaml {
         nsac::dsl::parse_yaml(text)
     } else {
