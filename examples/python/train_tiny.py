@@ -1,9 +1,10 @@
 """Train a tiny transformer whose attention is an nsac spec on long-range key-value recall.
 
-Each sequence of T tokens starts with P key-value facts, each one token `fact(key, value)`,
-placed at random positions in the first half among filler tokens; the last Q positions are
-queries `ask(key)` for keys of those facts, and the model must name the fact's value there:
-the answer sits thousands of tokens behind the query. Loss and accuracy count the query
+Each sequence of T tokens holds P key-value facts, each one token `fact(key, value)`, at
+random positions in the first half among noise tokens; the last Q positions are queries
+`ask(key)` for keys of those facts, and the model must name the fact's value there: the
+answer sits up to T tokens behind the query. (A token is embedded as the sum of its kind's,
+key's and value's embeddings, so that a query and its fact share the key's vector.) Loss and accuracy count the query
 positions only (chance: 1 / values).
 
 The same model is trained twice from the same initialisation and data — attention from
@@ -29,27 +30,28 @@ HERE = pathlib.Path(__file__).resolve().parent
 
 
 class Task:
-    """Token ids: filler, fact(key, value), ask(key); targets are value ids."""
+    """Each position is (kind, key, value): kind 0 filler, 1 fact, 2 query; key and value ids
+    are `keys`/`values` ("none") where a position has none; fillers carry a random key-sized
+    noise id so that the haystack is not constant. Targets are value ids at query positions."""
 
-    def __init__(self, keys=16, values=16, fillers=16):
-        self.keys, self.values, self.fillers = keys, values, fillers
-        self.fact0 = fillers
-        self.ask0 = self.fact0 + keys * values
-        self.vocab = self.ask0 + keys
+    def __init__(self, keys=16, values=16, noise=1):
+        self.keys, self.values, self.noise = keys, values, noise
 
     def batch(self, gen, batch, seq, facts, queries):
-        x = torch.randint(0, self.fillers, (batch, seq), generator=gen)
+        kind = torch.zeros(batch, seq, dtype=torch.long)
+        key = torch.randint(self.keys + 1, self.keys + 1 + self.noise, (batch, seq), generator=gen)
+        value = torch.full((batch, seq), self.values)
         y = torch.full((batch, seq), -100)  # ignored by cross_entropy
+        pos = torch.arange(seq - queries, seq)
         for b in range(batch):
             keys = torch.randperm(self.keys, generator=gen)[:facts]
             values = torch.randint(0, self.values, (facts,), generator=gen)
             where = torch.randperm(seq // 2, generator=gen)[:facts]
-            x[b, where] = self.fact0 + keys * self.values + values
+            kind[b, where], key[b, where], value[b, where] = 1, keys, values
             asked = torch.randint(0, facts, (queries,), generator=gen)
-            pos = torch.arange(seq - queries, seq)
-            x[b, pos] = self.ask0 + keys[asked]
+            kind[b, pos], key[b, pos] = 2, keys[asked]
             y[b, pos] = values[asked]
-        return x, y
+        return torch.stack([kind, key, value], -1), y
 
 
 class Attention(torch.nn.Module):
@@ -83,9 +85,11 @@ class Attention(torch.nn.Module):
 
 
 class Model(torch.nn.Module):
-    def __init__(self, vocab, classes, seq, dim, layers, attn, dense):
+    def __init__(self, task, seq, dim, layers, attn, dense):
         super().__init__()
-        self.emb = torch.nn.Embedding(vocab, dim)
+        self.kind = torch.nn.Embedding(3, dim)
+        self.key = torch.nn.Embedding(task.keys + 1 + task.noise, dim)
+        self.value = torch.nn.Embedding(task.values + 1, dim)
         self.pos = torch.nn.Parameter(torch.randn(seq, dim) * 0.02)
         self.blocks = torch.nn.ModuleList()
         for _ in range(layers):
@@ -98,10 +102,11 @@ class Model(torch.nn.Module):
                 ),
             }))
         self.ln = torch.nn.LayerNorm(dim)
-        self.head = torch.nn.Linear(dim, classes)
+        self.head = torch.nn.Linear(dim, task.values)
 
     def forward(self, x):
-        h = self.emb(x) + self.pos[: x.shape[1]]
+        h = self.kind(x[..., 0]) + self.key(x[..., 1]) + self.value(x[..., 2])
+        h = h + self.pos[: x.shape[1]]
         for blk in self.blocks:
             h = h + blk["attn"](blk["ln1"](h))
             h = h + blk["mlp"](blk["ln2"](h))
@@ -125,7 +130,7 @@ def train(name, model, task, args):
         opt.step()
         sched.step()
         seconds += time.perf_counter() - start
-        tokens += x.numel()
+        tokens += x.shape[0] * x.shape[1]
         mask = y >= 0
         acc = (logits.argmax(-1)[mask] == y[mask]).float().mean().item()
         curve.append((loss.item(), acc))
@@ -150,10 +155,10 @@ def evaluate(model, task, args):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--steps", type=int, default=300)
     p.add_argument("--seq", type=int, default=2048)
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--facts", type=int, default=8)
+    p.add_argument("--facts", type=int, default=4)
     p.add_argument("--queries", type=int, default=32)
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)
@@ -171,7 +176,7 @@ def main():
     results = {}
     for name in args.models.split(","):
         torch.manual_seed(args.seed)  # the same initial weights for both models
-        model = Model(task.vocab, task.values, args.seq, args.dim, args.layers, attn, dense=(name == "dense"))
+        model = Model(task, args.seq, args.dim, args.layers, attn, dense=(name == "dense"))
         curve, tps = train(name, model, task, args)
         acc = evaluate(model, task, args)
         results[name] = (curve, tps, acc)

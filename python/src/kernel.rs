@@ -19,7 +19,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::arrays::{Borrowed, borrow_f32, host_to_numpy, tensor_ref, to_numpy};
-use crate::errors::{SpecError, cpu_to_py, to_py};
+use crate::errors::{NsacError, SpecError, cpu_to_py, to_py};
 
 #[pyclass(frozen, module = "nsac._nsac")]
 pub struct Kernel {
@@ -269,6 +269,59 @@ impl Kernel {
         }
         layout.sort();
         Ok(layout)
+    }
+
+    /// Tunes the CPU kernel for `batch` rows of `tokens` (`nsac tune`): the best Variant is
+    /// stored in the tuning database (`db`, default the user's cache) unless it already holds
+    /// one for this spec, problem bucket and machine (`retune` searches again), and later calls
+    /// take it. Returns `{variant, threads, source: "tuned" | "stored", best_ms}`.
+    #[pyo3(signature = (batch, tokens, retune=false, db=None))]
+    fn tune<'py>(
+        &self,
+        py: Python<'py>,
+        batch: usize,
+        tokens: usize,
+        retune: bool,
+        db: Option<std::path::PathBuf>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        use nsac::runtime::tune::cached::Tuned;
+        use nsac::runtime::tune::cpu::{CpuTuneOptions, tune_cpu};
+        use nsac::runtime::tune::db::TuningDb;
+        let shape = self
+            .cpu
+            .problem(Sequences::Batched { batch, len: tokens })
+            .resolve(self.attn.spec())
+            .map_err(|e| to_py(e.into()))?;
+        let db = match db {
+            Some(path) => TuningDb::open(path),
+            None => TuningDb::open_default()
+                .map_err(|e| NsacError::new_err(format!("no tuning database: {e}")))?,
+        };
+        let spec = self.attn.spec();
+        let (tuned, _warnings) = py
+            .detach(|| {
+                tune_cpu(
+                    spec,
+                    &shape,
+                    &db,
+                    &CpuTuneOptions::for_spec(spec),
+                    retune,
+                    &mut |_| {},
+                )
+            })
+            .map_err(|e| NsacError::new_err(format!("tuning failed: {e}")))?;
+        let (source, best_ms) = match &tuned {
+            Tuned::Stored { best_us, .. } => ("stored", best_us / 1e3),
+            Tuned::Fresh(r) => ("tuned", r.best_time.as_secs_f64() * 1e3),
+        };
+        let best = tuned.variant();
+        let dict = PyDict::new(py);
+        dict.set_item("variant", best.variant.to_string())?;
+        dict.set_item("threads", best.threads)?;
+        dict.set_item("source", source)?;
+        dict.set_item("best_ms", best_ms)?;
+        dict.set_item("db", db.path().display().to_string())?;
+        Ok(dict)
     }
 
     /// The forward pass on `inputs` (name → float32 array, read in place), writing `o` into

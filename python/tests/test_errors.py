@@ -149,3 +149,14 @@ def test_non_finite_and_huge_inputs_are_refused(fla):
         attn(bad, k, v, **kw)
     with pytest.raises(ValueError, match="`k`"):
         attn(q, k * 1e30, v, **kw)
+
+
+def test_tune_stores_a_variant_and_reads_it_back(load_spec, tmp_path):
+    attn = load_spec("sliding-window")
+    db = str(tmp_path / "tuning.yaml")
+    first = attn.tune(64, db=db)
+    assert first["source"] == "tuned" and first["threads"] >= 1 and first["best_ms"] > 0
+    again = attn.tune(64, db=db)
+    assert again["source"] == "stored" and again["variant"] == first["variant"]
+    with pytest.raises(ValueError):
+        attn.tune(0, db=db)
