@@ -292,6 +292,31 @@ impl Compiled {
         Ok(self.cuda_entry(gpu, &shape)?.0.kernel)
     }
 
+    /// The CPU kernel and worker-thread count that [`Compiled::run`] (`training == false`) or
+    /// [`Compiled::forward_train`] (`training == true`: the training pair) takes for `shape`,
+    /// for callers that lend their own buffers — `CpuKernel::run_into`, `forward_train_refs`
+    /// and `backward_refs` read the caller's memory in place (the Python module does). Fails
+    /// with [`Error::Invalid`] when this compile is not on the CPU.
+    pub fn cpu_kernel_for(
+        &self,
+        shape: &Shape,
+        training: bool,
+    ) -> Result<(Arc<CpuKernel>, usize), Error> {
+        if !matches!(self.backend, Backend::Cpu) {
+            return Err(Error::Invalid(format!(
+                "this compile runs on the {} device, not the CPU",
+                self.device()
+            )));
+        }
+        if training {
+            let (kernel, threads, _, _) = self.cpu_train_kernel(shape)?;
+            Ok((kernel, threads))
+        } else {
+            let (entry, _) = self.cpu_kernel(shape)?;
+            Ok((entry.kernel, entry.threads))
+        }
+    }
+
     /// Runs on `inputs` (the README's tensor names and layouts) for the sequences of `problem`
     /// (its heads, head dims and dtype must be this compile's: see [`Compiled::problem`]).
     pub fn run(&self, problem: &Problem, inputs: &Inputs) -> Result<Run, Error> {
@@ -395,5 +420,45 @@ mod tests {
             cu_seqlens: vec![0, 5, 5],
         });
         assert!(matches!(cpu.sizes(&bad), Err(Error::Problem(_))));
+    }
+
+    #[test]
+    fn cpu_kernel_for_lends_the_kernel_run_takes_and_the_training_pair() {
+        let attn = Attention::parse(
+            "attention tiny {\n heads = 4/2\n head_dim = 16\n compress c { block = 8, stride = 4 }\n window w { size = 8 }\n combine = gate(c, w)\n}",
+        )
+        .expect("parses");
+        let options = Options {
+            no_tuned: true,
+            ..Options::default()
+        };
+        let reference = attn.compile(&Device::Reference, &options).expect("ok");
+        let cpu = attn.compile(&Device::Cpu, &options).expect("compiles");
+        let problem = cpu.problem(Sequences::Batched { batch: 2, len: 37 });
+        let shape = problem.resolve(attn.spec()).expect("resolves");
+        assert!(matches!(
+            reference.cpu_kernel_for(&shape, false),
+            Err(Error::Invalid(_))
+        ));
+        let inputs = attn.random_inputs(&problem, 3).expect("inputs");
+        let want = cpu.run(&problem, &inputs).expect("runs").outputs["o"]
+            .to_f32()
+            .expect("f32");
+        for training in [false, true] {
+            let (kernel, threads) = cpu.cpu_kernel_for(&shape, training).expect("kernel");
+            assert_eq!(kernel.has_backward(), training);
+            let mut o = vec![f32::NAN; want.data.len()];
+            let mut outputs = nsac_runtime::cpu::OutputRefs::new();
+            outputs.insert("o", nsac_runtime::cpu::OutputRef::F32(&mut o));
+            kernel
+                .run_into(
+                    &Sizes::of(&shape),
+                    &nsac_kernels::io::input_refs(&inputs),
+                    &mut outputs,
+                    threads,
+                )
+                .expect("runs in place");
+            assert_eq!(o, want.data, "training = {training}");
+        }
     }
 }

@@ -63,7 +63,7 @@ pub const NO_GPU_BACKWARD: &str =
     "backward on the GPU is not built yet: use --device cpu or --device reference";
 
 impl Compiled {
-    fn cpu_train_kernel(
+    pub(super) fn cpu_train_kernel(
         &self,
         shape: &Shape,
     ) -> Result<(Arc<CpuKernel>, usize, VariantOrigin, Option<Duration>), Error> {
