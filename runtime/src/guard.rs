@@ -17,10 +17,12 @@
 //! - 16-bit inputs (GPU): every input and K̃, Ṽ within the dtype's largest finite value;
 //! - conditioning: scale·max‖q‖·max‖K‖ ≤ `SCORE_LIMIT` = 4096 (row norms over the head dim;
 //!   by Cauchy–Schwarz the largest |score| possible; ‖K̃‖ bounded through the pool). An f32
-//!   score carries an error of a few ulps of that, and softmax turns a score error δ into a
-//!   relative output error of about δ, so larger scores could miss the CPU's 1e-5 bar. Standard
-//!   normal activations give about √Dqk + 6 (≈ 17 at Dqk = 128), the library specs up to ~400 with
-//!   the pool bounds; the limit was set from the proptest of `tests/tests/cpu_magnitudes.rs`;
+//!   score s carries an error of a few ulps of |s|, and softmax turns a score error δ into a
+//!   relative output error of about δ: no f32 kernel answers scores of size κ better than
+//!   about κ·2⁻²⁴. [`Checked::bar`] is that accuracy, max(1e-5, κ·2⁻²⁴), the CPU's 1e-5 bar
+//!   for any κ ≤ 168 (standard normal activations give about √Dqk + 6, ≈ 17 at Dqk = 128; the
+//!   library specs up to ~400 with the pool bounds) and at most 2.4e-4 at the limit, past which
+//!   the guard refuses rather than answer less accurately;
 //! - underflow: a branch's values (max|V|, and max|g_b|·max|V_b| when gated) are 0 or at least
 //!   `TINY` = 2⁻⁹⁰, so that the products of the value path (v·w in pooling, g·o) stay normal
 //!   f32 numbers and subnormal rounding stays far below the bar; tiny queries and keys are
@@ -101,6 +103,21 @@ fn dtype_max(d: DType) -> f64 {
     }
 }
 
+/// What a passed check found: the conditioning of the run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Checked {
+    /// The largest scale·max‖q‖·max‖K‖ over the plan's attentions (0 without any).
+    pub score_bound: f64,
+}
+
+impl Checked {
+    /// The accuracy an f32 backend owes on these inputs, as max |out−ref| / max|ref|:
+    /// max(1e-5, κ·2⁻²⁴) with κ = [`Checked::score_bound`] (see the module doc).
+    pub fn bar(&self) -> f64 {
+        1e-5f64.max(self.score_bound * f64::from(f32::EPSILON) / 2.0)
+    }
+}
+
 /// Checks `inputs` (already shape-checked against `plan` on `sizes`) against the bounds of
 /// `arith`, branch by branch: every attention of the plan with the pool that made its keys.
 pub fn check(
@@ -108,7 +125,7 @@ pub fn check(
     sizes: &Sizes,
     inputs: &InputRefs<'_>,
     arith: Arithmetic,
-) -> Result<(), Box<GuardError>> {
+) -> Result<Checked, Box<GuardError>> {
     let (name, storage_max) = match arith {
         Arithmetic::F32 => ("f32", dtype_max(DType::F32)),
         Arithmetic::Inputs(d) => (d.name(), dtype_max(d)),
@@ -155,6 +172,7 @@ pub fn check(
         _ => None,
     });
     let mut combined = 0.0f64;
+    let mut score_bound = 0.0f64;
     for op in &plan.ops {
         let Op::Attend(a) = op else {
             continue;
@@ -236,11 +254,12 @@ pub fn check(
             LIMIT,
         )?;
         let conditioned = scale * qn * kn_norm;
+        score_bound = score_bound.max(conditioned);
         within(
             if qn >= kn_norm { "q" } else { kn.as_str() },
             &|| {
                 format!(
-                    "the largest score scale·max‖q‖·max‖{kn}‖ of branch `{br}` (softmax over scores this large is too sensitive to f32 rounding for the 1e-5 bar)"
+                    "the largest score scale·max‖q‖·max‖{kn}‖ of branch `{br}` (softmax over scores this large loses more than 2.4e-4 to f32 rounding)"
                 )
             },
             conditioned,
@@ -282,5 +301,5 @@ pub fn check(
             LIMIT,
         )?;
     }
-    Ok(())
+    Ok(Checked { score_bound })
 }
