@@ -274,4 +274,14 @@ impl Shape {
     pub fn tokens(&self) -> usize {
         self.batch * self.seq_len
     }
+
+    /// The extents of the output `o` (and of its upstream gradient `do`): \[B, T, HQ, Dv\].
+    pub fn output_dims(&self) -> [usize; 4] {
+        [
+            self.batch,
+            self.seq_len,
+            self.heads.q as usize,
+            self.head_dim.v as usize,
+        ]
+    }
 }

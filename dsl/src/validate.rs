@@ -87,6 +87,35 @@ struct Parsed<'a> {
     kv: Option<KvSource>,
 }
 
+impl Parsed<'_> {
+    /// The branch named by a select's `within`, if written as a word.
+    fn within_name(&self) -> Option<&str> {
+        match &self.kind {
+            Some(PartialKind::Select {
+                within: Some(v), ..
+            }) => word(v),
+            _ => None,
+        }
+    }
+
+    /// The branch named by a select's `scored_by`, if written as a word.
+    fn scorer_name(&self) -> Option<&str> {
+        match &self.kind {
+            Some(PartialKind::Select {
+                scored_by: Some(v), ..
+            }) => word(v),
+            _ => None,
+        }
+    }
+}
+
+fn word(v: &Value) -> Option<&str> {
+    match &v.kind {
+        ValueKind::Word(w) => Some(w.as_str()),
+        _ => None,
+    }
+}
+
 enum PartialKind<'a> {
     Compress {
         block: Option<(u32, Span)>,
@@ -887,17 +916,6 @@ impl Validator {
     /// Every cycle of `within` references, reported once at the `within` of its first
     /// branch in declaration order (a branch within itself is a cycle of one).
     fn within_cycles(&mut self, branches: &[Parsed<'_>]) {
-        fn within_of<'b>(p: &'b Parsed<'_>) -> Option<&'b str> {
-            match &p.kind {
-                Some(PartialKind::Select {
-                    within: Some(v), ..
-                }) => match &v.kind {
-                    ValueKind::Word(w) => Some(w.as_str()),
-                    _ => None,
-                },
-                _ => None,
-            }
-        }
         let index: HashMap<&str, usize> = branches
             .iter()
             .enumerate()
@@ -909,7 +927,10 @@ impl Validator {
             // first member in declaration order only.
             let mut path = vec![start];
             let mut at = start;
-            while let Some(next) = within_of(&branches[at]).and_then(|w| index.get(w).copied()) {
+            while let Some(next) = branches[at]
+                .within_name()
+                .and_then(|w| index.get(w).copied())
+            {
                 if next == start {
                     if path.iter().all(|&i| i >= start && !reported[i]) {
                         for &i in &path {
@@ -949,18 +970,7 @@ impl Validator {
 
     /// Every index branch must score some select branch.
     fn index_used(&mut self, branches: &[Parsed<'_>]) {
-        let scorers: HashSet<&str> = branches
-            .iter()
-            .filter_map(|p| match &p.kind {
-                Some(PartialKind::Select {
-                    scored_by: Some(v), ..
-                }) => match &v.kind {
-                    ValueKind::Word(w) => Some(w.as_str()),
-                    _ => None,
-                },
-                _ => None,
-            })
-            .collect();
+        let scorers: HashSet<&str> = branches.iter().filter_map(Parsed::scorer_name).collect();
         for p in branches {
             if matches!(p.kind, Some(PartialKind::Index { .. }))
                 && !scorers.contains(p.decl.name.name.as_str())
@@ -1074,18 +1084,7 @@ impl Validator {
             }
         }
         // A select branch that another is `within` may only choose (no output of its own).
-        let outer: HashSet<&str> = branches
-            .iter()
-            .filter_map(|p| match &p.kind {
-                Some(PartialKind::Select {
-                    within: Some(v), ..
-                }) => match &v.kind {
-                    ValueKind::Word(w) => Some(w.as_str()),
-                    _ => None,
-                },
-                _ => None,
-            })
-            .collect();
+        let outer: HashSet<&str> = branches.iter().filter_map(Parsed::within_name).collect();
         for b in branches {
             let name = b.decl.name.name.as_str();
             if b.decl.keyword.name == "index" || outer.contains(name) {

@@ -237,12 +237,7 @@ fn random_indices(
 /// A standard-normal upstream gradient `do` \[B,T,HQ,Dv\] for `shape`, reproducible from
 /// `seed` on every platform (its stream differs from [`random_inputs`]' for the same seed).
 pub fn random_upstream(shape: &Shape, seed: u64) -> Tensor<f32> {
-    let dims = vec![
-        shape.batch,
-        shape.seq_len,
-        shape.heads.q as usize,
-        shape.head_dim.v as usize,
-    ];
+    let dims = shape.output_dims().to_vec();
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x00d0_d0d0);
     let n = dims.iter().product();
     Tensor {

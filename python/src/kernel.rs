@@ -336,12 +336,7 @@ impl Kernel {
     ) -> PyResult<()> {
         let borrowed = Borrowed::of(inputs)?;
         let shape = self.shape(borrowed.shape("q"), cu_seqlens)?;
-        let want = [
-            shape.batch,
-            shape.seq_len,
-            shape.heads.q as usize,
-            shape.head_dim.v as usize,
-        ];
+        let want = shape.output_dims();
         if out.shape() != want {
             return Err(PyValueError::new_err(format!(
                 "output `o` has shape {:?}, expected {want:?}",
@@ -431,12 +426,7 @@ impl Kernel {
             }
         }
         let d_o_ref = tensor_ref("do", &d_o)?;
-        let want = [
-            shape.batch,
-            shape.seq_len,
-            shape.heads.q as usize,
-            shape.head_dim.v as usize,
-        ];
+        let want = shape.output_dims();
         if d_o_ref.shape != want {
             return Err(PyValueError::new_err(format!(
                 "the upstream gradient has shape {:?}, expected {want:?}",

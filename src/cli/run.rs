@@ -208,12 +208,7 @@ fn run_backward(
         }
         DeviceArg::Cuda => return Err(CliError::Other(nsac::api::NO_GPU_BACKWARD.into())),
     };
-    let want = vec![
-        shape.batch,
-        shape.seq_len,
-        shape.heads.q as usize,
-        shape.head_dim.v as usize,
-    ];
+    let want = shape.output_dims().to_vec();
     if d_o.shape != want {
         return Err(CliError::Other(format!(
             "the upstream gradient `do` has shape {:?}, the output's is {want:?}",

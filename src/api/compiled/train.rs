@@ -160,12 +160,7 @@ impl Compiled {
                 threads,
                 saved,
             } => {
-                let want = [
-                    shape.batch,
-                    shape.seq_len,
-                    shape.heads.q as usize,
-                    shape.head_dim.v as usize,
-                ];
+                let want = shape.output_dims();
                 if d_o.shape != want {
                     return Err(Error::Reference(
                         nsac_kernels::reference::ReferenceError::Input(

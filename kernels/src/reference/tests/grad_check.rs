@@ -38,12 +38,7 @@ pub fn on_grid(mut inputs: Inputs) -> Inputs {
 
 /// A random standard-normal upstream gradient dO \[B,T,HQ,Dv\].
 pub fn upstream(shape: &Shape, seed: u64) -> Tensor<f32> {
-    let dims = [
-        shape.batch,
-        shape.seq_len,
-        shape.heads.q as usize,
-        shape.head_dim.v as usize,
-    ];
+    let dims = shape.output_dims();
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x00d0_d0d0);
     let n = dims.iter().product();
     Tensor {
