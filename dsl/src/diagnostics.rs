@@ -175,7 +175,7 @@ fn primary_message(d: &crate::error::Diagnostic) -> String {
         K::HeadsNotDivisible { .. } => "query heads / kv heads".to_string(),
         K::StrideExceedsBlock { .. } | K::StrideNotDividing { .. } => "this size".to_string(),
         K::ScoredByMissing { .. } => "no such branch".to_string(),
-        K::ScoredByNotCompress { .. } => "not a compress branch".to_string(),
+        K::ScoredByNotCompress { .. } => "not a compress or index branch".to_string(),
         K::KeepExceedsTop { .. } => "too many forced blocks".to_string(),
         K::BadCombine { .. } => "not gate(…) or sum(…)".to_string(),
         K::CombineUnknown { .. } => "no such branch".to_string(),

@@ -109,7 +109,9 @@ pub enum DiagnosticKind {
     },
     #[error("`scored_by` names `{name}`, which is not a declared branch")]
     ScoredByMissing { name: String },
-    #[error("`scored_by` names `{name}`, a {kind} branch; it must be a compress branch")]
+    #[error(
+        "`scored_by` names `{name}`, a {kind} branch; it must be a compress or an index branch"
+    )]
     ScoredByNotCompress { name: String, kind: String },
     #[error("keep_first ({first}) + keep_last ({last}) is more than top ({top})")]
     KeepExceedsTop { first: u32, last: u32, top: u32 },

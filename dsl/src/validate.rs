@@ -486,7 +486,7 @@ impl Validator {
                             },
                             decl.keyword.span.clone(),
                         )
-                        .help("a branch is `compress`, `select` or `window`"),
+                        .help("a branch is `compress`, `select`, `window` or `index`"),
                     );
                     continue;
                 }
