@@ -6,6 +6,11 @@
 //!
 //! FLOPs are counted here from the plan and the indices the kernel chose (compressed tokens
 //! visible, keys of the chosen blocks up to t, window keys), not from `compiler::cost`.
+//!
+//! The backward benchmark ([`bench_cpu_backward`]) times the forward with saved state and the
+//! backward side by side, and counts the backward's work as 2.5× the forward's attention FLOPs
+//! (FlashAttention's convention: dV, dP, dQ, dK and the recomputed S, against the forward's S
+//! and O), whatever the kernel actually recomputes, so that rates compare across libraries.
 
 use std::fmt;
 use std::time::Instant;
@@ -14,7 +19,7 @@ use nsac_compiler::cpu::{CpuVariant, PEAK_FLOPS_PER_ITER, compile_peak};
 use nsac_compiler::ir::{KeySet, Op, Plan, Sizes, rules};
 use nsac_dsl::problem::{Problem, Sequences, Shape};
 use nsac_dsl::spec::Spec;
-use nsac_kernels::io::random_inputs;
+use nsac_kernels::io::{random_inputs, random_upstream};
 use nsac_kernels::reference;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -252,6 +257,58 @@ pub(crate) fn median<T: Copy + PartialOrd>(mut xs: Vec<T>) -> T {
     xs[xs.len() / 2]
 }
 
+/// The times of `runs` calls, each between two ceiling samples so that a machine whose speed
+/// drifts (other processes, frequency) affects both sides of the ratio alike.
+#[derive(Default)]
+struct Timed {
+    secs: Vec<f64>,
+    /// The mean of the samples before and after each run.
+    ceilings: Vec<f64>,
+}
+
+impl Timed {
+    fn extend(&mut self, other: Timed) {
+        self.secs.extend(other.secs);
+        self.ceilings.extend(other.ceilings);
+    }
+
+    fn median_secs(&self) -> f64 {
+        median(self.secs.clone())
+    }
+
+    /// The median over runs of (GFLOP/s of the run) / (the ceiling sampled around it).
+    fn ceiling_ratio(&self, flops: f64) -> f64 {
+        median(
+            self.secs
+                .iter()
+                .zip(&self.ceilings)
+                .map(|(t, c)| flops / t / 1e9 / c)
+                .collect(),
+        )
+    }
+}
+
+fn timed(
+    probe: &CeilingProbe,
+    runs: usize,
+    mut call: impl FnMut() -> Result<(), BenchError>,
+) -> Result<Timed, BenchError> {
+    let mut t = Timed {
+        secs: Vec::with_capacity(runs),
+        ceilings: Vec::with_capacity(runs),
+    };
+    let mut before = probe.sample(SAMPLE_ITERS);
+    for _ in 0..runs {
+        let start = Instant::now();
+        call()?;
+        t.secs.push(start.elapsed().as_secs_f64());
+        let after = probe.sample(SAMPLE_ITERS);
+        t.ceilings.push((before + after) / 2.0);
+        before = after;
+    }
+    Ok(t)
+}
+
 /// Benchmarks `spec` on `shape` under `variant` with `threads` threads.
 pub fn bench_cpu(
     spec: &Spec,
@@ -269,30 +326,16 @@ pub fn bench_cpu(
     for _ in 1..opts.warmup {
         out = kernel.run(&inputs, threads)?;
     }
-    // Each timed run sits between two ceiling samples, so that a machine whose speed drifts
-    // (other processes, frequency) affects both sides of the ratio alike.
     let probe = CeilingProbe::new(threads)?;
-    let mut times = Vec::new();
-    let mut ceilings = Vec::new();
-    let mut before = probe.sample(SAMPLE_ITERS);
-    for _ in 0..opts.runs {
-        let start = Instant::now();
+    let runs = timed(&probe, opts.runs, || {
         out = kernel.run(&inputs, threads)?;
-        times.push(start.elapsed());
-        let after = probe.sample(SAMPLE_ITERS);
-        ceilings.push((before + after) / 2.0);
-        before = after;
-    }
+        Ok(())
+    })?;
     let flops = attention_flops(kernel.plan(), &Sizes::of(kernel.shape()), &out);
-    let ratios: Vec<f64> = times
-        .iter()
-        .zip(&ceilings)
-        .map(|(t, c)| flops / t.as_secs_f64() / 1e9 / c)
-        .collect();
-    let med = median(times).as_secs_f64();
+    let med = runs.median_secs();
     let gflops = flops / med / 1e9;
-    let ceiling = median(ceilings);
-    let ceiling_ratio = median(ratios);
+    let ceiling = median(runs.ceilings.clone());
+    let ceiling_ratio = runs.ceiling_ratio(flops);
     let (oracle_ms, oracle_gflops) = match opts.oracle_seq_len {
         Some(t) => {
             let mut p = Problem::batched(shape.batch, t);
@@ -341,5 +384,150 @@ pub fn bench_cpu(
         oracle_seq_len: opts.oracle_seq_len,
         oracle_gflops,
         speedup_vs_oracle: oracle_gflops.map(|g| gflops / g),
+    })
+}
+
+/// The backward's work per the FlashAttention convention: 2.5× the forward's attention FLOPs.
+pub const BACKWARD_FLOPS_PER_FORWARD: f64 = 2.5;
+
+/// One backward benchmark: the forward with saved state and the backward, timed in alternation
+/// in the same run, each against the ceiling sampled around it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BackwardReport {
+    pub spec: String,
+    pub batch: usize,
+    pub seq_len: usize,
+    pub heads_q: usize,
+    pub heads_kv: usize,
+    pub dqk: usize,
+    pub dv: usize,
+    pub threads: usize,
+    pub variant: CpuVariant,
+    /// Code generation + JIT of the forward/backward pair.
+    pub compile_ms: f64,
+    pub runs: usize,
+    /// Median of the forward with saved state (`forward_train`).
+    pub forward_ms: f64,
+    /// Median of the backward alone (given the forward's saved state).
+    pub backward_ms: f64,
+    /// `backward_ms / forward_ms`.
+    pub backward_over_forward: f64,
+    /// Attention FLOPs of the forward (as `nsac bench`).
+    pub forward_flops: f64,
+    /// [`BACKWARD_FLOPS_PER_FORWARD`] × `forward_flops`.
+    pub backward_flops: f64,
+    pub forward_gflops: f64,
+    pub backward_gflops: f64,
+    /// The measured 128-bit F32X4 FMA ceiling (median of the samples around every run).
+    pub fma_ceiling_gflops: f64,
+    pub forward_ceiling_ratio: f64,
+    pub backward_ceiling_ratio: f64,
+}
+
+impl fmt::Display for BackwardReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{} (training): B={} T={} heads {}/{} dims {}/{} f32, {} threads",
+            self.spec,
+            self.batch,
+            self.seq_len,
+            self.heads_q,
+            self.heads_kv,
+            self.dqk,
+            self.dv,
+            self.threads
+        )?;
+        writeln!(f, "  compile      {:>10.2} ms", self.compile_ms)?;
+        writeln!(
+            f,
+            "  forward      {:>10.3} ms  {:>8.2} GFLOP/s  {:>5.1}% of the ceiling (median of {})",
+            self.forward_ms,
+            self.forward_gflops,
+            100.0 * self.forward_ceiling_ratio,
+            self.runs
+        )?;
+        writeln!(
+            f,
+            "  backward     {:>10.3} ms  {:>8.2} GFLOP/s  {:>5.1}% of the ceiling ({}x the forward's FLOPs)",
+            self.backward_ms,
+            self.backward_gflops,
+            100.0 * self.backward_ceiling_ratio,
+            BACKWARD_FLOPS_PER_FORWARD
+        )?;
+        writeln!(
+            f,
+            "  ratio        {:>10.2}   backward / forward time",
+            self.backward_over_forward
+        )?;
+        writeln!(
+            f,
+            "  ceiling      {:>10.2} GFLOP/s (128-bit FMA, measured)",
+            self.fma_ceiling_gflops
+        )
+    }
+}
+
+/// Benchmarks the training pair of `spec` on `shape`: `opts.runs` rounds of forward (with
+/// saved state) then backward, on random inputs and a random upstream gradient from
+/// `opts.seed`. The oracle is not timed (`opts.oracle_seq_len` is ignored).
+pub fn bench_cpu_backward(
+    spec: &Spec,
+    shape: &Shape,
+    variant: &CpuVariant,
+    threads: usize,
+    opts: &BenchOptions,
+) -> Result<BackwardReport, BenchError> {
+    if opts.runs == 0 {
+        return Err(BenchError::NoRuns);
+    }
+    let kernel = CpuKernel::compile_train(spec, shape, variant)?;
+    let sizes = Sizes::of(shape);
+    let inputs = random_inputs(spec, shape, opts.seed);
+    let d_o = random_upstream(shape, opts.seed);
+    let (mut out, mut saved) = kernel.forward_train(&sizes, &inputs, threads)?;
+    for _ in 0..opts.warmup {
+        kernel.backward(&sizes, &inputs, &saved, &d_o, threads)?;
+    }
+    let probe = CeilingProbe::new(threads)?;
+    let mut forward = Timed::default();
+    let mut backward = Timed::default();
+    for _ in 0..opts.runs {
+        forward.extend(timed(&probe, 1, || {
+            (out, saved) = kernel.forward_train(&sizes, &inputs, threads)?;
+            Ok(())
+        })?);
+        backward.extend(timed(&probe, 1, || {
+            kernel.backward(&sizes, &inputs, &saved, &d_o, threads)?;
+            Ok(())
+        })?);
+    }
+    let forward_flops = attention_flops(kernel.plan(), &sizes, &out);
+    let backward_flops = BACKWARD_FLOPS_PER_FORWARD * forward_flops;
+    let (fwd, bwd) = (forward.median_secs(), backward.median_secs());
+    let mut ceilings = forward.ceilings.clone();
+    ceilings.extend(&backward.ceilings);
+    Ok(BackwardReport {
+        spec: spec.name.clone(),
+        batch: shape.batch,
+        seq_len: shape.seq_len,
+        heads_q: shape.heads.q as usize,
+        heads_kv: shape.heads.kv as usize,
+        dqk: shape.head_dim.qk as usize,
+        dv: shape.head_dim.v as usize,
+        threads,
+        variant: *variant,
+        compile_ms: kernel.compile_time().as_secs_f64() * 1e3,
+        runs: opts.runs,
+        forward_ms: fwd * 1e3,
+        backward_ms: bwd * 1e3,
+        backward_over_forward: bwd / fwd,
+        forward_flops,
+        backward_flops,
+        forward_gflops: forward_flops / fwd / 1e9,
+        backward_gflops: backward_flops / bwd / 1e9,
+        fma_ceiling_gflops: median(ceilings),
+        forward_ceiling_ratio: forward.ceiling_ratio(forward_flops),
+        backward_ceiling_ratio: backward.ceiling_ratio(backward_flops),
     })
 }

@@ -380,9 +380,16 @@ pub struct BenchArgs {
     /// Timed runs (the median is reported) after one warm-up run.
     #[arg(long, default_value_t = 5)]
     pub runs: usize,
-    /// Sequence length at which the reference is timed for the speed-up (0: skip it).
+    /// Sequence length at which the reference is timed for the speed-up (0: skip it; not
+    /// timed with --backward).
     #[arg(long, default_value_t = 512)]
     pub oracle_seq: usize,
+    /// Benchmark training instead (CPU): the forward with saved state and the backward for a
+    /// random upstream gradient, timed in alternation; prints both times, their ratio and the
+    /// GFLOP/s and FMA-ceiling ratio of each. The backward's work is counted as 2.5× the
+    /// forward's attention FLOPs (FlashAttention's convention).
+    #[arg(long)]
+    pub backward: bool,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,

@@ -8,9 +8,9 @@ use nsac_compiler::cost;
 use nsac_compiler::ir::Sizes;
 use nsac_compiler::ptx::GpuVariant;
 use nsac_dsl::Spec;
-use nsac_dsl::problem::{Sequences, Shape};
+use nsac_dsl::problem::{DType, Sequences, Shape};
 use nsac_kernels::io::random_inputs;
-use nsac_runtime::bench::{BenchOptions, bench_cpu};
+use nsac_runtime::bench::{BenchOptions, bench_cpu, bench_cpu_backward};
 use nsac_runtime::cuda::{CudaDevice, CudaKernel, GpuCeiling};
 use serde::Serialize;
 
@@ -29,6 +29,9 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
     let shape = problem_from_args(&args.problem)?.resolve(&spec)?;
     let threads = default_threads(checked_threads(args.threads)?);
     budget::check(&spec, &shape, threads, false, &args.budget)?;
+    if args.backward {
+        return bench_backward(args, &spec, &shape);
+    }
     if args.oracle_seq > 0 {
         // The reference is timed on its own problem (same B, heads and dims): budget it too.
         let mut oracle = problem_from_args(&args.problem)?;
@@ -72,6 +75,44 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
         eprintln!("using the {} CPU variant", cpu.origin);
     }
     let report = bench_cpu(&spec, &shape, &cpu.variant, cpu.threads, &options)?;
+    if args.json {
+        emit_json(&report).map_err(CliError::Stdout)
+    } else {
+        emit_line(&report.to_string()).map_err(CliError::Stdout)
+    }
+}
+
+/// `bench --backward`: the CPU's training pair (`auto` means the CPU: the GPU has no backward).
+fn bench_backward(args: &BenchArgs, spec: &Spec, shape: &Shape) -> Result<(), CliError> {
+    if args.runs == 0 {
+        return Err(CliError::Other("--runs must be at least 1".into()));
+    }
+    if args.device == DeviceArg::Cuda {
+        return Err(CliError::Other(
+            "backward on the GPU is not built yet: `bench --backward` runs on --device cpu".into(),
+        ));
+    }
+    if shape.dtype != DType::F32 {
+        return Err(CliError::Other(format!(
+            "the CPU backward computes in f32 only (got --dtype {}): pass --dtype f32",
+            shape.dtype.name()
+        )));
+    }
+    let source = VariantSource {
+        variant: args.variant.as_deref(),
+        db: args.db.as_deref(),
+        threads: args.threads,
+    };
+    let cpu = CpuChoice::pick(spec, shape, &source)?;
+    if !args.json {
+        eprintln!("using the {} CPU variant", cpu.origin);
+    }
+    let options = BenchOptions {
+        runs: args.runs,
+        oracle_seq_len: None,
+        ..BenchOptions::default()
+    };
+    let report = bench_cpu_backward(spec, shape, &cpu.variant, cpu.threads, &options)?;
     if args.json {
         emit_json(&report).map_err(CliError::Stdout)
     } else {

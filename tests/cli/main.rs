@@ -469,6 +469,50 @@ fn gpu_variants_compile_and_gpu_commands_need_a_gpu() {
     }
 }
 
+/// `bench --backward` prints the forward's and the backward's times, their ratio and the rates
+/// as JSON; on the GPU or in 16 bits it says why it cannot.
+#[test]
+fn bench_backward_reports_both_passes() {
+    let problem = [
+        "bench",
+        "kernels/nsa-paper.nsa",
+        "--seq",
+        "97",
+        "--heads",
+        "4/2",
+        "--head-dim",
+        "16/8",
+        "--backward",
+        "--runs",
+        "2",
+        "--threads",
+        "1",
+    ];
+    let mut args = problem.to_vec();
+    args.push("--json");
+    let out = nsac(&args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    for key in [
+        "forward_ms",
+        "backward_ms",
+        "backward_over_forward",
+        "backward_gflops",
+        "backward_ceiling_ratio",
+        "fma_ceiling_gflops",
+    ] {
+        let x = json[key].as_f64().unwrap_or(f64::NAN);
+        assert!(x.is_finite() && x > 0.0, "{key} = {}", json[key]);
+    }
+    assert_eq!(json["seq_len"], 97);
+    let mut args = problem.to_vec();
+    args.extend(["--device", "cuda"]);
+    assert_reported_failure(&nsac(&args), "backward on the GPU is not built yet");
+    let mut args = problem.to_vec();
+    args.extend(["--dtype", "bf16"]);
+    assert_reported_failure(&nsac(&args), "f32 only");
+}
+
 /// Every tensor of a written file as f64, by name.
 fn read_all(path: &Path) -> std::collections::BTreeMap<String, Vec<f64>> {
     let set = nsac_runtime::tensor_io::read_inputs(path).unwrap();
