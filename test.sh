@@ -23,7 +23,9 @@ if ! "$py" -c "import numpy, pytest, torch" 2>/dev/null; then
 fi
 
 echo "== pip install ./python"
-# With maturin in the environment the build needs no network (no isolated build env).
+# As if the environment were activated: maturin's build backend runs the `maturin` program
+# from PATH. With maturin in the environment the build needs no network (no isolated build env).
+export PATH="$(cd "$venv" && pwd)/bin:$PATH"
 isolation=()
 if "$py" -c "import maturin" 2>/dev/null; then
     isolation=(--no-build-isolation)

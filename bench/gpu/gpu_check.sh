@@ -56,6 +56,36 @@ if [[ $MODE == cpu-ab ]]; then
   done
   exit 0
 fi
+if [[ $MODE == cpu-backward ]]; then
+  # `cpu-backward [T]`: `nsac bench --backward` (the CPU training pair) of nsa-fla and nsa-paper,
+  # heads 16/1, dim 64, pinned to two cores of the GPU host's otherwise idle CPUs.
+  T=${2:-16384}
+  for spec in ${SPECS:-nsa-fla nsa-paper}; do
+    echo "== backward $spec T=$T"
+    taskset -c 2,3 timeout 280 $D/nsac bench kernels/$spec.nsa --seq "$T" --heads 16/1 \
+      --head-dim 64 --device cpu --threads 2 --backward --runs "${RUNS:-3}" --json \
+      > "$OUT/bwd-$spec-$T.json" 2> "$OUT/bwd-$spec-$T.err"
+    echo "exit $?"; cat "$OUT/bwd-$spec-$T.json"; tail -2 "$OUT/bwd-$spec-$T.err"
+  done
+  exit 0
+fi
+if [[ $MODE == train ]]; then
+  # `train "ARGS1" "ARGS2" …`: examples/python/train_tiny.py once per argument string, in
+  # parallel, each on its own 4 cores of the GPU host's CPUs, with the nsac wheel from .devbin/.
+  shift
+  python3 -m pip install --quiet --no-deps --target "$D/pylib" $D/nsac-*.whl 2>&1 | tail -2
+  i=0
+  for a in "$@"; do
+    cores="$((4 * i))-$((4 * i + 3))"
+    echo "== run $i (cores $cores): $a"
+    OMP_NUM_THREADS=4 PYTHONPATH="$D/pylib" taskset -c "$cores" timeout 560 \
+      python3 examples/python/train_tiny.py $a --plot "$OUT/train-$i.png" > "$OUT/train-$i.log" 2>&1 &
+    i=$((i + 1))
+  done
+  wait
+  for j in $(seq 0 $((i - 1))); do echo "== run $j"; grep -vE "step +[0-9]*[1-9]+ " "$OUT/train-$j.log" | tail -8; done
+  exit 0
+fi
 if [[ $MODE == tune ]]; then
   T=${2:-65536}
   timeout 240 $D/gpu_tune --nocapture 2>&1 | tee "$OUT/gpu_tune.log" | grep -E "device|test result|panicked|SKIPPED"
