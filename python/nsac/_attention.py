@@ -20,6 +20,11 @@ from . import _nsac
 #: constant in a compiled graph), so entries are never removed.
 _KERNELS: List["Attention"] = []
 
+#: The loaded attention of each (spec file as it is now, or spec text; heads, head_dim,
+#: threads): loading the same thing again returns it, so that re-loading a spec in a loop
+#: does not grow ``_KERNELS``.
+_LOADED: Dict[Tuple[Any, ...], "Attention"] = {}
+
 _PairLike = Union[int, str, Tuple[int, int], None]
 
 
@@ -66,6 +71,8 @@ def load(
     ``(16, 1)``) and ``head_dim`` (``64``, ``"192/128"``) override the spec's; ``threads``
     sets the CPU worker threads (default: the tuned count, else every core). A spec with
     problems raises :class:`nsac.SpecError` whose message is the rendered diagnostic.
+    Loading the same spec (the same unchanged file, or the same text) with the same arguments
+    again returns the same object (a loaded attention is kept for the life of the process).
     """
     if isinstance(spec, os.PathLike):
         spec = os.fspath(spec)
@@ -78,14 +85,26 @@ def load(
         raise FileNotFoundError(f"no spec file `{spec}`")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)):
         raise TypeError(f"threads must be an int, got {threads!r}")
+    pair_heads, pair_dims = _pair("heads", heads), _pair("head_dim", head_dim)
+    if is_path:
+        # Keyed by the file's identity and change time too: an edited file is a new spec.
+        st = os.stat(spec)
+        key: Tuple[Any, ...] = (os.path.realpath(spec), st.st_ino, st.st_size, st.st_mtime_ns)
+    else:
+        key = (None, spec)
+    key += (pair_heads, pair_dims, threads)
+    if key in _LOADED:
+        return _LOADED[key]
     native = _nsac.Kernel(
         spec,
         is_path=is_path,
-        heads=_pair("heads", heads),
-        head_dim=_pair("head_dim", head_dim),
+        heads=pair_heads,
+        head_dim=pair_dims,
         threads=threads,
     )
-    return Attention(native)
+    attn = Attention(native)
+    _LOADED[key] = attn
+    return attn
 
 
 def _dim(d: str) -> Union[str, int]:

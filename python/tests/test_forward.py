@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import nsac
 from conftest import SPECS, random_inputs, rel_err, split
 
 CPU_BAR = 1e-5  # docs/ARCHITECTURE.md §4: CPU f32 vs the f64 oracle
@@ -103,3 +104,20 @@ def test_saved_layout_matches_what_the_training_forward_saves(load_spec):
             assert saved[name].dtype == (np.int32 if elem == "i32" else np.float32)
         # the training forward's o is the forward's
         np.testing.assert_array_equal(o, attn(*split(inputs)[:3], **split(inputs)[3]))
+
+
+def test_loading_the_same_spec_again_returns_the_same_attention(tmp_path):
+    text = "attention w {\n heads = 4/2\n head_dim = 16\n window w { size = 8 }\n combine = sum(w)\n}\n"
+    a = nsac.load(text, threads=1)
+    assert nsac.load(text, threads=1) is a
+    assert nsac.load(text, threads=2) is not a
+    assert nsac.load(text, threads=1, heads="2/1") is not a
+    path = tmp_path / "w.nsa"
+    path.write_text(text)
+    f = nsac.load(path, threads=1)
+    assert nsac.load(str(path), threads=1) is f
+    # An edited file is a new spec, compiled anew.
+    path.write_text(text.replace("size = 8", "size = 16"))
+    g = nsac.load(path, threads=1)
+    assert g is not f and g._handle != f._handle
+    assert "size = 16" in g.spec and "size = 8" in f.spec
