@@ -66,11 +66,40 @@ fn selection_forms_beyond_nsa_blocks_are_refused_by_name() {
     let cases = [
         (lib("dsa-indexer.nsa"), SelectionForm::Indexer),
         (lib("nsa-hier.nsa"), SelectionForm::Within),
-        (
-            text("select slc { block = 8, top = 2, given = true }\n combine = gate(slc)"),
-            SelectionForm::Given,
-        ),
     ];
+    // Lowered by now (the CPU backend computes them): given indices.
+    let lowered = [(
+        text("select slc { block = 8, top = 2, given = true }\n combine = gate(slc)"),
+        SelectionForm::Given,
+    )];
+    for (spec, want) in &lowered {
+        let sig = Signature {
+            heads: spec.heads,
+            head_dim: spec.head_dim,
+            dtype: DType::F32,
+        };
+        let plan = Plan::forward(spec, &sig).expect("lowers");
+        let forms: Vec<_> = plan.selection_forms().into_iter().map(|(_, f)| f).collect();
+        assert_eq!(forms, vec![*want], "{}", plan.text());
+        // The PTX backend refuses it by branch and form.
+        match nsac_compiler::ptx::emit_module(
+            &plan,
+            &nsac_compiler::ptx::GpuVariant::default(),
+            nsac_compiler::ptx::Arch::Sm80,
+        ) {
+            Err(nsac_compiler::ptx::PtxError::Form { branch, form }) => {
+                assert_eq!((branch.as_str(), form), ("slc", *want));
+            }
+            other => panic!("PTX of {want:?}: {:?}", other.map(|_| ())),
+        }
+        // The training pair is not defined for it (the oracle's forward only).
+        match Plan::backward(spec, &sig) {
+            Err(LowerError::ForwardOnly { branch, form, pass }) => {
+                assert_eq!((branch.as_str(), form, pass), ("slc", *want, "backward"));
+            }
+            other => panic!("backward of {want:?}: {other:?}"),
+        }
+    }
     for (spec, want) in cases {
         let sig = Signature {
             heads: spec.heads,

@@ -39,8 +39,11 @@ pub enum KeySet {
     /// The keys of a sliding window ([`super::rules::window_keys`]).
     Window { size: usize },
     /// The keys of the blocks (of `granularity` keys; 1 = single tokens) listed per query and kv
-    /// head in an index tensor `[B, Tq, H, n]` (ascending, −1 padded), restricted to the keys
-    /// the query may see ([`super::rules::block_keys`]).
+    /// head in an index tensor `[B, Tq, H, n]`, restricted to the keys the query may see
+    /// ([`super::rules::block_keys`]). Produced by a top-k, it is ascending and −1 padded; an
+    /// `In` tensor (given blocks, `idx_<s>`) holds distinct block indices of the sequence and
+    /// −1 in any order, which a backend checks before computing (a block wholly after a causal
+    /// query adds no key).
     Gather { idx: TensorId, granularity: usize },
 }
 

@@ -197,6 +197,19 @@ pub fn rel_err(got: &Tensor<f32>, want: &Tensor<f64>) -> f64 {
 /// near-ties (`reference::verify`).
 pub fn check(spec: &Spec, shape: &Shape, seed: u64, variants: &[CpuVariant], threads: usize) {
     let inputs = random_inputs(spec, shape, seed);
+    check_inputs(spec, shape, &inputs, seed, variants, threads);
+}
+
+/// [`check`] on the given inputs (`seed` only labels the failure).
+pub fn check_inputs(
+    spec: &Spec,
+    shape: &Shape,
+    inputs: &nsac_kernels::io::Inputs,
+    seed: u64,
+    variants: &[CpuVariant],
+    threads: usize,
+) {
+    let inputs = inputs.clone();
     let want = reference::forward(spec, shape, &inputs).expect("oracle runs");
     for variant in variants {
         let kernel = CpuKernel::compile(spec, shape, variant).expect("compiles");

@@ -6,6 +6,7 @@
 //! of the drivers' ABI.
 
 mod backward;
+mod given;
 mod pack;
 
 pub(super) use backward::execute_backward;
@@ -93,6 +94,13 @@ impl CpuOutput {
                 Op::Attend(a) => {
                     if let Some(t) = owned.f32.remove(&a.out) {
                         branches.insert(a.branch.clone(), t);
+                    }
+                    // Given blocks are reported as the oracle does: ascending, −1 padded.
+                    if let crate::ir::KeySet::Gather { idx, .. } = a.keys
+                        && plan.tensor(idx).role == Role::In
+                        && let Some(t) = owned.i32.remove(&idx)
+                    {
+                        selected.insert(a.branch.clone(), t);
                     }
                 }
                 Op::TopK(k) => {
@@ -345,6 +353,28 @@ pub(super) fn execute<'a>(
             }
         }
     }
+    // Given blocks (an `In` index tensor): checked and sorted before any work item runs.
+    for st in &steps {
+        if let Step::Selected {
+            attend,
+            idx,
+            block,
+            top,
+        } = st
+            && plan.tensor(*idx).role == Role::In
+        {
+            let data = input(plan, inputs, *idx);
+            let rows = given::normalize(&attend.branch, data, sizes, d.heads_kv, *top, *block)?;
+            let shape = sizes
+                .shape(plan, *idx)
+                .map_err(crate::ir::contract::ContractError::from)?;
+            let buf = owned
+                .i32
+                .entry(*idx)
+                .or_insert(Tensor { shape, data: rows });
+            iptr.insert(*idx, Shared(buf.data.as_mut_ptr()));
+        }
+    }
     let missing = |what: &str| CpuError::Codegen(format!("the executor has no {what}"));
     let out_ptr = |id: &TensorId| {
         fptr.get(id)
@@ -580,7 +610,7 @@ pub(super) fn execute<'a>(
                                 attend: sa,
                                 idx: sel_idx,
                                 top,
-                                ..
+                                block,
                             },
                             Bound::Selected {
                                 args,
@@ -597,8 +627,19 @@ pub(super) fn execute<'a>(
                             }
                             args.ptr(*q, q_at(sa.q));
                             let at = (row * d.heads_kv + slot.h) * top;
-                            args.ptr(*idx, idx_ptr(sel_idx)?.at(at));
-                            args.int(*count, counts.get(sel_idx).copied().unwrap_or(0));
+                            let rows = idx_ptr(sel_idx)?;
+                            args.ptr(*idx, rows.at(at));
+                            let n = match counts.get(sel_idx) {
+                                Some(&n) => n,
+                                None => {
+                                    // SAFETY: `at..at + top` is this item's row of the given
+                                    // blocks, normalized above and not written while items run.
+                                    let row =
+                                        unsafe { std::slice::from_raw_parts(rows.at(at), *top) };
+                                    given::attended(row, *block, t, d.causal) as i64
+                                }
+                            };
+                            args.int(*count, n);
                             args.int(*ts, t as i64);
                             args.ptr(*out, out_ptr(&sa.out)?.at(out_off));
                             unsafe { dr.call(args) }?;

@@ -5,7 +5,9 @@
 //! attend over a window. Op order: every pool, every compressed attention, every score and
 //! top-k, every other attention in declaration order, then the combine.
 
-use nsac_dsl::spec::{BranchKind, CombineMode as SpecCombine, KvSource, Pool as SpecPool, Spec};
+use nsac_dsl::spec::{
+    BranchKind, CombineMode as SpecCombine, KvSource, Pool as SpecPool, Scorer, SelectionForm, Spec,
+};
 
 use super::LowerError;
 use crate::ir::op::{
@@ -45,6 +47,10 @@ fn positive(branch: &str, param: &'static str, v: u32) -> Result<usize, LowerErr
     Ok(v as usize)
 }
 
+/// The selection forms beyond NSA's blocks that the forward lowering emits (the others are
+/// refused by name, [`LowerError::Unsupported`]).
+pub const SUPPORTED_FORMS: &[SelectionForm] = &[SelectionForm::Given];
+
 /// Lowers the forward pass of `spec` for `sig` (not yet verified).
 pub fn forward(spec: &Spec, sig: &Signature) -> Result<Plan, LowerError> {
     let heads = sig.heads;
@@ -57,7 +63,7 @@ pub fn forward(spec: &Spec, sig: &Signature) -> Result<Plan, LowerError> {
     if sig.head_dim.qk == 0 || sig.head_dim.v == 0 {
         return Err(LowerError::BadHeadDim);
     }
-    if let Some((branch, form)) = spec.beyond_blocks() {
+    if let Some((branch, form)) = spec.beyond_blocks_except(SUPPORTED_FORMS) {
         return Err(LowerError::Unsupported {
             branch: branch.to_string(),
             form,
@@ -187,7 +193,31 @@ pub fn forward(spec: &Spec, sig: &Signature) -> Result<Plan, LowerError> {
             BranchKind::Select(s) => {
                 let block = positive(name, "block", s.block)?;
                 let top = positive(name, "top", s.top)?;
-                // Given and nested selections were refused above (`beyond_blocks`).
+                if s.scored_by == Scorer::Given {
+                    let out = t.add(format!("o_{name}"), Role::Out, Elem::F32, out_shape());
+                    // The caller's blocks (`idx_<s>`, block indices per query and kv head, −1
+                    // for an unused slot, any order) are read directly; no score, no top-k.
+                    let idx = t.add(
+                        format!("idx_{name}"),
+                        Role::In,
+                        Elem::I32,
+                        vec![B, TQ, H, Extent::Const(top)],
+                    );
+                    others.push(Op::Attend(Attend {
+                        branch: name.to_string(),
+                        keys: KeySet::Gather {
+                            idx,
+                            granularity: block,
+                        },
+                        q,
+                        k,
+                        v,
+                        out,
+                        lse: None,
+                    }));
+                    continue;
+                }
+                // Nested selections were refused above (`beyond_blocks_except`).
                 let by_name = s.scorer().unwrap_or_default();
                 let by = spec
                     .branch(by_name)

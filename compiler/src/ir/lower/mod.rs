@@ -33,6 +33,17 @@ pub enum LowerError {
         form.describe()
     )]
     Unsupported { branch: String, form: SelectionForm },
+    /// A selection form the forward computes but no lowering of `pass` defines yet (the
+    /// oracle defines these forms for the forward only).
+    #[error(
+        "branch `{branch}` uses {}, which is defined for the forward pass only, not for {pass} yet",
+        form.describe()
+    )]
+    ForwardOnly {
+        branch: String,
+        form: SelectionForm,
+        pass: &'static str,
+    },
     #[error("the lowered plan breaks the IR contract (a compiler bug): {0}")]
     Verify(#[from] VerifyError),
 }
