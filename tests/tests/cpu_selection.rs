@@ -29,7 +29,6 @@ fn dims() -> impl Strategy<Value = (u32, u32)> {
     (1u32..=16, 1u32..=16).prop_map(|(qk, v)| (qk, if v == qk { v + 1 } else { v }))
 }
 
-#[allow(dead_code)]
 fn pool() -> impl Strategy<Value = Pool> {
     prop_oneof![Just(Pool::Mean), Just(Pool::Weighted), Just(Pool::Linear)]
 }
@@ -69,7 +68,6 @@ fn any_variant() -> impl Strategy<Value = CpuVariant> {
     )
 }
 
-#[allow(dead_code)]
 fn run_case(spec: &Spec, problem: &Problem, variant: CpuVariant, seed: u64) {
     let shape: Shape = problem.resolve(spec).expect("valid problem");
     check(spec, &shape, seed, &[CpuVariant::default(), variant], 2);
@@ -179,5 +177,50 @@ fn given_indices_are_checked() {
         );
         let err = kernel.run(&bad, 1).expect_err("a bad row is refused");
         assert!(err.to_string().contains("idx_gvn"), "{err}");
+    }
+}
+
+/// Token-level selection (`block = 1`) scored by a compress branch of any block and stride,
+/// and blocks smaller than the stride or not a multiple of it (built in code: the language
+/// asks `stride | block` for blocks > 1, E032, but the overlap rule defines every case).
+fn token_spec() -> impl Strategy<Value = Spec> {
+    (
+        heads(),
+        dims(),
+        (1u32..=12, 1u32..=12, pool()),
+        (
+            prop::bool::weighted(0.6),
+            2u32..=11,
+            1u32..=8,
+            0u32..=3,
+            0u32..=3,
+        ),
+        (any::<bool>(), 1u32..=20, any::<bool>(), any::<bool>()),
+    )
+        .prop_map(
+            |(h, d, (l, stride, p), (tokens, sl, top, kf, kl), (win, w, causal, gate))| {
+                let stride = stride.min(l);
+                let block = if tokens { 1 } else { sl };
+                let kf = kf.min(top);
+                let kl = kl.min(top - kf);
+                let mut branches = vec![
+                    compress("cmp", l, stride, p),
+                    select("tok", block, top, "cmp", kf, kl),
+                ];
+                if win {
+                    branches.push(window("win", w));
+                }
+                spec("tokens", h, d, causal, branches, mode(gate))
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
+    #[test]
+    fn token_level_selection_matches_the_oracle(
+        spec in token_spec(), problem in any_problem(), variant in any_variant(), seed in 0u64..1000
+    ) {
+        run_case(&spec, &problem, variant, seed);
     }
 }

@@ -32,6 +32,7 @@ mod emit;
 mod exec;
 mod jit;
 pub mod schedule;
+pub mod topk;
 mod variant;
 
 use std::time::Duration;
