@@ -224,3 +224,93 @@ proptest! {
         run_case(&spec, &problem, variant, seed);
     }
 }
+
+/// Hierarchical selection of any depth (1–3 levels): a coarse select scored by the compress
+/// branch (or given), a fine one within it, and optionally a finer one within that, each
+/// with its own forced blocks; the outer branches in `combine` or only choosing.
+fn within_spec() -> impl Strategy<Value = Spec> {
+    (
+        heads(),
+        dims(),
+        (1u32..=8, 1u32..=4, pool()),
+        (1u32..=4, 1u32..=3, any::<bool>(), 0u32..100, 0u32..100),
+        prop::collection::vec((0u32..100, 0u32..100, 0u32..100, 0u32..100), 2),
+        (
+            any::<bool>(),
+            prop::collection::vec(any::<bool>(), 3),
+            any::<bool>(),
+            any::<bool>(),
+        ),
+    )
+        .prop_map(
+            |(
+                h,
+                d,
+                (l, stride, p),
+                (m, ctop, given_coarse, a, b),
+                levels,
+                (deep, shown, causal, gate),
+            )| {
+                let stride = stride.min(l);
+                let keeps = |top: u32, a: u32, b: u32| {
+                    let first = a % (top + 1);
+                    (first, b % (top - first + 1))
+                };
+                let coarse_block = stride * m * 2;
+                let mut branches = vec![compress("cmp", l, stride, p)];
+                let mut coarse = if given_coarse {
+                    given("crs", coarse_block, ctop)
+                } else {
+                    let (kf, kl) = keeps(ctop, a, b);
+                    select("crs", coarse_block, ctop, "cmp", kf, kl)
+                };
+                coarse.kv = KvSource::Shared;
+                branches.push(coarse);
+                let (mut outer, mut outer_block, mut outer_top) = ("crs", coarse_block, ctop);
+                let names = ["fin", "tok"];
+                let mut combined = [shown[0], true, true];
+                for (level, &(r, t, a, b)) in
+                    levels.iter().enumerate().take(if deep { 2 } else { 1 })
+                {
+                    // A divisor of the outer block that the stride divides (or 1).
+                    let sizes: Vec<u32> = (1..=outer_block)
+                        .filter(|&s| {
+                            outer_block.is_multiple_of(s) && (s == 1 || s.is_multiple_of(stride))
+                        })
+                        .collect();
+                    let block = sizes[r as usize % sizes.len()];
+                    let most = outer_top * (outer_block / block);
+                    let top = 1 + t % most.min(5);
+                    let (kf, kl) = keeps(top, a, b);
+                    let mut s = select(names[level], block, top, "cmp", kf, kl);
+                    if let BranchKind::Select(sel) = &mut s.kind {
+                        sel.within = Some(outer.to_string());
+                    }
+                    branches.push(s);
+                    combined[level + 1] = level + 1 == if deep { 2 } else { 1 } || shown[level + 1];
+                    (outer, outer_block, outer_top) = (names[level], block, top);
+                }
+                let mut sp = spec("within", h, d, causal, branches, mode(gate));
+                // The compress branch and the innermost select are always combined; an outer
+                // select only when drawn so.
+                sp.combine.branches = sp
+                    .branches
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i == 0 || combined[*i - 1])
+                    .map(|(_, b)| b.name.clone())
+                    .collect();
+                sp
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
+    #[test]
+    fn hierarchical_selection_matches_the_oracle(
+        spec in within_spec(), problem in any_problem(), variant in any_variant(), seed in 0u64..1000
+    ) {
+        run_case(&spec, &problem, variant, seed);
+    }
+}

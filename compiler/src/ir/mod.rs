@@ -43,7 +43,7 @@ use nsac_dsl::spec::{HeadDim, Heads};
 pub use lower::LowerError;
 pub use op::{
     Attend, AttendGrad, Combine, CombineGrad, CombineMode, Forced, GradSum, KeySet, Op, Pool,
-    PoolGrad, PoolKind, Score, ScoreSource, Term, TermGrad, Tie, TopK,
+    PoolGrad, PoolKind, Score, ScoreSource, Term, TermGrad, Tie, TopK, Within,
 };
 pub use sizes::{Sizes, SizesError};
 pub use tensor::{Elem, Extent, Layout, Role, Tensor, TensorId};
@@ -157,7 +157,8 @@ impl Plan {
     }
 
     /// The ops of selection forms beyond NSA's compress-scored blocks, as (branch, form), in op
-    /// order: a gathered attention reading an `In` index tensor (given blocks). A backend that
+    /// order: a gathered attention reading an `In` index tensor (given blocks), a top-k
+    /// `within` another (hierarchical selection). A backend that
     /// computes only NSA's blocks refuses a plan listing any.
     pub fn selection_forms(&self) -> Vec<(&str, nsac_dsl::spec::SelectionForm)> {
         use nsac_dsl::spec::SelectionForm;
@@ -168,6 +169,11 @@ impl Plan {
                 && self.tensor(idx).role == Role::In
             {
                 out.push((a.branch.as_str(), SelectionForm::Given));
+            }
+            if let Op::TopK(t) = op
+                && t.within.is_some()
+            {
+                out.push((t.branch.as_str(), SelectionForm::Within));
             }
         }
         out

@@ -18,6 +18,10 @@ pub enum LowerError {
     ZeroParameter { branch: String, param: &'static str },
     #[error("select branch `{branch}` is scored by `{by}`, which is not a compress branch")]
     BadScoredBy { branch: String, by: String },
+    #[error(
+        "select branch `{branch}` is within `{within}`, which is not a select branch or forms a cycle"
+    )]
+    BadWithin { branch: String, within: String },
     #[error("combine names `{0}`, which is not a branch")]
     UnknownCombineBranch(String),
     #[error("branch `{0}` is declared twice or missing from combine")]
