@@ -233,6 +233,15 @@ impl Spec {
     /// The first branch (in declaration order) using a selection form beyond NSA's
     /// compress-scored blocks, with that form; `None` for a spec every backend computes.
     pub fn beyond_blocks(&self) -> Option<(&str, SelectionForm)> {
+        self.beyond_blocks_except(&[])
+    }
+
+    /// [`Spec::beyond_blocks`] ignoring the forms in `supported`: the first branch using a form
+    /// a backend that computes only `supported` (besides NSA's blocks) must refuse.
+    pub fn beyond_blocks_except(
+        &self,
+        supported: &[SelectionForm],
+    ) -> Option<(&str, SelectionForm)> {
         self.branches.iter().find_map(|b| {
             let form = match &b.kind {
                 BranchKind::Index(_) => SelectionForm::Indexer,
@@ -242,7 +251,7 @@ impl Spec {
                 // which every backend computes; an index scorer is reported at its own branch.
                 _ => return None,
             };
-            Some((b.name.as_str(), form))
+            (!supported.contains(&form)).then_some((b.name.as_str(), form))
         })
     }
 

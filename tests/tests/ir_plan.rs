@@ -22,6 +22,24 @@ fn plans_of_library_specs() {
     }
 }
 
+/// The library specs of the selection forms the plan lowers (issue 12): `nsa-hier.nsa`.
+#[test]
+fn plans_of_selection_specs() {
+    for file in ["nsa-hier.nsa"] {
+        let spec = cpu_common::library_file(file);
+        let sig = Signature {
+            heads: spec.heads,
+            head_dim: spec.head_dim,
+            dtype: DType::Bf16,
+        };
+        let plan = Plan::forward(&spec, &sig).expect("lowers and verifies");
+        insta::assert_snapshot!(
+            format!("plan_{}", file.replace(['.', '-'], "_")),
+            plan.text()
+        );
+    }
+}
+
 #[test]
 fn the_plan_text_is_the_same_for_every_length_and_packing() {
     for (label, spec) in library_labeled() {
@@ -63,14 +81,45 @@ fn selection_forms_beyond_nsa_blocks_are_refused_by_name() {
         ))
         .expect("valid spec")
     };
-    let cases = [
-        (lib("dsa-indexer.nsa"), SelectionForm::Indexer),
-        (lib("nsa-hier.nsa"), SelectionForm::Within),
+    let cases = [(lib("dsa-indexer.nsa"), SelectionForm::Indexer)];
+    // Lowered by now (the CPU backend computes them): given indices.
+    let lowered = [
         (
             text("select slc { block = 8, top = 2, given = true }\n combine = gate(slc)"),
+            "slc",
             SelectionForm::Given,
         ),
+        (lib("nsa-hier.nsa"), "fine", SelectionForm::Within),
     ];
+    for (spec, name, want) in &lowered {
+        let sig = Signature {
+            heads: spec.heads,
+            head_dim: spec.head_dim,
+            dtype: DType::F32,
+        };
+        let plan = Plan::forward(spec, &sig).expect("lowers");
+        let forms: Vec<_> = plan.selection_forms().into_iter().map(|(_, f)| f).collect();
+        assert_eq!(forms, vec![*want], "{}", plan.text());
+        // The PTX backend refuses it by branch and form.
+        match nsac_compiler::ptx::emit_module(
+            &plan,
+            &nsac_compiler::ptx::GpuVariant::default(),
+            nsac_compiler::ptx::Arch::Sm80,
+        ) {
+            Err(nsac_compiler::ptx::PtxError::Form { branch, form }) => {
+                assert_eq!((branch.as_str(), form), (*name, *want));
+            }
+            other => panic!("PTX of {want:?}: {:?}", other.map(|_| ())),
+        }
+        // The training pair is not defined for it (the oracle's forward only).
+        match Plan::backward(spec, &sig) {
+            Err(LowerError::ForwardOnly { branch, form, pass }) => {
+                assert_eq!(pass, "backward");
+                assert!(spec.branch(&branch).is_some(), "{branch} {form:?}");
+            }
+            other => panic!("backward of {want:?}: {other:?}"),
+        }
+    }
     for (spec, want) in cases {
         let sig = Signature {
             heads: spec.heads,

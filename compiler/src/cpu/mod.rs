@@ -32,6 +32,7 @@ mod emit;
 mod exec;
 mod jit;
 pub mod schedule;
+pub mod topk;
 mod variant;
 
 use std::time::Duration;
@@ -67,6 +68,8 @@ pub enum CpuError {
     Abi(#[from] abi::AbiError),
     #[error("{0}")]
     Output(String),
+    #[error("the blocks given for `{branch}` (input idx_{branch}) are invalid: {reason}")]
+    BadIndices { branch: String, reason: String },
     #[error(
         "the CPU backend's code grows with the group size and head dims: G = {group}, head dims {dqk}/{dv} exceed its limits (G ≤ {MAX_GROUP}, dims ≤ {MAX_HEAD_DIM}, G·(Dqk+Dv) ≤ {MAX_GROUP_DIMS}); use fewer query heads per kv head, smaller dims, or another device"
     )]

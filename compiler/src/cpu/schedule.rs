@@ -27,6 +27,10 @@ pub struct TopKParams {
     /// l and d of the scoring compress branch.
     pub cmp_block: usize,
     pub cmp_stride: usize,
+    /// Keys per block of the outer top-k this one is `within`: the driver then only scores
+    /// (forced blocks +∞) and returns the block count; the executor picks among the blocks
+    /// inside the outer choice (`cpu::topk`).
+    pub within_block: Option<usize>,
 }
 
 /// One generated driver.
@@ -186,6 +190,7 @@ pub fn steps(plan: &Plan) -> Result<Vec<Step<'_>>, CpuError> {
                         keep_last: topk.forced.last,
                         cmp_block: *block,
                         cmp_stride: *stride,
+                        within_block: topk.within.map(|w| w.block),
                     },
                 }
             }

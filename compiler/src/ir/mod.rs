@@ -43,7 +43,7 @@ use nsac_dsl::spec::{HeadDim, Heads};
 pub use lower::LowerError;
 pub use op::{
     Attend, AttendGrad, Combine, CombineGrad, CombineMode, Forced, GradSum, KeySet, Op, Pool,
-    PoolGrad, PoolKind, Score, ScoreSource, Term, TermGrad, Tie, TopK,
+    PoolGrad, PoolKind, Score, ScoreSource, Term, TermGrad, Tie, TopK, Within,
 };
 pub use sizes::{Sizes, SizesError};
 pub use tensor::{Elem, Extent, Layout, Role, Tensor, TensorId};
@@ -134,6 +134,13 @@ impl Plan {
     /// assert!(plan.ops[plan.backward_start()].is_backward());
     /// ```
     pub fn backward(spec: &nsac_dsl::Spec, signature: &Signature) -> Result<Plan, LowerError> {
+        if let Some((branch, form)) = spec.beyond_blocks() {
+            return Err(LowerError::ForwardOnly {
+                branch: branch.to_string(),
+                form,
+                pass: "backward",
+            });
+        }
         let forward = lower::forward(spec, signature)?;
         let plan = lower::backward(forward)?;
         plan.verify()?;
@@ -147,6 +154,29 @@ impl Plan {
             .iter()
             .position(Op::is_backward)
             .unwrap_or(self.ops.len())
+    }
+
+    /// The ops of selection forms beyond NSA's compress-scored blocks, as (branch, form), in op
+    /// order: a gathered attention reading an `In` index tensor (given blocks), a top-k
+    /// `within` another (hierarchical selection). A backend that
+    /// computes only NSA's blocks refuses a plan listing any.
+    pub fn selection_forms(&self) -> Vec<(&str, nsac_dsl::spec::SelectionForm)> {
+        use nsac_dsl::spec::SelectionForm;
+        let mut out = Vec::new();
+        for op in &self.ops {
+            if let Op::Attend(a) = op
+                && let KeySet::Gather { idx, .. } = a.keys
+                && self.tensor(idx).role == Role::In
+            {
+                out.push((a.branch.as_str(), SelectionForm::Given));
+            }
+            if let Op::TopK(t) = op
+                && t.within.is_some()
+            {
+                out.push((t.branch.as_str(), SelectionForm::Within));
+            }
+        }
+        out
     }
 
     /// Whether the plan has a backward pass.

@@ -39,8 +39,11 @@ pub enum KeySet {
     /// The keys of a sliding window ([`super::rules::window_keys`]).
     Window { size: usize },
     /// The keys of the blocks (of `granularity` keys; 1 = single tokens) listed per query and kv
-    /// head in an index tensor `[B, Tq, H, n]` (ascending, −1 padded), restricted to the keys
-    /// the query may see ([`super::rules::block_keys`]).
+    /// head in an index tensor `[B, Tq, H, n]`, restricted to the keys the query may see
+    /// ([`super::rules::block_keys`]). Produced by a top-k, it is ascending and −1 padded; an
+    /// `In` tensor (given blocks, `idx_<s>`) holds distinct block indices of the sequence and
+    /// −1 in any order, which a backend checks before computing (a block wholly after a causal
+    /// query adds no key).
     Gather { idx: TensorId, granularity: usize },
 }
 
@@ -119,10 +122,22 @@ pub enum Tie {
     LowerIndex,
 }
 
+/// Hierarchical selection: a top-k's candidates restricted to the blocks inside the blocks an
+/// outer top-k chose for the same query and kv head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Within {
+    /// The outer top-k's chosen blocks `[B, Tq, H, k′]` (ascending, −1 padded).
+    pub idx: TensorId,
+    /// Keys per outer block (a multiple of this top-k's block).
+    pub block: usize,
+}
+
 /// Picks, per (query position, kv head), the first `min(k, #candidates)` candidates ordered by
 /// (score descending, tie rule) — candidates are the blocks of `block` keys the query may see
 /// ([`super::rules::candidate_blocks`]), forced ones first ([`super::rules::is_forced`]) — and
-/// writes them to `idx` `[B, Tq, H, k]` in ascending order, padded with −1.
+/// writes them to `idx` `[B, Tq, H, k]` in ascending order, padded with −1. With `within`, a
+/// block is a candidate only if its first key lies in one of the outer choice's blocks (and,
+/// forced or not, only candidates are taken).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TopK {
     pub branch: String,
@@ -132,6 +147,7 @@ pub struct TopK {
     pub tie: Tie,
     pub scores: TensorId,
     pub idx: TensorId,
+    pub within: Option<Within>,
 }
 
 /// How a combine mixes branch outputs.
@@ -292,7 +308,9 @@ impl Op {
             Op::Score(s) => match &s.source {
                 ScoreSource::Compressed { q, kc, lse, .. } => vec![*q, *kc, *lse],
             },
-            Op::TopK(t) => vec![t.scores],
+            Op::TopK(t) => std::iter::once(t.scores)
+                .chain(t.within.map(|w| w.idx))
+                .collect(),
             Op::Attend(a) => {
                 let mut r = vec![a.q, a.k, a.v];
                 if let KeySet::Gather { idx, .. } = a.keys {

@@ -208,7 +208,15 @@ fn op_text(plan: &Plan, op: &Op) -> String {
                 t.block,
                 t.forced.first,
                 t.forced.last,
-                n(t.scores),
+                match t.within {
+                    Some(w) => format!(
+                        "{}, within {} of blocks of {}",
+                        n(t.scores),
+                        n(w.idx),
+                        w.block
+                    ),
+                    None => n(t.scores),
+                },
                 n(t.idx)
             )
         }

@@ -62,6 +62,12 @@ pub enum VerifyError {
     },
     #[error("op {op}: parameter `{param}` must be positive")]
     ZeroParameter { op: usize, param: &'static str },
+    #[error("op {op}: the within block {outer} is not a multiple of the block {block}")]
+    WithinBlock {
+        op: usize,
+        outer: usize,
+        block: usize,
+    },
     #[error("saved tensor `{0}` is produced but never read")]
     UnusedSaved(String),
     #[error("op {op} is a forward op after the backward pass began")]
@@ -415,6 +421,16 @@ fn check_op(plan: &Plan, i: usize, op: &Op) -> Result<(), VerifyError> {
             c.shape(t.idx, &[B, TQ, H, Extent::Const(t.k)])?;
             c.elem(t.scores, Elem::F32)?;
             c.elem(t.idx, Elem::I32)?;
+            if let Some(w) = t.within {
+                c.gather_index(w.idx, w.block)?;
+                if !w.block.is_multiple_of(t.block) {
+                    return Err(VerifyError::WithinBlock {
+                        op: i,
+                        outer: w.block,
+                        block: t.block,
+                    });
+                }
+            }
         }
         Op::CombineGrad(cg) => {
             c.shape(cg.d_out, &[B, TQ, HQ, Dv])?;

@@ -272,6 +272,12 @@ fn top_of(plan: &Plan, idx: ir::TensorId) -> Result<usize, PtxError> {
 
 /// Lowers `plan` into GPU stages.
 pub fn lower(plan: &Plan) -> Result<Program, PtxError> {
+    if let Some(&(branch, form)) = plan.selection_forms().first() {
+        return Err(PtxError::Form {
+            branch: branch.to_string(),
+            form,
+        });
+    }
     let dims = dims_of(plan)?;
     let size = |v: usize, what: &'static str| to_u32(v, what);
     let mut stages = Vec::new();

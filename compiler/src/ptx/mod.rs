@@ -57,6 +57,16 @@ pub enum PtxError {
     Sizes(#[from] ir::SizesError),
     #[error("the PTX backend does not support this: {0}")]
     Unsupported(String),
+    /// A selection form beyond NSA's blocks that the CPU backend computes and the PTX
+    /// backend does not yet.
+    #[error(
+        "branch `{branch}` uses {}, which the PTX backend does not compute yet (the CPU backend and the f64 oracle do: `--device cpu` / `--device reference`)",
+        form.describe()
+    )]
+    Form {
+        branch: String,
+        form: nsac_dsl::spec::SelectionForm,
+    },
     #[error("the problem is too large for the PTX backend's 32-bit indexing: {0}")]
     TooLarge(&'static str),
     #[error(

@@ -334,6 +334,10 @@ pub fn topk(e: &mut Emit, c: &Consts, p: &[Value], sb: &TopKParams) -> Value {
             e.store(inf, a, 0);
         });
     }
+    if sb.within_block.is_some() {
+        // Hierarchical: the executor chooses among the blocks inside the outer choice.
+        return nb;
+    }
     // Partial selection.
     let top = e.int(sb.top as i64);
     let count = e.min(top, nb);

@@ -6,6 +6,7 @@
 //! of the drivers' ABI.
 
 mod backward;
+mod given;
 mod pack;
 
 pub(super) use backward::execute_backward;
@@ -93,6 +94,13 @@ impl CpuOutput {
                 Op::Attend(a) => {
                     if let Some(t) = owned.f32.remove(&a.out) {
                         branches.insert(a.branch.clone(), t);
+                    }
+                    // Given blocks are reported as the oracle does: ascending, −1 padded.
+                    if let crate::ir::KeySet::Gather { idx, .. } = a.keys
+                        && plan.tensor(idx).role == Role::In
+                        && let Some(t) = owned.i32.remove(&idx)
+                    {
+                        selected.insert(a.branch.clone(), t);
                     }
                 }
                 Op::TopK(k) => {
@@ -345,6 +353,28 @@ pub(super) fn execute<'a>(
             }
         }
     }
+    // Given blocks (an `In` index tensor): checked and sorted before any work item runs.
+    for st in &steps {
+        if let Step::Selected {
+            attend,
+            idx,
+            block,
+            top,
+        } = st
+            && plan.tensor(*idx).role == Role::In
+        {
+            let data = input(plan, inputs, *idx);
+            let rows = given::normalize(&attend.branch, data, sizes, d.heads_kv, *top, *block)?;
+            let shape = sizes
+                .shape(plan, *idx)
+                .map_err(crate::ir::contract::ContractError::from)?;
+            let buf = owned
+                .i32
+                .entry(*idx)
+                .or_insert(Tensor { shape, data: rows });
+            iptr.insert(*idx, Shared(buf.data.as_mut_ptr()));
+        }
+    }
     let missing = |what: &str| CpuError::Codegen(format!("the executor has no {what}"));
     let out_ptr = |id: &TensorId| {
         fptr.get(id)
@@ -512,6 +542,7 @@ pub(super) fn execute<'a>(
                 };
                 bound.push(b);
             }
+            let mut picks = Picks::default();
             let mut nvis_of: BTreeMap<usize, i64> = BTreeMap::new();
             let mut counts: BTreeMap<TensorId, i64> = BTreeMap::new();
             for t in t0..t1 {
@@ -573,6 +604,35 @@ pub(super) fn execute<'a>(
                             let at = (row * d.heads_kv + slot.h) * params.top;
                             args.ptr(*idx, idx_ptr(&topk.idx)?.at(at));
                             let count = unsafe { dr.call(args) }?;
+                            let count = match topk.within {
+                                None => count,
+                                Some(w) => {
+                                    // SAFETY: the outer top-k ran earlier for this position
+                                    // (ops are ordered by `within` depth) and wrote its row.
+                                    let outer = unsafe {
+                                        let k = top_of(plan, w.idx);
+                                        std::slice::from_raw_parts(
+                                            idx_ptr(&w.idx)?.at((row * d.heads_kv + slot.h) * k),
+                                            k,
+                                        )
+                                    };
+                                    let dst = unsafe {
+                                        std::slice::from_raw_parts_mut(
+                                            idx_ptr(&topk.idx)?.at(at),
+                                            params.top,
+                                        )
+                                    };
+                                    within_choice(
+                                        outer,
+                                        w.block / params.block,
+                                        count as usize,
+                                        &scratch.scores,
+                                        params.top,
+                                        dst,
+                                        &mut picks,
+                                    ) as i64
+                                }
+                            };
                             counts.insert(topk.idx, count);
                         }
                         (
@@ -580,7 +640,7 @@ pub(super) fn execute<'a>(
                                 attend: sa,
                                 idx: sel_idx,
                                 top,
-                                ..
+                                block,
                             },
                             Bound::Selected {
                                 args,
@@ -597,8 +657,19 @@ pub(super) fn execute<'a>(
                             }
                             args.ptr(*q, q_at(sa.q));
                             let at = (row * d.heads_kv + slot.h) * top;
-                            args.ptr(*idx, idx_ptr(sel_idx)?.at(at));
-                            args.int(*count, counts.get(sel_idx).copied().unwrap_or(0));
+                            let rows = idx_ptr(sel_idx)?;
+                            args.ptr(*idx, rows.at(at));
+                            let n = match counts.get(sel_idx) {
+                                Some(&n) => n,
+                                None => {
+                                    // SAFETY: `at..at + top` is this item's row of the given
+                                    // blocks, normalized above and not written while items run.
+                                    let row =
+                                        unsafe { std::slice::from_raw_parts(rows.at(at), *top) };
+                                    given::attended(row, *block, t, d.causal) as i64
+                                }
+                            };
+                            args.int(*count, n);
                             args.int(*ts, t as i64);
                             args.ptr(*out, out_ptr(&sa.out)?.at(out_off));
                             unsafe { dr.call(args) }?;
@@ -640,4 +711,52 @@ pub(super) fn execute<'a>(
         })?;
 
     Ok(owned)
+}
+
+/// The constant width of an index tensor `[B, Tq, H, k]` (0 if it has none).
+fn top_of(plan: &Plan, idx: TensorId) -> usize {
+    match plan.tensor(idx).shape.get(3) {
+        Some(crate::ir::Extent::Const(n)) => *n,
+        _ => 0,
+    }
+}
+
+/// Reusable buffers of [`within_choice`].
+#[derive(Default)]
+struct Picks {
+    cand: Vec<u32>,
+    scores: Vec<f32>,
+    out: Vec<u32>,
+    radix: super::topk::Scratch,
+}
+
+/// Hierarchical selection for one (position, kv head): the candidates are the blocks (of
+/// this top-k) inside the outer choice `outer` (ascending, −1 padded; `ratio` of these blocks
+/// per outer block) among the `nb` blocks the query may see; the best `top` by (score
+/// descending, index ascending) from `scores` (forced blocks already +∞) are written to `dst`
+/// ascending, then −1. Returns how many were chosen.
+fn within_choice(
+    outer: &[i32],
+    ratio: usize,
+    nb: usize,
+    scores: &[f32],
+    top: usize,
+    dst: &mut [i32],
+    p: &mut Picks,
+) -> usize {
+    p.cand.clear();
+    p.scores.clear();
+    for &c in outer.iter().take_while(|&&c| c >= 0) {
+        let first = c as usize * ratio;
+        for i in first..(first + ratio).min(nb) {
+            p.cand.push(i as u32);
+            p.scores
+                .push(scores.get(i).copied().unwrap_or(f32::NEG_INFINITY));
+        }
+    }
+    let n = super::topk::select(&p.cand, &p.scores, top, &mut p.out, &mut p.radix);
+    for (slot, v) in dst.iter_mut().enumerate() {
+        *v = p.out.get(slot).map_or(-1, |&i| i as i32);
+    }
+    n
 }

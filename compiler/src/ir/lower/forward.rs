@@ -5,12 +5,14 @@
 //! attend over a window. Op order: every pool, every compressed attention, every score and
 //! top-k, every other attention in declaration order, then the combine.
 
-use nsac_dsl::spec::{BranchKind, CombineMode as SpecCombine, KvSource, Pool as SpecPool, Spec};
+use nsac_dsl::spec::{
+    BranchKind, CombineMode as SpecCombine, KvSource, Pool as SpecPool, Scorer, SelectionForm, Spec,
+};
 
 use super::LowerError;
 use crate::ir::op::{
     Attend, Combine, CombineMode, Forced, KeySet, Op, Pool, PoolKind, Score, ScoreSource, Term,
-    Tie, TopK,
+    Tie, TopK, Within,
 };
 use crate::ir::tensor::{Elem, Extent, Layout, Role, Tensor, TensorId};
 use crate::ir::{Consts, Plan, Signature};
@@ -45,6 +47,32 @@ fn positive(branch: &str, param: &'static str, v: u32) -> Result<usize, LowerErr
     Ok(v as usize)
 }
 
+/// The selection forms beyond NSA's blocks that the forward lowering emits (the others are
+/// refused by name, [`LowerError::Unsupported`]).
+pub const SUPPORTED_FORMS: &[SelectionForm] = &[SelectionForm::Given, SelectionForm::Within];
+
+/// How many `within` links lead from select branch `name` to an outermost one (a cycle is an
+/// error).
+fn within_depth(spec: &Spec, name: &str) -> Result<usize, LowerError> {
+    let mut depth = 0;
+    let mut at = name;
+    while let Some(outer) = spec
+        .branch(at)
+        .and_then(|b| b.as_select())
+        .and_then(|s| s.within.as_deref())
+    {
+        depth += 1;
+        if depth > spec.branches.len() {
+            return Err(LowerError::BadWithin {
+                branch: name.to_string(),
+                within: outer.to_string(),
+            });
+        }
+        at = outer;
+    }
+    Ok(depth)
+}
+
 /// Lowers the forward pass of `spec` for `sig` (not yet verified).
 pub fn forward(spec: &Spec, sig: &Signature) -> Result<Plan, LowerError> {
     let heads = sig.heads;
@@ -57,7 +85,7 @@ pub fn forward(spec: &Spec, sig: &Signature) -> Result<Plan, LowerError> {
     if sig.head_dim.qk == 0 || sig.head_dim.v == 0 {
         return Err(LowerError::BadHeadDim);
     }
-    if let Some((branch, form)) = spec.beyond_blocks() {
+    if let Some((branch, form)) = spec.beyond_blocks_except(SUPPORTED_FORMS) {
         return Err(LowerError::Unsupported {
             branch: branch.to_string(),
             form,
@@ -68,10 +96,21 @@ pub fn forward(spec: &Spec, sig: &Signature) -> Result<Plan, LowerError> {
             return Err(LowerError::UnknownCombineBranch(name.clone()));
         }
     }
+    // A select branch another is `within` may be left out of combine: it then only chooses.
+    let chooses_only = |name: &str| {
+        spec.branches
+            .iter()
+            .any(|b| b.as_select().and_then(|s| s.within.as_deref()) == Some(name))
+    };
     for br in &spec.branches {
-        let named = spec.combine.branches.iter().filter(|n| **n == br.name);
+        let named = spec
+            .combine
+            .branches
+            .iter()
+            .filter(|n| **n == br.name)
+            .count();
         let dup = spec.branches.iter().filter(|o| o.name == br.name).count();
-        if named.count() != 1 || dup != 1 {
+        if !(named == 1 || named == 0 && chooses_only(&br.name)) || dup != 1 {
             return Err(LowerError::CombineMismatch(br.name.clone()));
         }
     }
@@ -99,6 +138,9 @@ pub fn forward(spec: &Spec, sig: &Signature) -> Result<Plan, LowerError> {
         .collect();
 
     let (mut pools, mut compressed, mut selections, mut others) = (vec![], vec![], vec![], vec![]);
+    // The `within` depth of each op of `selections` (score and top-k pairs), to order every
+    // top-k after the one it is within.
+    let mut depths: Vec<usize> = Vec::new();
     for br in &spec.branches {
         let name = br.name.as_str();
         let (k, v) = match br.kv {
@@ -187,7 +229,31 @@ pub fn forward(spec: &Spec, sig: &Signature) -> Result<Plan, LowerError> {
             BranchKind::Select(s) => {
                 let block = positive(name, "block", s.block)?;
                 let top = positive(name, "top", s.top)?;
-                // Given and nested selections were refused above (`beyond_blocks`).
+                if s.scored_by == Scorer::Given {
+                    let out = t.add(format!("o_{name}"), Role::Out, Elem::F32, out_shape());
+                    // The caller's blocks (`idx_<s>`, block indices per query and kv head, −1
+                    // for an unused slot, any order) are read directly; no score, no top-k.
+                    let idx = t.add(
+                        format!("idx_{name}"),
+                        Role::In,
+                        Elem::I32,
+                        vec![B, TQ, H, Extent::Const(top)],
+                    );
+                    others.push(Op::Attend(Attend {
+                        branch: name.to_string(),
+                        keys: KeySet::Gather {
+                            idx,
+                            granularity: block,
+                        },
+                        q,
+                        k,
+                        v,
+                        out,
+                        lse: None,
+                    }));
+                    continue;
+                }
+                // Nested selections were refused above (`beyond_blocks_except`).
                 let by_name = s.scorer().unwrap_or_default();
                 let by = spec
                     .branch(by_name)
@@ -228,6 +294,34 @@ pub fn forward(spec: &Spec, sig: &Signature) -> Result<Plan, LowerError> {
                     vec![B, TQ, H, Extent::Const(top)],
                 );
                 let out = t.add(format!("o_{name}"), Role::Out, Elem::F32, out_shape());
+                let within = match &s.within {
+                    None => None,
+                    Some(outer) => {
+                        let o =
+                            spec.branch(outer)
+                                .and_then(|b| b.as_select())
+                                .ok_or_else(|| LowerError::BadWithin {
+                                    branch: name.to_string(),
+                                    within: outer.clone(),
+                                })?;
+                        let ob = positive(outer, "block", o.block)?;
+                        let otop = positive(outer, "top", o.top)?;
+                        // The outer choice: a top-k's output, or the caller's given blocks.
+                        let role = if o.scored_by == Scorer::Given {
+                            Role::In
+                        } else {
+                            Role::Out
+                        };
+                        let idx = t.add(
+                            format!("idx_{outer}"),
+                            role,
+                            Elem::I32,
+                            vec![B, TQ, H, Extent::Const(otop)],
+                        );
+                        Some(Within { idx, block: ob })
+                    }
+                };
+                let depth = within_depth(spec, name)?;
                 selections.push(Op::Score(Score {
                     branch: name.to_string(),
                     source: ScoreSource::Compressed {
@@ -252,7 +346,10 @@ pub fn forward(spec: &Spec, sig: &Signature) -> Result<Plan, LowerError> {
                     tie: Tie::LowerIndex,
                     scores,
                     idx,
+                    within,
                 }));
+                depths.push(depth);
+                depths.push(depth);
                 others.push(Op::Attend(Attend {
                     branch: name.to_string(),
                     keys: KeySet::Gather {
@@ -307,7 +404,10 @@ pub fn forward(spec: &Spec, sig: &Signature) -> Result<Plan, LowerError> {
     let o = t.add("o".into(), Role::Out, Elem::F32, out_shape());
     let mut ops = pools;
     ops.extend(compressed);
-    ops.extend(selections);
+    // Stable: pairs of one depth keep declaration order.
+    let mut ordered: Vec<(usize, Op)> = depths.into_iter().zip(selections).collect();
+    ordered.sort_by_key(|(d, _)| *d);
+    ops.extend(ordered.into_iter().map(|(_, op)| op));
     ops.extend(others);
     ops.push(Op::Combine(Combine {
         mode,

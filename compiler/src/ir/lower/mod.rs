@@ -18,6 +18,10 @@ pub enum LowerError {
     ZeroParameter { branch: String, param: &'static str },
     #[error("select branch `{branch}` is scored by `{by}`, which is not a compress branch")]
     BadScoredBy { branch: String, by: String },
+    #[error(
+        "select branch `{branch}` is within `{within}`, which is not a select branch or forms a cycle"
+    )]
+    BadWithin { branch: String, within: String },
     #[error("combine names `{0}`, which is not a branch")]
     UnknownCombineBranch(String),
     #[error("branch `{0}` is declared twice or missing from combine")]
@@ -33,6 +37,17 @@ pub enum LowerError {
         form.describe()
     )]
     Unsupported { branch: String, form: SelectionForm },
+    /// A selection form the forward computes but no lowering of `pass` defines yet (the
+    /// oracle defines these forms for the forward only).
+    #[error(
+        "branch `{branch}` uses {}, which is defined for the forward pass only, not for {pass} yet",
+        form.describe()
+    )]
+    ForwardOnly {
+        branch: String,
+        form: SelectionForm,
+        pass: &'static str,
+    },
     #[error("the lowered plan breaks the IR contract (a compiler bug): {0}")]
     Verify(#[from] VerifyError),
 }
