@@ -5,9 +5,7 @@
 
 mod cpu_common;
 
-use cpu_common::{check, compress, select, spec, window};
-use nsac_compiler::cpu::CpuVariant;
-use nsac_dsl::problem::{Problem, Shape};
+use cpu_common::{any_problem, any_variant, compress, run_case, select, spec, window};
 use nsac_dsl::spec::{Branch, CombineMode, KvSource, Pool, Spec};
 use proptest::prelude::*;
 
@@ -70,43 +68,11 @@ fn any_spec() -> impl Strategy<Value = Spec> {
     )
 }
 
-fn any_problem() -> impl Strategy<Value = Problem> {
-    prop_oneof![
-        (1usize..=2, 1usize..=45).prop_map(|(b, t)| Problem::batched(b, 2 * t - 1)),
-        prop::collection::vec(1usize..=30, 1..=3).prop_map(|lens| {
-            let mut cu = vec![0];
-            for l in lens {
-                cu.push(cu[cu.len() - 1] + l);
-            }
-            Problem::varlen(cu)
-        }),
-    ]
-}
-
-fn any_variant() -> impl Strategy<Value = CpuVariant> {
-    (1u32..=4, 1u32..=4, 1u32..=4, 1u32..=8, 0usize..3, 1u32..=9).prop_map(
-        |(rows, key_vectors, value_vectors, kt, u, query_chunk)| CpuVariant {
-            rows,
-            key_vectors,
-            value_vectors,
-            key_tile: kt * 4,
-            unroll: [1, 2, 4][u],
-            query_chunk,
-            ..CpuVariant::default()
-        },
-    )
-}
-
-fn run_case(spec: &Spec, problem: &Problem, variant: CpuVariant, seed: u64) {
-    let shape: Shape = problem.resolve(spec).expect("valid problem");
-    check(spec, &shape, seed, &[CpuVariant::default(), variant], 2);
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 200, failure_persistence: None, ..ProptestConfig::default() })]
     #[test]
     fn random_specs_match_the_oracle(
-        spec in any_spec(), problem in any_problem(), variant in any_variant(), seed in 0u64..1000
+        spec in any_spec(), problem in any_problem(45), variant in any_variant(), seed in 0u64..1000
     ) {
         run_case(&spec, &problem, variant, seed);
     }
@@ -118,7 +84,7 @@ proptest! {
     /// order, explicit scales).
     #[test]
     fn dsl_valid_specs_match_the_oracle(
-        spec in nsac_dsl::arbitrary::valid_spec(), problem in any_problem(), variant in any_variant(), seed in 0u64..1000
+        spec in nsac_dsl::arbitrary::valid_spec(), problem in any_problem(45), variant in any_variant(), seed in 0u64..1000
     ) {
         run_case(&spec, &problem, variant, seed);
     }
@@ -129,7 +95,7 @@ proptest! {
     #[test]
     #[ignore = "long sweep; run with --ignored"]
     fn random_specs_match_the_oracle_long(
-        spec in any_spec(), problem in any_problem(), variant in any_variant(), seed in 0u64..100_000
+        spec in any_spec(), problem in any_problem(45), variant in any_variant(), seed in 0u64..100_000
     ) {
         run_case(&spec, &problem, variant, seed);
     }

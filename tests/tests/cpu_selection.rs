@@ -6,7 +6,9 @@
 
 mod cpu_common;
 
-use cpu_common::{check, check_inputs, compress, select, spec, window};
+use cpu_common::{
+    any_problem, any_variant, check_inputs, compress, run_case, select, spec, window,
+};
 use nsac_compiler::cpu::CpuVariant;
 use nsac_dsl::problem::{Problem, Shape};
 use nsac_dsl::spec::{Branch, BranchKind, CombineMode, KvSource, Pool, Scorer, Select, Spec};
@@ -39,38 +41,6 @@ fn mode(gate: bool) -> CombineMode {
     } else {
         CombineMode::Sum
     }
-}
-
-fn any_problem() -> impl Strategy<Value = Problem> {
-    prop_oneof![
-        (1usize..=2, 1usize..=40).prop_map(|(b, t)| Problem::batched(b, 2 * t - 1)),
-        prop::collection::vec(1usize..=30, 1..=3).prop_map(|lens| {
-            let mut cu = vec![0];
-            for l in lens {
-                cu.push(cu[cu.len() - 1] + l);
-            }
-            Problem::varlen(cu)
-        }),
-    ]
-}
-
-fn any_variant() -> impl Strategy<Value = CpuVariant> {
-    (1u32..=4, 1u32..=4, 1u32..=4, 1u32..=8, 0usize..3, 1u32..=9).prop_map(
-        |(rows, key_vectors, value_vectors, kt, u, query_chunk)| CpuVariant {
-            rows,
-            key_vectors,
-            value_vectors,
-            key_tile: kt * 4,
-            unroll: [1, 2, 4][u],
-            query_chunk,
-            ..CpuVariant::default()
-        },
-    )
-}
-
-fn run_case(spec: &Spec, problem: &Problem, variant: CpuVariant, seed: u64) {
-    let shape: Shape = problem.resolve(spec).expect("valid problem");
-    check(spec, &shape, seed, &[CpuVariant::default(), variant], 2);
 }
 
 fn given(name: &str, block: u32, top: u32) -> Branch {
@@ -117,7 +87,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
     #[test]
     fn given_indices_match_the_oracle(
-        spec in given_spec(), problem in any_problem(), variant in any_variant(), seed in 0u64..1000
+        spec in given_spec(), problem in any_problem(40), variant in any_variant(), seed in 0u64..1000
     ) {
         let shape: Shape = problem.resolve(&spec).expect("valid problem");
         let mut inputs = random_inputs(&spec, &shape, seed);
@@ -219,7 +189,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
     #[test]
     fn token_level_selection_matches_the_oracle(
-        spec in token_spec(), problem in any_problem(), variant in any_variant(), seed in 0u64..1000
+        spec in token_spec(), problem in any_problem(40), variant in any_variant(), seed in 0u64..1000
     ) {
         run_case(&spec, &problem, variant, seed);
     }
@@ -326,7 +296,7 @@ proptest! {
     #![proptest_config(within_config())]
     #[test]
     fn hierarchical_selection_matches_the_oracle(
-        spec in within_spec(), problem in any_problem(), variant in any_variant(), seed in 0u64..1000
+        spec in within_spec(), problem in any_problem(40), variant in any_variant(), seed in 0u64..1000
     ) {
         run_case(&spec, &problem, variant, seed);
     }

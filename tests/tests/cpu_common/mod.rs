@@ -255,3 +255,41 @@ pub fn two_variants() -> [CpuVariant; 2] {
         },
     ]
 }
+
+/// Random problems for the property tests: batched (1–2 rows, odd lengths up to
+/// `2·half_len − 1`) or varlen (1–3 sequences of 1–30 tokens).
+pub fn any_problem(half_len: usize) -> impl proptest::strategy::Strategy<Value = Problem> {
+    use proptest::prelude::*;
+    prop_oneof![
+        (1usize..=2, 1usize..=half_len).prop_map(|(b, t)| Problem::batched(b, 2 * t - 1)),
+        prop::collection::vec(1usize..=30, 1..=3).prop_map(|lens| {
+            let mut cu = vec![0];
+            for l in lens {
+                cu.push(cu[cu.len() - 1] + l);
+            }
+            Problem::varlen(cu)
+        }),
+    ]
+}
+
+/// Random CPU Variants over every knob the forward has.
+pub fn any_variant() -> impl proptest::strategy::Strategy<Value = CpuVariant> {
+    use proptest::prelude::*;
+    (1u32..=4, 1u32..=4, 1u32..=4, 1u32..=8, 0usize..3, 1u32..=9).prop_map(
+        |(rows, key_vectors, value_vectors, kt, u, query_chunk)| CpuVariant {
+            rows,
+            key_vectors,
+            value_vectors,
+            key_tile: kt * 4,
+            unroll: [1, 2, 4][u],
+            query_chunk,
+            ..CpuVariant::default()
+        },
+    )
+}
+
+/// [`check`] of `spec` on `problem` under the default Variant and `variant`, 2 threads.
+pub fn run_case(spec: &Spec, problem: &Problem, variant: CpuVariant, seed: u64) {
+    let shape: Shape = problem.resolve(spec).expect("valid problem");
+    check(spec, &shape, seed, &[CpuVariant::default(), variant], 2);
+}
