@@ -3,9 +3,8 @@
 # into a virtual environment and its pytest suite (python/tests), run against the CLI binary
 # the Rust tests built.
 #
-#   NSAC_VENV   the virtual environment to use (default: target/py-venv, made when missing).
-#               It needs numpy, pytest and torch (`.ci/run` installs them; by hand:
-#               `pip install numpy pytest torch matplotlib`).
+#   NSAC_VENV   the virtual environment to use (default: target/py-venv, made when missing;
+#               numpy, pytest, torch, maturin and matplotlib are installed into it when missing).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -17,9 +16,17 @@ if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
 fi
 py="$venv/bin/python"
-if ! "$py" -c "import numpy, pytest, torch" 2>/dev/null; then
-    echo "test.sh: $venv lacks numpy, pytest or torch: $py -m pip install numpy pytest torch" >&2
-    exit 1
+if ! "$py" -c "import numpy, pytest, torch, maturin" 2>/dev/null; then
+    # A fresh machine: install what the Python tests need (torch's CPU wheel from its own
+    # index when that is reachable, else PyPI's torch; wheels cached in ~/.cache/pip).
+    echo "== installing the Python test dependencies into $venv"
+    pip=("$py" -m pip --disable-pip-version-check --cache-dir "$HOME/.cache/pip")
+    if ! "$py" -c "import torch" 2>/dev/null; then
+        "${pip[@]}" install --quiet --timeout 20 --retries 0 \
+            --index-url https://download.pytorch.org/whl/cpu torch 2>/dev/null \
+            || "${pip[@]}" install --quiet torch
+    fi
+    "${pip[@]}" install --quiet numpy pytest maturin matplotlib
 fi
 
 echo "== pip install ./python"
